@@ -1,0 +1,69 @@
+//! A cheap, shareable view into file contents (a memory map or an owned buffer), so tensors can
+//! point at their data without copying it.
+
+use std::fmt;
+use std::ops::{Deref, Range};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::FormatError;
+
+#[derive(Clone)]
+pub struct Bytes {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    range: Range<usize>,
+}
+
+impl Bytes {
+    /// Maps the file read-only. The map stays valid while any `Bytes` cut from it lives.
+    pub fn map_file(path: &Path) -> Result<Bytes, FormatError> {
+        let io = |source| FormatError::Io { path: path.to_path_buf(), source };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if meta.is_dir() {
+            return Err(FormatError::IsADirectory(path.to_path_buf()));
+        }
+        if meta.len() == 0 {
+            // mmap of an empty file fails on Linux; an empty buffer says the same thing.
+            return Ok(Bytes::from_vec(Vec::new()));
+        }
+        // SAFETY: the map is read-only; like every mmap-based loader we rely on the model file
+        // not being truncated or rewritten while it is in use.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let len = map.len();
+        Ok(Bytes { owner: Arc::new(map), range: 0..len })
+    }
+
+    pub fn from_vec(data: Vec<u8>) -> Bytes {
+        let len = data.len();
+        Bytes { owner: Arc::new(data), range: 0..len }
+    }
+
+    /// A sub-range of this view. The range must lie inside it (callers check against `len`).
+    pub fn slice(&self, range: Range<usize>) -> Bytes {
+        assert!(range.start <= range.end && range.end <= self.len(), "Bytes::slice out of range");
+        Bytes {
+            owner: self.owner.clone(),
+            range: self.range.start + range.start..self.range.start + range.end,
+        }
+    }
+}
+
+impl Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.range.clone()]
+    }
+}
+
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bytes({} bytes)", self.len())
+    }
+}

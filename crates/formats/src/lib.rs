@@ -1,0 +1,10 @@
+//! Readers for model files. Everything here parses bytes that come from outside, so every length
+//! and offset is checked against the file before it is used, and nothing panics on bad input.
+
+mod bytes;
+mod error;
+pub mod gguf;
+
+pub use bytes::Bytes;
+pub use error::FormatError;
+pub use gguf::{ArrayValue, Gguf, TensorInfo, Value};
