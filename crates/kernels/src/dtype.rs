@@ -52,7 +52,7 @@ const TABLE: &[(GgmlType, u32, usize, usize, &str)] = &[
     (GgmlType::Q5_0, 6, 32, 22, "Q5_0"),
     (GgmlType::Q5_1, 7, 32, 24, "Q5_1"),
     (GgmlType::Q8_0, 8, 32, 34, "Q8_0"),
-    (GgmlType::Q8_1, 9, 32, 40, "Q8_1"),
+    (GgmlType::Q8_1, 9, 32, 36, "Q8_1"), // gguf-py says 40; ggml-common.h has 2 halves + 32
     (GgmlType::Q2_K, 10, 256, 84, "Q2_K"),
     (GgmlType::Q3_K, 11, 256, 110, "Q3_K"),
     (GgmlType::Q4_K, 12, 256, 144, "Q4_K"),

@@ -2,8 +2,14 @@
 //! them, and SIMD paths (AVX2, AVX-512 VNNI, NEON) chosen at run time.
 //!
 //! Kernels do not return `Result`: callers validate shapes once, at load time, and the kernels
-//! `debug_assert!` what they rely on.
+//! assert what they rely on.
 
+pub mod dispatch;
 pub mod dtype;
+pub mod ops;
+pub mod quants;
+mod simd;
 
+pub use dispatch::{ActivationFormat, Isa, VecDot, dequantize};
 pub use dtype::GgmlType;
+pub use quants::{Q8Buf, Q8Kind, Q8Row, Q8RowMut};

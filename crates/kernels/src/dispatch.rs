@@ -1,0 +1,279 @@
+//! Run-time choice of kernels. The binary is built for baseline x86-64 / aarch64; the CPU is
+//! asked at start-up what it supports and the fastest matching path is used. Every path stays
+//! selectable so tests can compare each against the scalar reference.
+
+use crate::GgmlType;
+use crate::quants::{self, Q8Kind, Q8Row, as_blocks};
+
+/// An instruction-set level a kernel is written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust, the reference every other path is tested against.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// x86-64 AVX-512 (F, BW, VL) with VNNI int8 dot products.
+    Avx512Vnni,
+    /// aarch64 Advanced SIMD.
+    Neon,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Neon];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512-vnni",
+            Isa::Neon => "neon",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|i| i.name() == name)
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                Isa::Avx2.is_available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The fastest path this CPU supports (detected once).
+    pub fn best() -> Isa {
+        static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            [Isa::Avx512Vnni, Isa::Avx2, Isa::Neon]
+                .into_iter()
+                .find(|i| i.is_available())
+                .unwrap_or(Isa::Scalar)
+        })
+    }
+
+    /// Every path this CPU can run, scalar first.
+    pub fn available() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.is_available()).collect()
+    }
+}
+
+/// What a weight type's dot product takes as its other operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationFormat {
+    /// Plain f32 (float weights).
+    F32,
+    /// Activations quantized to 8 bits in blocks of 32 or 256.
+    Q8(Q8Kind),
+}
+
+impl ActivationFormat {
+    pub fn for_weights(dtype: GgmlType) -> ActivationFormat {
+        match dtype.vec_dot_type() {
+            GgmlType::Q8_0 | GgmlType::Q8_1 => ActivationFormat::Q8(Q8Kind::Blocks32),
+            GgmlType::Q8_K => ActivationFormat::Q8(Q8Kind::Blocks256),
+            _ => ActivationFormat::F32,
+        }
+    }
+}
+
+type Q8DotFn = unsafe fn(&[u8], Q8Row<'_>) -> f32;
+type FloatDotFn = unsafe fn(&[u8], &[f32]) -> f32;
+
+#[derive(Clone, Copy)]
+enum DotFn {
+    Q8(Q8Kind, Q8DotFn),
+    Float(FloatDotFn),
+}
+
+/// The dot product of one weight row with one activation row, for one weight type on one
+/// instruction set. Only constructed for a path the CPU supports, which is what makes calling
+/// the `unsafe` SIMD functions inside sound.
+#[derive(Clone, Copy)]
+pub struct VecDot {
+    dtype: GgmlType,
+    isa: Isa,
+    f: DotFn,
+}
+
+impl std::fmt::Debug for VecDot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VecDot({} on {})", self.dtype, self.isa.name())
+    }
+}
+
+impl VecDot {
+    /// The kernel for `dtype` on `isa`, or `None` when the CPU lacks `isa` or the type has no
+    /// kernel.
+    pub fn new(isa: Isa, dtype: GgmlType) -> Option<VecDot> {
+        if !isa.is_available() || !dtype.is_supported() {
+            return None;
+        }
+        let f = match isa {
+            Isa::Scalar => scalar_fn(dtype)?,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => x86_fn::<false>(dtype)?,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => x86_fn::<true>(dtype)?,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => neon_fn(dtype)?,
+            #[allow(unreachable_patterns)]
+            _ => return None,
+        };
+        Some(VecDot { dtype, isa, f })
+    }
+
+    /// The best kernel for `dtype` on this CPU.
+    pub fn best(dtype: GgmlType) -> Option<VecDot> {
+        VecDot::new(Isa::best(), dtype).or_else(|| VecDot::new(Isa::Scalar, dtype))
+    }
+
+    pub fn dtype(&self) -> GgmlType {
+        self.dtype
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn activation_format(&self) -> ActivationFormat {
+        match self.f {
+            DotFn::Q8(kind, _) => ActivationFormat::Q8(kind),
+            DotFn::Float(_) => ActivationFormat::F32,
+        }
+    }
+
+    /// `w_row · x` for a quantized weight type. Panics if the lengths disagree (shapes are
+    /// validated at load time, so that is a bug, never bad input).
+    #[inline]
+    pub fn dot_q8(&self, w_row: &[u8], x: Q8Row<'_>) -> f32 {
+        let DotFn::Q8(kind, f) = self.f else {
+            panic!("dot_q8 called for float weights of type {}", self.dtype)
+        };
+        let n = x.qs.len();
+        assert_eq!(Some(w_row.len() as u64), self.dtype.row_bytes(n as u64), "weight row length");
+        assert!(
+            x.d.len() == n / kind.block_size() && x.bsums.len() == n / 16 && x.s.len() == n / 32,
+            "activation row layout"
+        );
+        // SAFETY: `self` exists only for an ISA this CPU supports (see `new`), and the lengths
+        // the kernels index by were checked just above.
+        unsafe { f(w_row, x) }
+    }
+
+    /// `w_row · x` for float weights.
+    #[inline]
+    pub fn dot_f32(&self, w_row: &[u8], x: &[f32]) -> f32 {
+        let DotFn::Float(f) = self.f else {
+            panic!("dot_f32 called for quantized weights of type {}", self.dtype)
+        };
+        assert_eq!(Some(w_row.len() as u64), self.dtype.row_bytes(x.len() as u64), "weight row length");
+        // SAFETY: as in `dot_q8`.
+        unsafe { f(w_row, x) }
+    }
+}
+
+fn scalar_fn(dtype: GgmlType) -> Option<DotFn> {
+    use GgmlType::*;
+    use Q8Kind::*;
+    Some(match dtype {
+        Q4_0 => DotFn::Q8(Blocks32, |w, x| quants::vec_dot_q4_0(as_blocks(w), x)),
+        Q4_1 => DotFn::Q8(Blocks32, |w, x| quants::vec_dot_q4_1(as_blocks(w), x)),
+        Q5_0 => DotFn::Q8(Blocks32, |w, x| quants::vec_dot_q5_0(as_blocks(w), x)),
+        Q5_1 => DotFn::Q8(Blocks32, |w, x| quants::vec_dot_q5_1(as_blocks(w), x)),
+        Q8_0 => DotFn::Q8(Blocks32, |w, x| quants::vec_dot_q8_0(as_blocks(w), x)),
+        Q4_K => DotFn::Q8(Blocks256, |w, x| quants::vec_dot_q4_k(as_blocks(w), x)),
+        Q5_K => DotFn::Q8(Blocks256, |w, x| quants::vec_dot_q5_k(as_blocks(w), x)),
+        Q6_K => DotFn::Q8(Blocks256, |w, x| quants::vec_dot_q6_k(as_blocks(w), x)),
+        F32 => DotFn::Float(quants::vec_dot_f32),
+        F16 => DotFn::Float(quants::vec_dot_f16),
+        BF16 => DotFn::Float(quants::vec_dot_bf16),
+        _ => return None,
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn x86_fn<const VNNI: bool>(dtype: GgmlType) -> Option<DotFn> {
+    use crate::simd::x86::{avx2, avx512vnni};
+    use GgmlType::*;
+    use Q8Kind::*;
+    macro_rules! pick {
+        ($name:ident) => {
+            if VNNI { avx512vnni::$name } else { avx2::$name }
+        };
+    }
+    Some(match dtype {
+        Q4_0 => DotFn::Q8(Blocks32, pick!(q4_0)),
+        Q4_1 => DotFn::Q8(Blocks32, pick!(q4_1)),
+        Q5_0 => DotFn::Q8(Blocks32, pick!(q5_0)),
+        Q5_1 => DotFn::Q8(Blocks32, pick!(q5_1)),
+        Q8_0 => DotFn::Q8(Blocks32, pick!(q8_0)),
+        Q4_K => DotFn::Q8(Blocks256, pick!(q4_k)),
+        Q5_K => DotFn::Q8(Blocks256, pick!(q5_k)),
+        Q6_K => DotFn::Q8(Blocks256, pick!(q6_k)),
+        F32 => DotFn::Float(pick!(f32)),
+        F16 => DotFn::Float(pick!(f16)),
+        BF16 => DotFn::Float(pick!(bf16)),
+        _ => return None,
+    })
+}
+
+#[cfg(target_arch = "aarch64")]
+fn neon_fn(dtype: GgmlType) -> Option<DotFn> {
+    use crate::simd::neon;
+    use GgmlType::*;
+    use Q8Kind::*;
+    Some(match dtype {
+        Q4_0 => DotFn::Q8(Blocks32, neon::q4_0),
+        Q4_1 => DotFn::Q8(Blocks32, neon::q4_1),
+        Q5_0 => DotFn::Q8(Blocks32, neon::q5_0),
+        Q5_1 => DotFn::Q8(Blocks32, neon::q5_1),
+        Q8_0 => DotFn::Q8(Blocks32, neon::q8_0),
+        Q4_K => DotFn::Q8(Blocks256, neon::q4_k),
+        Q5_K => DotFn::Q8(Blocks256, neon::q5_k),
+        Q6_K => DotFn::Q8(Blocks256, neon::q6_k),
+        F32 => DotFn::Float(neon::f32),
+        F16 => DotFn::Float(neon::f16),
+        BF16 => DotFn::Float(neon::bf16),
+        _ => return None,
+    })
+}
+
+/// Dequantizes a whole row (or several) of any supported type to f32 (scalar reference; used
+/// for embedding lookups and tests, not in hot loops).
+pub fn dequantize(dtype: GgmlType, src: &[u8], dst: &mut [f32]) {
+    use GgmlType::*;
+    assert_eq!(Some(src.len() as u64), dtype.row_bytes(dst.len() as u64), "dequantize lengths");
+    match dtype {
+        F32 => quants::dequantize_f32(src, dst),
+        F16 => quants::dequantize_f16(src, dst),
+        BF16 => quants::dequantize_bf16(src, dst),
+        Q4_0 => quants::dequantize_q4_0(as_blocks(src), dst),
+        Q4_1 => quants::dequantize_q4_1(as_blocks(src), dst),
+        Q5_0 => quants::dequantize_q5_0(as_blocks(src), dst),
+        Q5_1 => quants::dequantize_q5_1(as_blocks(src), dst),
+        Q8_0 => quants::dequantize_q8_0(as_blocks(src), dst),
+        Q4_K => quants::dequantize_q4_k(as_blocks(src), dst),
+        Q5_K => quants::dequantize_q5_k(as_blocks(src), dst),
+        Q6_K => quants::dequantize_q6_k(as_blocks(src), dst),
+        other => panic!("dequantize: no kernel for {other} (callers check is_supported)"),
+    }
+}

@@ -1,0 +1,393 @@
+//! x86-64 dot products. Each kernel body is written once over [`DotU8I8`], the one step that
+//! differs between the two instruction sets we target:
+//! - AVX2: `vpmaddubsw` (u8×i8 → i16 pairs) then `vpmaddwd` (i16 pairs → i32);
+//! - AVX-512 VNNI: `vpdpbusd` (u8×i8 quadruples → i32) in one instruction.
+//!
+//! All weight values are made unsigned (Q4_0's `q−8` becomes `q` with `8·Σx` subtracted from the
+//! activation block sums afterwards) so both paths multiply u8 weights by i8 activations. Q8_0's
+//! signed weights use the sign trick: `|w| · (x·sign(w)) = w·x`.
+//!
+//! The bodies are `#[inline(always)]` and only ever inlined into the `#[target_feature]`
+//! wrappers at the bottom, which the dispatcher hands out after checking the CPU.
+
+#![allow(unsafe_op_in_unsafe_fn)]
+
+use std::arch::x86_64::*;
+
+use crate::quants::{
+    BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, Q8Row, QK,
+    QK_K, as_blocks, scale_min_k4,
+};
+
+/// Integer dot product of 32 unsigned bytes with 32 signed bytes, accumulated into eight i32
+/// lanes (lane k covers bytes 4k..4k+4), each 16-byte half scaled by its own factor.
+trait DotU8I8 {
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
+    unsafe fn dot_scaled(u: __m256i, s: __m256i, scale_lo: i16, scale_hi: i16) -> __m256i;
+}
+
+struct Avx2;
+struct Vnni;
+
+impl DotU8I8 for Avx2 {
+    #[inline(always)]
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    }
+    #[inline(always)]
+    unsafe fn dot_scaled(u: __m256i, s: __m256i, scale_lo: i16, scale_hi: i16) -> __m256i {
+        let scales = _mm256_set_m128i(_mm_set1_epi16(scale_hi), _mm_set1_epi16(scale_lo));
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scales)
+    }
+}
+
+impl DotU8I8 for Vnni {
+    #[inline(always)]
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    }
+    #[inline(always)]
+    unsafe fn dot_scaled(u: __m256i, s: __m256i, scale_lo: i16, scale_hi: i16) -> __m256i {
+        let scales = _mm256_set_m128i(_mm_set1_epi32(scale_hi as i32), _mm_set1_epi32(scale_lo as i32));
+        _mm256_mullo_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s), scales)
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum_ps(v: __m256) -> f32 {
+    let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    let x = _mm_add_ss(x, _mm_movehdup_ps(x));
+    _mm_cvtss_f32(x)
+}
+
+#[inline(always)]
+unsafe fn f16(bits: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline(always)]
+unsafe fn load256(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p.cast())
+}
+
+/// 16 packed bytes → 32 values: low nibbles first, then high nibbles.
+#[inline(always)]
+unsafe fn nibbles_16(p: *const u8) -> __m256i {
+    let bytes = _mm_loadu_si128(p.cast());
+    let mask = _mm_set1_epi8(0xF);
+    let lo = _mm_and_si128(bytes, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+    _mm256_set_m128i(hi, lo)
+}
+
+/// The 32 bits of `qh` as 32 bytes holding 0x10 where the bit is set (Q5's fifth bit).
+#[inline(always)]
+unsafe fn fifth_bits(qh: [u8; 4]) -> __m256i {
+    let bits = _mm256_set1_epi32(i32::from_le_bytes(qh));
+    // Byte k of the result takes byte k/8 of qh, then tests bit k%8.
+    let spread = _mm256_shuffle_epi8(
+        bits,
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
+    );
+    let bit = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+#[inline(always)]
+fn block_sum(x: &Q8Row<'_>, i: usize) -> i32 {
+    x.bsums[2 * i] as i32 + x.bsums[2 * i + 1] as i32
+}
+
+#[inline(always)]
+unsafe fn q4_0<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
+    let blocks = as_blocks::<BlockQ4_0>(w);
+    let (mut acc, mut offset) = (_mm256_setzero_ps(), 0f32);
+    for (i, b) in blocks.iter().enumerate() {
+        let q = nibbles_16(b.qs.as_ptr());
+        let xv = load256(x.qs.as_ptr().add(i * QK).cast());
+        let scale = f16(b.d) * x.d[i];
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(D::dot(q, xv)), _mm256_set1_ps(scale), acc);
+        offset += scale * (8 * block_sum(&x, i)) as f32;
+    }
+    hsum_ps(acc) - offset
+}
+
+#[inline(always)]
+unsafe fn q4_1<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
+    let blocks = as_blocks::<BlockQ4_1>(w);
+    let (mut acc, mut mins) = (_mm256_setzero_ps(), 0f32);
+    for (i, b) in blocks.iter().enumerate() {
+        let q = nibbles_16(b.qs.as_ptr());
+        let xv = load256(x.qs.as_ptr().add(i * QK).cast());
+        let scale = f16(b.d) * x.d[i];
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(D::dot(q, xv)), _mm256_set1_ps(scale), acc);
+        mins += f16(b.m) * x.s[i];
+    }
+    hsum_ps(acc) + mins
+}
+
+#[inline(always)]
+unsafe fn q5_0<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
+    let blocks = as_blocks::<BlockQ5_0>(w);
+    let (mut acc, mut offset) = (_mm256_setzero_ps(), 0f32);
+    for (i, b) in blocks.iter().enumerate() {
+        let q = _mm256_or_si256(nibbles_16(b.qs.as_ptr()), fifth_bits(b.qh));
+        let xv = load256(x.qs.as_ptr().add(i * QK).cast());
+        let scale = f16(b.d) * x.d[i];
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(D::dot(q, xv)), _mm256_set1_ps(scale), acc);
+        offset += scale * (16 * block_sum(&x, i)) as f32;
+    }
+    hsum_ps(acc) - offset
+}
+
+#[inline(always)]
+unsafe fn q5_1<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
+    let blocks = as_blocks::<BlockQ5_1>(w);
+    let (mut acc, mut mins) = (_mm256_setzero_ps(), 0f32);
+    for (i, b) in blocks.iter().enumerate() {
+        let q = _mm256_or_si256(nibbles_16(b.qs.as_ptr()), fifth_bits(b.qh));
+        let xv = load256(x.qs.as_ptr().add(i * QK).cast());
+        let scale = f16(b.d) * x.d[i];
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(D::dot(q, xv)), _mm256_set1_ps(scale), acc);
+        mins += f16(b.m) * x.s[i];
+    }
+    hsum_ps(acc) + mins
+}
+
+#[inline(always)]
+unsafe fn q8_0<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
+    let blocks = as_blocks::<BlockQ8_0>(w);
+    let mut acc = _mm256_setzero_ps();
+    for (i, b) in blocks.iter().enumerate() {
+        let wv = load256(b.qs.as_ptr().cast());
+        let xv = load256(x.qs.as_ptr().add(i * QK).cast());
+        let dot = D::dot(_mm256_abs_epi8(wv), _mm256_sign_epi8(xv, wv));
+        let scale = f16(b.d) * x.d[i];
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// Q4_K and Q5_K super-blocks: 4 chunks of 64 values, low nibbles then high nibbles, each
+/// 32-value sub-block with its own 6-bit scale; minimums come from the activation sums.
+#[inline(always)]
+unsafe fn k4_block<D: DotU8I8>(
+    qs: &[u8; 128],
+    qh: Option<&[u8; 32]>,
+    scales: &[u8; 12],
+    xq: *const i8,
+    isum: &mut __m256i,
+) {
+    let mask = _mm256_set1_epi8(0xF);
+    let qh = qh.map(|h| load256(h.as_ptr()));
+    for c in 0..4 {
+        let bytes = load256(qs.as_ptr().add(32 * c));
+        let mut lo = _mm256_and_si256(bytes, mask);
+        let mut hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
+        if let Some(qh) = qh {
+            // Bit 2c of qh[l] is the fifth bit of the low value, bit 2c+1 of the high one.
+            let one = _mm256_set1_epi8(1);
+            let shift = _mm_cvtsi32_si128(2 * c as i32);
+            let hb_lo = _mm256_and_si256(_mm256_srl_epi16(qh, shift), one);
+            let shift = _mm_cvtsi32_si128(2 * c as i32 + 1);
+            let hb_hi = _mm256_and_si256(_mm256_srl_epi16(qh, shift), one);
+            lo = _mm256_or_si256(lo, _mm256_slli_epi16(hb_lo, 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi16(hb_hi, 4));
+        }
+        let (sc_lo, _) = scale_min_k4(2 * c, scales);
+        let (sc_hi, _) = scale_min_k4(2 * c + 1, scales);
+        let x_lo = load256(xq.add(64 * c).cast());
+        let x_hi = load256(xq.add(64 * c + 32).cast());
+        *isum = _mm256_add_epi32(*isum, D::dot_scaled(lo, x_lo, sc_lo as i16, sc_lo as i16));
+        *isum = _mm256_add_epi32(*isum, D::dot_scaled(hi, x_hi, sc_hi as i16, sc_hi as i16));
+    }
+}
+
+#[inline(always)]
+fn k4_mins(scales: &[u8; 12], x: &Q8Row<'_>, i: usize) -> i32 {
+    (0..8)
+        .map(|s| {
+            let (_, m) = scale_min_k4(s, scales);
+            m as i32 * (x.bsums[16 * i + 2 * s] as i32 + x.bsums[16 * i + 2 * s + 1] as i32)
+        })
+        .sum()
+}
+
+#[inline(always)]
+unsafe fn q4_k<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
+    let blocks = as_blocks::<BlockQ4K>(w);
+    let (mut acc, mut mins) = (_mm256_setzero_ps(), 0f32);
+    for (i, b) in blocks.iter().enumerate() {
+        let mut isum = _mm256_setzero_si256();
+        k4_block::<D>(&b.qs, None, &b.scales, x.qs.as_ptr().add(i * QK_K), &mut isum);
+        let d = f16(b.d) * x.d[i];
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d), acc);
+        mins += f16(b.dmin) * x.d[i] * k4_mins(&b.scales, &x, i) as f32;
+    }
+    hsum_ps(acc) - mins
+}
+
+#[inline(always)]
+unsafe fn q5_k<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
+    let blocks = as_blocks::<BlockQ5K>(w);
+    let (mut acc, mut mins) = (_mm256_setzero_ps(), 0f32);
+    for (i, b) in blocks.iter().enumerate() {
+        let mut isum = _mm256_setzero_si256();
+        k4_block::<D>(&b.qs, Some(&b.qh), &b.scales, x.qs.as_ptr().add(i * QK_K), &mut isum);
+        let d = f16(b.d) * x.d[i];
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d), acc);
+        mins += f16(b.dmin) * x.d[i] * k4_mins(&b.scales, &x, i) as f32;
+    }
+    hsum_ps(acc) - mins
+}
+
+/// Q6_K: per half of 128 values, four groups of 32 assembled from `ql` nibbles and `qh` bit
+/// pairs, each 16 values with an 8-bit signed scale; the −32 offset comes from the activation
+/// sums.
+#[inline(always)]
+unsafe fn q6_k<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
+    let blocks = as_blocks::<BlockQ6K>(w);
+    let mask4 = _mm256_set1_epi8(0xF);
+    let mask2 = _mm256_set1_epi8(3);
+    let (mut acc, mut offset) = (_mm256_setzero_ps(), 0f32);
+    for (i, b) in blocks.iter().enumerate() {
+        let xq = x.qs.as_ptr().add(i * QK_K);
+        let mut isum = _mm256_setzero_si256();
+        for half in 0..2 {
+            let ql0 = load256(b.ql.as_ptr().add(64 * half));
+            let ql1 = load256(b.ql.as_ptr().add(64 * half + 32));
+            let qh = load256(b.qh.as_ptr().add(32 * half));
+            let high = |shift: i32| {
+                let s = _mm_cvtsi32_si128(shift);
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, s), mask2), 4)
+            };
+            let groups = [
+                _mm256_or_si256(_mm256_and_si256(ql0, mask4), high(0)),
+                _mm256_or_si256(_mm256_and_si256(ql1, mask4), high(2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), mask4), high(4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), mask4), high(6)),
+            ];
+            for (g, q) in groups.into_iter().enumerate() {
+                let s = 8 * half + 2 * g; // scale index of the first 16 values of this group
+                let xv = load256(xq.add(128 * half + 32 * g).cast());
+                let dot = D::dot_scaled(q, xv, b.scales[s] as i16, b.scales[s + 1] as i16);
+                isum = _mm256_add_epi32(isum, dot);
+            }
+        }
+        let d = f16(b.d) * x.d[i];
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d), acc);
+        let sums: i32 = (0..16).map(|s| b.scales[s] as i32 * x.bsums[16 * i + s] as i32).sum();
+        offset += d * (32 * sums) as f32;
+    }
+    hsum_ps(acc) - offset
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float weights (f32 activations)
+// ---------------------------------------------------------------------------------------------
+
+/// Loads 8 weights of each float type as f32.
+trait FloatLoad {
+    const BYTES: usize;
+    unsafe fn load8(p: *const u8) -> __m256;
+    fn scalar(c: &[u8]) -> f32;
+}
+struct F32w;
+struct F16w;
+struct Bf16w;
+
+impl FloatLoad for F32w {
+    const BYTES: usize = 4;
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        _mm256_loadu_ps(p.cast())
+    }
+    fn scalar(c: &[u8]) -> f32 {
+        f32::from_le_bytes([c[0], c[1], c[2], c[3]])
+    }
+}
+impl FloatLoad for F16w {
+    const BYTES: usize = 2;
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    }
+    fn scalar(c: &[u8]) -> f32 {
+        half::f16::from_le_bytes([c[0], c[1]]).to_f32()
+    }
+}
+impl FloatLoad for Bf16w {
+    const BYTES: usize = 2;
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
+        _mm256_castsi256_ps(_mm256_slli_epi32(h, 16))
+    }
+    fn scalar(c: &[u8]) -> f32 {
+        half::bf16::from_le_bytes([c[0], c[1]]).to_f32()
+    }
+}
+
+#[inline(always)]
+unsafe fn float_dot<L: FloatLoad>(w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len();
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, a) in acc.iter_mut().enumerate() {
+            let j = i + 8 * k;
+            *a = _mm256_fmadd_ps(L::load8(wp.add(j * L::BYTES)), _mm256_loadu_ps(xp.add(j)), *a);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(L::load8(wp.add(i * L::BYTES)), _mm256_loadu_ps(xp.add(i)), acc[0]);
+        i += 8;
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut total = hsum_ps(sum);
+    for j in i..n {
+        total += L::scalar(&w[j * L::BYTES..]) * x[j];
+    }
+    total
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points, one per (instruction set, type). Callers: `dispatch`, after checking the CPU.
+// ---------------------------------------------------------------------------------------------
+
+macro_rules! entry_points {
+    ($features:literal, $dot:ty, $($name:ident => $body:ident),* ; $($fname:ident => $load:ty),*) => {
+        $(
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name(w: &[u8], x: Q8Row<'_>) -> f32 {
+                super::$body::<$dot>(w, x)
+            }
+        )*
+        $(
+            #[target_feature(enable = $features)]
+            pub unsafe fn $fname(w: &[u8], x: &[f32]) -> f32 {
+                super::float_dot::<$load>(w, x)
+            }
+        )*
+    };
+}
+
+pub mod avx2 {
+    use super::*;
+    entry_points!("avx2,fma,f16c", Avx2,
+        q4_0 => q4_0, q4_1 => q4_1, q5_0 => q5_0, q5_1 => q5_1, q8_0 => q8_0,
+        q4_k => q4_k, q5_k => q5_k, q6_k => q6_k;
+        f32 => F32w, f16 => F16w, bf16 => Bf16w);
+}
+
+pub mod avx512vnni {
+    use super::*;
+    entry_points!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", Vnni,
+        q4_0 => q4_0, q4_1 => q4_1, q5_0 => q5_0, q5_1 => q5_1, q8_0 => q8_0,
+        q4_k => q4_k, q5_k => q5_k, q6_k => q6_k;
+        f32 => F32w, f16 => F16w, bf16 => Bf16w);
+}
