@@ -203,12 +203,19 @@ impl Gguf {
     }
 
     pub fn parse(bytes: Bytes) -> Result<Gguf, FormatError> {
-        let mut r = Reader { buf: &bytes, pos: 0 };
-        let magic = r.take(4, "the magic number").map_err(|_| FormatError::NotGguf {
-            found: bytes[..bytes.len().min(4)].to_vec(),
-        })?;
+        let mut r = Reader {
+            buf: &bytes,
+            pos: 0,
+        };
+        let magic = r
+            .take(4, "the magic number")
+            .map_err(|_| FormatError::NotGguf {
+                found: bytes[..bytes.len().min(4)].to_vec(),
+            })?;
         if magic != MAGIC {
-            return Err(FormatError::NotGguf { found: magic.to_vec() });
+            return Err(FormatError::NotGguf {
+                found: magic.to_vec(),
+            });
         }
         let version = r.u32("the version")?;
         if version.swap_bytes() == 2 || version.swap_bytes() == 3 {
@@ -256,7 +263,10 @@ impl Gguf {
             let name = r.string("a tensor name")?;
             let n_dims = r.u32("a tensor's dimension count")?;
             if n_dims > MAX_DIMS {
-                return Err(FormatError::TooManyDims { tensor: name, n_dims });
+                return Err(FormatError::TooManyDims {
+                    tensor: name,
+                    n_dims,
+                });
             }
             let mut ne = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -276,11 +286,17 @@ impl Gguf {
         let mut tensors = Vec::with_capacity(infos.len());
         for (name, ne, type_id, rel_offset) in infos {
             let Some(dtype) = GgmlType::from_id(type_id) else {
-                return Err(FormatError::UnknownTensorType { tensor: name, type_id });
+                return Err(FormatError::UnknownTensorType {
+                    tensor: name,
+                    type_id,
+                });
             };
             let n_elements = ne.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
             let Some(n_elements) = n_elements else {
-                return Err(FormatError::ShapeOverflow { tensor: name, dims: ne });
+                return Err(FormatError::ShapeOverflow {
+                    tensor: name,
+                    dims: ne,
+                });
             };
             let ne0 = ne.first().copied().unwrap_or(1);
             if ne0 % dtype.block_size() as u64 != 0 {
@@ -292,16 +308,29 @@ impl Gguf {
                 });
             }
             let Some(n_bytes) = dtype.row_bytes(n_elements) else {
-                return Err(FormatError::ShapeOverflow { tensor: name, dims: ne });
+                return Err(FormatError::ShapeOverflow {
+                    tensor: name,
+                    dims: ne,
+                });
             };
             if rel_offset % alignment != 0 {
-                return Err(FormatError::Misaligned { tensor: name, offset: rel_offset, alignment });
+                return Err(FormatError::Misaligned {
+                    tensor: name,
+                    offset: rel_offset,
+                    alignment,
+                });
             }
             let offset = data_start.checked_add(rel_offset);
             let end = offset.and_then(|o| o.checked_add(n_bytes));
             match (offset, end) {
                 (Some(offset), Some(end)) if end <= file_len => {
-                    tensors.push(TensorInfo { name, ne, dtype, offset, n_bytes });
+                    tensors.push(TensorInfo {
+                        name,
+                        ne,
+                        dtype,
+                        offset,
+                        n_bytes,
+                    });
                 }
                 _ => {
                     return Err(FormatError::TensorOutOfBounds {
@@ -313,7 +342,13 @@ impl Gguf {
                 }
             }
         }
-        Ok(Gguf { bytes, version, alignment, metadata, tensors })
+        Ok(Gguf {
+            bytes,
+            version,
+            alignment,
+            metadata,
+            tensors,
+        })
     }
 
     pub fn metadata(&self) -> &[(String, Value)] {
@@ -329,7 +364,8 @@ impl Gguf {
     }
 
     fn require(&self, key: &str) -> Result<&Value, FormatError> {
-        self.get(key).ok_or_else(|| FormatError::MissingKey(key.into()))
+        self.get(key)
+            .ok_or_else(|| FormatError::MissingKey(key.into()))
     }
 
     pub fn get_str(&self, key: &str) -> Result<&str, FormatError> {
@@ -342,7 +378,8 @@ impl Gguf {
     /// An unsigned integer of any width.
     pub fn get_u64(&self, key: &str) -> Result<u64, FormatError> {
         let v = self.require(key)?;
-        v.as_u64().ok_or_else(|| wrong_type(key, "an unsigned integer", v))
+        v.as_u64()
+            .ok_or_else(|| wrong_type(key, "an unsigned integer", v))
     }
 
     pub fn get_usize(&self, key: &str) -> Result<usize, FormatError> {
@@ -356,7 +393,9 @@ impl Gguf {
 
     pub fn get_f32(&self, key: &str) -> Result<f32, FormatError> {
         let v = self.require(key)?;
-        v.as_f64().map(|x| x as f32).ok_or_else(|| wrong_type(key, "a number", v))
+        v.as_f64()
+            .map(|x| x as f32)
+            .ok_or_else(|| wrong_type(key, "a number", v))
     }
 
     pub fn get_bool(&self, key: &str) -> Result<bool, FormatError> {
@@ -402,7 +441,8 @@ impl Gguf {
     /// The bytes of a tensor, a view into the file (no copy).
     pub fn tensor_data(&self, info: &TensorInfo) -> Bytes {
         // Offsets were checked against the file length in `parse`.
-        self.bytes.slice(info.offset as usize..(info.offset + info.n_bytes) as usize)
+        self.bytes
+            .slice(info.offset as usize..(info.offset + info.n_bytes) as usize)
     }
 
     pub fn file_len(&self) -> u64 {
@@ -411,7 +451,11 @@ impl Gguf {
 }
 
 fn wrong_type(key: &str, expected: &'static str, v: &Value) -> FormatError {
-    FormatError::WrongType { key: key.into(), expected, found: v.type_name() }
+    FormatError::WrongType {
+        key: key.into(),
+        expected,
+        found: v.type_name(),
+    }
 }
 
 /// A cursor over the file that refuses to read past its end.
@@ -490,13 +534,21 @@ impl<'a> Reader<'a> {
             10 => Value::U64(u64::from_le_bytes(self.array(&what)?)),
             11 => Value::I64(i64::from_le_bytes(self.array(&what)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(&what)?)),
-            _ => return Err(FormatError::UnknownValueType { key: key.into(), type_id }),
+            _ => {
+                return Err(FormatError::UnknownValueType {
+                    key: key.into(),
+                    type_id,
+                });
+            }
         })
     }
 
     fn array_value(&mut self, key: &str, depth: usize) -> Result<ArrayValue, FormatError> {
         if depth >= MAX_ARRAY_NESTING {
-            return Err(FormatError::NestingTooDeep { key: key.into(), max: MAX_ARRAY_NESTING });
+            return Err(FormatError::NestingTooDeep {
+                key: key.into(),
+                max: MAX_ARRAY_NESTING,
+            });
         }
         let what = format!("the array {key:?}");
         let elem_type = self.u32(&what)?;
@@ -508,7 +560,12 @@ impl<'a> Reader<'a> {
             4..=6 => 4,
             8 | 10..=12 => 8,
             9 => 12,
-            _ => return Err(FormatError::UnknownValueType { key: key.into(), type_id: elem_type }),
+            _ => {
+                return Err(FormatError::UnknownValueType {
+                    key: key.into(),
+                    type_id: elem_type,
+                });
+            }
         };
         self.check_count(n, min_size, &what)?;
         let n = n as usize;
@@ -533,7 +590,12 @@ impl<'a> Reader<'a> {
             4 => fixed!(U32, u32),
             5 => fixed!(I32, i32),
             6 => fixed!(F32, f32),
-            7 => ArrayValue::Bool(self.take(n as u64, &what)?.iter().map(|&b| b != 0).collect()),
+            7 => ArrayValue::Bool(
+                self.take(n as u64, &what)?
+                    .iter()
+                    .map(|&b| b != 0)
+                    .collect(),
+            ),
             8 => {
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -575,7 +637,13 @@ impl GgufWriter {
     }
 
     /// Adds a tensor; `ne` is in ggml order (row length first) and `data` its encoded bytes.
-    pub fn add_tensor(&mut self, name: &str, ne: &[u64], dtype: GgmlType, data: Vec<u8>) -> &mut Self {
+    pub fn add_tensor(
+        &mut self,
+        name: &str,
+        ne: &[u64],
+        dtype: GgmlType,
+        data: Vec<u8>,
+    ) -> &mut Self {
         self.tensors.push((name.into(), ne.to_vec(), dtype, data));
         self
     }

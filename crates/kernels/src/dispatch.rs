@@ -169,7 +169,11 @@ impl VecDot {
             panic!("dot_q8 called for float weights of type {}", self.dtype)
         };
         let n = x.qs.len();
-        assert_eq!(Some(w_row.len() as u64), self.dtype.row_bytes(n as u64), "weight row length");
+        assert_eq!(
+            Some(w_row.len() as u64),
+            self.dtype.row_bytes(n as u64),
+            "weight row length"
+        );
         assert!(
             x.d.len() == n / kind.block_size() && x.bsums.len() == n / 16 && x.s.len() == n / 32,
             "activation row layout"
@@ -183,9 +187,16 @@ impl VecDot {
     #[inline]
     pub fn dot_f32(&self, w_row: &[u8], x: &[f32]) -> f32 {
         let DotFn::Float(f) = self.f else {
-            panic!("dot_f32 called for quantized weights of type {}", self.dtype)
+            panic!(
+                "dot_f32 called for quantized weights of type {}",
+                self.dtype
+            )
         };
-        assert_eq!(Some(w_row.len() as u64), self.dtype.row_bytes(x.len() as u64), "weight row length");
+        assert_eq!(
+            Some(w_row.len() as u64),
+            self.dtype.row_bytes(x.len() as u64),
+            "weight row length"
+        );
         // SAFETY: as in `dot_q8`.
         unsafe { f(w_row, x) }
     }
@@ -261,7 +272,11 @@ fn neon_fn(dtype: GgmlType) -> Option<DotFn> {
 /// for embedding lookups and tests, not in hot loops).
 pub fn dequantize(dtype: GgmlType, src: &[u8], dst: &mut [f32]) {
     use GgmlType::*;
-    assert_eq!(Some(src.len() as u64), dtype.row_bytes(dst.len() as u64), "dequantize lengths");
+    assert_eq!(
+        Some(src.len() as u64),
+        dtype.row_bytes(dst.len() as u64),
+        "dequantize lengths"
+    );
     match dtype {
         F32 => quants::dequantize_f32(src, dst),
         F16 => quants::dequantize_f16(src, dst),
@@ -276,4 +291,26 @@ pub fn dequantize(dtype: GgmlType, src: &[u8], dst: &mut [f32]) {
         Q6_K => quants::dequantize_q6_k(as_blocks(src), dst),
         other => panic!("dequantize: no kernel for {other} (callers check is_supported)"),
     }
+}
+
+/// `k · q` over f16 vectors, for attention scores. On x86 the sum is formed in the order of
+/// ggml's f16 dot product for the same instruction set, so scores (and, through them, every
+/// later rounding) match llama.cpp's bit for bit; elsewhere it is a plain f32 sum.
+pub fn dot_f16(k: &[half::f16], q: &[half::f16]) -> f32 {
+    assert_eq!(k.len(), q.len(), "dot_f16 lengths");
+    let (k_bits, q_bits): (&[u16], &[u16]) = (bytemuck::cast_slice(k), bytemuck::cast_slice(q));
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::simd::x86;
+        if Isa::best() == Isa::Avx512Vnni {
+            // SAFETY: AVX-512F, F16C and FMA are part of what `best` checked.
+            return unsafe { x86::dot_f16_ggml_avx512(k_bits, q_bits) };
+        }
+        if Isa::best() == Isa::Avx2 {
+            // SAFETY: AVX2, F16C and FMA are part of what `best` checked.
+            return unsafe { x86::dot_f16_ggml_avx2(k_bits, q_bits) };
+        }
+    }
+    let _ = (k_bits, q_bits);
+    k.iter().zip(q).map(|(a, b)| a.to_f32() * b.to_f32()).sum()
 }

@@ -82,7 +82,10 @@ const TABLE: &[(GgmlType, u32, usize, usize, &str)] = &[
 impl GgmlType {
     fn entry(self) -> &'static (GgmlType, u32, usize, usize, &'static str) {
         // Every variant has exactly one row in TABLE (checked by a unit test).
-        TABLE.iter().find(|e| e.0 == self).expect("GgmlType missing from TABLE")
+        TABLE
+            .iter()
+            .find(|e| e.0 == self)
+            .expect("GgmlType missing from TABLE")
     }
 
     /// The type with this ggml id, if ggml defines one.
@@ -91,7 +94,10 @@ impl GgmlType {
     }
 
     pub fn from_name(name: &str) -> Option<GgmlType> {
-        TABLE.iter().find(|e| e.4.eq_ignore_ascii_case(name)).map(|e| e.0)
+        TABLE
+            .iter()
+            .find(|e| e.4.eq_ignore_ascii_case(name))
+            .map(|e| e.0)
     }
 
     pub fn id(self) -> u32 {
@@ -116,7 +122,7 @@ impl GgmlType {
     /// or the size overflows.
     pub fn row_bytes(self, n: u64) -> Option<u64> {
         let bs = self.block_size() as u64;
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return None;
         }
         (n / bs).checked_mul(self.type_size() as u64)

@@ -10,6 +10,6 @@ pub mod ops;
 pub mod quants;
 mod simd;
 
-pub use dispatch::{ActivationFormat, Isa, VecDot, dequantize};
+pub use dispatch::{ActivationFormat, Isa, VecDot, dequantize, dot_f16};
 pub use dtype::GgmlType;
 pub use quants::{Q8Buf, Q8Kind, Q8Row, Q8RowMut};

@@ -157,12 +157,20 @@ impl ThreadPool {
                     .expect("failed to start a worker thread")
             })
             .collect();
-        ThreadPool { shared, workers, running: Mutex::new(()) }
+        ThreadPool {
+            shared,
+            workers,
+            running: Mutex::new(()),
+        }
     }
 
     /// A pool with one thread per available core.
     pub fn with_available_parallelism() -> ThreadPool {
-        ThreadPool::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        ThreadPool::new(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        )
     }
 
     pub fn n_threads(&self) -> usize {
@@ -178,9 +186,8 @@ impl ThreadPool {
         // SAFETY: the job is only reachable through `s.job` until this function returns, and it
         // waits below for every worker to finish with it before returning (also on panic), so
         // the extended lifetime is never observed past `f`'s real one.
-        let job: &'static Job = unsafe {
-            std::mem::transmute::<&(dyn Fn(&Ctx<'_>) + Sync + '_), &'static Job>(job)
-        };
+        let job: &'static Job =
+            unsafe { std::mem::transmute::<&(dyn Fn(&Ctx<'_>) + Sync + '_), &'static Job>(job) };
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
         s.finished.0.store(0, Ordering::Relaxed);
         s.chunk_counter.0.store(0, Ordering::Relaxed);
@@ -204,7 +211,12 @@ impl ThreadPool {
             }
         }
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        if let Some(payload) = s.panic_payload.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(payload) = s
+            .panic_payload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             resume_unwind(payload);
         }
     }
@@ -215,7 +227,11 @@ impl Drop for ThreadPool {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         self.shared.generation.0.fetch_add(1, Ordering::SeqCst);
         {
-            let _guard = self.shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _guard = self
+                .shared
+                .sleep_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             self.shared.wake.notify_all();
         }
         for worker in self.workers.drain(..) {
@@ -225,7 +241,12 @@ impl Drop for ThreadPool {
 }
 
 fn run_job(s: &Shared, job: &Job, ith: usize) {
-    let ctx = Ctx { ith, nth: s.n_threads, shared: s, chunk_base: Cell::new(0) };
+    let ctx = Ctx {
+        ith,
+        nth: s.n_threads,
+        shared: s,
+        chunk_base: Cell::new(0),
+    };
     if let Err(payload) = catch_unwind(AssertUnwindSafe(|| job(&ctx))) {
         // Keep the first panic, stored before the others are told: theirs is only "another
         // thread panicked".
@@ -264,7 +285,7 @@ fn wait_for_job(s: &Shared, seen: u64) -> u64 {
         }
         spins = spins.wrapping_add(1);
         std::hint::spin_loop();
-        if spins % 1024 == 0 && start.elapsed() > SPIN_BEFORE_PARK {
+        if spins.is_multiple_of(1024) && start.elapsed() > SPIN_BEFORE_PARK {
             break;
         }
     }
@@ -296,7 +317,11 @@ unsafe impl<T: Send> Sync for SharedMut<'_, T> {}
 
 impl<'a, T> SharedMut<'a, T> {
     pub fn new(slice: &'a mut [T]) -> Self {
-        SharedMut { ptr: slice.as_mut_ptr(), len: slice.len(), _borrow: PhantomData }
+        SharedMut {
+            ptr: slice.as_mut_ptr(),
+            len: slice.len(),
+            _borrow: PhantomData,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -313,7 +338,10 @@ impl<'a, T> SharedMut<'a, T> {
     /// No other thread may read or write any part of `range` while the returned slice lives.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice_mut(&self, range: Range<usize>) -> &mut [T] {
-        assert!(range.start <= range.end && range.end <= self.len, "SharedMut range out of bounds");
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "SharedMut range out of bounds"
+        );
         // SAFETY: in bounds (checked); exclusivity is the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len()) }
     }
@@ -362,7 +390,9 @@ mod tests {
                     ctx.for_each_chunk(n_items, 4, |range| {
                         for i in range {
                             // SAFETY: each item of each step is claimed by exactly one thread.
-                            unsafe { out.slice_mut(step * n_items + i..step * n_items + i + 1)[0] += 1 };
+                            unsafe {
+                                out.slice_mut(step * n_items + i..step * n_items + i + 1)[0] += 1
+                            };
                         }
                     });
                 }
