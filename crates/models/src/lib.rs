@@ -1,1 +1,145 @@
-//! stub
+//! Model families: each binds the tensors of a model file to its forward pass.
+//!
+//! A [`Model`] is immutable and shared; the state of one sequence (its KV cache and working
+//! buffers) lives in a [`Sequence`], so several sequences can run on one model.
+
+mod attention;
+pub mod llama;
+mod parallel;
+mod state;
+mod weights;
+
+use baimo_formats::{FormatError, Gguf};
+use baimo_threads::ThreadPool;
+
+pub use state::KvCache;
+pub use weights::Weight;
+
+/// Which logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// Only the last token's (generation).
+    Last,
+    /// One row per token (perplexity, scoring).
+    All,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("unknown model architecture {0:?} (baimo runs: {archs})", archs = SUPPORTED_ARCHITECTURES.join(", "))]
+    UnknownArchitecture(String),
+    #[error("missing tensor {0:?}")]
+    MissingTensor(String),
+    #[error("tensor {tensor:?} has shape {found}, expected {expected}")]
+    ShapeMismatch {
+        tensor: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{0}")]
+    Shape(String),
+    #[error("tensor {tensor:?} has type {dtype}, which baimo cannot compute with")]
+    UnsupportedType { tensor: String, dtype: String },
+    #[error("invalid model configuration: {0}")]
+    InvalidConfig(String),
+    #[error("unsupported model feature: {0}")]
+    Unsupported(String),
+    #[error("token id {token} is outside the vocabulary of {vocab_size}")]
+    TokenOutOfRange { token: u32, vocab_size: usize },
+    #[error("the context is full: {needed} positions needed, {max} available")]
+    ContextFull { needed: usize, max: usize },
+}
+
+/// `general.architecture` values baimo can run from GGUF.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+
+/// A loaded model of any supported family.
+pub enum Model {
+    Llama(llama::Llama),
+}
+
+/// Facts about a loaded model that callers need without knowing its family.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    pub architecture: String,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub n_layers: usize,
+    pub hidden_size: usize,
+    /// Bytes of weight data the forward pass reads.
+    pub weight_bytes: usize,
+}
+
+enum Scratch {
+    Llama(llama::Scratch),
+}
+
+/// One sequence's state: its KV cache and the buffers its forward passes work in.
+pub struct Sequence {
+    pub kv: KvCache,
+    scratch: Scratch,
+}
+
+impl Sequence {
+    /// Positions processed so far.
+    pub fn len(&self) -> usize {
+        self.kv.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kv.is_empty()
+    }
+}
+
+/// Tokens processed per pass of the layer loop when a prompt is read: larger batches reuse each
+/// weight row for more tokens; the buffers grow with it.
+pub const DEFAULT_BATCH: usize = 64;
+
+impl Model {
+    pub fn from_gguf(gguf: &Gguf) -> Result<Model, ModelError> {
+        let arch = gguf.get_str("general.architecture")?;
+        match arch {
+            "llama" | "qwen2" => Ok(Model::Llama(llama::Llama::from_gguf(gguf)?)),
+            other => Err(ModelError::UnknownArchitecture(other.into())),
+        }
+    }
+
+    pub fn info(&self) -> ModelInfo {
+        match self {
+            Model::Llama(m) => ModelInfo {
+                architecture: m.config.architecture.clone(),
+                vocab_size: m.config.vocab_size,
+                context_length: m.config.max_position_embeddings,
+                n_layers: m.config.num_hidden_layers,
+                hidden_size: m.config.hidden_size,
+                weight_bytes: m.weight_bytes(),
+            },
+        }
+    }
+
+    /// State for a new sequence of at most `max_len` positions.
+    pub fn new_sequence(&self, max_len: usize) -> Sequence {
+        match self {
+            Model::Llama(m) => Sequence {
+                kv: m.new_cache(max_len),
+                scratch: Scratch::Llama(m.new_scratch(DEFAULT_BATCH)),
+            },
+        }
+    }
+
+    /// Runs `tokens` at the sequence's next positions; returns the logits asked for (rows of
+    /// `vocab_size`).
+    pub fn forward<'s>(
+        &self,
+        pool: &ThreadPool,
+        seq: &'s mut Sequence,
+        tokens: &[u32],
+        want: LogitsFor,
+    ) -> Result<&'s [f32], ModelError> {
+        match (self, &mut seq.scratch) {
+            (Model::Llama(m), Scratch::Llama(s)) => m.forward(pool, &mut seq.kv, s, tokens, want),
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Causal self-attention over the KV cache, shared by the families that use rotary positions
+//! (LLaMA, Qwen, Baichuan-7B): rotate queries and keys, append keys and values to the cache,
+//! then for each query head `softmax(q·Kᵀ/√d)·V` over the positions it may see.
+
+use baimo_kernels::GgmlType;
+use baimo_kernels::ops::{RopeStyle, axpy, rope_apply};
+use baimo_kernels::{VecDot, dot_f16};
+use baimo_threads::{Ctx, SharedMut};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+/// Head geometry; query head `h` reads key/value head `h / (n_heads / n_kv_heads)` (GQA).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Heads {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Heads {
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}
+
+/// The largest head this module handles (values are widened to f32 on the stack).
+pub(crate) const MAX_HEAD_DIM: usize = 512;
+
+/// Rotates the query and key heads of `n_tokens` rows of `qkv` (layout per row: `q | k | v`) in
+/// place, and writes keys and values into the cache rows `pos0 .. pos0 + n_tokens`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rope_and_cache(
+    ctx: &Ctx<'_>,
+    heads: Heads,
+    qkv: &SharedMut<'_, f32>,
+    n_tokens: usize,
+    pos0: usize,
+    cos_sin: &[f32],
+    rope_style: RopeStyle,
+    k_cache: &SharedMut<'_, f16>,
+    v_cache: &SharedMut<'_, f16>,
+) {
+    let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
+    let stride = q_dim + 2 * kv_dim;
+    let rope_dims = cos_sin.len() / n_tokens.max(1);
+    let per_token = heads.n_heads + heads.n_kv_heads;
+    ctx.for_each_chunk(n_tokens * per_token, 8, |items| {
+        for item in items {
+            let (t, h) = (item / per_token, item % per_token);
+            let cs = &cos_sin[t * rope_dims..(t + 1) * rope_dims];
+            let row = t * stride;
+            if h < heads.n_heads {
+                // SAFETY: query head h of token t belongs to this item alone.
+                let q = unsafe { qkv.slice_mut(row + h * hd..row + (h + 1) * hd) };
+                rope_apply(q, cs, rope_style);
+            } else {
+                let kvh = h - heads.n_heads;
+                let k_at = row + q_dim + kvh * hd;
+                let v_at = row + q_dim + kv_dim + kvh * hd;
+                // SAFETY: key/value head kvh of token t, and its cache slots at position
+                // pos0 + t, belong to this item alone.
+                unsafe {
+                    let k = qkv.slice_mut(k_at..k_at + hd);
+                    rope_apply(k, cs, rope_style);
+                    let at = (pos0 + t) * kv_dim + kvh * hd;
+                    k_cache.slice_mut(at..at + hd).convert_from_f32_slice(k);
+                    v_cache
+                        .slice_mut(at..at + hd)
+                        .convert_from_f32_slice(qkv.slice_mut(v_at..v_at + hd));
+                }
+            }
+        }
+    });
+}
+
+/// How softmax·V is accumulated. ggml's CPU flash attention (llama.cpp's default) keeps the
+/// running sum in f16 and rounds q to f16 when a batch has fewer than 64 query rows (every
+/// decoding step), and works in f32 for larger batches. Logits only track llama.cpp's to a few
+/// hundredths when these roundings are the same, so baimo mirrors the rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Accumulate {
+    F16,
+    F32,
+}
+
+impl Accumulate {
+    /// ggml's `GGML_FA_TILE_Q`: batches with at least this many query rows take the f32 path.
+    const WIDE_BATCH: usize = 64;
+
+    pub(crate) fn for_batch(n_query_rows: usize) -> Accumulate {
+        if n_query_rows >= Self::WIDE_BATCH {
+            Accumulate::F32
+        } else {
+            Accumulate::F16
+        }
+    }
+}
+
+/// `out[t, h] = softmax(q[t, h]·K[0..=pos0+t]ᵀ · scale) · V[0..=pos0+t]` for every token and
+/// query head, with an online softmax (one pass over the positions, rescaling the running sum
+/// when the maximum grows), so no score buffer is needed however long the context.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend(
+    ctx: &Ctx<'_>,
+    heads: Heads,
+    qkv: &SharedMut<'_, f32>,
+    n_tokens: usize,
+    pos0: usize,
+    k_cache: &SharedMut<'_, f16>,
+    v_cache: &SharedMut<'_, f16>,
+    accumulate: Accumulate,
+    out: &SharedMut<'_, f32>,
+) {
+    let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
+    let stride = q_dim + 2 * kv_dim;
+    let group = heads.n_heads / heads.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    // Keys are f16: the f16 dot kernel takes them as the "weight" row and q as f32.
+    let dot = VecDot::best(GgmlType::F16).expect("f16 dot kernel always exists");
+    // SAFETY: the cache and qkv are not written during this step (rope_and_cache ended at a
+    // barrier).
+    let (keys, values, qkv) = unsafe { (k_cache.get(), v_cache.get(), qkv.get()) };
+    let mut q16_row = [f16::ZERO; MAX_HEAD_DIM];
+    let mut v_row = [0f32; MAX_HEAD_DIM];
+    let mut acc16 = [f16::ZERO; MAX_HEAD_DIM];
+    ctx.for_each_chunk(n_tokens * heads.n_heads, 1, |items| {
+        for item in items {
+            let (t, h) = (item / heads.n_heads, item % heads.n_heads);
+            let kvh = h / group;
+            let q = &qkv[t * stride + h * hd..t * stride + (h + 1) * hd];
+            let q16 = &mut q16_row[..hd];
+            if accumulate == Accumulate::F16 {
+                q16.convert_from_f32_slice(q);
+            }
+            // SAFETY: head h of token t's output belongs to this item alone.
+            let o = unsafe { out.slice_mut(t * q_dim + h * hd..t * q_dim + (h + 1) * hd) };
+            o.fill(0.0);
+            let acc16 = &mut acc16[..hd];
+            acc16.fill(f16::ZERO);
+            let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+            for p in 0..=pos0 + t {
+                let k = &keys[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                let s = match accumulate {
+                    Accumulate::F16 => dot_f16(k, q16),
+                    Accumulate::F32 => dot.dot_f32(bytemuck::cast_slice(k), q),
+                } * scale;
+                // Rescale what was summed so far when the maximum grows.
+                let (mut rescale, mut weight) = (1f32, 1f32);
+                if s > max {
+                    rescale = (max - s).exp();
+                    max = s;
+                } else {
+                    weight = (s - max).exp();
+                }
+                let v = &values[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                match accumulate {
+                    Accumulate::F32 => {
+                        if rescale != 1.0 {
+                            o.iter_mut().for_each(|x| *x *= rescale);
+                        }
+                        v.convert_to_f32_slice(&mut v_row[..hd]);
+                        axpy(weight, &v_row[..hd], o);
+                    }
+                    Accumulate::F16 => {
+                        if rescale != 1.0 {
+                            acc16
+                                .iter_mut()
+                                .for_each(|x| *x = f16::from_f32(x.to_f32() * rescale));
+                        }
+                        for (a, v) in acc16.iter_mut().zip(v) {
+                            *a = f16::from_f32(v.to_f32().mul_add(weight, a.to_f32()));
+                        }
+                    }
+                }
+                sum = sum.mul_add(rescale, weight);
+            }
+            if accumulate == Accumulate::F16 {
+                acc16.convert_to_f32_slice(o);
+            }
+            let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+            o.iter_mut().for_each(|x| *x *= inv);
+        }
+    });
+}

@@ -1,0 +1,548 @@
+//! LLaMA and the decoders built like it: Qwen2 / Qwen2.5 (the same plus q/k/v biases).
+//!
+//! Per layer, with pre-normalisation (Touvron et al. 2023, "LLaMA"):
+//! ```text
+//! h = x + W_o · Attn(RoPE(W_q·n), RoPE(W_k·n), W_v·n),   n = RMSNorm(x)
+//! x = h + W_down · (silu(W_gate·m) ⊙ W_up·m),            m = RMSNorm(h)
+//! ```
+//! then a final RMSNorm and the output projection (tied to the embeddings in small models).
+//! Attention is grouped-query: `n_kv_heads` key/value heads each serve `n_heads / n_kv_heads`
+//! query heads. llama.cpp's `llama` GGUFs store q/k rows permuted for interleaved RoPE pairs;
+//! `qwen2` GGUFs keep Hugging Face's rotate-half layout.
+//!
+//! Reference: transformers `modeling_llama.py`, `modeling_qwen2.py`; llama.cpp `build_llama`.
+
+use baimo_formats::Gguf;
+use baimo_kernels::ops::{RopeStyle, rms_norm, rope_angles};
+use baimo_threads::{SharedMut, ThreadPool};
+
+use crate::attention::{Accumulate, Heads, MAX_HEAD_DIM, attend, rope_and_cache};
+use crate::parallel::{SharedActs, Store, fill_rows, matmul, matmul_swiglu, needs, requantize};
+use crate::state::{Activations, KvCache};
+use crate::weights::{GgufTensors, Weight};
+use crate::{LogitsFor, ModelError};
+
+/// Hyper-parameters, named as in Hugging Face `config.json`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub architecture: String,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f32,
+    /// Leading dimensions of each head that are rotated (all of them in these families).
+    pub rope_dims: usize,
+    pub rope_style: RopeStyle,
+    /// Linear RoPE scaling (`rope_scaling = {type: linear, factor}`): positions are divided by it.
+    pub rope_linear_factor: f32,
+}
+
+impl Config {
+    pub fn from_gguf(gguf: &Gguf) -> Result<Config, ModelError> {
+        let arch = gguf.get_str("general.architecture")?.to_string();
+        let rope_style = match arch.as_str() {
+            "llama" => RopeStyle::Interleaved,
+            "qwen2" => RopeStyle::Neox,
+            other => return Err(ModelError::UnknownArchitecture(other.into())),
+        };
+        let key = |k: &str| format!("{arch}.{k}");
+        let usize_or = |k: &str, default: usize| -> Result<usize, ModelError> {
+            match gguf.get(&key(k)) {
+                None => Ok(default),
+                Some(_) => Ok(gguf.get_usize(&key(k))?),
+            }
+        };
+        let hidden_size = gguf.get_usize(&key("embedding_length"))?;
+        let num_attention_heads = gguf.get_usize(&key("attention.head_count"))?;
+        let num_key_value_heads = usize_or("attention.head_count_kv", num_attention_heads)?;
+        let head_dim = usize_or(
+            "attention.key_length",
+            hidden_size / num_attention_heads.max(1),
+        )?;
+        let rope_linear_factor = match gguf.get(&key("rope.scaling.type")) {
+            Some(_) if gguf.get_str(&key("rope.scaling.type"))? == "linear" => {
+                gguf.get_f32(&key("rope.scaling.factor"))?
+            }
+            Some(_) if gguf.get_str(&key("rope.scaling.type"))? != "none" => {
+                let kind = gguf.get_str(&key("rope.scaling.type"))?;
+                return Err(ModelError::Unsupported(format!(
+                    "rope scaling type {kind:?}"
+                )));
+            }
+            _ => 1.0,
+        };
+        let config = Config {
+            hidden_size,
+            intermediate_size: gguf.get_usize(&key("feed_forward_length"))?,
+            num_hidden_layers: gguf.get_usize(&key("block_count"))?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            // Taken from the embedding matrix's shape by `Llama::from_gguf`.
+            vocab_size: 0,
+            max_position_embeddings: gguf.get_usize(&key("context_length"))?,
+            rms_norm_eps: gguf.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
+            rope_theta: match gguf.get(&key("rope.freq_base")) {
+                None => 10_000.0,
+                Some(_) => gguf.get_f32(&key("rope.freq_base"))?,
+            },
+            rope_dims: usize_or("rope.dimension_count", head_dim)?,
+            rope_style,
+            rope_linear_factor,
+            architecture: arch,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::InvalidConfig(m));
+        if self.hidden_size == 0 || self.intermediate_size == 0 || self.num_hidden_layers == 0 {
+            return bad("zero hidden size, feed-forward size or layer count".into());
+        }
+        if self.num_attention_heads == 0 || self.num_key_value_heads == 0 {
+            return bad("zero attention heads".into());
+        }
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
+            return bad(format!(
+                "{} query heads cannot be grouped over {} key/value heads",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) || self.head_dim > MAX_HEAD_DIM {
+            return bad(format!(
+                "head dimension {} (must be even, at most {MAX_HEAD_DIM})",
+                self.head_dim
+            ));
+        }
+        if !self.rope_dims.is_multiple_of(2) || self.rope_dims > self.head_dim {
+            return bad(format!(
+                "RoPE dimension count {} for heads of {}",
+                self.rope_dims, self.head_dim
+            ));
+        }
+        // Comparisons that NaN fails too.
+        let numbers_ok = self.rope_theta > 0.0
+            && self.rope_linear_factor > 0.0
+            && self.rms_norm_eps >= 0.0
+            && self.rms_norm_eps.is_finite();
+        if !numbers_ok {
+            return bad(
+                "RoPE base, RoPE scaling factor and RMSNorm epsilon must be positive".into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn heads(&self) -> Heads {
+        Heads {
+            n_heads: self.num_attention_heads,
+            n_kv_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+        }
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,        // (hidden)
+    q_proj: Weight,             // (n_heads·head_dim, hidden)
+    k_proj: Weight,             // (n_kv_heads·head_dim, hidden)
+    v_proj: Weight,             // (n_kv_heads·head_dim, hidden)
+    qkv_bias: Option<Vec<f32>>, // (q_dim + 2·kv_dim), Qwen2 only
+    o_proj: Weight,             // (hidden, n_heads·head_dim)
+    ffn_norm: Vec<f32>,         // (hidden)
+    gate_proj: Weight,          // (intermediate, hidden)
+    up_proj: Weight,            // (intermediate, hidden)
+    down_proj: Weight,          // (hidden, intermediate)
+}
+
+pub struct Llama {
+    pub config: Config,
+    embed_tokens: Weight, // (vocab, hidden)
+    layers: Vec<Layer>,
+    norm: Vec<f32>,                      // (hidden)
+    lm_head: Weight,                     // (vocab, hidden); the embedding matrix when tied
+    rope_freq_factors: Option<Vec<f32>>, // (rope_dims / 2), Llama 3.1 long-context scaling
+}
+
+/// Buffers of one sequence's forward pass, for up to `batch` tokens at a time.
+pub struct Scratch {
+    batch: usize,
+    x: Vec<f32>,           // (batch, hidden) the residual stream
+    attn_in: Activations,  // (batch, hidden) RMSNorm(x), input of q/k/v
+    qkv: Vec<f32>,         // (batch, q_dim + 2·kv_dim)
+    attn_out: Activations, // (batch, q_dim), input of o_proj
+    ffn_in: Activations,   // (batch, hidden) RMSNorm(h), input of gate/up
+    ffn_mid: Activations,  // (batch, intermediate), input of down_proj
+    head_in: Activations,  // (rows, hidden) final RMSNorm, input of lm_head
+    cos_sin: Vec<f32>,     // (batch, rope_dims)
+    logits: Vec<f32>,      // (rows, vocab)
+}
+
+impl Llama {
+    pub fn from_gguf(gguf: &Gguf) -> Result<Llama, ModelError> {
+        let mut config = Config::from_gguf(gguf)?;
+        let t = GgufTensors { gguf };
+        let hidden = config.hidden_size;
+        let info = gguf
+            .tensor_info("token_embd.weight")
+            .ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
+        config.vocab_size = usize::try_from(info.ne.get(1).copied().unwrap_or(0))
+            .map_err(|_| ModelError::InvalidConfig("vocabulary size".into()))?;
+        let c = &config;
+        let (q_dim, kv_dim) = (c.heads().q_dim(), c.heads().kv_dim());
+
+        let embed_tokens = t.matrix("token_embd.weight", c.vocab_size, hidden)?;
+        let lm_head = if t.has("output.weight") {
+            t.matrix("output.weight", c.vocab_size, hidden)?
+        } else {
+            embed_tokens.clone()
+        };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers.min(gguf.tensors().len()));
+        for i in 0..c.num_hidden_layers {
+            let name = |n: &str| format!("blk.{i}.{n}");
+            let biases = [
+                t.optional_vector(&name("attn_q.bias"), q_dim)?,
+                t.optional_vector(&name("attn_k.bias"), kv_dim)?,
+                t.optional_vector(&name("attn_v.bias"), kv_dim)?,
+            ];
+            let qkv_bias = match biases {
+                [None, None, None] => None,
+                [q, k, v] => Some(
+                    [
+                        q.unwrap_or(vec![0.0; q_dim]),
+                        k.unwrap_or(vec![0.0; kv_dim]),
+                        v.unwrap_or(vec![0.0; kv_dim]),
+                    ]
+                    .concat(),
+                ),
+            };
+            layers.push(Layer {
+                attn_norm: t.vector(&name("attn_norm.weight"), hidden)?,
+                q_proj: t.matrix(&name("attn_q.weight"), q_dim, hidden)?,
+                k_proj: t.matrix(&name("attn_k.weight"), kv_dim, hidden)?,
+                v_proj: t.matrix(&name("attn_v.weight"), kv_dim, hidden)?,
+                qkv_bias,
+                o_proj: t.matrix(&name("attn_output.weight"), hidden, q_dim)?,
+                ffn_norm: t.vector(&name("ffn_norm.weight"), hidden)?,
+                gate_proj: t.matrix(&name("ffn_gate.weight"), c.intermediate_size, hidden)?,
+                up_proj: t.matrix(&name("ffn_up.weight"), c.intermediate_size, hidden)?,
+                down_proj: t.matrix(&name("ffn_down.weight"), hidden, c.intermediate_size)?,
+            });
+        }
+        Ok(Llama {
+            norm: t.vector("output_norm.weight", hidden)?,
+            rope_freq_factors: t.optional_vector("rope_freqs.weight", c.rope_dims / 2)?,
+            embed_tokens,
+            lm_head,
+            layers,
+            config,
+        })
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .flat_map(|l| {
+                [
+                    &l.q_proj,
+                    &l.k_proj,
+                    &l.v_proj,
+                    &l.o_proj,
+                    &l.gate_proj,
+                    &l.up_proj,
+                    &l.down_proj,
+                ]
+            })
+            .map(Weight::n_bytes)
+            .sum();
+        // One embedding row is read per token; the output matrix is read whole.
+        layers + self.lm_head.n_bytes()
+    }
+
+    pub fn new_cache(&self, max_len: usize) -> KvCache {
+        KvCache::new(
+            self.config.num_hidden_layers,
+            self.config.heads().kv_dim(),
+            max_len,
+        )
+    }
+
+    pub fn new_scratch(&self, batch: usize) -> Scratch {
+        let c = &self.config;
+        let (q_dim, kv_dim) = (c.heads().q_dim(), c.heads().kv_dim());
+        let all =
+            |f: fn(&Layer) -> Vec<&Weight>| self.layers.iter().flat_map(f).collect::<Vec<_>>();
+        let acts = |n: usize, rows: usize, weights: Vec<&Weight>| {
+            let (q32, q256) = needs(&weights);
+            Activations::new(n, rows, q32, q256)
+        };
+        Scratch {
+            batch,
+            x: vec![0.0; batch * c.hidden_size],
+            attn_in: acts(
+                c.hidden_size,
+                batch,
+                all(|l| vec![&l.q_proj, &l.k_proj, &l.v_proj]),
+            ),
+            qkv: vec![0.0; batch * (q_dim + 2 * kv_dim)],
+            attn_out: acts(q_dim, batch, all(|l| vec![&l.o_proj])),
+            ffn_in: acts(
+                c.hidden_size,
+                batch,
+                all(|l| vec![&l.gate_proj, &l.up_proj]),
+            ),
+            ffn_mid: acts(c.intermediate_size, batch, all(|l| vec![&l.down_proj])),
+            head_in: acts(c.hidden_size, batch, vec![&self.lm_head]),
+            cos_sin: vec![0.0; batch * c.rope_dims],
+            logits: Vec::new(),
+        }
+    }
+
+    /// Runs `tokens` at the next positions of `kv` and returns the logits asked for: one row of
+    /// `vocab_size` for the last token, or one per token.
+    pub fn forward<'s>(
+        &self,
+        pool: &ThreadPool,
+        kv: &mut KvCache,
+        scratch: &'s mut Scratch,
+        tokens: &[u32],
+        want: LogitsFor,
+    ) -> Result<&'s [f32], ModelError> {
+        let c = &self.config;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(ModelError::TokenOutOfRange {
+                token: bad,
+                vocab_size: c.vocab_size,
+            });
+        }
+        if kv.len() + tokens.len() > kv.max_len() {
+            return Err(ModelError::ContextFull {
+                needed: kv.len() + tokens.len(),
+                max: kv.max_len(),
+            });
+        }
+        let rows_out = match want {
+            LogitsFor::Last => 1,
+            LogitsFor::All => tokens.len(),
+        };
+        scratch.logits.resize(rows_out * c.vocab_size, 0.0);
+        let mut written = 0;
+        for batch in tokens.chunks(scratch.batch) {
+            let is_last = written + batch.len() == tokens.len();
+            let logit_rows = match want {
+                LogitsFor::All => written..written + batch.len(),
+                LogitsFor::Last if is_last => 0..1,
+                LogitsFor::Last => 0..0,
+            };
+            self.forward_batch(
+                pool,
+                kv,
+                scratch,
+                batch,
+                logit_rows,
+                Accumulate::for_batch(tokens.len()),
+            );
+            written += batch.len();
+        }
+        Ok(&scratch.logits)
+    }
+
+    /// One batch of at most `scratch.batch` tokens. `logit_rows` says where in `scratch.logits`
+    /// the rows for this batch's tokens go (for `Last`, only the final token's row).
+    fn forward_batch(
+        &self,
+        pool: &ThreadPool,
+        kv: &mut KvCache,
+        s: &mut Scratch,
+        tokens: &[u32],
+        logit_rows: std::ops::Range<usize>,
+        accumulate: Accumulate,
+    ) {
+        let c = &self.config;
+        let heads = c.heads();
+        let (n, hidden, vocab) = (tokens.len(), c.hidden_size, c.vocab_size);
+        let (q_dim, kv_dim) = (heads.q_dim(), heads.kv_dim());
+        let eps = c.rms_norm_eps;
+        let pos0 = kv.len();
+        kv.grow(n);
+        for t in 0..n {
+            let pos = (pos0 + t) as f32 / c.rope_linear_factor;
+            let cs = &mut s.cos_sin[t * c.rope_dims..(t + 1) * c.rope_dims];
+            rope_angles(
+                pos,
+                c.rope_dims,
+                c.rope_theta,
+                self.rope_freq_factors.as_deref(),
+                cs,
+            );
+        }
+        // Tokens whose logits are wanted: the last `logit_rows.len()` of the batch.
+        let first_out = n - logit_rows.len();
+        let cos_sin = &s.cos_sin[..n * c.rope_dims];
+
+        let x = SharedMut::new(&mut s.x);
+        let attn_in = SharedActs::new(&mut s.attn_in);
+        let qkv = SharedMut::new(&mut s.qkv);
+        let attn_out = SharedActs::new(&mut s.attn_out);
+        let ffn_in = SharedActs::new(&mut s.ffn_in);
+        let ffn_mid = SharedActs::new(&mut s.ffn_mid);
+        let head_in = SharedActs::new(&mut s.head_in);
+        let logits =
+            SharedMut::new(&mut s.logits[logit_rows.start * vocab..logit_rows.end * vocab]);
+        let caches: Vec<_> =
+            kv.k.iter_mut()
+                .zip(kv.v.iter_mut())
+                .map(|(k, v)| (SharedMut::new(k), SharedMut::new(v)))
+                .collect();
+
+        pool.run(|ctx| {
+            // x = embed_tokens[tokens]
+            ctx.for_each_chunk(n, 1, |rows| {
+                for t in rows {
+                    // SAFETY: row t of x is written by the thread that claimed it.
+                    self.embed_tokens
+                        .dequantize_row(tokens[t] as usize, unsafe {
+                            x.slice_mut(t * hidden..(t + 1) * hidden)
+                        });
+                }
+            });
+            for (li, (layer, (k_cache, v_cache))) in self.layers.iter().zip(&caches).enumerate() {
+                // n = RMSNorm(x);  q|k|v = W_qkv · n (+ b)
+                // SAFETY (here and below): x is only read while other buffers are written.
+                fill_rows(ctx, &attn_in, n, |t, out| {
+                    rms_norm(
+                        unsafe { &x.get()[t * hidden..(t + 1) * hidden] },
+                        &layer.attn_norm,
+                        eps,
+                        out,
+                    )
+                });
+                let bias = layer.qkv_bias.as_deref();
+                matmul(
+                    ctx,
+                    &[&layer.q_proj, &layer.k_proj, &layer.v_proj],
+                    &attn_in,
+                    n,
+                    &qkv,
+                    q_dim + 2 * kv_dim,
+                    Store::Write { bias },
+                );
+                // RoPE(q), RoPE(k); k, v → cache
+                rope_and_cache(
+                    ctx,
+                    heads,
+                    &qkv,
+                    n,
+                    pos0,
+                    cos_sin,
+                    c.rope_style,
+                    k_cache,
+                    v_cache,
+                );
+                // a = softmax(q·Kᵀ/√d)·V;  h = x + W_o · a
+                attend(
+                    ctx,
+                    heads,
+                    &qkv,
+                    n,
+                    pos0,
+                    k_cache,
+                    v_cache,
+                    accumulate,
+                    attn_out.f32_shared(),
+                );
+                if ctx.ith == 0 {
+                    let d: Vec<u8> = unsafe { attn_out.f32_shared().get() }[..n * q_dim]
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect();
+                    std::fs::write(format!("/tmp/mine_kqv{li}.bin"), d).unwrap();
+                    let d: Vec<u8> = unsafe { qkv.get() }[..n * (q_dim + 2 * kv_dim)]
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect();
+                    std::fs::write(format!("/tmp/mine_qkv{li}.bin"), d).unwrap();
+                }
+                ctx.barrier();
+                requantize(ctx, &attn_out, n);
+                matmul(ctx, &[&layer.o_proj], &attn_out, n, &x, hidden, Store::Add);
+                // m = RMSNorm(h);  x = h + W_down · (silu(W_gate·m) ⊙ W_up·m)
+                fill_rows(ctx, &ffn_in, n, |t, out| {
+                    rms_norm(
+                        unsafe { &x.get()[t * hidden..(t + 1) * hidden] },
+                        &layer.ffn_norm,
+                        eps,
+                        out,
+                    )
+                });
+                matmul_swiglu(
+                    ctx,
+                    &layer.gate_proj,
+                    &layer.up_proj,
+                    &ffn_in,
+                    n,
+                    ffn_mid.f32_shared(),
+                    c.intermediate_size,
+                );
+                requantize(ctx, &ffn_mid, n);
+                matmul(
+                    ctx,
+                    &[&layer.down_proj],
+                    &ffn_mid,
+                    n,
+                    &x,
+                    hidden,
+                    Store::Add,
+                );
+                if ctx.ith == 0 {
+                    let d: Vec<u8> = unsafe { x.get() }[..n * hidden]
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect();
+                    std::fs::write(format!("/tmp/mine_l{li}.bin"), d).unwrap();
+                    let d: Vec<u8> = attn_in
+                        .row(0)
+                        .iter()
+                        .chain(attn_in.row(n - 1))
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect();
+                    std::fs::write(format!("/tmp/mine_an{li}.bin"), d).unwrap();
+                }
+                ctx.barrier();
+            }
+            // logits = lm_head · RMSNorm(x), for the tokens asked for
+            let n_out = n - first_out;
+            if n_out > 0 {
+                fill_rows(ctx, &head_in, n_out, |t, out| {
+                    let row = first_out + t;
+                    rms_norm(
+                        unsafe { &x.get()[row * hidden..(row + 1) * hidden] },
+                        &self.norm,
+                        eps,
+                        out,
+                    )
+                });
+                matmul(
+                    ctx,
+                    &[&self.lm_head],
+                    &head_in,
+                    n_out,
+                    &logits,
+                    vocab,
+                    Store::Write { bias: None },
+                );
+            }
+        });
+    }
+}

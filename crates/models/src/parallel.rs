@@ -1,0 +1,264 @@
+//! The steps of a forward pass as every thread of the pool runs them (SPMD, like ggml): each
+//! helper takes its share of the work from a shared counter and ends at a barrier, so the next
+//! step may read what this one wrote.
+//!
+//! Soundness rests on one discipline, kept inside this module: within a step, every output
+//! element is written by exactly one thread (the one that claimed its row or item), and nothing
+//! reads a buffer during a step that writes it. All threads call the same helpers in the same
+//! order with the same arguments (they all run the same layer loop).
+
+use std::ops::Range;
+
+use baimo_kernels::ops::swiglu;
+use baimo_kernels::quants::quantize_q8;
+use baimo_kernels::{ActivationFormat, Q8Buf, Q8Kind, Q8Row, Q8RowMut};
+use baimo_threads::{Ctx, SharedMut};
+
+use crate::state::Activations;
+use crate::weights::Weight;
+
+/// Rows of a matrix product handed out per claim: small for batches (each row is then used by
+/// many tokens), large for a single token (ggml uses the same sizes).
+fn rows_per_chunk(n_tokens: usize) -> usize {
+    if n_tokens == 1 { 64 } else { 16 }
+}
+
+pub(crate) struct SharedQ8<'a> {
+    kind: Q8Kind,
+    n: usize,
+    qs: SharedMut<'a, i8>,
+    d: SharedMut<'a, f32>,
+    s: SharedMut<'a, f32>,
+    bsums: SharedMut<'a, i16>,
+}
+
+impl<'a> SharedQ8<'a> {
+    fn new(buf: &'a mut Q8Buf) -> SharedQ8<'a> {
+        SharedQ8 {
+            kind: buf.kind,
+            n: buf.n,
+            qs: SharedMut::new(&mut buf.qs),
+            d: SharedMut::new(&mut buf.d),
+            s: SharedMut::new(&mut buf.s),
+            bsums: SharedMut::new(&mut buf.bsums),
+        }
+    }
+
+    fn ranges(&self, r: usize) -> [Range<usize>; 4] {
+        let (n, bs) = (self.n, self.kind.block_size());
+        [
+            r * n..(r + 1) * n,
+            r * n / bs..(r + 1) * n / bs,
+            r * n / 32..(r + 1) * n / 32,
+            r * n / 16..(r + 1) * n / 16,
+        ]
+    }
+
+    /// # Safety
+    /// Row `r` must be written by this thread alone during the current step.
+    unsafe fn row_mut(&self, r: usize) -> Q8RowMut<'_> {
+        let [qs, d, s, bsums] = self.ranges(r);
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            Q8RowMut {
+                qs: self.qs.slice_mut(qs),
+                d: self.d.slice_mut(d),
+                s: self.s.slice_mut(s),
+                bsums: self.bsums.slice_mut(bsums),
+            }
+        }
+    }
+
+    /// # Safety
+    /// No thread may write the buffer during the current step.
+    unsafe fn row(&self, r: usize) -> Q8Row<'_> {
+        let [qs, d, s, bsums] = self.ranges(r);
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            Q8Row {
+                qs: &self.qs.get()[qs],
+                d: &self.d.get()[d],
+                s: &self.s.get()[s],
+                bsums: &self.bsums.get()[bsums],
+            }
+        }
+    }
+}
+
+/// An [`Activations`] buffer shared by the threads of a job.
+pub(crate) struct SharedActs<'a> {
+    n: usize,
+    f32: SharedMut<'a, f32>,
+    q32: Option<SharedQ8<'a>>,
+    q256: Option<SharedQ8<'a>>,
+}
+
+impl<'a> SharedActs<'a> {
+    pub(crate) fn new(acts: &'a mut Activations) -> SharedActs<'a> {
+        SharedActs {
+            n: acts.n,
+            f32: SharedMut::new(&mut acts.f32),
+            q32: acts.q32.as_mut().map(SharedQ8::new),
+            q256: acts.q256.as_mut().map(SharedQ8::new),
+        }
+    }
+
+    /// Row `t` in f32. Only between steps that write this buffer.
+    pub(crate) fn row(&self, t: usize) -> &[f32] {
+        // SAFETY: writes happen only in `fill_rows`, which ends at a barrier; callers read in
+        // later steps.
+        unsafe { &self.f32.get()[t * self.n..(t + 1) * self.n] }
+    }
+
+    /// The f32 rows, for a step that writes them directly (then call [`requantize`]).
+    pub(crate) fn f32_shared(&self) -> &SharedMut<'a, f32> {
+        &self.f32
+    }
+
+    fn q8(&self, kind: Q8Kind) -> &SharedQ8<'a> {
+        let q = match kind {
+            Q8Kind::Blocks32 => self.q32.as_ref(),
+            Q8Kind::Blocks256 => self.q256.as_ref(),
+        };
+        q.expect("activations were not prepared for this weight type (checked at load time)")
+    }
+
+    /// The dot product of weight row `w_row` with activation row `t`.
+    #[inline]
+    fn dot(&self, weight: &Weight, w_row: &[u8], t: usize) -> f32 {
+        match weight.dot.activation_format() {
+            ActivationFormat::F32 => weight.dot.dot_f32(w_row, self.row(t)),
+            // SAFETY: as in `row`.
+            ActivationFormat::Q8(kind) => weight.dot.dot_q8(w_row, unsafe { self.q8(kind).row(t) }),
+        }
+    }
+}
+
+/// Which activation formats the weights fed by one input need.
+pub(crate) fn needs(weights: &[&Weight]) -> (bool, bool) {
+    let kinds: Vec<_> = weights.iter().map(|w| w.dot.activation_format()).collect();
+    (
+        kinds.contains(&ActivationFormat::Q8(Q8Kind::Blocks32)),
+        kinds.contains(&ActivationFormat::Q8(Q8Kind::Blocks256)),
+    )
+}
+
+/// Computes rows `0..n_tokens` of `x` with `fill(t, row)`, then quantizes each row to the
+/// formats its consumers need.
+pub(crate) fn fill_rows(
+    ctx: &Ctx<'_>,
+    x: &SharedActs<'_>,
+    n_tokens: usize,
+    fill: impl Fn(usize, &mut [f32]),
+) {
+    ctx.for_each_chunk(n_tokens, 1, |tokens| {
+        for t in tokens {
+            // SAFETY: token row t was claimed by this thread alone.
+            let row = unsafe { x.f32.slice_mut(t * x.n..(t + 1) * x.n) };
+            fill(t, row);
+            for q in [&x.q32, &x.q256].into_iter().flatten() {
+                // SAFETY: as above.
+                quantize_q8(q.kind, row, unsafe { q.row_mut(t) });
+            }
+        }
+    });
+}
+
+/// Quantizes rows `0..n_tokens` of `x` after a step wrote their f32 values directly.
+pub(crate) fn requantize(ctx: &Ctx<'_>, x: &SharedActs<'_>, n_tokens: usize) {
+    if x.q32.is_none() && x.q256.is_none() {
+        return;
+    }
+    ctx.for_each_chunk(n_tokens, 1, |tokens| {
+        for t in tokens {
+            // SAFETY: token row t was claimed by this thread alone; the f32 rows are not
+            // written in this step.
+            let row = unsafe { &x.f32.get()[t * x.n..(t + 1) * x.n] };
+            for q in [&x.q32, &x.q256].into_iter().flatten() {
+                quantize_q8(q.kind, row, unsafe { q.row_mut(t) });
+            }
+        }
+    });
+}
+
+/// How a matrix product's result meets the output buffer.
+#[derive(Clone, Copy)]
+pub(crate) enum Store<'b> {
+    /// `out = W·x (+ bias)`
+    Write { bias: Option<&'b [f32]> },
+    /// `out += W·x`: the residual connection, fused into the product.
+    Add,
+}
+
+/// `out[t·stride + r] = (W·x_t)[r]` for the rows of `parts` stacked in order (e.g. Q, K and V
+/// sharing one input) and every token `t < n_tokens`.
+pub(crate) fn matmul(
+    ctx: &Ctx<'_>,
+    parts: &[&Weight],
+    x: &SharedActs<'_>,
+    n_tokens: usize,
+    out: &SharedMut<'_, f32>,
+    stride: usize,
+    store: Store<'_>,
+) {
+    let total: usize = parts.iter().map(|w| w.rows).sum();
+    debug_assert!(parts.iter().all(|w| w.cols == x.n));
+    debug_assert!(total <= stride && (n_tokens - 1) * stride + total <= out.len());
+    ctx.for_each_chunk(total, rows_per_chunk(n_tokens), |rows| {
+        let (mut part, mut first_row) = (0, 0);
+        for r in rows {
+            while r >= first_row + parts[part].rows {
+                first_row += parts[part].rows;
+                part += 1;
+            }
+            let weight = parts[part];
+            let w_row = weight.row(r - first_row);
+            for t in 0..n_tokens {
+                let v = x.dot(weight, w_row, t);
+                // SAFETY: row r of every token is written only by the thread that claimed r.
+                let slot = unsafe { &mut out.slice_mut(t * stride + r..t * stride + r + 1)[0] };
+                match store {
+                    Store::Write { bias } => *slot = v + bias.map_or(0.0, |b| b[r]),
+                    Store::Add => *slot += v,
+                }
+            }
+        }
+    });
+}
+
+/// `out[t·stride + r] = silu((W_gate·x_t)[r]) · (W_up·x_t)[r]`: the SwiGLU feed-forward's first
+/// half, both products of a row done together so the activation needs no extra pass.
+pub(crate) fn matmul_swiglu(
+    ctx: &Ctx<'_>,
+    gate: &Weight,
+    up: &Weight,
+    x: &SharedActs<'_>,
+    n_tokens: usize,
+    out: &SharedMut<'_, f32>,
+    stride: usize,
+) {
+    const TILE: usize = 1024;
+    debug_assert!(gate.rows == up.rows && gate.cols == x.n && up.cols == x.n);
+    let chunk = rows_per_chunk(n_tokens);
+    assert!(
+        chunk * n_tokens <= TILE,
+        "batch too large for the SwiGLU tile"
+    );
+    ctx.for_each_chunk(gate.rows, chunk, |rows| {
+        let (mut g, mut u) = ([0f32; TILE], [0f32; TILE]);
+        let width = rows.len();
+        for (i, r) in rows.clone().enumerate() {
+            let (g_row, u_row) = (gate.row(r), up.row(r));
+            for t in 0..n_tokens {
+                g[t * width + i] = x.dot(gate, g_row, t);
+                u[t * width + i] = x.dot(up, u_row, t);
+            }
+        }
+        for t in 0..n_tokens {
+            let tile = t * width..(t + 1) * width;
+            // SAFETY: rows `rows` of every token are written only by the thread that claimed them.
+            let out = unsafe { out.slice_mut(t * stride + rows.start..t * stride + rows.end) };
+            swiglu(&g[tile.clone()], &u[tile], out);
+        }
+    });
+}

@@ -1,0 +1,145 @@
+//! Weight tensors as the forward pass uses them: 2-D matrices kept in their file encoding (no
+//! copy of mmapped data) with the dot-product kernel for their type, and 1-D vectors (norm
+//! weights, biases) dequantized to f32 once at load time.
+
+use baimo_formats::{Bytes, Gguf};
+use baimo_kernels::{GgmlType, VecDot, dequantize};
+
+use crate::ModelError;
+
+/// A weight matrix of `rows` × `cols` (PyTorch `[out, in]`; ggml `ne = [cols, rows]`), each row
+/// encoded in `dtype`.
+#[derive(Clone, Debug)]
+pub struct Weight {
+    pub name: String,
+    pub dtype: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    data: Bytes,
+    row_bytes: usize,
+    pub dot: VecDot,
+}
+
+impl Weight {
+    pub fn new(
+        name: &str,
+        dtype: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: Bytes,
+    ) -> Result<Weight, ModelError> {
+        let unsupported = || ModelError::UnsupportedType {
+            tensor: name.into(),
+            dtype: dtype.name().into(),
+        };
+        let dot = VecDot::best(dtype).ok_or_else(unsupported)?;
+        let row_bytes = dtype
+            .row_bytes(cols as u64)
+            .and_then(|b| usize::try_from(b).ok())
+            .ok_or_else(|| ModelError::Shape(format!("{name}: rows of {cols} {dtype} values")))?;
+        if row_bytes.checked_mul(rows) != Some(data.len()) {
+            return Err(ModelError::Shape(format!(
+                "{name}: {} bytes of data for {rows} rows of {cols} {dtype} values",
+                data.len()
+            )));
+        }
+        // Block structs are read in place; a file whose data section breaks their alignment
+        // (only possible with general.alignment = 1) gets its tensor copied once.
+        let data = if !(data.as_ptr() as usize).is_multiple_of(4) {
+            Bytes::from_vec(data.to_vec())
+        } else {
+            data
+        };
+        Ok(Weight {
+            name: name.into(),
+            dtype,
+            rows,
+            cols,
+            data,
+            row_bytes,
+            dot,
+        })
+    }
+
+    /// The encoded bytes of row `r`.
+    #[inline]
+    pub fn row(&self, r: usize) -> &[u8] {
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// Row `r` as f32 (embedding lookup).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        dequantize(self.dtype, self.row(r), out);
+    }
+
+    pub fn n_bytes(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Looks tensors up in a GGUF file and checks their shapes against what the model expects.
+pub struct GgufTensors<'a> {
+    pub gguf: &'a Gguf,
+}
+
+impl GgufTensors<'_> {
+    pub fn has(&self, name: &str) -> bool {
+        self.gguf.tensor_info(name).is_some()
+    }
+
+    /// A matrix of `rows` × `cols`.
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
+        let info = self
+            .gguf
+            .tensor_info(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+        let expected = [cols as u64, rows as u64];
+        let ne: Vec<u64> = info
+            .ne
+            .iter()
+            .copied()
+            .chain(std::iter::repeat(1))
+            .take(4)
+            .collect();
+        if ne[..2] != expected || ne[2..] != [1, 1] {
+            return Err(ModelError::ShapeMismatch {
+                tensor: name.into(),
+                expected: format!("[{cols}, {rows}]"),
+                found: format!("{:?}", info.ne),
+            });
+        }
+        Weight::new(name, info.dtype, rows, cols, self.gguf.tensor_data(info))
+    }
+
+    /// A vector of `len` values, as f32.
+    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        let info = self
+            .gguf
+            .tensor_info(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+        if info.n_elements() != len as u64 || info.ne.iter().filter(|&&d| d != 1).count() > 1 {
+            return Err(ModelError::ShapeMismatch {
+                tensor: name.into(),
+                expected: format!("[{len}]"),
+                found: format!("{:?}", info.ne),
+            });
+        }
+        if !info.dtype.is_supported() {
+            return Err(ModelError::UnsupportedType {
+                tensor: name.into(),
+                dtype: info.dtype.name().into(),
+            });
+        }
+        let mut out = vec![0f32; len];
+        dequantize(info.dtype, &self.gguf.tensor_data(info), &mut out);
+        Ok(out)
+    }
+
+    pub fn optional_vector(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
+        if self.has(name) {
+            self.vector(name, len).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
