@@ -1,1 +1,221 @@
-//! stub
+//! Tokenizers built from model files, giving the same token ids as llama.cpp.
+//!
+//! [`Tokenizer::from_gguf`] reads `tokenizer.ggml.*` metadata. Two kinds of model are
+//! supported: SentencePiece BPE (`llama`) and byte-level BPE (`gpt2`, with the pre-tokenizer
+//! named by `tokenizer.ggml.pre`). The vocabulary and special-token handling are shared, so
+//! loaders for `tokenizer.json` or a SentencePiece `tokenizer.model` can fill in the same
+//! [`Tokenizer`] with another backend.
+//!
+//! [`StreamDecoder`] turns generated ids into text without ever splitting a UTF-8 character.
+
+mod bpe;
+mod decode;
+mod gguf;
+mod pretokenize;
+mod special;
+mod spm;
+pub mod testing;
+mod unicode;
+mod vocab;
+
+use std::borrow::Cow;
+
+use baimo_formats::{FormatError, Gguf};
+
+pub use decode::StreamDecoder;
+
+use bpe::BpeModel;
+use special::Fragment;
+use spm::SpmModel;
+use vocab::{Attr, Vocab};
+
+/// Why a tokenizer could not be built. Each message is one line naming the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    /// A key is missing or has the wrong type, as the GGUF reader reports it.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("unknown tokenizer.ggml.model {found:?}; supported: {supported}")]
+    UnknownModel { found: String, supported: String },
+    #[error("unknown tokenizer.ggml.pre {found:?}; supported: {supported}")]
+    UnknownPreTokenizer { found: String, supported: String },
+    #[error("tokenizer.ggml.tokens is empty")]
+    EmptyVocab,
+    #[error("tokenizer.ggml.tokens has {0} tokens, more than token ids can address")]
+    VocabTooLarge(usize),
+    #[error("{key} has {found} entries but tokenizer.ggml.tokens has {expected}")]
+    LengthMismatch {
+        key: &'static str,
+        found: usize,
+        expected: usize,
+    },
+    #[error("metadata key {key:?} is {found}, expected {expected}")]
+    WrongType {
+        key: String,
+        expected: &'static str,
+        found: String,
+    },
+    #[error(
+        "tokenizer.ggml.merges entry {index} ({merge:?}) is not two tokens separated by a space"
+    )]
+    BadMerge { index: usize, merge: String },
+}
+
+/// How text becomes ids once special tokens are cut out.
+enum Model {
+    Spm(SpmModel),
+    Bpe(BpeModel),
+}
+
+/// A tokenizer: vocabulary, special tokens and the model that splits plain text.
+pub struct Tokenizer {
+    vocab: Vocab,
+    model: Model,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    // The vocabulary is far too long to print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let model = match self.model {
+            Model::Spm(_) => "SentencePiece BPE",
+            Model::Bpe(_) => "byte-level BPE",
+        };
+        f.debug_struct("Tokenizer")
+            .field("model", &model)
+            .field("vocab_size", &self.vocab.len())
+            .field("bos", &self.vocab.special.bos)
+            .field("eos", &self.vocab.special.eos)
+            .field("eog", &self.vocab.eog)
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(gguf: &Gguf) -> Result<Tokenizer, TokenizerError> {
+        gguf::tokenizer_from_gguf(gguf)
+    }
+
+    /// Like `llama_tokenize(add_special = false, parse_special)`: never adds BOS or EOS. With
+    /// `parse_special`, control tokens written in the text (`<|im_start|>`) become their ids;
+    /// user-defined tokens are always recognised.
+    pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
+        let mut out = Vec::new();
+        let fragments = special::partition(&self.vocab, text, parse_special);
+        match &self.model {
+            Model::Spm(spm) => {
+                // SentencePiece adds a space in front of the text, and again after every
+                // special token, as llama.cpp does.
+                let mut after_special = true;
+                let mut escaped = String::new();
+                for fragment in fragments {
+                    match fragment {
+                        Fragment::Text(range) => {
+                            escaped.clear();
+                            if self.vocab.add_space_prefix && after_special {
+                                escaped.push('▁');
+                            }
+                            for c in text[range].chars() {
+                                escaped.push(if c == ' ' { '▁' } else { c });
+                            }
+                            spm.encode(&self.vocab, &escaped, &mut out);
+                            after_special = false;
+                        }
+                        Fragment::Token(id) => {
+                            out.push(id);
+                            after_special = true;
+                        }
+                    }
+                }
+            }
+            Model::Bpe(bpe) => {
+                for fragment in fragments {
+                    match fragment {
+                        Fragment::Text(range) => bpe.encode(&self.vocab, &text[range], &mut out),
+                        Fragment::Token(id) => out.push(id),
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.vocab.len()
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.vocab.special.bos
+    }
+
+    pub fn eos_id(&self) -> Option<u32> {
+        self.vocab.special.eos
+    }
+
+    /// Whether a prompt should start with BOS: `tokenizer.ggml.add_bos_token`, else llama.cpp's
+    /// default for the tokenizer type.
+    pub fn add_bos(&self) -> bool {
+        self.vocab.add_bos
+    }
+
+    /// Whether `id` ends generation: EOS, EOT, EOM and the well-known end tokens, as llama.cpp
+    /// collects them.
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.vocab.eog.binary_search(&id).is_ok()
+    }
+
+    /// The end-of-generation ids, ascending.
+    pub fn eog_ids(&self) -> &[u32] {
+        &self.vocab.eog
+    }
+
+    /// The token's string as stored in the vocabulary.
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.vocab.texts.get(id as usize).map(String::as_str)
+    }
+
+    /// The id of the token whose vocabulary string is exactly `text`.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.vocab.id(text)
+    }
+
+    pub fn is_control(&self, id: u32) -> bool {
+        self.vocab.attr(id).any(Attr::CONTROL)
+    }
+
+    /// The bytes this token contributes to output text, as llama.cpp's `token_to_piece`:
+    /// byte-level BPE characters mapped back to bytes, SentencePiece `▁` as a space and
+    /// `<0xNN>` as that byte. Control and unknown tokens give nothing unless `special`.
+    /// An id outside the vocabulary gives nothing.
+    pub fn token_bytes(&self, id: u32, special: bool) -> Cow<'_, [u8]> {
+        if !special && self.vocab.attr(id).any(Attr::CONTROL | Attr::UNKNOWN) {
+            return Cow::Borrowed(&[]);
+        }
+        Cow::Borrowed(self.vocab.piece(id))
+    }
+
+    /// The text of `ids`, as llama.cpp's `llama_detokenize(remove_special = false,
+    /// unparse_special = special)`: the space SentencePiece put in front is removed, and for
+    /// tokenizers that ask for it spaces before punctuation are cleaned up. Invalid UTF-8
+    /// becomes U+FFFD.
+    pub fn decode(&self, ids: &[u32], special: bool) -> String {
+        let mut bytes = Vec::new();
+        let mut strip_leading_space = self.vocab.add_space_prefix;
+        for &id in ids {
+            let piece = self.token_bytes(id, special);
+            let piece = match piece.split_first() {
+                Some((b' ', rest)) if strip_leading_space => rest,
+                _ => &piece[..],
+            };
+            bytes.extend_from_slice(piece);
+            strip_leading_space = false;
+        }
+        if self.vocab.clean_spaces {
+            decode::clean_up_spaces(&mut bytes);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests;
