@@ -1,0 +1,207 @@
+//! Byte-for-byte agreement with Hugging Face transformers.
+//!
+//! tests/fixtures/hf_reference.json holds what Python's Jinja2, set up as transformers'
+//! `apply_chat_template` sets it up, renders for every template of the corpus and every
+//! conversation of tests/fixtures/conversations.json (made by
+//! scripts/render_chat_templates.py). Each rendering here must equal it: the same text, or
+//! an error where transformers errs too (with the same message when the template raised it).
+
+mod common;
+
+use baimo_chat::{ChatError, ChatTemplate};
+use common::{BOS_TOKEN, EOS_TOKEN, Reference};
+
+/// Iterating over `none`: Jinja2 raises TypeError, minijinja iterates nothing. These templates
+/// loop over `tools` unconditionally, and transformers passes `tools=None` without tools.
+const NONE_IS_ITERABLE: &str = "minijinja iterates none as empty; Jinja2 raises TypeError";
+/// `tools | map(...)` is a generator in Python, which json.dumps refuses; minijinja's `map`
+/// gives a list, which `tojson` serializes.
+const MAP_IS_A_LIST: &str =
+    "minijinja's map filter gives a list; Python's a generator json.dumps refuses";
+/// `"..." | safe + text` is Markup + str in Python, which HTML-escapes `text` (`<` becomes
+/// `&lt;`, `"` becomes `&#34;`) although transformers disables autoescaping; minijinja's `+`
+/// never escapes.
+const MARKUP_CONCAT_ESCAPES: &str =
+    "Jinja2's Markup + str HTML-escapes the str; minijinja's + does not";
+
+/// Where we knowingly differ from transformers: (template, scenario, why). In all of them
+/// transformers fails or produces HTML entities, where baimo renders the plain prompt.
+const KNOWN_DIFFERENCES: &[(&str, &str, &str)] = &[
+    (
+        "CohereForAI-c4ai-command-r-plus-tool_use",
+        "basic",
+        NONE_IS_ITERABLE,
+    ),
+    (
+        "CohereForAI-c4ai-command-r-plus-tool_use",
+        "no_system",
+        NONE_IS_ITERABLE,
+    ),
+    (
+        "CohereForAI-c4ai-command-r-plus-tool_use",
+        "content_parts",
+        NONE_IS_ITERABLE,
+    ),
+    (
+        "CohereForAI-c4ai-command-r-plus-tool_use",
+        "no_generation_prompt",
+        NONE_IS_ITERABLE,
+    ),
+    (
+        "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use",
+        "basic",
+        NONE_IS_ITERABLE,
+    ),
+    (
+        "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use",
+        "no_system",
+        NONE_IS_ITERABLE,
+    ),
+    (
+        "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use",
+        "no_generation_prompt",
+        NONE_IS_ITERABLE,
+    ),
+    (
+        "NousResearch-Hermes-3-Llama-3.1-8B-tool_use",
+        "basic",
+        NONE_IS_ITERABLE,
+    ),
+    (
+        "NousResearch-Hermes-3-Llama-3.1-8B-tool_use",
+        "no_system",
+        NONE_IS_ITERABLE,
+    ),
+    (
+        "NousResearch-Hermes-3-Llama-3.1-8B-tool_use",
+        "no_generation_prompt",
+        NONE_IS_ITERABLE,
+    ),
+    ("llama-cpp-deepseek-r1", "tools", MAP_IS_A_LIST),
+    ("llama-cpp-deepseek-r1", "tool_roundtrip", MAP_IS_A_LIST),
+    ("llama-cpp-deepseek-r1", "openai_tool_call", MAP_IS_A_LIST),
+    (
+        "meetkai-functionary-medium-v3.1",
+        "tools",
+        MARKUP_CONCAT_ESCAPES,
+    ),
+    (
+        "meetkai-functionary-medium-v3.1",
+        "tool_roundtrip",
+        MARKUP_CONCAT_ESCAPES,
+    ),
+    (
+        "meetkai-functionary-medium-v3.1",
+        "openai_tool_call",
+        MARKUP_CONCAT_ESCAPES,
+    ),
+];
+
+fn agrees(reference: &Reference, ours: &Result<String, ChatError>) -> bool {
+    match (reference, ours) {
+        (
+            Reference {
+                output: Some(expected),
+                ..
+            },
+            Ok(actual),
+        ) => expected == actual,
+        (
+            Reference {
+                error: Some(error), ..
+            },
+            Err(ChatError::Raised(message)),
+        ) => error.kind == "raise_exception" && &error.message == message,
+        (
+            Reference {
+                error: Some(error), ..
+            },
+            Err(_),
+        ) => error.kind == "other",
+        _ => false,
+    }
+}
+
+fn describe(ours: &Result<String, ChatError>) -> String {
+    match ours {
+        Ok(text) => format!("{text:?}"),
+        Err(err) => format!("error: {err}"),
+    }
+}
+
+#[test]
+fn renders_every_template_exactly_like_transformers() {
+    let templates = common::load_templates();
+    let scenarios = common::load_scenarios();
+    let references = common::load_references();
+
+    let mut matched = 0;
+    let mut total = 0;
+    let mut templates_fully_matching = 0;
+    let mut unexpected = Vec::new();
+    for template in &templates {
+        let Some(expected_by_scenario) = references.get(&template.name) else {
+            unexpected.push(format!("{}: no reference; rerun the script", template.name));
+            continue;
+        };
+        let compiled = ChatTemplate::new(&template.source, BOS_TOKEN, EOS_TOKEN);
+        let mut all_match = true;
+        for (scenario_name, scenario) in &scenarios {
+            if !scenario.applies_to(&template.source) {
+                continue;
+            }
+            let Some(reference) = expected_by_scenario.get(scenario_name) else {
+                unexpected.push(format!("{}/{scenario_name}: no reference", template.name));
+                continue;
+            };
+            total += 1;
+            let ours = match &compiled {
+                Ok(compiled) => scenario.render(compiled),
+                Err(err) => Err(ChatError::Syntax(err.to_string())),
+            };
+            let known = KNOWN_DIFFERENCES
+                .iter()
+                .any(|(name, scenario, _)| *name == template.name && scenario == scenario_name);
+            if agrees(reference, &ours) {
+                matched += 1;
+                if known {
+                    unexpected.push(format!(
+                        "{}/{scenario_name}: now matches; drop it from KNOWN_DIFFERENCES",
+                        template.name
+                    ));
+                }
+            } else {
+                all_match = false;
+                if !known {
+                    unexpected.push(format!(
+                        "{}/{scenario_name}:\n  transformers: {}\n  baimo:        {}",
+                        template.name,
+                        match reference {
+                            Reference {
+                                output: Some(text), ..
+                            } => format!("{text:?}"),
+                            Reference {
+                                error: Some(error), ..
+                            } => format!("error ({}): {}", error.kind, error.message),
+                            _ => "nothing".to_owned(),
+                        },
+                        describe(&ours)
+                    ));
+                }
+            }
+        }
+        if all_match {
+            templates_fully_matching += 1;
+        }
+    }
+    eprintln!(
+        "{matched}/{total} renderings and {templates_fully_matching}/{} templates match transformers exactly",
+        templates.len()
+    );
+    assert!(
+        unexpected.is_empty(),
+        "{} unexpected results:\n{}",
+        unexpected.len(),
+        unexpected.join("\n")
+    );
+}
