@@ -1,1 +1,82 @@
-fn main() {}
+//! `baimo`: run, chat with, measure and serve large language models.
+//!
+//! stdout carries only what was asked for (the model's text, token ids, figures); logs and
+//! progress go to stderr.
+
+mod bench;
+mod chat;
+mod common;
+mod models;
+mod perplexity;
+mod run;
+mod tokenize;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "baimo",
+    version,
+    about = "百模: one program for the common large language models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer one prompt, streaming the text (the model's chat template is applied).
+    Run(run::Args),
+    /// Talk with a model: a multi-turn chat in the terminal.
+    Chat(chat::Args),
+    /// Print the token ids of a text as a JSON array.
+    Tokenize(tokenize::Args),
+    /// Measure prompt-processing and generation speed (tokens/s).
+    Bench(bench::Args),
+    /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does.
+    Perplexity(perplexity::Args),
+    /// Download a known model into the cache.
+    Pull(models::PullArgs),
+    /// List the known models and whether they are in the cache.
+    List(models::ListArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    common::init_logging();
+    let result = match cli.command {
+        Command::Run(args) => run::main(args),
+        Command::Chat(args) => chat::main(args),
+        Command::Tokenize(args) => tokenize::main(args),
+        Command::Bench(args) => bench::main(args),
+        Command::Perplexity(args) => perplexity::main(args),
+        Command::Pull(args) => models::pull(args),
+        Command::List(args) => models::list(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line: the error and its causes, outermost first.
+            let chain: Vec<String> = error.chain().map(|e| e.to_string()).collect();
+            eprintln!("error: {}", dedup_chain(&chain).join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Drops causes whose text the previous message already includes.
+fn dedup_chain(chain: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for message in chain {
+        if out
+            .last()
+            .is_none_or(|prev| !prev.contains(message.as_str()))
+        {
+            out.push(message.clone());
+        }
+    }
+    out
+}

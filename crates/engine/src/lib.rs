@@ -1,1 +1,33 @@
-//! stub
+//! Generation on top of the models: a model file opened with its tokenizer and chat template,
+//! sampling, stop conditions, text streamed piece by piece, and perplexity.
+
+mod loaded;
+pub mod perplexity;
+pub mod sampler;
+mod session;
+pub mod stop;
+
+pub use loaded::{FALLBACK_CHAT_TEMPLATE, LoadedModel};
+pub use perplexity::{Perplexity, perplexity};
+pub use sampler::{Sampler, SamplingParams};
+pub use session::{FinishReason, GenerateOptions, Generation, Session};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Format(#[from] baimo_formats::FormatError),
+    #[error(transparent)]
+    Model(#[from] baimo_models::ModelError),
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[from] baimo_tokenizer::TokenizerError),
+    #[error("chat template: {0}")]
+    Chat(#[from] baimo_chat::ChatError),
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("the prompt has {prompt} tokens; the context holds {max}")]
+    PromptTooLong { prompt: usize, max: usize },
+    #[error("{0}")]
+    Mismatch(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}

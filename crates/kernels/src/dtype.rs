@@ -81,11 +81,9 @@ const TABLE: &[(GgmlType, u32, usize, usize, &str)] = &[
 
 impl GgmlType {
     fn entry(self) -> &'static (GgmlType, u32, usize, usize, &'static str) {
-        // Every variant has exactly one row in TABLE (checked by a unit test).
-        TABLE
-            .iter()
-            .find(|e| e.0 == self)
-            .expect("GgmlType missing from TABLE")
+        // TABLE lists the variants in declaration order (checked by a unit test), so the
+        // discriminant indexes it: no search on the hot path.
+        &TABLE[self as usize]
     }
 
     /// The type with this ggml id, if ggml defines one.
@@ -159,6 +157,13 @@ impl fmt::Display for GgmlType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_is_in_declaration_order() {
+        for (i, e) in TABLE.iter().enumerate() {
+            assert_eq!(e.0 as usize, i, "{}", e.4);
+        }
+    }
 
     #[test]
     fn every_type_round_trips_through_its_id_and_name() {

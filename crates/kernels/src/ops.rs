@@ -136,6 +136,48 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `acc = f16(acc · scale)`, element by element (ggml's `ggml_vec_scale_f16`).
+pub fn scale_f16(acc: &mut [half::f16], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(
+        crate::Isa::best(),
+        crate::Isa::Avx2 | crate::Isa::Avx512Vnni
+    ) {
+        // SAFETY: `best` checked AVX2, F16C and FMA.
+        return unsafe { crate::simd::x86::scale_f16_avx2(bytemuck::cast_slice_mut(acc), scale) };
+    }
+    for a in acc {
+        *a = half::f16::from_f32(a.to_f32() * scale);
+    }
+}
+
+/// `acc = f16(v · w + acc)` with one rounding of the product-sum, element by element (ggml's
+/// `ggml_vec_mad_f16`): attention's running sum of softmax-weighted values.
+pub fn mad_f16(acc: &mut [half::f16], v: &[half::f16], w: f32) {
+    assert_eq!(acc.len(), v.len(), "mad_f16 lengths");
+    #[cfg(target_arch = "x86_64")]
+    if matches!(
+        crate::Isa::best(),
+        crate::Isa::Avx2 | crate::Isa::Avx512Vnni
+    ) {
+        // SAFETY: `best` checked AVX2, F16C and FMA.
+        return unsafe {
+            crate::simd::x86::mad_f16_avx2(
+                bytemuck::cast_slice_mut(acc),
+                bytemuck::cast_slice(v),
+                w,
+            )
+        };
+    }
+    mad_f16_scalar(acc, v, w);
+}
+
+pub fn mad_f16_scalar(acc: &mut [half::f16], v: &[half::f16], w: f32) {
+    for (a, v) in acc.iter_mut().zip(v) {
+        *a = half::f16::from_f32(v.to_f32().mul_add(w, a.to_f32()));
+    }
+}
+
 /// How the rotated pairs of a head are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RopeStyle {
@@ -202,6 +244,28 @@ mod tests {
         assert_eq!(exp_approx::exp(-200.0), 0.0);
         assert_eq!(exp_approx::exp(200.0), f32::INFINITY);
         assert!(exp_approx::exp(-100.0) > 0.0 && exp_approx::exp(-100.0) < 1e-43);
+    }
+
+    #[test]
+    fn f16_accumulation_paths_agree_bit_for_bit() {
+        use half::f16;
+        let v: Vec<f16> = (0..77)
+            .map(|i| f16::from_f32((i as f32 * 0.37).sin() * 3.0))
+            .collect();
+        let start: Vec<f16> = (0..77)
+            .map(|i| f16::from_f32((i as f32 * 0.11).cos()))
+            .collect();
+        let (mut simd, mut scalar) = (start.clone(), start.clone());
+        for w in [0.3f32, 1.0, 0.0071, 2.5] {
+            mad_f16(&mut simd, &v, w);
+            mad_f16_scalar(&mut scalar, &v, w);
+        }
+        assert_eq!(simd, scalar);
+        scale_f16(&mut simd, 0.37);
+        for a in &mut scalar {
+            *a = f16::from_f32(a.to_f32() * 0.37);
+        }
+        assert_eq!(simd, scalar);
     }
 
     #[test]

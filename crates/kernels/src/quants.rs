@@ -431,6 +431,15 @@ pub fn quantize_q8(kind: Q8Kind, x: &[f32], out: Q8RowMut<'_>) {
     }
 }
 
+/// Round half to even for |x| < 2²²: adding 1.5·2²³ leaves the rounded integer in the low
+/// mantissa bits (ggml's `nearest_int`). Same result as `f32::round_ties_even`, without the
+/// library call that baseline x86-64 code makes for it.
+#[inline(always)]
+fn nearest_int(x: f32) -> i32 {
+    let v = x + 12582912.0;
+    (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
 /// ggml's `quantize_row_q8_0`/`_q8_1` as the x86 build computes them: `d = amax/127` stored as
 /// f16, `q = round_half_even(x · 127/amax)`, and `s = d · Σq` stored as f16.
 fn quantize_q8_32(x: &[f32], out: Q8RowMut<'_>) {
@@ -442,7 +451,7 @@ fn quantize_q8_32(x: &[f32], out: Q8RowMut<'_>) {
         let qs = &mut out.qs[b * QK..(b + 1) * QK];
         let mut sum = 0i32;
         for (q, &v) in qs.iter_mut().zip(xb) {
-            *q = (v * id).round_ties_even() as i8;
+            *q = nearest_int(v * id) as i8;
             sum += *q as i32;
         }
         out.d[b] = f16_to_f32(f32_to_f16(d));
@@ -473,7 +482,7 @@ fn quantize_q8_256(x: &[f32], out: Q8RowMut<'_>) {
         }
         let iscale = -127.0 / max;
         for (q, &v) in qs.iter_mut().zip(xb) {
-            *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+            *q = nearest_int(iscale * v).min(127) as i8;
         }
         for j in 0..16 {
             out.bsums[16 * b + j] = qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum();
@@ -732,6 +741,15 @@ mod tests {
         (0..n)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
             .collect()
+    }
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        for x in [
+            -127.5f32, -2.5, -0.5, -0.4999, 0.0, 0.5, 1.5, 2.5, 126.49, 127.0, 3.7, -3.7,
+        ] {
+            assert_eq!(nearest_int(x), x.round_ties_even() as i32, "{x}");
+        }
     }
 
     #[test]

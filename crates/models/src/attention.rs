@@ -3,7 +3,7 @@
 //! then for each query head `softmax(q·Kᵀ/√d)·V` over the positions it may see.
 
 use baimo_kernels::GgmlType;
-use baimo_kernels::ops::{RopeStyle, axpy, rope_apply};
+use baimo_kernels::ops::{RopeStyle, axpy, mad_f16, rope_apply, scale_f16};
 use baimo_kernels::{VecDot, dot_f16};
 use baimo_threads::{Ctx, SharedMut};
 use half::f16;
@@ -166,13 +166,9 @@ pub(crate) fn attend(
                     }
                     Accumulate::F16 => {
                         if rescale != 1.0 {
-                            acc16
-                                .iter_mut()
-                                .for_each(|x| *x = f16::from_f32(x.to_f32() * rescale));
+                            scale_f16(acc16, rescale);
                         }
-                        for (a, v) in acc16.iter_mut().zip(v) {
-                            *a = f16::from_f32(v.to_f32().mul_add(weight, a.to_f32()));
-                        }
+                        mad_f16(acc16, v, weight);
                     }
                 }
                 sum = sum.mul_add(rescale, weight);

@@ -417,7 +417,7 @@ impl Llama {
                         });
                 }
             });
-            for (li, (layer, (k_cache, v_cache))) in self.layers.iter().zip(&caches).enumerate() {
+            for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&caches) {
                 // n = RMSNorm(x);  q|k|v = W_qkv · n (+ b)
                 // SAFETY (here and below): x is only read while other buffers are written.
                 fill_rows(ctx, &attn_in, n, |t, out| {
@@ -462,19 +462,6 @@ impl Llama {
                     accumulate,
                     attn_out.f32_shared(),
                 );
-                if ctx.ith == 0 {
-                    let d: Vec<u8> = unsafe { attn_out.f32_shared().get() }[..n * q_dim]
-                        .iter()
-                        .flat_map(|v| v.to_le_bytes())
-                        .collect();
-                    std::fs::write(format!("/tmp/mine_kqv{li}.bin"), d).unwrap();
-                    let d: Vec<u8> = unsafe { qkv.get() }[..n * (q_dim + 2 * kv_dim)]
-                        .iter()
-                        .flat_map(|v| v.to_le_bytes())
-                        .collect();
-                    std::fs::write(format!("/tmp/mine_qkv{li}.bin"), d).unwrap();
-                }
-                ctx.barrier();
                 requantize(ctx, &attn_out, n);
                 matmul(ctx, &[&layer.o_proj], &attn_out, n, &x, hidden, Store::Add);
                 // m = RMSNorm(h);  x = h + W_down · (silu(W_gate·m) ⊙ W_up·m)
@@ -505,21 +492,6 @@ impl Llama {
                     hidden,
                     Store::Add,
                 );
-                if ctx.ith == 0 {
-                    let d: Vec<u8> = unsafe { x.get() }[..n * hidden]
-                        .iter()
-                        .flat_map(|v| v.to_le_bytes())
-                        .collect();
-                    std::fs::write(format!("/tmp/mine_l{li}.bin"), d).unwrap();
-                    let d: Vec<u8> = attn_in
-                        .row(0)
-                        .iter()
-                        .chain(attn_in.row(n - 1))
-                        .flat_map(|v| v.to_le_bytes())
-                        .collect();
-                    std::fs::write(format!("/tmp/mine_an{li}.bin"), d).unwrap();
-                }
-                ctx.barrier();
             }
             // logits = lm_head · RMSNorm(x), for the tokens asked for
             let n_out = n - first_out;

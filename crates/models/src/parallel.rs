@@ -115,21 +115,56 @@ impl<'a> SharedActs<'a> {
         &self.f32
     }
 
-    fn q8(&self, kind: Q8Kind) -> &SharedQ8<'a> {
-        let q = match kind {
-            Q8Kind::Blocks32 => self.q32.as_ref(),
-            Q8Kind::Blocks256 => self.q256.as_ref(),
+    /// Views of every token's row, taken once per step instead of once per weight row.
+    fn token_rows(&self, n_tokens: usize) -> TokenRows<'_> {
+        assert!(
+            n_tokens <= MAX_TOKENS,
+            "batch larger than the activation buffers"
+        );
+        let empty = Q8Row {
+            qs: &[],
+            d: &[],
+            s: &[],
+            bsums: &[],
         };
-        q.expect("activations were not prepared for this weight type (checked at load time)")
+        let mut rows = TokenRows {
+            f32: [&[]; MAX_TOKENS],
+            q32: [empty; MAX_TOKENS],
+            q256: [empty; MAX_TOKENS],
+        };
+        for t in 0..n_tokens {
+            rows.f32[t] = self.row(t);
+            // SAFETY: as in `row`: the quantized rows were written in an earlier step.
+            unsafe {
+                if let Some(q) = &self.q32 {
+                    rows.q32[t] = q.row(t);
+                }
+                if let Some(q) = &self.q256 {
+                    rows.q256[t] = q.row(t);
+                }
+            }
+        }
+        rows
     }
+}
 
-    /// The dot product of weight row `w_row` with activation row `t`.
+/// The most tokens one step handles (the model's batch).
+const MAX_TOKENS: usize = crate::DEFAULT_BATCH;
+
+struct TokenRows<'a> {
+    f32: [&'a [f32]; MAX_TOKENS],
+    q32: [Q8Row<'a>; MAX_TOKENS],
+    q256: [Q8Row<'a>; MAX_TOKENS],
+}
+
+impl TokenRows<'_> {
+    /// The dot product of weight row `w_row` with token `t`'s activations.
     #[inline]
     fn dot(&self, weight: &Weight, w_row: &[u8], t: usize) -> f32 {
         match weight.dot.activation_format() {
-            ActivationFormat::F32 => weight.dot.dot_f32(w_row, self.row(t)),
-            // SAFETY: as in `row`.
-            ActivationFormat::Q8(kind) => weight.dot.dot_q8(w_row, unsafe { self.q8(kind).row(t) }),
+            ActivationFormat::F32 => weight.dot.dot_f32(w_row, self.f32[t]),
+            ActivationFormat::Q8(Q8Kind::Blocks32) => weight.dot.dot_q8(w_row, self.q32[t]),
+            ActivationFormat::Q8(Q8Kind::Blocks256) => weight.dot.dot_q8(w_row, self.q256[t]),
         }
     }
 }
@@ -204,6 +239,7 @@ pub(crate) fn matmul(
     let total: usize = parts.iter().map(|w| w.rows).sum();
     debug_assert!(parts.iter().all(|w| w.cols == x.n));
     debug_assert!(total <= stride && (n_tokens - 1) * stride + total <= out.len());
+    let x = x.token_rows(n_tokens);
     ctx.for_each_chunk(total, rows_per_chunk(n_tokens), |rows| {
         let (mut part, mut first_row) = (0, 0);
         for r in rows {
@@ -244,6 +280,7 @@ pub(crate) fn matmul_swiglu(
         chunk * n_tokens <= TILE,
         "batch too large for the SwiGLU tile"
     );
+    let x = x.token_rows(n_tokens);
     ctx.for_each_chunk(gate.rows, chunk, |rows| {
         let (mut g, mut u) = ([0f32; TILE], [0f32; TILE]);
         let width = rows.len();

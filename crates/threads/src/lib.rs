@@ -1,12 +1,12 @@
 //! A persistent thread pool for whole-token SPMD execution, as ggml runs its graphs: every
-//! thread runs the same function (the whole forward pass), takes its share of each step, and
-//! meets the others at barriers between dependent steps.
+//! thread runs the same function (the whole forward pass) and takes its share of each step.
 //!
 //! - Workers are started once. Between jobs they spin for a while (the next token's job usually
 //!   arrives within microseconds), then park, so an idle program does not burn a core.
-//! - Work inside a step is claimed in chunks from an atomic counter rather than split statically:
-//!   on a shared or oversubscribed machine a descheduled thread then delays nothing but its
-//!   current chunk.
+//! - Work inside a step is claimed in chunks from an atomic counter rather than split statically,
+//!   and a step ends when all its chunks are done, not when every thread has arrived: on a
+//!   shared or oversubscribed machine a descheduled thread then delays nothing but a chunk it
+//!   holds. When it runs again it finds the steps it missed finished and catches up.
 //! - Nothing is allocated or spawned per job.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -29,6 +29,17 @@ const SPINS_BEFORE_YIELD: u32 = 20_000;
 #[repr(align(128))]
 struct Padded<T>(T);
 
+#[derive(Default)]
+#[repr(align(64))]
+struct StepCounters {
+    claimed: AtomicUsize,
+    finished: AtomicUsize,
+}
+
+/// Steps (calls of `for_each_chunk`) one job may have; a forward pass of a 100-layer model
+/// takes about a thousand.
+const MAX_STEPS: usize = 1 << 14;
+
 type Job = dyn Fn(&Ctx<'_>) + Sync;
 
 struct Shared {
@@ -41,7 +52,11 @@ struct Shared {
     finished: Padded<AtomicUsize>,
     barrier_arrived: Padded<AtomicUsize>,
     barrier_generation: Padded<AtomicU64>,
-    chunk_counter: Padded<AtomicUsize>,
+    /// Per step of the current job: chunks claimed and chunks finished. Steps are numbered in
+    /// the order every thread meets them; the counters of a job are reset before it starts.
+    steps: Box<[StepCounters]>,
+    /// Steps the previous job used (their counters need resetting).
+    steps_used: AtomicUsize,
     /// Set when a thread panicked inside the job, so the others leave barriers instead of
     /// waiting for it forever.
     poisoned: AtomicBool,
@@ -59,8 +74,8 @@ pub struct Ctx<'a> {
     /// Number of threads running the job.
     pub nth: usize,
     shared: &'a Shared,
-    /// Counter value at which the next `for_each_chunk` starts (see there).
-    chunk_base: Cell<usize>,
+    /// Index of this thread's next step.
+    step: Cell<usize>,
 }
 
 impl Ctx<'_> {
@@ -93,27 +108,41 @@ impl Ctx<'_> {
     }
 
     /// Calls `f` for chunks of `0..n_items` (each at most `chunk` long) claimed by whichever
-    /// thread is free, then waits at a barrier. Every thread of the job must call it with the
-    /// same arguments, in the same order as the other steps.
-    ///
-    /// The shared counter is never reset during a job: in each call every chunk is claimed once
-    /// and every thread makes exactly one failed claim before it stops, so all threads can work
-    /// out where the next call's chunks start. The barrier at the end keeps calls from
-    /// overlapping.
+    /// thread is free, and returns once every chunk is finished, so what the step wrote can be
+    /// read. Every thread of the job must call it with the same arguments, in the same order.
     pub fn for_each_chunk(&self, n_items: usize, chunk: usize, mut f: impl FnMut(Range<usize>)) {
         let chunk = chunk.max(1);
         let n_chunks = n_items.div_ceil(chunk);
-        let base = self.chunk_base.get();
+        let index = self.step.get();
+        self.step.set(index + 1);
+        let step = self
+            .shared
+            .steps
+            .get(index)
+            .expect("a job ran more than MAX_STEPS steps");
         loop {
-            let claimed = self.shared.chunk_counter.0.fetch_add(1, Ordering::Relaxed) - base;
+            let claimed = step.claimed.fetch_add(1, Ordering::Relaxed);
             if claimed >= n_chunks {
                 break;
             }
             let start = claimed * chunk;
             f(start..(start + chunk).min(n_items));
+            // Release: what `f` wrote is visible to whoever sees the count.
+            step.finished.fetch_add(1, Ordering::Release);
         }
-        self.chunk_base.set(base + n_chunks + self.nth);
-        self.barrier();
+        let mut spins = 0u32;
+        while step.finished.load(Ordering::Acquire) < n_chunks {
+            if self.shared.poisoned.load(Ordering::Acquire) {
+                panic!("another thread of the pool panicked");
+            }
+            spins += 1;
+            if spins < SPINS_BEFORE_YIELD {
+                std::hint::spin_loop();
+            } else {
+                // The chunk we wait for may belong to a thread sharing our core.
+                std::thread::yield_now();
+            }
+        }
     }
 
     /// This thread's contiguous share of `0..n` (for cheap, even work that needs no balancing).
@@ -140,7 +169,8 @@ impl ThreadPool {
             finished: Padded(AtomicUsize::new(0)),
             barrier_arrived: Padded(AtomicUsize::new(0)),
             barrier_generation: Padded(AtomicU64::new(0)),
-            chunk_counter: Padded(AtomicUsize::new(0)),
+            steps: (0..MAX_STEPS).map(|_| StepCounters::default()).collect(),
+            steps_used: AtomicUsize::new(0),
             poisoned: AtomicBool::new(false),
             panic_payload: Mutex::new(None),
             shutdown: AtomicBool::new(false),
@@ -190,7 +220,10 @@ impl ThreadPool {
             unsafe { std::mem::transmute::<&(dyn Fn(&Ctx<'_>) + Sync + '_), &'static Job>(job) };
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
         s.finished.0.store(0, Ordering::Relaxed);
-        s.chunk_counter.0.store(0, Ordering::Relaxed);
+        for step in &s.steps[..s.steps_used.swap(0, Ordering::Relaxed)] {
+            step.claimed.store(0, Ordering::Relaxed);
+            step.finished.store(0, Ordering::Relaxed);
+        }
         s.barrier_arrived.0.store(0, Ordering::Relaxed);
         s.poisoned.store(false, Ordering::Relaxed);
         s.generation.0.fetch_add(1, Ordering::SeqCst);
@@ -245,9 +278,11 @@ fn run_job(s: &Shared, job: &Job, ith: usize) {
         ith,
         nth: s.n_threads,
         shared: s,
-        chunk_base: Cell::new(0),
+        step: Cell::new(0),
     };
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| job(&ctx))) {
+    let result = catch_unwind(AssertUnwindSafe(|| job(&ctx)));
+    s.steps_used.fetch_max(ctx.step.get(), Ordering::Relaxed);
+    if let Err(payload) = result {
         // Keep the first panic, stored before the others are told: theirs is only "another
         // thread panicked".
         let mut slot = s.panic_payload.lock().unwrap_or_else(|e| e.into_inner());

@@ -632,3 +632,41 @@ pub unsafe fn swiglu_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
     crate::ops::swiglu_scalar(&gate[i..], &up[i..], &mut out[i..]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// f16 running sums for attention, bit-identical to `ops::mad_f16_scalar` / `ops::scale_f16`
+// ---------------------------------------------------------------------------------------------
+
+#[target_feature(enable = "avx2,f16c,fma")]
+pub unsafe fn mad_f16_avx2(acc: &mut [u16], v: &[u16], w: f32) {
+    let n = acc.len();
+    let wv = _mm256_set1_ps(w);
+    let mut i = 0;
+    while i + 8 <= n {
+        let a = _mm256_cvtph_ps(_mm_loadu_si128(acc.as_ptr().add(i).cast()));
+        let x = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i).cast()));
+        let r = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_fmadd_ps(x, wv, a));
+        _mm_storeu_si128(acc.as_mut_ptr().add(i).cast(), r);
+        i += 8;
+    }
+    for j in i..n {
+        let (a, x) = (half::f16::from_bits(acc[j]), half::f16::from_bits(v[j]));
+        acc[j] = half::f16::from_f32(x.to_f32().mul_add(w, a.to_f32())).to_bits();
+    }
+}
+
+#[target_feature(enable = "avx2,f16c,fma")]
+pub unsafe fn scale_f16_avx2(acc: &mut [u16], scale: f32) {
+    let n = acc.len();
+    let s = _mm256_set1_ps(scale);
+    let mut i = 0;
+    while i + 8 <= n {
+        let a = _mm256_cvtph_ps(_mm_loadu_si128(acc.as_ptr().add(i).cast()));
+        let r = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(a, s));
+        _mm_storeu_si128(acc.as_mut_ptr().add(i).cast(), r);
+        i += 8;
+    }
+    for a in &mut acc[i..] {
+        *a = half::f16::from_f32(half::f16::from_bits(*a).to_f32() * scale).to_bits();
+    }
+}

@@ -1,0 +1,231 @@
+//! One conversation with a model: its KV cache, and generation from it. A new prompt that
+//! starts like the previous one (the next turn of a chat) reuses the cached positions of the
+//! shared prefix instead of reading it again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use baimo_models::{LogitsFor, Sequence};
+use baimo_threads::ThreadPool;
+use baimo_tokenizer::StreamDecoder;
+
+use crate::sampler::{Sampler, SamplingParams};
+use crate::stop::{StopCheck, StopStrings};
+use crate::{EngineError, LoadedModel};
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub sampling: SamplingParams,
+    /// At most this many new tokens.
+    pub max_tokens: usize,
+    /// Stop before any of these strings; it is not part of the output.
+    pub stop: Vec<String>,
+    /// Stop at the model's end-of-generation tokens (`<|im_end|>`, EOS, ...).
+    pub stop_at_eog: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            sampling: SamplingParams::default(),
+            max_tokens: 512,
+            stop: Vec::new(),
+            stop_at_eog: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` reached, or the context is full.
+    Length,
+    /// The caller cancelled.
+    Cancelled,
+}
+
+impl FinishReason {
+    /// The name OpenAI's API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose cached state was reused.
+    pub cached_tokens: usize,
+    /// Reading the (uncached part of the) prompt.
+    pub prompt_time: Duration,
+    /// Producing the new tokens after the first.
+    pub generation_time: Duration,
+    /// From the call to the first token's text.
+    pub time_to_first_token: Duration,
+}
+
+impl Generation {
+    pub fn prompt_tokens_per_second(&self) -> f64 {
+        (self.prompt_tokens - self.cached_tokens) as f64 / self.prompt_time.as_secs_f64().max(1e-9)
+    }
+    pub fn tokens_per_second(&self) -> f64 {
+        self.tokens.len().saturating_sub(1) as f64 / self.generation_time.as_secs_f64().max(1e-9)
+    }
+}
+
+pub struct Session {
+    model: Arc<LoadedModel>,
+    pool: Arc<ThreadPool>,
+    seq: Sequence,
+    /// The tokens whose keys and values are in the cache.
+    tokens: Vec<u32>,
+}
+
+impl Session {
+    /// A session that holds at most `max_len` positions (capped at the model's context length).
+    pub fn new(model: Arc<LoadedModel>, pool: Arc<ThreadPool>, max_len: usize) -> Session {
+        let max_len = max_len.min(model.info.context_length).max(1);
+        let seq = model.model.new_sequence(max_len);
+        Session {
+            model,
+            pool,
+            seq,
+            tokens: Vec::new(),
+        }
+    }
+
+    pub fn model(&self) -> &Arc<LoadedModel> {
+        &self.model
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.seq.kv.max_len()
+    }
+
+    /// Positions currently cached.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Forgets everything (the next prompt is read from the start).
+    pub fn clear(&mut self) {
+        self.seq.kv.clear();
+        self.tokens.clear();
+    }
+
+    /// Continues from `prompt` (the full token sequence, not just the new part), streaming the
+    /// new text to `on_text` piece by piece. `cancel` stops generation between tokens.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Generation, EngineError> {
+        let started = Instant::now();
+        let max_len = self.max_len();
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if prompt.len() >= max_len {
+            return Err(EngineError::PromptTooLong {
+                prompt: prompt.len(),
+                max: max_len,
+            });
+        }
+        // Reuse the cached prefix; at least one token must be read to get logits.
+        let mut reused = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        reused = reused.min(prompt.len() - 1);
+        self.seq.kv.truncate(reused);
+        self.tokens.truncate(reused);
+
+        let (model, pool) = (&self.model.model, &*self.pool);
+        let tokenizer = &self.model.tokenizer;
+        let mut sampler = Sampler::new(options.sampling.clone());
+        let stops = StopStrings::new(options.stop.iter().cloned());
+        let mut decoder = StreamDecoder::new();
+        let (mut text, mut pending) = (String::new(), String::new());
+        let mut generated = Vec::new();
+        let mut finish = FinishReason::Length;
+        let mut time_to_first_token = Duration::ZERO;
+
+        let mut logits = model.forward(pool, &mut self.seq, &prompt[reused..], LogitsFor::Last)?;
+        self.tokens.extend_from_slice(&prompt[reused..]);
+        let prompt_time = started.elapsed();
+        let generation_started = Instant::now();
+        let mut emit = |piece: &str, text: &mut String| {
+            if !piece.is_empty() {
+                on_text(piece);
+                text.push_str(piece);
+            }
+        };
+        loop {
+            if generated.len() >= options.max_tokens {
+                break;
+            }
+            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            let token = sampler.sample(logits, &self.tokens);
+            if options.stop_at_eog && tokenizer.is_eog(token) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            generated.push(token);
+            if generated.len() == 1 {
+                time_to_first_token = started.elapsed();
+            }
+            pending.push_str(&decoder.push(tokenizer, token));
+            match stops.check(&pending) {
+                StopCheck::Stop(at) => {
+                    emit(&pending[..at], &mut text);
+                    pending.clear();
+                    finish = FinishReason::Stop;
+                    break;
+                }
+                StopCheck::Emit(n) => {
+                    emit(&pending[..n], &mut text);
+                    pending.drain(..n);
+                }
+            }
+            if generated.len() >= options.max_tokens || self.tokens.len() + 1 >= max_len {
+                break;
+            }
+            logits = model.forward(pool, &mut self.seq, &[token], LogitsFor::Last)?;
+            self.tokens.push(token);
+        }
+        if finish != FinishReason::Stop {
+            pending.push_str(&decoder.finish());
+            emit(&pending, &mut text);
+        }
+        Ok(Generation {
+            text,
+            tokens: generated,
+            finish_reason: finish,
+            prompt_tokens: prompt.len(),
+            cached_tokens: reused,
+            prompt_time,
+            generation_time: generation_started.elapsed(),
+            time_to_first_token,
+        })
+    }
+}

@@ -1,0 +1,162 @@
+//! What the subcommands share: finding and loading the model, the thread pool, sampling flags,
+//! Ctrl-C.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use baimo_engine::{GenerateOptions, LoadedModel, SamplingParams};
+use baimo_hub::Fetcher;
+use baimo_threads::ThreadPool;
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BAIMO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Options every command that runs a model takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelOptions {
+    /// Threads to compute with (default: one per core).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+    /// Longest context (prompt + answer) in tokens (default: the model's own limit).
+    #[arg(long = "ctx", value_name = "TOKENS")]
+    pub ctx: Option<usize>,
+    /// Print nothing on stderr but errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// `[MODEL] THING`: the model is optional, so one positional is the thing and two are both.
+pub fn model_and(positionals: &[String], what: &str) -> Result<(Option<String>, Option<String>)> {
+    match positionals {
+        [] => Ok((None, None)),
+        [thing] => Ok((None, Some(thing.clone()))),
+        [model, thing] => Ok((Some(model.clone()), Some(thing.clone()))),
+        _ => anyhow::bail!(
+            "expected [MODEL] {what}, got {} arguments (quote the {what})",
+            positionals.len()
+        ),
+    }
+}
+
+/// A GGUF path, or a known model name fetched into the cache on first use.
+pub fn resolve_model(spec: Option<&str>, quiet: bool) -> Result<PathBuf> {
+    let spec = spec.unwrap_or(baimo_hub::DEFAULT_MODEL);
+    let fetcher = Fetcher::new().quiet(quiet);
+    fetcher
+        .resolve(spec)
+        .with_context(|| format!("model {spec:?}"))
+}
+
+pub fn load_model(spec: Option<&str>, opts: &ModelOptions) -> Result<Arc<LoadedModel>> {
+    let path = resolve_model(spec, opts.quiet)?;
+    let started = Instant::now();
+    let model = LoadedModel::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    if !opts.quiet {
+        eprintln!(
+            "loaded {} ({}, {} layers, {:.0} MB of weights) in {:.2} s",
+            model.name,
+            model.info.architecture,
+            model.info.n_layers,
+            model.info.weight_bytes as f64 / 1e6,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(Arc::new(model))
+}
+
+pub fn thread_pool(opts: &ModelOptions) -> Arc<ThreadPool> {
+    Arc::new(match opts.threads {
+        Some(n) => ThreadPool::new(n.max(1)),
+        None => ThreadPool::with_available_parallelism(),
+    })
+}
+
+/// The context a session gets: the user's `--ctx`, else the model's limit.
+pub fn context_len(model: &LoadedModel, opts: &ModelOptions) -> usize {
+    opts.ctx
+        .unwrap_or(model.info.context_length)
+        .min(model.info.context_length)
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SamplingOptions {
+    /// Randomness: 0 always takes the most likely token.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Sample from the K most likely tokens only (0: all).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Sample from the smallest set of tokens whose probability reaches P (1: all).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than P times the most likely one.
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalize tokens seen in the last --repeat-last-n tokens (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Seed for sampling: the same seed gives the same answer (default: random).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Most tokens to generate.
+    #[arg(short = 'n', long = "max-tokens", default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Stop when this text appears (may be given several times).
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub stop: Vec<String>,
+}
+
+impl SamplingOptions {
+    pub fn generate_options(&self) -> GenerateOptions {
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        GenerateOptions {
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repeat_penalty: self.repeat_penalty,
+                repeat_last_n: self.repeat_last_n,
+                presence_penalty: self.presence_penalty,
+                frequency_penalty: self.frequency_penalty,
+                seed,
+            },
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+            stop_at_eog: true,
+        }
+    }
+}
+
+/// Set by Ctrl-C; generation checks it between tokens.
+pub static CANCEL: AtomicBool = AtomicBool::new(false);
+
+/// The first Ctrl-C stops the current answer; a second one within a generation ends the
+/// program, for when the first went unnoticed.
+pub fn install_ctrlc() {
+    let _ = ctrlc::set_handler(|| {
+        if CANCEL.swap(true, Ordering::SeqCst) {
+            eprintln!();
+            std::process::exit(130);
+        }
+    });
+}
