@@ -1,0 +1,285 @@
+//! The `baimo` command as a user runs it: what reaches stdout, exit codes, and one-line errors
+//! (never a panic) for bad input.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+fn run(args: &[&str]) -> Output {
+    common::baimo().args(args).output().expect("baimo runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A failed command: non-zero exit, a single `error:` line naming `needle`, no panic.
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error_lines.len(), 1, "one error line expected: {err}");
+    assert!(
+        error_lines[0].contains(needle),
+        "error line {:?} should mention {needle:?}",
+        error_lines[0]
+    );
+    assert!(out.stdout.is_empty(), "nothing on stdout when failing");
+}
+
+#[test]
+fn tokenize_prints_llama_cpp_ids_as_json() {
+    let model = common::model(common::SMOLLM2);
+    let out = run(&["tokenize", model.to_str().unwrap(), "Hello, 世界! 🤖🚀"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let expected = common::reference_lines("SmolLM2-135M-Instruct.Q4_1.tokens.jsonl")
+        .into_iter()
+        .find(|c| c["text"] == "Hello, 世界! 🤖🚀" && c["parse_special"] == false)
+        .expect("reference has the text");
+    assert_eq!(
+        stdout(&out).trim(),
+        serde_json::to_string(&common::ids(&expected["ids"])).unwrap()
+    );
+
+    let out = run(&[
+        "tokenize",
+        "--special",
+        model.to_str().unwrap(),
+        "<|im_start|>user\nhi<|im_end|>",
+    ]);
+    assert_eq!(stdout(&out).trim(), "[1,4093,198,6004,2]");
+}
+
+#[test]
+fn raw_greedy_run_prints_llama_cpp_greedy_text() {
+    let model = common::model(common::SMOLLM2);
+    let reference = &common::reference_lines("SmolLM2-135M-Instruct.Q4_1.greedy.jsonl")[0];
+    let out = run(&[
+        "run",
+        "--raw",
+        model.to_str().unwrap(),
+        reference["prompt"].as_str().unwrap(),
+        "--temperature",
+        "0",
+        "-n",
+        "16",
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let expected = reference["greedy_text16"].as_str().unwrap();
+    assert_eq!(stdout(&out), format!("{expected}\n"));
+    assert!(
+        stderr(&out).is_empty(),
+        "--quiet keeps stderr empty: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn stop_strings_end_the_answer_before_them() {
+    let model = common::model(common::SMOLLM2);
+    let out = run(&[
+        "run",
+        "--raw",
+        model.to_str().unwrap(),
+        "The capital of France is",
+        "--temperature",
+        "0",
+        "-n",
+        "40",
+        "--stop",
+        "\n",
+        "-q",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(
+        stdout(&out),
+        " Paris.\n",
+        "the answer stops before the first newline (then one is added)"
+    );
+}
+
+#[test]
+fn chat_template_run_answers_and_seeded_sampling_repeats() {
+    let model = common::model(common::SMOLLM2);
+    let args = |seed: &str| {
+        run(&[
+            "run",
+            model.to_str().unwrap(),
+            "Name a color.",
+            "--seed",
+            seed,
+            "--temperature",
+            "1.0",
+            "-n",
+            "12",
+            "-q",
+        ])
+    };
+    let (a, b) = (args("7"), args("7"));
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert!(!stdout(&a).trim().is_empty());
+    assert_eq!(stdout(&a), stdout(&b), "same seed, same output");
+}
+
+#[test]
+fn chat_reads_turns_from_stdin_and_keeps_history() {
+    let model = common::model(common::SMOLLM2);
+    let mut child = common::baimo()
+        .args([
+            "chat",
+            model.to_str().unwrap(),
+            "--temperature",
+            "0",
+            "-n",
+            "8",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("baimo chat starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Hello!\n/system You are terse.\nWhat is 2+2?\n/exit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answers: Vec<&str> = std::str::from_utf8(&out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(answers.len() >= 2, "two answers expected, got {answers:?}");
+    assert!(stderr(&out).contains("system message set"));
+}
+
+#[test]
+fn ctrl_c_stops_the_answer_not_with_a_crash() {
+    let model = common::model(common::SMOLLM2);
+    let child = common::baimo()
+        .args([
+            "run",
+            "--raw",
+            model.to_str().unwrap(),
+            "Once upon a time",
+            "--temperature",
+            "0",
+            "-n",
+            "100000",
+            "--ctx",
+            "100000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("baimo run starts");
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "a single Ctrl-C ends the answer cleanly: {}",
+        stderr(&out)
+    );
+    assert!(!out.stdout.is_empty(), "the text so far was printed");
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_missing_model_path_is_a_clean_error() {
+    let out = run(&["run", "/nonexistent/model.gguf", "hi"]);
+    assert_clean_failure(&out, "/nonexistent/model.gguf");
+}
+
+#[test]
+fn an_unknown_model_name_lists_the_known_ones() {
+    let out = run(&["run", "no-such-model", "hi"]);
+    assert_clean_failure(&out, "smollm2-135m");
+}
+
+#[test]
+fn a_file_that_is_not_gguf_is_a_clean_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.gguf");
+    std::fs::write(&path, "just some text, not a model\n").unwrap();
+    assert_clean_failure(
+        &run(&["run", path.to_str().unwrap(), "hi"]),
+        "not a GGUF file",
+    );
+    let empty = dir.path().join("empty.gguf");
+    std::fs::write(&empty, b"").unwrap();
+    assert_clean_failure(
+        &run(&["tokenize", empty.to_str().unwrap(), "hi"]),
+        "not a GGUF file",
+    );
+}
+
+#[test]
+fn a_truncated_model_file_is_a_clean_error() {
+    let model = std::fs::read(common::model(common::SMOLLM2)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("header.gguf", 20, "truncated"),
+        // Cut inside the vocabulary: its element count no longer fits in the file.
+        (
+            "metadata.gguf",
+            200_000,
+            "more than the 200000-byte file can hold",
+        ),
+        ("data.gguf", model.len() - 1000, "run past the end"),
+    ];
+    for (name, cut, needle) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &model[..cut]).unwrap();
+        assert_clean_failure(&run(&["run", path.to_str().unwrap(), "hi"]), needle);
+    }
+}
+
+#[test]
+fn a_directory_is_not_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["run", dir.path().to_str().unwrap(), "hi"]);
+    assert!(!out.status.success());
+    assert!(!stderr(&out).contains("panicked"));
+}
+
+#[test]
+fn a_closed_stdout_pipe_is_not_a_crash() {
+    let model = common::model(common::SMOLLM2);
+    let mut child = common::baimo()
+        .args([
+            "run",
+            "--raw",
+            model.to_str().unwrap(),
+            "Once upon a time",
+            "--temperature",
+            "0",
+            "-n",
+            "200",
+            "-q",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away, like `| head -c 0`
+    let out = child.wait_with_output().unwrap();
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
