@@ -23,6 +23,19 @@ const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_DIMS: u32 = 4;
 const MAX_ARRAY_NESTING: usize = 8;
+/// The most memory reserved ahead for the items a count announces; beyond it, vectors grow as
+/// items are actually read.
+const MAX_RESERVE_BYTES: usize = 1 << 20;
+
+/// An empty vector with room for `count` items, or for as many as fit in [`MAX_RESERVE_BYTES`].
+/// A count is only checked against the file size, and an item in memory can be several times
+/// larger than its encoding (a 56-byte `(String, Value)` for a 13-byte key/value pair), so
+/// reserving `count` items up front could ask for many times the file's size before the first
+/// item turns out to be bad.
+fn reserve<T>(count: u64) -> Vec<T> {
+    let max = (MAX_RESERVE_BYTES / std::mem::size_of::<T>().max(1)) as u64;
+    Vec::with_capacity(count.min(max) as usize)
+}
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -230,7 +243,7 @@ impl Gguf {
         r.check_count(kv_count, 12, "the metadata count")?;
         r.check_count(tensor_count, 24, "the tensor count")?;
 
-        let mut metadata = Vec::with_capacity(kv_count as usize);
+        let mut metadata = reserve(kv_count);
         let mut seen_keys = HashSet::new();
         for _ in 0..kv_count {
             let key = r.string("a metadata key")?;
@@ -257,7 +270,7 @@ impl Gguf {
             }
         };
 
-        let mut infos = Vec::with_capacity(tensor_count as usize);
+        let mut infos = reserve(tensor_count);
         let mut seen_names = HashSet::new();
         for _ in 0..tensor_count {
             let name = r.string("a tensor name")?;
@@ -530,7 +543,7 @@ impl<'a> Reader<'a> {
             6 => Value::F32(f32::from_le_bytes(self.array(&what)?)),
             7 => Value::Bool(self.array::<1>(&what)?[0] != 0),
             8 => Value::String(self.string(&what)?),
-            9 => Value::Array(self.array_value(key, depth)?),
+            9 => Value::Array(self.array_value(key, &format!("the array {key:?}"), depth)?),
             10 => Value::U64(u64::from_le_bytes(self.array(&what)?)),
             11 => Value::I64(i64::from_le_bytes(self.array(&what)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(&what)?)),
@@ -543,16 +556,22 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn array_value(&mut self, key: &str, depth: usize) -> Result<ArrayValue, FormatError> {
+    /// An array value; `what` names it in errors. It is formatted once by the caller and shared
+    /// by nested arrays, so that an array of many small arrays does not copy a long key for each.
+    fn array_value(
+        &mut self,
+        key: &str,
+        what: &str,
+        depth: usize,
+    ) -> Result<ArrayValue, FormatError> {
         if depth >= MAX_ARRAY_NESTING {
             return Err(FormatError::NestingTooDeep {
                 key: key.into(),
                 max: MAX_ARRAY_NESTING,
             });
         }
-        let what = format!("the array {key:?}");
-        let elem_type = self.u32(&what)?;
-        let n = self.u64(&what)?;
+        let elem_type = self.u32(what)?;
+        let n = self.u64(what)?;
         // Smallest encoded size of one element: strings take 8 bytes of length, arrays 12 bytes.
         let min_size = match elem_type {
             0 | 1 | 7 => 1,
@@ -567,13 +586,13 @@ impl<'a> Reader<'a> {
                 });
             }
         };
-        self.check_count(n, min_size, &what)?;
-        let n = n as usize;
+        self.check_count(n, min_size, what)?;
 
         macro_rules! fixed {
             ($variant:ident, $t:ty) => {{
                 const SIZE: usize = std::mem::size_of::<$t>();
-                let bytes = self.take((n * SIZE) as u64, &what)?;
+                // `check_count` has checked that n × SIZE bytes remain.
+                let bytes = self.take(n * SIZE as u64, what)?;
                 ArrayValue::$variant(
                     bytes
                         .chunks_exact(SIZE)
@@ -590,24 +609,19 @@ impl<'a> Reader<'a> {
             4 => fixed!(U32, u32),
             5 => fixed!(I32, i32),
             6 => fixed!(F32, f32),
-            7 => ArrayValue::Bool(
-                self.take(n as u64, &what)?
-                    .iter()
-                    .map(|&b| b != 0)
-                    .collect(),
-            ),
+            7 => ArrayValue::Bool(self.take(n, what)?.iter().map(|&b| b != 0).collect()),
             8 => {
-                let mut v = Vec::with_capacity(n);
+                let mut v = reserve(n);
                 for _ in 0..n {
-                    v.push(self.string(&what)?);
+                    v.push(self.string(what)?);
                 }
                 ArrayValue::String(v)
             }
             9 => {
-                let mut v = Vec::with_capacity(n);
+                let mut v = reserve(n);
                 for _ in 0..n {
                     // Each element is itself encoded as an array: its element type, count, items.
-                    v.push(self.array_value(key, depth + 1)?);
+                    v.push(self.array_value(key, what, depth + 1)?);
                 }
                 ArrayValue::Array(v)
             }

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Fuzzes the GGUF reader (cargo-fuzz target `gguf_parse` in fuzz/) for a bounded time.
+#
+#   scripts/fuzz.sh [SECONDS] [extra libFuzzer flags...]     (default: 60 seconds)
+#
+# Needs the nightly toolchain; installs cargo-fuzz if it is missing (`cargo install cargo-fuzz
+# --locked`, about 30 s of build on 2 cores). The first run also builds the target (~40 s).
+# New inputs go to fuzz/corpus/gguf_parse (kept between runs), starting from fuzz/seeds. A crash,
+# a panic, an input slower than 10 s or a single allocation over 64 MiB fails the run with a
+# non-zero exit; the input is saved under fuzz/artifacts/gguf_parse/ and can be replayed with
+#   cargo +nightly fuzz run gguf_parse fuzz/artifacts/gguf_parse/<file>
+set -euo pipefail
+
+seconds=${1:-60}
+shift || true
+case $seconds in
+'' | *[!0-9]*)
+    echo "usage: $0 [SECONDS] [libFuzzer flags...]" >&2
+    exit 2
+    ;;
+esac
+
+cd "$(dirname "$0")/../fuzz"
+
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    echo "fuzz.sh: the nightly toolchain is needed: rustup toolchain install nightly" >&2
+    exit 2
+fi
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+
+mkdir -p corpus/gguf_parse
+exec cargo +nightly fuzz run gguf_parse corpus/gguf_parse seeds -- \
+    -max_total_time="$seconds" \
+    -max_len=16384 \
+    -timeout=10 \
+    -malloc_limit_mb=64 \
+    -rss_limit_mb=2048 \
+    -print_final_stats=1 \
+    "$@"
