@@ -70,6 +70,14 @@ pub enum FormatError {
         size: u64,
         file_len: u64,
     },
+    #[error(
+        "tensor {tensor:?}: data at offset {offset}, but the tensors before it end at {expected} (tensors must follow one another)"
+    )]
+    OutOfOrder {
+        tensor: String,
+        offset: u64,
+        expected: u64,
+    },
     #[error("tensor {0:?} appears twice")]
     DuplicateTensor(String),
     #[error("missing metadata key {0:?}")]

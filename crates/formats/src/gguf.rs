@@ -12,7 +12,7 @@
 //! [`Gguf::parse`] checks every count, length, shape and offset against the file size before it
 //! allocates or slices anything, so a damaged or hostile file gives a [`FormatError`], not a panic.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use baimo_kernels::GgmlType;
@@ -207,6 +207,8 @@ pub struct Gguf {
     pub alignment: u64,
     metadata: Vec<(String, Value)>,
     tensors: Vec<TensorInfo>,
+    /// Tensor name → index in `tensors` (a loader looks up every tensor by name).
+    tensor_index: HashMap<String, usize>,
 }
 
 impl Gguf {
@@ -297,6 +299,10 @@ impl Gguf {
         let data_start = data_start.div_ceil(alignment) * alignment;
         let file_len = bytes.len() as u64;
         let mut tensors = Vec::with_capacity(infos.len());
+        // As ggml requires: tensors lie one after another in the order they are listed, each
+        // padded to the alignment. (This also bounds the total size of all tensors by the file's,
+        // so overlapping tensors cannot multiply what a loader copies out of a small file.)
+        let mut expected_offset = 0u64;
         for (name, ne, type_id, rel_offset) in infos {
             let Some(dtype) = GgmlType::from_id(type_id) else {
                 return Err(FormatError::UnknownTensorType {
@@ -336,7 +342,15 @@ impl Gguf {
             let offset = data_start.checked_add(rel_offset);
             let end = offset.and_then(|o| o.checked_add(n_bytes));
             match (offset, end) {
+                (Some(_), Some(end)) if end <= file_len && rel_offset != expected_offset => {
+                    return Err(FormatError::OutOfOrder {
+                        tensor: name,
+                        offset: rel_offset,
+                        expected: expected_offset,
+                    });
+                }
                 (Some(offset), Some(end)) if end <= file_len => {
+                    expected_offset = rel_offset + n_bytes.div_ceil(alignment) * alignment;
                     tensors.push(TensorInfo {
                         name,
                         ne,
@@ -355,12 +369,18 @@ impl Gguf {
                 }
             }
         }
+        let tensor_index = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         Ok(Gguf {
             bytes,
             version,
             alignment,
             metadata,
             tensors,
+            tensor_index,
         })
     }
 
@@ -448,7 +468,7 @@ impl Gguf {
     }
 
     pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensors.iter().find(|t| t.name == name)
+        self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
 
     /// The bytes of a tensor, a view into the file (no copy).

@@ -774,15 +774,54 @@ fn misaligned_tensor_offsets() {
             alignment: 64,
         },
     );
-    // With 64-byte alignment an offset of 64 is fine, and with 1-byte alignment any offset is.
-    let g = parse(build(&align64, &[("w", &[1], f32_id(), 64)], 128)).unwrap();
+    // With 64-byte alignment a second tensor at 64 is fine (the first one, 4 bytes, is padded to
+    // 64), and with 1-byte alignment tensors follow each other without padding.
+    let g = parse(build(
+        &align64,
+        &[("a", &[1], f32_id(), 0), ("w", &[1], f32_id(), 64)],
+        128,
+    ))
+    .unwrap();
     assert_eq!(g.alignment, 64);
-    assert_eq!(g.tensors()[0].offset % 64, 0);
+    assert_eq!(g.tensors()[1].offset % 64, 0);
     let align1 = [("general.alignment", Value::U8(1))];
-    let bytes = build(&align1, &[("w", &[1], f32_id(), 3)], 7);
+    let bytes = build(
+        &align1,
+        &[("a", &[3], GgmlType::I8.id(), 0), ("w", &[1], f32_id(), 3)],
+        7,
+    );
     let file_len = bytes.len();
     let g = parse(bytes).unwrap();
-    assert_eq!(g.tensors()[0].offset, file_len as u64 - 4);
+    assert_eq!(g.tensors()[1].offset, file_len as u64 - 4);
+}
+
+#[test]
+fn tensors_must_follow_one_another() {
+    // A gap before the first tensor, and a second tensor overlapping the first, as llama.cpp's
+    // reader refuses them.
+    let err = parse_err(build(&[], &[("w", &[1], f32_id(), 32)], 64));
+    assert_err(
+        &err,
+        &FormatError::OutOfOrder {
+            tensor: "w".into(),
+            offset: 32,
+            expected: 0,
+        },
+    );
+    assert_one_line(&err, &["\"w\"", "offset 32", "end at 0"]);
+    let err = parse_err(build(
+        &[],
+        &[("a", &[16], f32_id(), 0), ("b", &[16], f32_id(), 32)],
+        128,
+    ));
+    assert_err(
+        &err,
+        &FormatError::OutOfOrder {
+            tensor: "b".into(),
+            offset: 32,
+            expected: 64,
+        },
+    );
 }
 
 #[test]

@@ -109,6 +109,14 @@ impl Config {
         if self.num_attention_heads == 0 || self.num_key_value_heads == 0 {
             return bad("zero attention heads".into());
         }
+        // Sizes derived from these are used for buffers: they must not wrap.
+        let q_dim = self.num_attention_heads.checked_mul(self.head_dim);
+        if q_dim.is_none_or(|d| d > 1 << 24) {
+            return bad(format!(
+                "{} heads of {} dimensions is too wide",
+                self.num_attention_heads, self.head_dim
+            ));
+        }
         if !self
             .num_attention_heads
             .is_multiple_of(self.num_key_value_heads)
@@ -210,6 +218,13 @@ impl Llama {
         let mut layers = Vec::with_capacity(c.num_hidden_layers.min(gguf.tensors().len()));
         for i in 0..c.num_hidden_layers {
             let name = |n: &str| format!("blk.{i}.{n}");
+            // The projections first: their shapes are checked against the file, which bounds
+            // the zero-filled biases below.
+            let (q_proj, k_proj, v_proj) = (
+                t.matrix(&name("attn_q.weight"), q_dim, hidden)?,
+                t.matrix(&name("attn_k.weight"), kv_dim, hidden)?,
+                t.matrix(&name("attn_v.weight"), kv_dim, hidden)?,
+            );
             let biases = [
                 t.optional_vector(&name("attn_q.bias"), q_dim)?,
                 t.optional_vector(&name("attn_k.bias"), kv_dim)?,
@@ -219,18 +234,18 @@ impl Llama {
                 [None, None, None] => None,
                 [q, k, v] => Some(
                     [
-                        q.unwrap_or(vec![0.0; q_dim]),
-                        k.unwrap_or(vec![0.0; kv_dim]),
-                        v.unwrap_or(vec![0.0; kv_dim]),
+                        q.unwrap_or_else(|| vec![0.0; q_dim]),
+                        k.unwrap_or_else(|| vec![0.0; kv_dim]),
+                        v.unwrap_or_else(|| vec![0.0; kv_dim]),
                     ]
                     .concat(),
                 ),
             };
             layers.push(Layer {
                 attn_norm: t.vector(&name("attn_norm.weight"), hidden)?,
-                q_proj: t.matrix(&name("attn_q.weight"), q_dim, hidden)?,
-                k_proj: t.matrix(&name("attn_k.weight"), kv_dim, hidden)?,
-                v_proj: t.matrix(&name("attn_v.weight"), kv_dim, hidden)?,
+                q_proj,
+                k_proj,
+                v_proj,
                 qkv_bias,
                 o_proj: t.matrix(&name("attn_output.weight"), hidden, q_dim)?,
                 ffn_norm: t.vector(&name("ffn_norm.weight"), hidden)?,
