@@ -16,20 +16,10 @@ pub struct Args {
     /// A GGUF path or a known model name (default smollm2-135m).
     model_spec: Option<String>,
     /// Prompt lengths to test (comma-separated; 0 skips).
-    #[arg(
-        short = 'p',
-        long = "n-prompt",
-        value_delimiter = ',',
-        default_value = "512"
-    )]
+    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "512")]
     n_prompt: Vec<usize>,
     /// Generation lengths to test (comma-separated; 0 skips).
-    #[arg(
-        short = 'n',
-        long = "n-gen",
-        value_delimiter = ',',
-        default_value = "128"
-    )]
+    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128")]
     n_gen: Vec<usize>,
     /// Measured repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 3)]
@@ -51,14 +41,10 @@ pub fn main(args: Args) -> Result<()> {
     let pool = common::thread_pool(&args.model);
     let mut results = Vec::new();
     for &n in args.n_prompt.iter().filter(|&&n| n > 0) {
-        results.push(measure(&args, &format!("pp{n}"), || {
-            prompt_speed(&model, &pool, n)
-        })?);
+        results.push(measure(&args, &format!("pp{n}"), || prompt_speed(&model, &pool, n))?);
     }
     for &n in args.n_gen.iter().filter(|&&n| n > 0) {
-        results.push(measure(&args, &format!("tg{n}"), || {
-            generation_speed(&model, &pool, n)
-        })?);
+        results.push(measure(&args, &format!("tg{n}"), || generation_speed(&model, &pool, n))?);
     }
     let size = format!(
         "{:.1} MiB",
@@ -100,10 +86,7 @@ fn measure(args: &Args, test: &str, mut run: impl FnMut() -> Result<f64>) -> Res
         let (mean, _) = mean_std(&tokens_per_second);
         eprintln!("{test}: {mean:.2} tok/s");
     }
-    Ok(Measurement {
-        test: test.to_string(),
-        tokens_per_second,
-    })
+    Ok(Measurement { test: test.to_string(), tokens_per_second })
 }
 
 /// Deterministic token ids spread over the vocabulary.
@@ -117,9 +100,7 @@ fn prompt_speed(model: &LoadedModel, pool: &ThreadPool, n: usize) -> Result<f64>
     let tokens = bench_tokens(model, n);
     let mut seq = model.model.new_sequence(n + 1);
     let started = Instant::now();
-    model
-        .model
-        .forward(pool, &mut seq, &tokens, LogitsFor::Last)?;
+    model.model.forward(pool, &mut seq, &tokens, LogitsFor::Last)?;
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 

@@ -30,11 +30,7 @@ const HELP: &str = "/clear forgets the conversation, /system TEXT sets the syste
 pub fn main(args: Args) -> Result<()> {
     let model = common::load_model(args.model_spec.as_deref(), &args.model)?;
     let pool = common::thread_pool(&args.model);
-    let mut session = Session::new(
-        model.clone(),
-        pool,
-        common::context_len(&model, &args.model),
-    );
+    let mut session = Session::new(model.clone(), pool, common::context_len(&model, &args.model));
     let options = args.sampling.generate_options();
     let mut system = args.system.clone();
     let mut history: Vec<ChatMessage> = Vec::new();
@@ -57,10 +53,7 @@ pub fn main(args: Args) -> Result<()> {
             continue;
         }
         let _ = editor.add_history_entry(input);
-        match input
-            .split_once(' ')
-            .map_or((input, ""), |(c, rest)| (c, rest.trim()))
-        {
+        match input.split_once(' ').map_or((input, ""), |(c, rest)| (c, rest.trim())) {
             ("/exit" | "/quit" | "/bye", _) => break,
             ("/clear", _) => {
                 history.clear();
@@ -83,9 +76,7 @@ pub fn main(args: Args) -> Result<()> {
                 continue;
             }
             // A word like "/foo" is a mistyped command; "/usr/lib/x" is text.
-            (command, _)
-                if command.len() > 1 && command.starts_with('/') && !command[1..].contains('/') =>
-            {
+            (command, _) if command.len() > 1 && command.starts_with('/') && !command[1..].contains('/') => {
                 eprintln!("unknown command {command}; {HELP}");
                 continue;
             }
@@ -93,10 +84,7 @@ pub fn main(args: Args) -> Result<()> {
         }
 
         history.push(ChatMessage::user(input));
-        let mut messages: Vec<ChatMessage> = system
-            .iter()
-            .map(|s| ChatMessage::system(s.clone()))
-            .collect();
+        let mut messages: Vec<ChatMessage> = system.iter().map(|s| ChatMessage::system(s.clone())).collect();
         messages.extend(history.iter().cloned());
         let prompt = match model.chat_prompt(&messages) {
             Ok(p) => p,
@@ -112,9 +100,7 @@ pub fn main(args: Args) -> Result<()> {
             &prompt,
             &options,
             &mut |piece| {
-                let _ = stdout
-                    .write_all(piece.as_bytes())
-                    .and_then(|_| stdout.flush());
+                let _ = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush());
             },
             Some(&CANCEL),
         );
@@ -131,9 +117,7 @@ pub fn main(args: Args) -> Result<()> {
                 history.pop();
                 eprintln!("error: {e}");
                 if matches!(e, baimo_engine::EngineError::PromptTooLong { .. }) {
-                    eprintln!(
-                        "(the conversation no longer fits in the context; /clear starts a new one)"
-                    );
+                    eprintln!("(the conversation no longer fits in the context; /clear starts a new one)");
                 }
             }
         }

@@ -14,10 +14,7 @@ use baimo_threads::ThreadPool;
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BAIMO_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 /// Options every command that runs a model takes.
@@ -40,10 +37,7 @@ pub fn model_and(positionals: &[String], what: &str) -> Result<(Option<String>, 
         [] => Ok((None, None)),
         [thing] => Ok((None, Some(thing.clone()))),
         [model, thing] => Ok((Some(model.clone()), Some(thing.clone()))),
-        _ => anyhow::bail!(
-            "expected [MODEL] {what}, got {} arguments (quote the {what})",
-            positionals.len()
-        ),
+        _ => anyhow::bail!("expected [MODEL] {what}, got {} arguments (quote the {what})", positionals.len()),
     }
 }
 
@@ -51,9 +45,7 @@ pub fn model_and(positionals: &[String], what: &str) -> Result<(Option<String>, 
 pub fn resolve_model(spec: Option<&str>, quiet: bool) -> Result<PathBuf> {
     let spec = spec.unwrap_or(baimo_hub::DEFAULT_MODEL);
     let fetcher = Fetcher::new().quiet(quiet);
-    fetcher
-        .resolve(spec)
-        .with_context(|| format!("model {spec:?}"))
+    fetcher.resolve(spec).with_context(|| format!("model {spec:?}"))
 }
 
 pub fn load_model(spec: Option<&str>, opts: &ModelOptions) -> Result<Arc<LoadedModel>> {
@@ -82,9 +74,7 @@ pub fn thread_pool(opts: &ModelOptions) -> Arc<ThreadPool> {
 
 /// The context a session gets: the user's `--ctx`, else the model's limit.
 pub fn context_len(model: &LoadedModel, opts: &ModelOptions) -> usize {
-    opts.ctx
-        .unwrap_or(model.info.context_length)
-        .min(model.info.context_length)
+    opts.ctx.unwrap_or(model.info.context_length).min(model.info.context_length)
 }
 
 #[derive(clap::Args, Debug, Clone)]

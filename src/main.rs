@@ -16,11 +16,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "baimo",
-    version,
-    about = "百模: one program for the common large language models"
-)]
+#[command(name = "baimo", version, about = "百模: one program for the common large language models")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,10 +67,7 @@ fn main() -> ExitCode {
 fn dedup_chain(chain: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for message in chain {
-        if out
-            .last()
-            .is_none_or(|prev| !prev.contains(message.as_str()))
-        {
+        if out.last().is_none_or(|prev| !prev.contains(message.as_str())) {
             out.push(message.clone());
         }
     }

@@ -13,13 +13,8 @@ pub struct PullArgs {
 pub struct ListArgs {}
 
 pub fn pull(args: PullArgs) -> Result<()> {
-    let known = find_known(&args.model).with_context(|| {
-        format!(
-            "unknown model {:?} (known: {})",
-            args.model,
-            known_names_summary()
-        )
-    })?;
+    let known = find_known(&args.model)
+        .with_context(|| format!("unknown model {:?} (known: {})", args.model, known_names_summary()))?;
     let path = Fetcher::new().fetch(known)?;
     println!("{}", path.display());
     Ok(())
@@ -32,11 +27,7 @@ pub fn list(_args: ListArgs) -> Result<()> {
             Some(path) => format!("cached at {}", path.display()),
             None => "not downloaded".to_string(),
         };
-        let default = if model.name == baimo_hub::DEFAULT_MODEL {
-            " (default)"
-        } else {
-            ""
-        };
+        let default = if model.name == baimo_hub::DEFAULT_MODEL { " (default)" } else { "" };
         println!(
             "{:<22} {:>7.1} MB  {}{default}  [{state}]",
             model.name,

@@ -33,9 +33,7 @@ pub fn main(args: Args) -> Result<()> {
         Some(p) => p,
         None if !std::io::stdin().is_terminal() => {
             let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("reading the prompt from stdin")?;
+            std::io::stdin().read_to_string(&mut text).context("reading the prompt from stdin")?;
             text
         }
         None => anyhow::bail!("no prompt: give one after the model, or pipe it to stdin"),
@@ -52,11 +50,7 @@ pub fn main(args: Args) -> Result<()> {
         messages.push(ChatMessage::user(prompt));
         model.chat_prompt(&messages)?
     };
-    let mut session = Session::new(
-        model.clone(),
-        pool,
-        common::context_len(&model, &args.model),
-    );
+    let mut session = Session::new(model.clone(), pool, common::context_len(&model, &args.model));
     common::install_ctrlc();
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;
@@ -66,10 +60,7 @@ pub fn main(args: Args) -> Result<()> {
         &mut |piece| {
             if write_error.is_none() {
                 // A closed pipe (`baimo run … | head`) ends the output, not the program with a panic.
-                if let Err(e) = stdout
-                    .write_all(piece.as_bytes())
-                    .and_then(|_| stdout.flush())
-                {
+                if let Err(e) = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()) {
                     write_error = Some(e);
                     CANCEL.store(true, Ordering::SeqCst);
                 }
@@ -96,9 +87,7 @@ pub fn main(args: Args) -> Result<()> {
         );
     }
     match write_error {
-        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(e).context("writing to stdout")
-        }
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
         _ => Ok(()),
     }
 }

@@ -27,27 +27,18 @@ pub fn main(args: Args) -> Result<()> {
         Some(t) => t,
         None if !std::io::stdin().is_terminal() => {
             let mut t = String::new();
-            std::io::stdin()
-                .read_to_string(&mut t)
-                .context("reading the text from stdin")?;
+            std::io::stdin().read_to_string(&mut t).context("reading the text from stdin")?;
             t
         }
         None => anyhow::bail!("no text: give one after the model, or pipe it to stdin"),
     };
     // Only the tokenizer is needed, but loading the model validates the file the same way.
-    let model = common::load_model(
-        model_spec.as_deref(),
-        &ModelOptions {
-            quiet: true,
-            ..args.model
-        },
-    )?;
+    let model = common::load_model(model_spec.as_deref(), &ModelOptions { quiet: true, ..args.model })?;
     let ids = model.tokenizer.encode(&text, args.special);
     println!("{}", serde_json::to_string(&ids)?);
     if args.show {
         for &id in &ids {
-            let piece =
-                String::from_utf8_lossy(&model.tokenizer.token_bytes(id, true)).into_owned();
+            let piece = String::from_utf8_lossy(&model.tokenizer.token_bytes(id, true)).into_owned();
             eprintln!("{id:>8} {piece:?}");
         }
     }

@@ -22,18 +22,11 @@ fn stderr(out: &Output) -> String {
 /// A failed command: non-zero exit, a single `error:` line naming `needle`, no panic.
 fn assert_clean_failure(out: &Output, needle: &str) {
     let err = stderr(out);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {err}"
-    );
+    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
     assert!(!err.contains("panicked"), "panic: {err}");
     let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(error_lines.len(), 1, "one error line expected: {err}");
-    assert!(
-        error_lines[0].contains(needle),
-        "error line {:?} should mention {needle:?}",
-        error_lines[0]
-    );
+    assert!(error_lines[0].contains(needle), "error line {:?} should mention {needle:?}", error_lines[0]);
     assert!(out.stdout.is_empty(), "nothing on stdout when failing");
 }
 
@@ -46,17 +39,9 @@ fn tokenize_prints_llama_cpp_ids_as_json() {
         .into_iter()
         .find(|c| c["text"] == "Hello, 世界! 🤖🚀" && c["parse_special"] == false)
         .expect("reference has the text");
-    assert_eq!(
-        stdout(&out).trim(),
-        serde_json::to_string(&common::ids(&expected["ids"])).unwrap()
-    );
+    assert_eq!(stdout(&out).trim(), serde_json::to_string(&common::ids(&expected["ids"])).unwrap());
 
-    let out = run(&[
-        "tokenize",
-        "--special",
-        model.to_str().unwrap(),
-        "<|im_start|>user\nhi<|im_end|>",
-    ]);
+    let out = run(&["tokenize", "--special", model.to_str().unwrap(), "<|im_start|>user\nhi<|im_end|>"]);
     assert_eq!(stdout(&out).trim(), "[1,4093,198,6004,2]");
 }
 
@@ -78,11 +63,7 @@ fn raw_greedy_run_prints_llama_cpp_greedy_text() {
     assert!(out.status.success(), "{}", stderr(&out));
     let expected = reference["greedy_text16"].as_str().unwrap();
     assert_eq!(stdout(&out), format!("{expected}\n"));
-    assert!(
-        stderr(&out).is_empty(),
-        "--quiet keeps stderr empty: {}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).is_empty(), "--quiet keeps stderr empty: {}", stderr(&out));
 }
 
 #[test]
@@ -102,11 +83,7 @@ fn stop_strings_end_the_answer_before_them() {
         "-q",
     ]);
     assert!(out.status.success());
-    assert_eq!(
-        stdout(&out),
-        " Paris.\n",
-        "the answer stops before the first newline (then one is added)"
-    );
+    assert_eq!(stdout(&out), " Paris.\n", "the answer stops before the first newline (then one is added)");
 }
 
 #[test]
@@ -136,32 +113,17 @@ fn chat_template_run_answers_and_seeded_sampling_repeats() {
 fn chat_reads_turns_from_stdin_and_keeps_history() {
     let model = common::model(common::SMOLLM2);
     let mut child = common::baimo()
-        .args([
-            "chat",
-            model.to_str().unwrap(),
-            "--temperature",
-            "0",
-            "-n",
-            "8",
-        ])
+        .args(["chat", model.to_str().unwrap(), "--temperature", "0", "-n", "8"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("baimo chat starts");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Hello!\n/system You are terse.\nWhat is 2+2?\n/exit\n")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Hello!\n/system You are terse.\nWhat is 2+2?\n/exit\n").unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let answers: Vec<&str> = std::str::from_utf8(&out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let answers: Vec<&str> =
+        std::str::from_utf8(&out.stdout).unwrap().lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(answers.len() >= 2, "two answers expected, got {answers:?}");
     assert!(stderr(&out).contains("system message set"));
 }
@@ -187,17 +149,10 @@ fn ctrl_c_stops_the_answer_not_with_a_crash() {
         .spawn()
         .expect("baimo run starts");
     std::thread::sleep(Duration::from_millis(1500));
-    let killed = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let killed = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "a single Ctrl-C ends the answer cleanly: {}",
-        stderr(&out)
-    );
+    assert!(out.status.success(), "a single Ctrl-C ends the answer cleanly: {}", stderr(&out));
     assert!(!out.stdout.is_empty(), "the text so far was printed");
     assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
 }
@@ -219,16 +174,10 @@ fn a_file_that_is_not_gguf_is_a_clean_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notes.gguf");
     std::fs::write(&path, "just some text, not a model\n").unwrap();
-    assert_clean_failure(
-        &run(&["run", path.to_str().unwrap(), "hi"]),
-        "not a GGUF file",
-    );
+    assert_clean_failure(&run(&["run", path.to_str().unwrap(), "hi"]), "not a GGUF file");
     let empty = dir.path().join("empty.gguf");
     std::fs::write(&empty, b"").unwrap();
-    assert_clean_failure(
-        &run(&["tokenize", empty.to_str().unwrap(), "hi"]),
-        "not a GGUF file",
-    );
+    assert_clean_failure(&run(&["tokenize", empty.to_str().unwrap(), "hi"]), "not a GGUF file");
 }
 
 #[test]
@@ -238,11 +187,7 @@ fn a_truncated_model_file_is_a_clean_error() {
     let cases = [
         ("header.gguf", 20, "truncated"),
         // Cut inside the vocabulary: its element count no longer fits in the file.
-        (
-            "metadata.gguf",
-            200_000,
-            "more than the 200000-byte file can hold",
-        ),
+        ("metadata.gguf", 200_000, "more than the 200000-byte file can hold"),
         ("data.gguf", model.len() - 1000, "run past the end"),
     ];
     for (name, cut, needle) in cases {

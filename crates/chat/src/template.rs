@@ -89,8 +89,7 @@ impl ChatTemplate {
     /// Compiles `source`. `bos_token`/`eos_token` are the strings templates see as the
     /// variables of those names.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate, ChatError> {
-        let mut environment =
-            transformers_environment().map_err(|err| ChatError::Syntax(one_line(&err)))?;
+        let mut environment = transformers_environment().map_err(|err| ChatError::Syntax(one_line(&err)))?;
         environment
             .add_template_owned(TEMPLATE_NAME, crate::rewrite::rewrite_for_minijinja(source))
             .map_err(|err| ChatError::Syntax(one_line(&err)))?;
@@ -113,13 +112,10 @@ impl ChatTemplate {
         // render with a copy (its parts are shared, so this costs a few small allocations).
         let mut environment = self.environment.clone();
         environment.set_fuel(Some(fuel_budget(request)));
-        let template = environment
-            .get_template(TEMPLATE_NAME)
-            .map_err(|err| ChatError::Render(one_line(&err)))?;
+        let template =
+            environment.get_template(TEMPLATE_NAME).map_err(|err| ChatError::Render(one_line(&err)))?;
         let _clock = PinnedClock::set(request.now);
-        template
-            .render(self.context(request))
-            .map_err(|err| classify_render_error(&err))
+        template.render(self.context(request)).map_err(|err| classify_render_error(&err))
     }
 
     /// The variables transformers' `render_jinja_template` passes: the tokenizer's special
@@ -142,17 +138,10 @@ impl ChatTemplate {
             }
         }
         variables.push(("messages".into(), Value::from(Serde(request.messages))));
-        variables.push((
-            "tools".into(),
-            request
-                .tools
-                .map_or(Value::from(()), |tools| Value::from(Serde(tools))),
-        ));
+        variables
+            .push(("tools".into(), request.tools.map_or(Value::from(()), |tools| Value::from(Serde(tools)))));
         variables.push(("documents".into(), Value::from(())));
-        variables.push((
-            "add_generation_prompt".into(),
-            Value::from(request.add_generation_prompt),
-        ));
+        variables.push(("add_generation_prompt".into(), Value::from(request.add_generation_prompt)));
         Value::from_pairs(variables)
     }
 }
@@ -169,11 +158,7 @@ fn fuel_budget(request: &RenderRequest) -> u64 {
 fn transformers_environment() -> Result<Environment<'static>, Error> {
     let mut environment = Environment::new();
     environment.set_syntax(
-        SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .keep_trailing_newline(false)
-            .build()?,
+        SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).keep_trailing_newline(false).build()?,
     );
     environment.set_auto_escape_callback(|_| AutoEscape::None);
     // Jinja2's default Undefined: prints as nothing, iterates as empty, is falsy, and fails
@@ -210,8 +195,7 @@ fn raise_exception(message: Option<Value>) -> Result<Value, Error> {
         Some(message) => python::python_str(&message)?,
         None => String::new(),
     };
-    Err(Error::new(ErrorKind::InvalidOperation, message.clone())
-        .with_source(RaisedByTemplate(message)))
+    Err(Error::new(ErrorKind::InvalidOperation, message.clone()).with_source(RaisedByTemplate(message)))
 }
 
 thread_local! {
@@ -228,9 +212,7 @@ struct PinnedClock {
 
 impl PinnedClock {
     fn set(now: Option<SystemTime>) -> PinnedClock {
-        PinnedClock {
-            previous: PINNED_NOW.with(|pinned| pinned.replace(now)),
-        }
+        PinnedClock { previous: PINNED_NOW.with(|pinned| pinned.replace(now)) }
     }
 }
 
@@ -254,14 +236,8 @@ fn classify_render_error(err: &Error) -> ChatError {
         source = current.source();
     }
     let is_limit = err.kind() == ErrorKind::OutOfFuel
-        || err
-            .detail()
-            .is_some_and(|detail| detail.contains("recursion limit"));
-    if is_limit {
-        ChatError::LimitExceeded(one_line(err))
-    } else {
-        ChatError::Render(one_line(err))
-    }
+        || err.detail().is_some_and(|detail| detail.contains("recursion limit"));
+    if is_limit { ChatError::LimitExceeded(one_line(err)) } else { ChatError::Render(one_line(err)) }
 }
 
 /// minijinja's message (kind, detail, template line) with the causes appended, on one line.

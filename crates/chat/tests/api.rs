@@ -44,14 +44,7 @@ fn templates_see_the_variables_transformers_passes() {
                   {{ documents is none }}|{{ add_generation_prompt }}|{{ messages | length }}|\
                   {{ enable_thinking is defined }}";
     let messages = [ChatMessage::user("hi")];
-    let rendered = render_with(
-        source,
-        &RenderRequest {
-            messages: &messages,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let rendered = render_with(source, &RenderRequest { messages: &messages, ..Default::default() }).unwrap();
     assert_eq!(rendered, "<s>|</s>|True|True|True|False|1|False");
 }
 
@@ -83,11 +76,7 @@ fn tools_keep_their_key_order_and_are_not_html_escaped() {
     ];
     let rendered = render_with(
         "{% for tool in tools %}{{ tool | tojson }}{% endfor %}",
-        &RenderRequest {
-            messages: &[],
-            tools: Some(&tools),
-            ..Default::default()
-        },
+        &RenderRequest { messages: &[], tools: Some(&tools), ..Default::default() },
     )
     .unwrap();
     assert_eq!(
@@ -99,16 +88,10 @@ fn tools_keep_their_key_order_and_are_not_html_escaped() {
 #[test]
 fn whitespace_follows_transformers_settings() {
     // trim_blocks and lstrip_blocks on; a single trailing newline is dropped.
-    let source = "{% for m in messages %}\n    {% if true %}\n{{ m.content }}\n    {% endif %}\n{% endfor %}\n";
+    let source =
+        "{% for m in messages %}\n    {% if true %}\n{{ m.content }}\n    {% endif %}\n{% endfor %}\n";
     let messages = [ChatMessage::user("a"), ChatMessage::user("b")];
-    let rendered = render_with(
-        source,
-        &RenderRequest {
-            messages: &messages,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let rendered = render_with(source, &RenderRequest { messages: &messages, ..Default::default() }).unwrap();
     assert_eq!(rendered, "a\nb\n");
 }
 
@@ -117,18 +100,13 @@ fn strftime_now_uses_the_pinned_moment_or_the_clock() {
     let source = "{{ strftime_now('%d %b %Y') }}";
     let pinned = render_with(
         source,
-        &RenderRequest {
-            now: Some(UNIX_EPOCH + Duration::from_secs(1_721_952_000)),
-            ..Default::default()
-        },
+        &RenderRequest { now: Some(UNIX_EPOCH + Duration::from_secs(1_721_952_000)), ..Default::default() },
     )
     .unwrap();
     assert_eq!(pinned, "26 Jul 2024");
 
-    let year: i32 = render_with("{{ strftime_now('%Y') }}", &RenderRequest::default())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let year: i32 =
+        render_with("{{ strftime_now('%Y') }}", &RenderRequest::default()).unwrap().parse().unwrap();
     assert!(year >= 2025, "{year}");
 }
 
@@ -163,11 +141,7 @@ fn one_template_renders_from_many_threads() {
                 for i in 0..200 {
                     let messages = [ChatMessage::user(format!("{thread}-{i}"))];
                     let rendered = template
-                        .render(&RenderRequest {
-                            messages: &messages,
-                            now: Some(now),
-                            ..Default::default()
-                        })
+                        .render(&RenderRequest { messages: &messages, now: Some(now), ..Default::default() })
                         .unwrap();
                     assert_eq!(rendered, format!("[user:{thread}-{i}]{year}"));
                 }

@@ -8,11 +8,7 @@ use baimo_chat::{ChatError, ChatMessage, ChatTemplate, RenderRequest};
 fn render(source: &str) -> Result<String, ChatError> {
     let template = ChatTemplate::new(source, "<s>", "</s>")?;
     let messages = [ChatMessage::user("hi")];
-    template.render(&RenderRequest {
-        messages: &messages,
-        add_generation_prompt: true,
-        ..Default::default()
-    })
+    template.render(&RenderRequest { messages: &messages, add_generation_prompt: true, ..Default::default() })
 }
 
 /// Runs `work` on a thread with a small stack (smaller than the 2 MiB of async runtimes'
@@ -39,10 +35,7 @@ fn syntax_errors_are_errors() {
     ] {
         match ChatTemplate::new(source, "<s>", "</s>") {
             Err(ChatError::Syntax(message)) => {
-                assert!(
-                    !message.is_empty() && !message.contains('\n'),
-                    "{message:?}"
-                );
+                assert!(!message.is_empty() && !message.contains('\n'), "{message:?}");
             }
             other => panic!("{source:?}: expected a syntax error, got {other:?}"),
         }
@@ -61,10 +54,7 @@ fn raise_exception_carries_the_templates_message() {
         other => panic!("expected Raised, got {other:?}"),
     }
     let err = render("{{ raise_exception('Roles must alternate') }}").unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "chat template rejected the conversation: Roles must alternate"
-    );
+    assert_eq!(err.to_string(), "chat template rejected the conversation: Roles must alternate");
 }
 
 #[test]
@@ -108,11 +98,7 @@ fn endless_loops_run_out_of_fuel_quickly() {
             other => panic!("{source:?}: expected LimitExceeded, got {other:?}"),
         }
     }
-    assert!(
-        start.elapsed() < Duration::from_secs(30),
-        "took {:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(30), "took {:?}", start.elapsed());
 }
 
 #[test]
@@ -137,11 +123,7 @@ fn deeply_nested_sources_fail_to_parse_without_overflowing() {
         let depth = 5000;
         let parens = format!("{{{{ {}1{} }}}}", "(".repeat(depth), ")".repeat(depth));
         let lists = format!("{{{{ {}1{} }}}}", "[".repeat(depth), "]".repeat(depth));
-        let ifs = format!(
-            "{}x{}",
-            "{% if true %}".repeat(depth),
-            "{% endif %}".repeat(depth)
-        );
+        let ifs = format!("{}x{}", "{% if true %}".repeat(depth), "{% endif %}".repeat(depth));
         let filters = format!("{{{{ 'x'{} }}}}", "|trim".repeat(depth));
         for source in [parens, lists, ifs, filters] {
             // Long chains may compile (they are flat) but deep nesting must be refused;
@@ -158,14 +140,10 @@ fn deep_values_are_refused_by_tojson_not_overflowing() {
         for _ in 0..100 {
             value = serde_json::json!([value]);
         }
-        let template =
-            ChatTemplate::new("{{ tools | tojson }}|{{ tools | string }}", "", "").unwrap();
+        let template = ChatTemplate::new("{{ tools | tojson }}|{{ tools | string }}", "", "").unwrap();
         let tools = [value];
-        let rendered = template.render(&RenderRequest {
-            messages: &[],
-            tools: Some(&tools),
-            ..Default::default()
-        });
+        let rendered =
+            template.render(&RenderRequest { messages: &[], tools: Some(&tools), ..Default::default() });
         assert!(rendered.is_ok(), "{rendered:?}");
     });
 }
@@ -248,17 +226,12 @@ fn arbitrary_fragment_soup_never_panics() {
         state ^= state << 17;
         state
     };
-    let messages = [
-        ChatMessage::system("s"),
-        ChatMessage::user("a,b"),
-        ChatMessage::assistant("c"),
-    ];
+    let messages = [ChatMessage::system("s"), ChatMessage::user("a,b"), ChatMessage::assistant("c")];
     let tools = [serde_json::json!({"type": "function", "function": {"name": "f"}})];
     for _ in 0..3000 {
         let length = 1 + next() % 24;
-        let source: String = (0..length)
-            .map(|_| FRAGMENTS[(next() % FRAGMENTS.len() as u64) as usize])
-            .collect();
+        let source: String =
+            (0..length).map(|_| FRAGMENTS[(next() % FRAGMENTS.len() as u64) as usize]).collect();
         if let Ok(template) = ChatTemplate::new(&source, "<s>", "</s>") {
             let _ = template.render(&RenderRequest {
                 messages: &messages,

@@ -16,108 +16,40 @@ use common::{BOS_TOKEN, EOS_TOKEN, Reference};
 const NONE_IS_ITERABLE: &str = "minijinja iterates none as empty; Jinja2 raises TypeError";
 /// `tools | map(...)` is a generator in Python, which json.dumps refuses; minijinja's `map`
 /// gives a list, which `tojson` serializes.
-const MAP_IS_A_LIST: &str =
-    "minijinja's map filter gives a list; Python's a generator json.dumps refuses";
+const MAP_IS_A_LIST: &str = "minijinja's map filter gives a list; Python's a generator json.dumps refuses";
 /// `"..." | safe + text` is Markup + str in Python, which HTML-escapes `text` (`<` becomes
 /// `&lt;`, `"` becomes `&#34;`) although transformers disables autoescaping; minijinja's `+`
 /// never escapes.
-const MARKUP_CONCAT_ESCAPES: &str =
-    "Jinja2's Markup + str HTML-escapes the str; minijinja's + does not";
+const MARKUP_CONCAT_ESCAPES: &str = "Jinja2's Markup + str HTML-escapes the str; minijinja's + does not";
 
 /// Where we knowingly differ from transformers: (template, scenario, why). In all of them
 /// transformers fails or produces HTML entities, where baimo renders the plain prompt.
 const KNOWN_DIFFERENCES: &[(&str, &str, &str)] = &[
-    (
-        "CohereForAI-c4ai-command-r-plus-tool_use",
-        "basic",
-        NONE_IS_ITERABLE,
-    ),
-    (
-        "CohereForAI-c4ai-command-r-plus-tool_use",
-        "no_system",
-        NONE_IS_ITERABLE,
-    ),
-    (
-        "CohereForAI-c4ai-command-r-plus-tool_use",
-        "content_parts",
-        NONE_IS_ITERABLE,
-    ),
-    (
-        "CohereForAI-c4ai-command-r-plus-tool_use",
-        "no_generation_prompt",
-        NONE_IS_ITERABLE,
-    ),
-    (
-        "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use",
-        "basic",
-        NONE_IS_ITERABLE,
-    ),
-    (
-        "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use",
-        "no_system",
-        NONE_IS_ITERABLE,
-    ),
-    (
-        "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use",
-        "no_generation_prompt",
-        NONE_IS_ITERABLE,
-    ),
-    (
-        "NousResearch-Hermes-3-Llama-3.1-8B-tool_use",
-        "basic",
-        NONE_IS_ITERABLE,
-    ),
-    (
-        "NousResearch-Hermes-3-Llama-3.1-8B-tool_use",
-        "no_system",
-        NONE_IS_ITERABLE,
-    ),
-    (
-        "NousResearch-Hermes-3-Llama-3.1-8B-tool_use",
-        "no_generation_prompt",
-        NONE_IS_ITERABLE,
-    ),
+    ("CohereForAI-c4ai-command-r-plus-tool_use", "basic", NONE_IS_ITERABLE),
+    ("CohereForAI-c4ai-command-r-plus-tool_use", "no_system", NONE_IS_ITERABLE),
+    ("CohereForAI-c4ai-command-r-plus-tool_use", "content_parts", NONE_IS_ITERABLE),
+    ("CohereForAI-c4ai-command-r-plus-tool_use", "no_generation_prompt", NONE_IS_ITERABLE),
+    ("NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use", "basic", NONE_IS_ITERABLE),
+    ("NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use", "no_system", NONE_IS_ITERABLE),
+    ("NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use", "no_generation_prompt", NONE_IS_ITERABLE),
+    ("NousResearch-Hermes-3-Llama-3.1-8B-tool_use", "basic", NONE_IS_ITERABLE),
+    ("NousResearch-Hermes-3-Llama-3.1-8B-tool_use", "no_system", NONE_IS_ITERABLE),
+    ("NousResearch-Hermes-3-Llama-3.1-8B-tool_use", "no_generation_prompt", NONE_IS_ITERABLE),
     ("llama-cpp-deepseek-r1", "tools", MAP_IS_A_LIST),
     ("llama-cpp-deepseek-r1", "tool_roundtrip", MAP_IS_A_LIST),
     ("llama-cpp-deepseek-r1", "openai_tool_call", MAP_IS_A_LIST),
-    (
-        "meetkai-functionary-medium-v3.1",
-        "tools",
-        MARKUP_CONCAT_ESCAPES,
-    ),
-    (
-        "meetkai-functionary-medium-v3.1",
-        "tool_roundtrip",
-        MARKUP_CONCAT_ESCAPES,
-    ),
-    (
-        "meetkai-functionary-medium-v3.1",
-        "openai_tool_call",
-        MARKUP_CONCAT_ESCAPES,
-    ),
+    ("meetkai-functionary-medium-v3.1", "tools", MARKUP_CONCAT_ESCAPES),
+    ("meetkai-functionary-medium-v3.1", "tool_roundtrip", MARKUP_CONCAT_ESCAPES),
+    ("meetkai-functionary-medium-v3.1", "openai_tool_call", MARKUP_CONCAT_ESCAPES),
 ];
 
 fn agrees(reference: &Reference, ours: &Result<String, ChatError>) -> bool {
     match (reference, ours) {
-        (
-            Reference {
-                output: Some(expected),
-                ..
-            },
-            Ok(actual),
-        ) => expected == actual,
-        (
-            Reference {
-                error: Some(error), ..
-            },
-            Err(ChatError::Raised(message)),
-        ) => error.kind == "raise_exception" && &error.message == message,
-        (
-            Reference {
-                error: Some(error), ..
-            },
-            Err(_),
-        ) => error.kind == "other",
+        (Reference { output: Some(expected), .. }, Ok(actual)) => expected == actual,
+        (Reference { error: Some(error), .. }, Err(ChatError::Raised(message))) => {
+            error.kind == "raise_exception" && &error.message == message
+        }
+        (Reference { error: Some(error), .. }, Err(_)) => error.kind == "other",
         _ => false,
     }
 }
@@ -177,12 +109,9 @@ fn renders_every_template_exactly_like_transformers() {
                         "{}/{scenario_name}:\n  transformers: {}\n  baimo:        {}",
                         template.name,
                         match reference {
-                            Reference {
-                                output: Some(text), ..
-                            } => format!("{text:?}"),
-                            Reference {
-                                error: Some(error), ..
-                            } => format!("error ({}): {}", error.kind, error.message),
+                            Reference { output: Some(text), .. } => format!("{text:?}"),
+                            Reference { error: Some(error), .. } =>
+                                format!("error ({}): {}", error.kind, error.message),
                             _ => "nothing".to_owned(),
                         },
                         describe(&ours)
@@ -198,10 +127,5 @@ fn renders_every_template_exactly_like_transformers() {
         "{matched}/{total} renderings and {templates_fully_matching}/{} templates match transformers exactly",
         templates.len()
     );
-    assert!(
-        unexpected.is_empty(),
-        "{} unexpected results:\n{}",
-        unexpected.len(),
-        unexpected.join("\n")
-    );
+    assert!(unexpected.is_empty(), "{} unexpected results:\n{}", unexpected.len(), unexpected.join("\n"));
 }

@@ -21,12 +21,8 @@ fn every_template_renders_a_long_conversation_with_tools_within_its_limits() {
         .collect();
     let mut messages = vec![ChatMessage::system("You are helpful. ".repeat(50))];
     for turn in 0..1000 {
-        messages.push(ChatMessage::user(
-            format!("Question {turn}: 为什么? ").repeat(10),
-        ));
-        messages.push(ChatMessage::assistant(
-            format!("Answer {turn}. 因为。 ").repeat(30),
-        ));
+        messages.push(ChatMessage::user(format!("Question {turn}: 为什么? ").repeat(10)));
+        messages.push(ChatMessage::assistant(format!("Answer {turn}. 因为。 ").repeat(30)));
     }
     messages.push(ChatMessage::user("And finally?"));
 
@@ -41,10 +37,6 @@ fn every_template_renders_a_long_conversation_with_tools_within_its_limits() {
             now: Some(common::fixed_now()),
             ..Default::default()
         });
-        assert!(
-            !matches!(result, Err(ChatError::LimitExceeded(_))),
-            "{}: {result:?}",
-            template.name
-        );
+        assert!(!matches!(result, Err(ChatError::LimitExceeded(_))), "{}: {result:?}", template.name);
     }
 }

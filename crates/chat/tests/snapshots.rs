@@ -20,8 +20,7 @@ fn every_template_renders_as_snapshotted() {
             Err(err) => snapshot.push_str(&format!("does not compile: {err}\n")),
             Ok(compiled) => {
                 for (name, scenario) in &scenarios {
-                    if !SNAPSHOT_SCENARIOS.contains(&name.as_str())
-                        || !scenario.applies_to(&template.source)
+                    if !SNAPSHOT_SCENARIOS.contains(&name.as_str()) || !scenario.applies_to(&template.source)
                     {
                         continue;
                     }
@@ -31,9 +30,7 @@ fn every_template_renders_as_snapshotted() {
                         Ok(text) => text,
                         Err(err) => format!("ERROR: {err}"),
                     };
-                    snapshot.push_str(&format!(
-                        "===== {name} =====\n{rendered}\n===== end {name} =====\n"
-                    ));
+                    snapshot.push_str(&format!("===== {name} =====\n{rendered}\n===== end {name} =====\n"));
                 }
             }
         }

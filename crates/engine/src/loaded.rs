@@ -38,24 +38,14 @@ impl LoadedModel {
                 info.vocab_size
             )));
         }
-        let token_str = |id: Option<u32>| {
-            id.and_then(|i| tokenizer.token_text(i))
-                .unwrap_or("")
-                .to_string()
-        };
+        let token_str = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or("").to_string();
         let (bos, eos) = (token_str(tokenizer.bos_id()), token_str(tokenizer.eos_id()));
         let own = gguf.get("tokenizer.chat_template").is_some();
-        let source = if own {
-            gguf.get_str("tokenizer.chat_template")?
-        } else {
-            FALLBACK_CHAT_TEMPLATE
-        };
+        let source = if own { gguf.get_str("tokenizer.chat_template")? } else { FALLBACK_CHAT_TEMPLATE };
         let chat_template = ChatTemplate::new(source, &bos, &eos)?;
         let name = match gguf.get_str("general.name") {
             Ok(n) if !n.trim().is_empty() => n.to_string(),
-            _ => path
-                .file_stem()
-                .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned()),
+            _ => path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned()),
         };
         Ok(LoadedModel {
             path: path.to_path_buf(),
@@ -70,11 +60,7 @@ impl LoadedModel {
 
     /// The prompt text for a conversation, ending with the assistant's turn opened.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
-        let request = RenderRequest {
-            messages,
-            add_generation_prompt: true,
-            ..Default::default()
-        };
+        let request = RenderRequest { messages, add_generation_prompt: true, ..Default::default() };
         Ok(self.chat_template.render(&request)?)
     }
 

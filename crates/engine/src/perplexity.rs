@@ -63,15 +63,11 @@ pub fn perplexity(
         }
         seq.kv.clear();
         // The unscored first half: only its cache is needed.
-        model
-            .model
-            .forward(pool, &mut seq, &window[..first], LogitsFor::Last)?;
+        model.model.forward(pool, &mut seq, &window[..first], LogitsFor::Last)?;
         let mut pos = first;
         while pos < ctx {
             let end = (pos + PIECE).min(ctx);
-            let logits = model
-                .model
-                .forward(pool, &mut seq, &window[pos..end], LogitsFor::All)?;
+            let logits = model.model.forward(pool, &mut seq, &window[pos..end], LogitsFor::All)?;
             for p in pos..end.min(ctx - 1) {
                 let row = &logits[(p - pos) * vocab..(p - pos + 1) * vocab];
                 let v = -log_softmax(row, window[p + 1] as usize);
@@ -86,18 +82,8 @@ pub fn perplexity(
     let mean = nll / count as f64;
     let variance = nll2 / count as f64 - mean * mean;
     let ppl = mean.exp();
-    let error = if variance > 0.0 && count > 1 {
-        (variance / (count - 1) as f64).sqrt() * ppl
-    } else {
-        0.0
-    };
-    Ok(Perplexity {
-        ppl,
-        error,
-        n_chunks,
-        n_scored: count,
-        n_tokens: tokens.len(),
-    })
+    let error = if variance > 0.0 && count > 1 { (variance / (count - 1) as f64).sqrt() * ppl } else { 0.0 };
+    Ok(Perplexity { ppl, error, n_chunks, n_scored: count, n_tokens: tokens.len() })
 }
 
 /// `log softmax(logits)[token]`, with the sum of exponentials in f64 as llama.cpp.

@@ -45,10 +45,7 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Always the most likely token.
     pub fn greedy() -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            ..Default::default()
-        }
+        SamplingParams { temperature: 0.0, ..Default::default() }
     }
 
     fn has_penalties(&self) -> bool {
@@ -113,16 +110,12 @@ impl Sampler {
             return argmax(logits);
         }
         self.candidates.clear();
-        self.candidates
-            .extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
+        self.candidates.extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
         if p.has_penalties() {
             self.apply_penalties(history);
         }
         if self.params.temperature <= 0.0 {
-            let best = self
-                .candidates
-                .iter()
-                .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+            let best = self.candidates.iter().max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
             return best.map_or(0, |c| c.1);
         }
         self.truncate_top_k();
@@ -156,8 +149,7 @@ impl Sampler {
     /// Keeps the `top_k` best, sorted best first. Sorting the whole vocabulary (150k entries for
     /// Qwen) is skipped when no later cut needs the order.
     fn truncate_top_k(&mut self) {
-        let by_logit_desc =
-            |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        let by_logit_desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         let k = self.params.top_k;
         if k > 0 && k < self.candidates.len() {
             self.candidates.select_nth_unstable_by(k - 1, by_logit_desc);
@@ -192,28 +184,15 @@ impl Sampler {
         }
         if min_p > 0.0 {
             let threshold = self.probs[0] * min_p; // probs[0] is the largest: candidates are sorted
-            keep = keep.min(
-                self.probs
-                    .iter()
-                    .take_while(|&&p| p >= threshold)
-                    .count()
-                    .max(1),
-            );
+            keep = keep.min(self.probs.iter().take_while(|&&p| p >= threshold).count().max(1));
         }
         self.candidates.truncate(keep.max(1));
     }
 
     fn softmax(&mut self, temperature: f32) {
-        let max = self
-            .candidates
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, c| m.max(c.0));
+        let max = self.candidates.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.0));
         self.probs.clear();
-        self.probs.extend(
-            self.candidates
-                .iter()
-                .map(|c| (((c.0 - max) / temperature) as f64).exp()),
-        );
+        self.probs.extend(self.candidates.iter().map(|c| (((c.0 - max) / temperature) as f64).exp()));
         let sum: f64 = self.probs.iter().sum();
         self.probs.iter_mut().for_each(|p| *p /= sum);
     }
@@ -254,22 +233,14 @@ mod tests {
 
     #[test]
     fn greedy_takes_the_largest_logit_first_on_ties() {
-        assert_eq!(
-            Sampler::new(SamplingParams::greedy()).sample(&logits(), &[]),
-            1
-        );
+        assert_eq!(Sampler::new(SamplingParams::greedy()).sample(&logits(), &[]), 1);
         assert_eq!(argmax(&[1.0, 5.0, 5.0]), 1);
     }
 
     #[test]
     fn top_k_one_is_greedy_whatever_the_temperature() {
-        let params = SamplingParams {
-            temperature: 5.0,
-            top_k: 1,
-            top_p: 1.0,
-            min_p: 0.0,
-            ..Default::default()
-        };
+        let params =
+            SamplingParams { temperature: 5.0, top_k: 1, top_p: 1.0, min_p: 0.0, ..Default::default() };
         let mut s = Sampler::new(params);
         for _ in 0..50 {
             assert_eq!(s.sample(&logits(), &[]), 1);
@@ -288,28 +259,18 @@ mod tests {
         };
         let run = |p: &SamplingParams| {
             let mut s = Sampler::new(p.clone());
-            (0..40)
-                .map(|_| s.sample(&logits(), &[]))
-                .collect::<Vec<_>>()
+            (0..40).map(|_| s.sample(&logits(), &[])).collect::<Vec<_>>()
         };
         assert_eq!(run(&params), run(&params));
-        let other = SamplingParams {
-            seed: 43,
-            ..params.clone()
-        };
+        let other = SamplingParams { seed: 43, ..params.clone() };
         assert_ne!(run(&params), run(&other));
     }
 
     #[test]
     fn top_p_keeps_the_smallest_set_reaching_p() {
         // Probabilities ~ [0.05, 0.41, 0.15, 0.03, 0.37, 0.005] at temperature 1.
-        let params = SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 0.7,
-            min_p: 0.0,
-            ..Default::default()
-        };
+        let params =
+            SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.7, min_p: 0.0, ..Default::default() };
         let mut s = Sampler::new(params);
         for _ in 0..200 {
             assert!(matches!(s.sample(&logits(), &[]), 1 | 4));
@@ -318,13 +279,8 @@ mod tests {
 
     #[test]
     fn min_p_drops_unlikely_tokens() {
-        let params = SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.5,
-            ..Default::default()
-        };
+        let params =
+            SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.5, ..Default::default() };
         let mut s = Sampler::new(params);
         for _ in 0..200 {
             assert!(matches!(s.sample(&logits(), &[]), 1 | 4));
@@ -333,11 +289,7 @@ mod tests {
 
     #[test]
     fn repeat_penalty_can_change_the_greedy_choice() {
-        let params = SamplingParams {
-            temperature: 0.0,
-            repeat_penalty: 2.0,
-            ..Default::default()
-        };
+        let params = SamplingParams { temperature: 0.0, repeat_penalty: 2.0, ..Default::default() };
         // Token 1 (3.0) was just seen: 3.0 / 2 = 1.5 < 2.9.
         assert_eq!(Sampler::new(params).sample(&logits(), &[1]), 4);
     }

@@ -95,12 +95,7 @@ impl Session {
     pub fn new(model: Arc<LoadedModel>, pool: Arc<ThreadPool>, max_len: usize) -> Session {
         let max_len = max_len.min(model.info.context_length).max(1);
         let seq = model.model.new_sequence(max_len);
-        Session {
-            model,
-            pool,
-            seq,
-            tokens: Vec::new(),
-        }
+        Session { model, pool, seq, tokens: Vec::new() }
     }
 
     pub fn model(&self) -> &Arc<LoadedModel> {
@@ -141,18 +136,10 @@ impl Session {
             return Err(EngineError::EmptyPrompt);
         }
         if prompt.len() >= max_len {
-            return Err(EngineError::PromptTooLong {
-                prompt: prompt.len(),
-                max: max_len,
-            });
+            return Err(EngineError::PromptTooLong { prompt: prompt.len(), max: max_len });
         }
         // Reuse the cached prefix; at least one token must be read to get logits.
-        let mut reused = self
-            .tokens
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let mut reused = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
         reused = reused.min(prompt.len() - 1);
         self.seq.kv.truncate(reused);
         self.tokens.truncate(reused);

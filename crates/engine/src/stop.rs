@@ -18,9 +18,7 @@ pub struct StopStrings {
 
 impl StopStrings {
     pub fn new(stops: impl IntoIterator<Item = String>) -> StopStrings {
-        StopStrings {
-            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
-        }
+        StopStrings { stops: stops.into_iter().filter(|s| !s.is_empty()).collect() }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -30,11 +28,7 @@ impl StopStrings {
     /// Checks `pending`, the text not yet shown (a stop string can only begin inside it, since
     /// everything shown before was checked not to be one's start).
     pub fn check(&self, pending: &str) -> StopCheck {
-        let first_stop = self
-            .stops
-            .iter()
-            .filter_map(|s| pending.find(s.as_str()))
-            .min();
+        let first_stop = self.stops.iter().filter_map(|s| pending.find(s.as_str())).min();
         if let Some(at) = first_stop {
             return StopCheck::Stop(at);
         }

@@ -17,10 +17,7 @@ pub struct Bytes {
 impl Bytes {
     /// Maps the file read-only. The map stays valid while any `Bytes` cut from it lives.
     pub fn map_file(path: &Path) -> Result<Bytes, FormatError> {
-        let io = |source| FormatError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io = |source| FormatError::Io { path: path.to_path_buf(), source };
         let file = std::fs::File::open(path).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         if meta.is_dir() {
@@ -34,26 +31,17 @@ impl Bytes {
         // not being truncated or rewritten while it is in use.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
         let len = map.len();
-        Ok(Bytes {
-            owner: Arc::new(map),
-            range: 0..len,
-        })
+        Ok(Bytes { owner: Arc::new(map), range: 0..len })
     }
 
     pub fn from_vec(data: Vec<u8>) -> Bytes {
         let len = data.len();
-        Bytes {
-            owner: Arc::new(data),
-            range: 0..len,
-        }
+        Bytes { owner: Arc::new(data), range: 0..len }
     }
 
     /// A sub-range of this view. The range must lie inside it (callers check against `len`).
     pub fn slice(&self, range: Range<usize>) -> Bytes {
-        assert!(
-            range.start <= range.end && range.end <= self.len(),
-            "Bytes::slice out of range"
-        );
+        assert!(range.start <= range.end && range.end <= self.len(), "Bytes::slice out of range");
         Bytes {
             owner: self.owner.clone(),
             range: self.range.start + range.start..self.range.start + range.end,

@@ -218,19 +218,12 @@ impl Gguf {
     }
 
     pub fn parse(bytes: Bytes) -> Result<Gguf, FormatError> {
-        let mut r = Reader {
-            buf: &bytes,
-            pos: 0,
-        };
+        let mut r = Reader { buf: &bytes, pos: 0 };
         let magic = r
             .take(4, "the magic number")
-            .map_err(|_| FormatError::NotGguf {
-                found: bytes[..bytes.len().min(4)].to_vec(),
-            })?;
+            .map_err(|_| FormatError::NotGguf { found: bytes[..bytes.len().min(4)].to_vec() })?;
         if magic != MAGIC {
-            return Err(FormatError::NotGguf {
-                found: magic.to_vec(),
-            });
+            return Err(FormatError::NotGguf { found: magic.to_vec() });
         }
         let version = r.u32("the version")?;
         if version.swap_bytes() == 2 || version.swap_bytes() == 3 {
@@ -278,10 +271,7 @@ impl Gguf {
             let name = r.string("a tensor name")?;
             let n_dims = r.u32("a tensor's dimension count")?;
             if n_dims > MAX_DIMS {
-                return Err(FormatError::TooManyDims {
-                    tensor: name,
-                    n_dims,
-                });
+                return Err(FormatError::TooManyDims { tensor: name, n_dims });
             }
             let mut ne = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -305,17 +295,11 @@ impl Gguf {
         let mut expected_offset = 0u64;
         for (name, ne, type_id, rel_offset) in infos {
             let Some(dtype) = GgmlType::from_id(type_id) else {
-                return Err(FormatError::UnknownTensorType {
-                    tensor: name,
-                    type_id,
-                });
+                return Err(FormatError::UnknownTensorType { tensor: name, type_id });
             };
             let n_elements = ne.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
             let Some(n_elements) = n_elements else {
-                return Err(FormatError::ShapeOverflow {
-                    tensor: name,
-                    dims: ne,
-                });
+                return Err(FormatError::ShapeOverflow { tensor: name, dims: ne });
             };
             let ne0 = ne.first().copied().unwrap_or(1);
             if ne0 % dtype.block_size() as u64 != 0 {
@@ -327,17 +311,10 @@ impl Gguf {
                 });
             }
             let Some(n_bytes) = dtype.row_bytes(n_elements) else {
-                return Err(FormatError::ShapeOverflow {
-                    tensor: name,
-                    dims: ne,
-                });
+                return Err(FormatError::ShapeOverflow { tensor: name, dims: ne });
             };
             if rel_offset % alignment != 0 {
-                return Err(FormatError::Misaligned {
-                    tensor: name,
-                    offset: rel_offset,
-                    alignment,
-                });
+                return Err(FormatError::Misaligned { tensor: name, offset: rel_offset, alignment });
             }
             let offset = data_start.checked_add(rel_offset);
             let end = offset.and_then(|o| o.checked_add(n_bytes));
@@ -351,13 +328,7 @@ impl Gguf {
                 }
                 (Some(offset), Some(end)) if end <= file_len => {
                     expected_offset = rel_offset + n_bytes.div_ceil(alignment) * alignment;
-                    tensors.push(TensorInfo {
-                        name,
-                        ne,
-                        dtype,
-                        offset,
-                        n_bytes,
-                    });
+                    tensors.push(TensorInfo { name, ne, dtype, offset, n_bytes });
                 }
                 _ => {
                     return Err(FormatError::TensorOutOfBounds {
@@ -369,19 +340,8 @@ impl Gguf {
                 }
             }
         }
-        let tensor_index = tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
-        Ok(Gguf {
-            bytes,
-            version,
-            alignment,
-            metadata,
-            tensors,
-            tensor_index,
-        })
+        let tensor_index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Ok(Gguf { bytes, version, alignment, metadata, tensors, tensor_index })
     }
 
     pub fn metadata(&self) -> &[(String, Value)] {
@@ -397,8 +357,7 @@ impl Gguf {
     }
 
     fn require(&self, key: &str) -> Result<&Value, FormatError> {
-        self.get(key)
-            .ok_or_else(|| FormatError::MissingKey(key.into()))
+        self.get(key).ok_or_else(|| FormatError::MissingKey(key.into()))
     }
 
     pub fn get_str(&self, key: &str) -> Result<&str, FormatError> {
@@ -411,8 +370,7 @@ impl Gguf {
     /// An unsigned integer of any width.
     pub fn get_u64(&self, key: &str) -> Result<u64, FormatError> {
         let v = self.require(key)?;
-        v.as_u64()
-            .ok_or_else(|| wrong_type(key, "an unsigned integer", v))
+        v.as_u64().ok_or_else(|| wrong_type(key, "an unsigned integer", v))
     }
 
     pub fn get_usize(&self, key: &str) -> Result<usize, FormatError> {
@@ -426,9 +384,7 @@ impl Gguf {
 
     pub fn get_f32(&self, key: &str) -> Result<f32, FormatError> {
         let v = self.require(key)?;
-        v.as_f64()
-            .map(|x| x as f32)
-            .ok_or_else(|| wrong_type(key, "a number", v))
+        v.as_f64().map(|x| x as f32).ok_or_else(|| wrong_type(key, "a number", v))
     }
 
     pub fn get_bool(&self, key: &str) -> Result<bool, FormatError> {
@@ -474,8 +430,7 @@ impl Gguf {
     /// The bytes of a tensor, a view into the file (no copy).
     pub fn tensor_data(&self, info: &TensorInfo) -> Bytes {
         // Offsets were checked against the file length in `parse`.
-        self.bytes
-            .slice(info.offset as usize..(info.offset + info.n_bytes) as usize)
+        self.bytes.slice(info.offset as usize..(info.offset + info.n_bytes) as usize)
     }
 
     pub fn file_len(&self) -> u64 {
@@ -484,11 +439,7 @@ impl Gguf {
 }
 
 fn wrong_type(key: &str, expected: &'static str, v: &Value) -> FormatError {
-    FormatError::WrongType {
-        key: key.into(),
-        expected,
-        found: v.type_name(),
-    }
+    FormatError::WrongType { key: key.into(), expected, found: v.type_name() }
 }
 
 /// A cursor over the file that refuses to read past its end.
@@ -536,11 +487,9 @@ impl<'a> Reader<'a> {
     fn check_count(&self, count: u64, min_size: u64, what: &str) -> Result<(), FormatError> {
         match count.checked_mul(min_size) {
             Some(need) if need <= self.remaining() as u64 => Ok(()),
-            _ => Err(FormatError::CountTooLarge {
-                what: what.into(),
-                count,
-                file_len: self.buf.len() as u64,
-            }),
+            _ => {
+                Err(FormatError::CountTooLarge { what: what.into(), count, file_len: self.buf.len() as u64 })
+            }
         }
     }
 
@@ -568,27 +517,16 @@ impl<'a> Reader<'a> {
             11 => Value::I64(i64::from_le_bytes(self.array(&what)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(&what)?)),
             _ => {
-                return Err(FormatError::UnknownValueType {
-                    key: key.into(),
-                    type_id,
-                });
+                return Err(FormatError::UnknownValueType { key: key.into(), type_id });
             }
         })
     }
 
     /// An array value; `what` names it in errors. It is formatted once by the caller and shared
     /// by nested arrays, so that an array of many small arrays does not copy a long key for each.
-    fn array_value(
-        &mut self,
-        key: &str,
-        what: &str,
-        depth: usize,
-    ) -> Result<ArrayValue, FormatError> {
+    fn array_value(&mut self, key: &str, what: &str, depth: usize) -> Result<ArrayValue, FormatError> {
         if depth >= MAX_ARRAY_NESTING {
-            return Err(FormatError::NestingTooDeep {
-                key: key.into(),
-                max: MAX_ARRAY_NESTING,
-            });
+            return Err(FormatError::NestingTooDeep { key: key.into(), max: MAX_ARRAY_NESTING });
         }
         let elem_type = self.u32(what)?;
         let n = self.u64(what)?;
@@ -600,10 +538,7 @@ impl<'a> Reader<'a> {
             8 | 10..=12 => 8,
             9 => 12,
             _ => {
-                return Err(FormatError::UnknownValueType {
-                    key: key.into(),
-                    type_id: elem_type,
-                });
+                return Err(FormatError::UnknownValueType { key: key.into(), type_id: elem_type });
             }
         };
         self.check_count(n, min_size, what)?;
@@ -671,13 +606,7 @@ impl GgufWriter {
     }
 
     /// Adds a tensor; `ne` is in ggml order (row length first) and `data` its encoded bytes.
-    pub fn add_tensor(
-        &mut self,
-        name: &str,
-        ne: &[u64],
-        dtype: GgmlType,
-        data: Vec<u8>,
-    ) -> &mut Self {
+    pub fn add_tensor(&mut self, name: &str, ne: &[u64], dtype: GgmlType, data: Vec<u8>) -> &mut Self {
         self.tensors.push((name.into(), ne.to_vec(), dtype, data));
         self
     }

@@ -66,14 +66,8 @@ fn parse_measured(bytes: Vec<u8>) -> (Result<Gguf, FormatError>, Usage) {
     LARGEST.with(|c| c.set(0));
     TOTAL.with(|c| c.set(0));
     let result = Gguf::parse(bytes);
-    let usage = Usage {
-        largest: LARGEST.with(Cell::get),
-        total: TOTAL.with(Cell::get),
-    };
-    assert!(
-        LARGEST_EVER.load(Ordering::Relaxed) <= CAP,
-        "an allocation exceeded 64 MiB"
-    );
+    let usage = Usage { largest: LARGEST.with(Cell::get), total: TOTAL.with(Cell::get) };
+    assert!(LARGEST_EVER.load(Ordering::Relaxed) <= CAP, "an allocation exceeded 64 MiB");
     (result, usage)
 }
 
@@ -118,45 +112,21 @@ fn huge_counts_in_a_100_byte_file_fail_fast_without_allocating() {
     let mut cases: Vec<(&str, Vec<u8>)> = vec![
         ("2^60 tensors", Raw::header(HUGE, 0).padded(file_len)),
         ("2^60 keys", Raw::header(0, HUGE).padded(file_len)),
-        (
-            "u64::MAX tensors",
-            Raw::header(u64::MAX, 0).padded(file_len),
-        ),
+        ("u64::MAX tensors", Raw::header(u64::MAX, 0).padded(file_len)),
         ("u64::MAX keys", Raw::header(0, u64::MAX).padded(file_len)),
-        (
-            "a 2^60-byte key",
-            Raw::header(0, 1).u64(HUGE).padded(file_len),
-        ),
-        (
-            "a 2^60-byte string value",
-            Raw::header(0, 1).str("k").u32(8).u64(HUGE).padded(file_len),
-        ),
-        (
-            "a 2^60-byte tensor name",
-            Raw::header(1, 0).u64(HUGE).padded(file_len),
-        ),
+        ("a 2^60-byte key", Raw::header(0, 1).u64(HUGE).padded(file_len)),
+        ("a 2^60-byte string value", Raw::header(0, 1).str("k").u32(8).u64(HUGE).padded(file_len)),
+        ("a 2^60-byte tensor name", Raw::header(1, 0).u64(HUGE).padded(file_len)),
         (
             "an array of 2^60 arrays of 2^60 bytes",
-            Raw::header(0, 1)
-                .str("k")
-                .u32(9)
-                .u32(9)
-                .u64(1)
-                .u32(0)
-                .u64(HUGE)
-                .padded(file_len),
+            Raw::header(0, 1).str("k").u32(9).u32(9).u64(1).u32(0).u64(HUGE).padded(file_len),
         ),
     ];
     for elem_type in 0..=12 {
         for n in [HUGE, u64::MAX, u64::MAX / 2 + 1] {
             cases.push((
                 "an array of 2^60 elements",
-                Raw::header(0, 1)
-                    .str("k")
-                    .u32(9)
-                    .u32(elem_type)
-                    .u64(n)
-                    .padded(file_len),
+                Raw::header(0, 1).str("k").u32(9).u32(elem_type).u64(n).padded(file_len),
             ));
         }
     }
@@ -172,16 +142,8 @@ fn huge_counts_in_a_100_byte_file_fail_fast_without_allocating() {
             "{what}: {err:?}"
         );
         // Nothing but the error message and the few bytes of the key are allocated.
-        assert!(
-            usage.largest <= 256,
-            "{what}: allocated {} bytes",
-            usage.largest
-        );
-        assert!(
-            usage.total <= 4096,
-            "{what}: allocated {} bytes",
-            usage.total
-        );
+        assert!(usage.largest <= 256, "{what}: allocated {} bytes", usage.largest);
+        assert!(usage.total <= 4096, "{what}: allocated {} bytes", usage.total);
     }
 }
 
@@ -207,24 +169,12 @@ fn counts_that_fit_the_file_reserve_only_what_was_read() {
         ),
         (
             "array of strings",
-            Raw::header(0, 1)
-                .str("k")
-                .u32(9)
-                .u32(8)
-                .u64((remaining - 32) / 8)
-                .u64(u64::MAX)
-                .padded(BODY),
+            Raw::header(0, 1).str("k").u32(9).u32(8).u64((remaining - 32) / 8).u64(u64::MAX).padded(BODY),
             |e| matches!(e, FormatError::Truncated { need: u64::MAX, .. }),
         ),
         (
             "array of arrays",
-            Raw::header(0, 1)
-                .str("k")
-                .u32(9)
-                .u32(9)
-                .u64((remaining - 32) / 12)
-                .u32(13)
-                .padded(BODY),
+            Raw::header(0, 1).str("k").u32(9).u32(9).u64((remaining - 32) / 12).u32(13).padded(BODY),
             |e| matches!(e, FormatError::UnknownValueType { type_id: 13, .. }),
         ),
     ];
@@ -232,11 +182,7 @@ fn counts_that_fit_the_file_reserve_only_what_was_read() {
         let (result, usage) = parse_measured(bytes);
         let err = result.expect_err(what);
         assert!(expected(&err), "{what}: {err:?}");
-        assert!(
-            usage.largest <= 1 << 20,
-            "{what}: a {}-byte allocation for a 16 MiB file",
-            usage.largest
-        );
+        assert!(usage.largest <= 1 << 20, "{what}: a {}-byte allocation for a 16 MiB file", usage.largest);
     }
 }
 

@@ -25,18 +25,9 @@ fn parse_err(bytes: Vec<u8>) -> FormatError {
 /// One step of the reader, in the order it takes them, to predict where a cut file fails.
 enum Op {
     /// Reading bytes `start..end`: fails as `Truncated` when the file ends before `end`.
-    Read {
-        start: usize,
-        end: usize,
-        what: String,
-    },
+    Read { start: usize, end: usize, what: String },
     /// Checking at `at` that `count` items of at least `min` bytes fit: fails as `CountTooLarge`.
-    Check {
-        at: usize,
-        count: u64,
-        min: u64,
-        what: String,
-    },
+    Check { at: usize, count: u64, min: u64, what: String },
 }
 
 /// A GGUF file written field by field (independently of [`GgufWriter`]), which records the
@@ -104,11 +95,7 @@ impl Spec {
     fn read(&mut self, b: &[u8], what: &str) -> &mut Self {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(b);
-        self.ops.push(Op::Read {
-            start,
-            end: self.bytes.len(),
-            what: what.into(),
-        });
+        self.ops.push(Op::Read { start, end: self.bytes.len(), what: what.into() });
         self
     }
 
@@ -125,18 +112,12 @@ impl Spec {
     }
 
     fn check(&mut self, count: u64, min: u64, what: &str) -> &mut Self {
-        self.ops.push(Op::Check {
-            at: self.bytes.len(),
-            count,
-            min,
-            what: what.into(),
-        });
+        self.ops.push(Op::Check { at: self.bytes.len(), count, min, what: what.into() });
         self
     }
 
     fn kv(&mut self, key: &str, v: &Value) -> &mut Self {
-        self.string(key, "a metadata key")
-            .u32(value_type_id(v), "a metadata value type");
+        self.string(key, "a metadata key").u32(value_type_id(v), "a metadata value type");
         let what = format!("the value of {key:?}");
         match v {
             Value::U8(x) => self.read(&[*x], &what),
@@ -157,9 +138,7 @@ impl Spec {
 
     fn array(&mut self, a: &ArrayValue, what: &str) -> &mut Self {
         let (elem_type, min, fixed) = array_parts(a);
-        self.u32(elem_type, what)
-            .u64(a.len() as u64, what)
-            .check(a.len() as u64, min, what);
+        self.u32(elem_type, what).u64(a.len() as u64, what).check(a.len() as u64, min, what);
         match (a, fixed) {
             (_, Some(bytes)) => self.read(&bytes, what),
             (ArrayValue::String(v), None) => v.iter().fold(self, |s, x| s.string(x, what)),
@@ -169,19 +148,16 @@ impl Spec {
     }
 
     fn tensor(&mut self, name: &str, ne: &[u64], type_id: u32, offset: u64) -> &mut Self {
-        self.string(name, "a tensor name")
-            .u32(ne.len() as u32, "a tensor's dimension count");
+        self.string(name, "a tensor name").u32(ne.len() as u32, "a tensor's dimension count");
         for &d in ne {
             self.u64(d, "a tensor dimension");
         }
-        self.u32(type_id, "a tensor type")
-            .u64(offset, "a tensor offset")
+        self.u32(type_id, "a tensor type").u64(offset, "a tensor offset")
     }
 
     /// Pads to `alignment`, then writes `n` bytes of tensor data.
     fn data(&mut self, alignment: usize, n: usize) -> &mut Self {
-        self.bytes
-            .resize(self.bytes.len().next_multiple_of(alignment), 0);
+        self.bytes.resize(self.bytes.len().next_multiple_of(alignment), 0);
         self.bytes.extend(filler(n, 7));
         self
     }
@@ -196,9 +172,7 @@ impl Spec {
     fn error_at(&self, cut: usize) -> Option<FormatError> {
         let file_len = cut as u64;
         if cut < 4 {
-            return Some(FormatError::NotGguf {
-                found: self.bytes[..cut].to_vec(),
-            });
+            return Some(FormatError::NotGguf { found: self.bytes[..cut].to_vec() });
         }
         for op in &self.ops {
             match op {
@@ -210,30 +184,15 @@ impl Spec {
                         file_len,
                     });
                 }
-                Op::Check {
-                    at,
-                    count,
-                    min,
-                    what,
-                } if ((cut - at) as u64) < count * min => {
-                    return Some(FormatError::CountTooLarge {
-                        what: what.clone(),
-                        count: *count,
-                        file_len,
-                    });
+                Op::Check { at, count, min, what } if ((cut - at) as u64) < count * min => {
+                    return Some(FormatError::CountTooLarge { what: what.clone(), count: *count, file_len });
                 }
                 _ => {}
             }
         }
-        self.data
-            .iter()
-            .find(|(_, offset, size)| offset + size > file_len)
-            .map(|(name, offset, size)| FormatError::TensorOutOfBounds {
-                tensor: name.clone(),
-                offset: *offset,
-                size: *size,
-                file_len,
-            })
+        self.data.iter().find(|(_, offset, size)| offset + size > file_len).map(|(name, offset, size)| {
+            FormatError::TensorOutOfBounds { tensor: name.clone(), offset: *offset, size: *size, file_len }
+        })
     }
 }
 
@@ -264,30 +223,17 @@ fn f32_id() -> u32 {
 
 #[test]
 fn a_file_cut_anywhere_names_the_field_that_was_cut() {
-    let nested = ArrayValue::Array(vec![
-        ArrayValue::U8(vec![1, 2]),
-        ArrayValue::String(vec!["z".into()]),
-    ]);
+    let nested = ArrayValue::Array(vec![ArrayValue::U8(vec![1, 2]), ArrayValue::String(vec!["z".into()])]);
     let kvs = [
         ("x.count", Value::U32(7)),
-        (
-            "x.tokens",
-            Value::Array(ArrayValue::String(vec![
-                "a".into(),
-                "bb".into(),
-                "ccc".into(),
-            ])),
-        ),
+        ("x.tokens", Value::Array(ArrayValue::String(vec!["a".into(), "bb".into(), "ccc".into()]))),
         ("x.nested", Value::Array(nested)),
         ("x.scores", Value::Array(ArrayValue::F32(vec![0.5, -1.0]))),
         ("general.architecture", Value::String("llama".into())),
         ("x.big", Value::U64(1 << 40)),
     ];
-    let tensors: [(&str, &[u64], GgmlType); 3] = [
-        ("t0", &[4, 2], GgmlType::F32),
-        ("t1", &[32], GgmlType::Q8_0),
-        ("t2", &[3], GgmlType::F16),
-    ];
+    let tensors: [(&str, &[u64], GgmlType); 3] =
+        [("t0", &[4, 2], GgmlType::F32), ("t1", &[32], GgmlType::Q8_0), ("t2", &[3], GgmlType::F16)];
 
     let mut spec = Spec::header(3, tensors.len() as u64, kvs.len() as u64);
     let mut writer = GgufWriter::new();
@@ -368,14 +314,10 @@ fn a_real_vocabulary_cut_short_never_parses() {
     let bytes = std::fs::read(vocab_path("ggml-vocab-llama-spm.gguf")).unwrap();
     // The file holds metadata only; the last few bytes may be padding.
     let end = bytes.len() - 32;
-    for cut in (0..end)
-        .step_by(997)
-        .chain([1, 3, 4, 5, 23, 24, 25, end - 1])
-    {
+    for cut in (0..end).step_by(997).chain([1, 3, 4, 5, 23, 24, 25, end - 1]) {
         match parse_err(bytes[..cut].to_vec()) {
             FormatError::NotGguf { found } => assert_eq!(found, &bytes[..cut]),
-            e @ (FormatError::Truncated { file_len, .. }
-            | FormatError::CountTooLarge { file_len, .. }) => {
+            e @ (FormatError::Truncated { file_len, .. } | FormatError::CountTooLarge { file_len, .. }) => {
                 assert_eq!(file_len, cut as u64, "{e}");
                 assert_one_line(&e, &[&cut.to_string()]);
             }
@@ -402,11 +344,7 @@ fn tensor_data_running_past_the_end_of_the_file() {
     assert_one_line(&err, &["\"w\"", "32 bytes", "past the end"]);
 
     // The second tensor starts inside the file and ends outside it.
-    let bytes = build(
-        &[],
-        &[("a", &[8], f32_id(), 0), ("b", &[8], f32_id(), 32)],
-        60,
-    );
+    let bytes = build(&[], &[("a", &[8], f32_id(), 0), ("b", &[8], f32_id(), 32)], 60);
     let file_len = bytes.len() as u64;
     let err = parse_err(bytes);
     assert_err(
@@ -468,13 +406,7 @@ fn a_dimension_product_that_overflows_u64() {
     ];
     for (ne, dtype) in cases {
         let err = parse_err(build(&[], &[("huge", ne, dtype.id(), 0)], 32));
-        assert_err(
-            &err,
-            &FormatError::ShapeOverflow {
-                tensor: "huge".into(),
-                dims: ne.to_vec(),
-            },
-        );
+        assert_err(&err, &FormatError::ShapeOverflow { tensor: "huge".into(), dims: ne.to_vec() });
         assert_one_line(&err, &["\"huge\"", "overflows", &format!("{ne:?}")]);
     }
     // A zero dimension makes the product zero, however large the others are.
@@ -504,13 +436,7 @@ fn unknown_tensor_type_ids_are_refused_and_every_known_one_parses() {
             None => {
                 unknown += 1;
                 let err = parse_err(bytes);
-                assert_err(
-                    &err,
-                    &FormatError::UnknownTensorType {
-                        tensor: "t".into(),
-                        type_id,
-                    },
-                );
+                assert_err(&err, &FormatError::UnknownTensorType { tensor: "t".into(), type_id });
                 assert_one_line(&err, &["\"t\"", "unknown type", &type_id.to_string()]);
             }
         }
@@ -524,36 +450,18 @@ fn rows_that_are_not_whole_blocks_and_too_many_dimensions() {
     let err = parse_err(build(&[], &[("q", &[33, 2], GgmlType::Q4_0.id(), 0)], 0));
     assert_err(
         &err,
-        &FormatError::BadRowLength {
-            tensor: "q".into(),
-            ne0: 33,
-            dtype: "Q4_0".into(),
-            block: 32,
-        },
+        &FormatError::BadRowLength { tensor: "q".into(), ne0: 33, dtype: "Q4_0".into(), block: 32 },
     );
     assert_one_line(&err, &["\"q\"", "33", "Q4_0", "32"]);
     // A tensor with no dimensions is one element, not a whole block of Q4_K.
     let err = parse_err(build(&[], &[("s", &[], GgmlType::Q4_K.id(), 0)], 0));
-    assert!(matches!(
-        err,
-        FormatError::BadRowLength {
-            ne0: 1,
-            block: 256,
-            ..
-        }
-    ));
+    assert!(matches!(err, FormatError::BadRowLength { ne0: 1, block: 256, .. }));
 
     for n_dims in [5, 1000, u32::MAX] {
         let mut s = Spec::header(3, 1, 0);
         s.string("five", "").u32(n_dims, "");
         let err = parse_err(s.data(1, 64).bytes.clone());
-        assert_err(
-            &err,
-            &FormatError::TooManyDims {
-                tensor: "five".into(),
-                n_dims,
-            },
-        );
+        assert_err(&err, &FormatError::TooManyDims { tensor: "five".into(), n_dims });
         assert_one_line(&err, &["\"five\"", &n_dims.to_string(), "dimensions"]);
     }
 }
@@ -568,12 +476,8 @@ fn string_lengths_larger_than_the_file() {
         s.u64(len, "");
         let bytes = s.data(1, 76).bytes.clone();
         let err = parse_err(bytes);
-        let expected = FormatError::Truncated {
-            what: "a metadata key".into(),
-            offset: 32,
-            need: len,
-            file_len: 108,
-        };
+        let expected =
+            FormatError::Truncated { what: "a metadata key".into(), offset: 32, need: len, file_len: 108 };
         assert_err(&err, &expected);
         assert_one_line(&err, &["a metadata key", &len.to_string(), "108"]);
 
@@ -585,12 +489,7 @@ fn string_lengths_larger_than_the_file() {
         let err = parse_err(bytes);
         assert_err(
             &err,
-            &FormatError::Truncated {
-                what: "the value of \"name\"".into(),
-                offset: 48,
-                need: len,
-                file_len,
-            },
+            &FormatError::Truncated { what: "the value of \"name\"".into(), offset: 48, need: len, file_len },
         );
         assert_one_line(&err, &["\"name\"", "truncated"]);
 
@@ -616,23 +515,14 @@ fn array_lengths_larger_than_the_file() {
             let err = parse_err(bytes);
             assert_err(
                 &err,
-                &FormatError::CountTooLarge {
-                    what: "the array \"arr\"".into(),
-                    count: n,
-                    file_len,
-                },
+                &FormatError::CountTooLarge { what: "the array \"arr\"".into(), count: n, file_len },
             );
             assert_one_line(&err, &["\"arr\"", &n.to_string(), "more than"]);
         }
     }
     // An array inside an array.
     let mut s = Spec::header(3, 0, 1);
-    s.string("outer", "")
-        .u32(9, "")
-        .u32(9, "")
-        .u64(2, "")
-        .u32(4, "")
-        .u64(u64::MAX, "");
+    s.string("outer", "").u32(9, "").u32(9, "").u64(2, "").u32(4, "").u64(u64::MAX, "");
     let err = parse_err(s.data(1, 64).bytes.clone());
     assert!(matches!(
         err,
@@ -646,25 +536,13 @@ fn unknown_value_types() {
         let mut s = Spec::header(3, 0, 1);
         s.string("k", "").u32(type_id, "");
         let err = parse_err(s.data(1, 32).bytes.clone());
-        assert_err(
-            &err,
-            &FormatError::UnknownValueType {
-                key: "k".into(),
-                type_id,
-            },
-        );
+        assert_err(&err, &FormatError::UnknownValueType { key: "k".into(), type_id });
         assert_one_line(&err, &["\"k\"", "unknown value type", &type_id.to_string()]);
         // As the element type of an array.
         let mut s = Spec::header(3, 0, 1);
         s.string("k", "").u32(9, "").u32(type_id, "").u64(1, "");
         let err = parse_err(s.data(1, 32).bytes.clone());
-        assert_err(
-            &err,
-            &FormatError::UnknownValueType {
-                key: "k".into(),
-                type_id,
-            },
-        );
+        assert_err(&err, &FormatError::UnknownValueType { key: "k".into(), type_id });
     }
 }
 
@@ -692,13 +570,7 @@ fn arrays_nested_too_deep() {
         bytes.extend(1u64.to_le_bytes());
         bytes.push(42);
         let err = parse_err(bytes);
-        assert_err(
-            &err,
-            &FormatError::NestingTooDeep {
-                key: "too.deep".into(),
-                max: 8,
-            },
-        );
+        assert_err(&err, &FormatError::NestingTooDeep { key: "too.deep".into(), max: 8 });
         assert_one_line(&err, &["\"too.deep\"", "8 levels"]);
     }
 }
@@ -754,42 +626,19 @@ fn big_endian_and_unsupported_versions() {
 #[test]
 fn misaligned_tensor_offsets() {
     let err = parse_err(build(&[], &[("w", &[1], f32_id(), 4)], 64));
-    assert_err(
-        &err,
-        &FormatError::Misaligned {
-            tensor: "w".into(),
-            offset: 4,
-            alignment: 32,
-        },
-    );
+    assert_err(&err, &FormatError::Misaligned { tensor: "w".into(), offset: 4, alignment: 32 });
     assert_one_line(&err, &["\"w\"", "offset 4", "32 bytes"]);
 
     let align64 = [("general.alignment", Value::U32(64))];
     let err = parse_err(build(&align64, &[("w", &[1], f32_id(), 32)], 128));
-    assert_err(
-        &err,
-        &FormatError::Misaligned {
-            tensor: "w".into(),
-            offset: 32,
-            alignment: 64,
-        },
-    );
+    assert_err(&err, &FormatError::Misaligned { tensor: "w".into(), offset: 32, alignment: 64 });
     // With 64-byte alignment a second tensor at 64 is fine (the first one, 4 bytes, is padded to
     // 64), and with 1-byte alignment tensors follow each other without padding.
-    let g = parse(build(
-        &align64,
-        &[("a", &[1], f32_id(), 0), ("w", &[1], f32_id(), 64)],
-        128,
-    ))
-    .unwrap();
+    let g = parse(build(&align64, &[("a", &[1], f32_id(), 0), ("w", &[1], f32_id(), 64)], 128)).unwrap();
     assert_eq!(g.alignment, 64);
     assert_eq!(g.tensors()[1].offset % 64, 0);
     let align1 = [("general.alignment", Value::U8(1))];
-    let bytes = build(
-        &align1,
-        &[("a", &[3], GgmlType::I8.id(), 0), ("w", &[1], f32_id(), 3)],
-        7,
-    );
+    let bytes = build(&align1, &[("a", &[3], GgmlType::I8.id(), 0), ("w", &[1], f32_id(), 3)], 7);
     let file_len = bytes.len();
     let g = parse(bytes).unwrap();
     assert_eq!(g.tensors()[1].offset, file_len as u64 - 4);
@@ -800,28 +649,10 @@ fn tensors_must_follow_one_another() {
     // A gap before the first tensor, and a second tensor overlapping the first, as llama.cpp's
     // reader refuses them.
     let err = parse_err(build(&[], &[("w", &[1], f32_id(), 32)], 64));
-    assert_err(
-        &err,
-        &FormatError::OutOfOrder {
-            tensor: "w".into(),
-            offset: 32,
-            expected: 0,
-        },
-    );
+    assert_err(&err, &FormatError::OutOfOrder { tensor: "w".into(), offset: 32, expected: 0 });
     assert_one_line(&err, &["\"w\"", "offset 32", "end at 0"]);
-    let err = parse_err(build(
-        &[],
-        &[("a", &[16], f32_id(), 0), ("b", &[16], f32_id(), 32)],
-        128,
-    ));
-    assert_err(
-        &err,
-        &FormatError::OutOfOrder {
-            tensor: "b".into(),
-            offset: 32,
-            expected: 64,
-        },
-    );
+    let err = parse_err(build(&[], &[("a", &[16], f32_id(), 0), ("b", &[16], f32_id(), 32)], 128));
+    assert_err(&err, &FormatError::OutOfOrder { tensor: "b".into(), offset: 32, expected: 64 });
 }
 
 #[test]
@@ -852,21 +683,13 @@ fn bad_general_alignment() {
     // the end of any file, so even an empty tensor lies out of bounds.
     let g = parse(build(&[("general.alignment", Value::U64(1 << 63))], &[], 0)).unwrap();
     assert_eq!(g.alignment, 1 << 63);
-    let err = parse_err(build(
-        &[("general.alignment", Value::U64(1 << 63))],
-        &[("t", &[0], f32_id(), 0)],
-        0,
-    ));
+    let err = parse_err(build(&[("general.alignment", Value::U64(1 << 63))], &[("t", &[0], f32_id(), 0)], 0));
     assert!(matches!(err, FormatError::TensorOutOfBounds { offset, .. } if offset == 1 << 63));
 }
 
 #[test]
 fn duplicate_tensor_names_and_keys() {
-    let err = parse_err(build(
-        &[],
-        &[("w", &[1], f32_id(), 0), ("w", &[1], f32_id(), 32)],
-        64,
-    ));
+    let err = parse_err(build(&[], &[("w", &[1], f32_id(), 0), ("w", &[1], f32_id(), 32)], 64));
     assert_err(&err, &FormatError::DuplicateTensor("w".into()));
     assert_one_line(&err, &["\"w\"", "twice"]);
 
@@ -878,8 +701,7 @@ fn duplicate_tensor_names_and_keys() {
 
     // Names with line breaks are quoted, so the message stays on one line.
     let mut w = GgufWriter::new();
-    w.add("a\nb", Value::Bool(true))
-        .add("a\nb", Value::String("x".into()));
+    w.add("a\nb", Value::Bool(true)).add("a\nb", Value::String("x".into()));
     let err = parse_err(w.to_bytes());
     assert_err(&err, &FormatError::DuplicateKey("a\nb".into()));
     assert_one_line(&err, &["\"a\\nb\""]);
@@ -893,9 +715,7 @@ fn missing_paths_directories_and_empty_files() {
     let missing = dir.path().join("nope.gguf");
     match Gguf::open(&missing) {
         Err(e @ FormatError::Io { .. }) => {
-            let FormatError::Io { path, source } = &e else {
-                unreachable!()
-            };
+            let FormatError::Io { path, source } = &e else { unreachable!() };
             assert_eq!(path, &missing);
             assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
             assert_one_line(&e, &["nope.gguf", "cannot read"]);
@@ -911,10 +731,7 @@ fn missing_paths_directories_and_empty_files() {
     }
     let empty = dir.path().join("empty.gguf");
     std::fs::write(&empty, b"").unwrap();
-    assert_err(
-        &Gguf::open(&empty).unwrap_err(),
-        &FormatError::NotGguf { found: vec![] },
-    );
+    assert_err(&Gguf::open(&empty).unwrap_err(), &FormatError::NotGguf { found: vec![] });
     // A file that is fine on disk parses through the memory map.
     let good = dir.path().join("good.gguf");
     std::fs::write(&good, common::tiny_llama().to_bytes()).unwrap();
@@ -936,18 +753,12 @@ fn the_llama_spm_vocabulary_parses_and_its_metadata_round_trips() {
     let tokens = g.get_str_array("tokenizer.ggml.tokens").unwrap();
     assert_eq!(tokens.len(), 32_000);
     assert_eq!(tokens[..3], ["<unk>", "<s>", "</s>"]);
-    assert_eq!(
-        g.get_f32_array("tokenizer.ggml.scores").unwrap().len(),
-        32_000
-    );
+    assert_eq!(g.get_f32_array("tokenizer.ggml.scores").unwrap().len(), 32_000);
     assert_eq!(g.get_u64("tokenizer.ggml.bos_token_id").unwrap(), 1);
     assert!(g.tensors().is_empty());
     assert!(matches!(
         g.get_u64("tokenizer.ggml.model"),
-        Err(FormatError::WrongType {
-            expected: "an unsigned integer",
-            ..
-        })
+        Err(FormatError::WrongType { expected: "an unsigned integer", .. })
     ));
 
     let bytes = rewrite(&g).to_bytes();
@@ -976,12 +787,7 @@ fn every_reference_vocabulary_and_synthetic_file_parses() {
         assert_eq!(again.metadata(), g.metadata(), "{name}");
         assert_eq!(again.tensors(), g.tensors(), "{name}");
         for t in g.tensors() {
-            assert_eq!(
-                *again.tensor_data(t),
-                *g.tensor_data(t),
-                "{name}: {}",
-                t.name
-            );
+            assert_eq!(*again.tensor_data(t), *g.tensor_data(t), "{name}: {}", t.name);
         }
     }
 }

@@ -19,10 +19,7 @@ use proptest::test_runner::FileFailurePersistence;
 const DEFAULT_CASES: u32 = 25_000;
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_CASES);
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_CASES);
     ProptestConfig {
         cases,
         // Shrinking a failure over a 64 KiB input can take long; a few hundred steps suffice.
@@ -49,12 +46,8 @@ static REAL: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
     out
 });
 
-static SYNTHETIC: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
-    common::synthetic_ggufs()
-        .into_iter()
-        .map(|(_, bytes)| bytes)
-        .collect()
-});
+static SYNTHETIC: LazyLock<Vec<Vec<u8>>> =
+    LazyLock::new(|| common::synthetic_ggufs().into_iter().map(|(_, bytes)| bytes).collect());
 
 #[derive(Clone, Debug)]
 enum Mutation {
@@ -93,26 +86,8 @@ enum Mutation {
 /// Values at the boundaries the reader checks: counts, lengths, type ids, dimensions, offsets.
 fn interesting_bytes() -> impl Strategy<Value = Vec<u8>> {
     let u8s = vec![0u8, 1, 0x7f, 0x80, 0xfe, 0xff];
-    let u32s = vec![
-        0u32,
-        1,
-        2,
-        3,
-        4,
-        5,
-        8,
-        9,
-        12,
-        13,
-        31,
-        32,
-        39,
-        40,
-        256,
-        0x7fff_ffff,
-        0x8000_0000,
-        u32::MAX,
-    ];
+    let u32s =
+        vec![0u32, 1, 2, 3, 4, 5, 8, 9, 12, 13, 31, 32, 39, 40, 256, 0x7fff_ffff, 0x8000_0000, u32::MAX];
     let u64s = vec![
         0u64,
         1,
@@ -202,10 +177,7 @@ fn check(bytes: Vec<u8>) {
 
 fn check_error(e: &FormatError) {
     assert_one_line(e, &[]);
-    assert!(
-        !matches!(e, FormatError::Io { .. } | FormatError::IsADirectory(_)),
-        "{e:?}"
-    );
+    assert!(!matches!(e, FormatError::Io { .. } | FormatError::IsADirectory(_)), "{e:?}");
 }
 
 /// Re-writing an accepted file gives a file that parses to the same metadata and tensors, and
@@ -261,10 +233,7 @@ fn seeds_parse_as_expected() {
         let result = parse(bytes.clone());
         if i % 2 == 0 {
             let e = result.expect_err("64 KiB of a vocabulary is not the whole file");
-            assert!(matches!(
-                e,
-                FormatError::Truncated { .. } | FormatError::CountTooLarge { .. }
-            ));
+            assert!(matches!(e, FormatError::Truncated { .. } | FormatError::CountTooLarge { .. }));
         } else {
             check_parsed(&result.expect("a shrunk vocabulary parses"));
         }
@@ -283,10 +252,7 @@ fn seeds_parse_as_expected() {
 fn fuzz_seeds_are_current() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds");
     let mut seeds = common::synthetic_ggufs();
-    seeds.push((
-        "vocab_llama_spm",
-        shrunk_vocab("ggml-vocab-llama-spm.gguf", 48),
-    ));
+    seeds.push(("vocab_llama_spm", shrunk_vocab("ggml-vocab-llama-spm.gguf", 48)));
     let write = std::env::var_os("BAIMO_WRITE_FUZZ_SEEDS").is_some();
     if write {
         std::fs::create_dir_all(&dir).unwrap();

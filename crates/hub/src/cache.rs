@@ -37,10 +37,7 @@ pub fn cache_root_from(
     if let Some(baimo_home) = baimo_home.filter(|value| !value.is_empty()) {
         return PathBuf::from(baimo_home);
     }
-    if let Some(xdg) = xdg_cache_home
-        .map(Path::new)
-        .filter(|path| path.is_absolute())
-    {
+    if let Some(xdg) = xdg_cache_home.map(Path::new).filter(|path| path.is_absolute()) {
         return xdg.join("baimo");
     }
     if let Some(home) = home.filter(|value| !value.is_empty()) {
@@ -100,12 +97,7 @@ fn marker_vouches_for(file: &Path, sha256: &str, metadata: &fs::Metadata) -> boo
 
 /// Whether `file` exists with exactly `size` bytes and the content `sha256`: trusted from its
 /// marker when that matches, else hashed (once; a good result leaves a marker).
-pub(crate) fn verify_cached(
-    file: &Path,
-    size: u64,
-    sha256: &str,
-    ui: Ui,
-) -> Result<bool, HubError> {
+pub(crate) fn verify_cached(file: &Path, size: u64, sha256: &str, ui: Ui) -> Result<bool, HubError> {
     let metadata = match fs::metadata(file) {
         Ok(metadata) => metadata,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
@@ -117,10 +109,7 @@ pub(crate) fn verify_cached(
     if marker_vouches_for(file, sha256, &metadata) {
         return Ok(true);
     }
-    let label = format!(
-        "verifying {}",
-        file.file_name().unwrap_or_default().to_string_lossy()
-    );
+    let label = format!("verifying {}", file.file_name().unwrap_or_default().to_string_lossy());
     let progress = ui.bytes_bar(Some(size), &label);
     let actual = sha256_of_file(file, &progress)?;
     progress.finish_and_clear();
@@ -137,8 +126,7 @@ pub(crate) fn verify_cached(
 pub(crate) fn sha256_of_file(path: &Path, progress: &ProgressBar) -> Result<String, HubError> {
     let mut file = File::open(path).map_err(|error| HubError::io("open", path, error))?;
     let mut hasher = Sha256::new();
-    hash_reader(&mut file, &mut hasher, progress)
-        .map_err(|error| HubError::io("read", path, error))?;
+    hash_reader(&mut file, &mut hasher, progress).map_err(|error| HubError::io("read", path, error))?;
     Ok(hex(&hasher.finalize()))
 }
 
@@ -180,57 +168,32 @@ mod tests {
     use super::*;
 
     fn root(baimo: Option<&str>, xdg: Option<&str>, home: Option<&str>) -> PathBuf {
-        cache_root_from(
-            baimo.map(OsStr::new),
-            xdg.map(OsStr::new),
-            home.map(OsStr::new),
-        )
+        cache_root_from(baimo.map(OsStr::new), xdg.map(OsStr::new), home.map(OsStr::new))
     }
 
     #[test]
     fn baimo_home_wins_over_everything() {
-        assert_eq!(
-            root(Some("/b"), Some("/x"), Some("/h")),
-            PathBuf::from("/b")
-        );
+        assert_eq!(root(Some("/b"), Some("/x"), Some("/h")), PathBuf::from("/b"));
     }
 
     #[test]
     fn xdg_cache_home_comes_next() {
-        assert_eq!(
-            root(None, Some("/x"), Some("/h")),
-            PathBuf::from("/x/baimo")
-        );
-        assert_eq!(
-            root(Some(""), Some("/x"), Some("/h")),
-            PathBuf::from("/x/baimo")
-        );
+        assert_eq!(root(None, Some("/x"), Some("/h")), PathBuf::from("/x/baimo"));
+        assert_eq!(root(Some(""), Some("/x"), Some("/h")), PathBuf::from("/x/baimo"));
     }
 
     #[test]
     fn home_cache_is_the_usual_default() {
-        assert_eq!(
-            root(None, None, Some("/h")),
-            PathBuf::from("/h/.cache/baimo")
-        );
+        assert_eq!(root(None, None, Some("/h")), PathBuf::from("/h/.cache/baimo"));
         // Empty or relative XDG_CACHE_HOME is ignored, as the XDG specification asks.
-        assert_eq!(
-            root(None, Some(""), Some("/h")),
-            PathBuf::from("/h/.cache/baimo")
-        );
-        assert_eq!(
-            root(None, Some("rel"), Some("/h")),
-            PathBuf::from("/h/.cache/baimo")
-        );
+        assert_eq!(root(None, Some(""), Some("/h")), PathBuf::from("/h/.cache/baimo"));
+        assert_eq!(root(None, Some("rel"), Some("/h")), PathBuf::from("/h/.cache/baimo"));
     }
 
     #[test]
     fn without_any_home_the_temporary_folder_is_used() {
         assert_eq!(root(None, None, None), std::env::temp_dir().join("baimo"));
-        assert_eq!(
-            root(None, None, Some("")),
-            std::env::temp_dir().join("baimo")
-        );
+        assert_eq!(root(None, None, Some("")), std::env::temp_dir().join("baimo"));
     }
 
     #[test]

@@ -65,10 +65,7 @@ impl KnownModel {
     /// Whether `name` is this model's name or one of its aliases (ASCII case-insensitive).
     pub fn answers_to(&self, name: &str) -> bool {
         self.name.eq_ignore_ascii_case(name)
-            || self
-                .aliases
-                .iter()
-                .any(|alias| alias.eq_ignore_ascii_case(name))
+            || self.aliases.iter().any(|alias| alias.eq_ignore_ascii_case(name))
     }
 }
 
@@ -207,12 +204,7 @@ mod tests {
     fn hashes_are_lowercase_hex_of_the_right_length() {
         for model in known_models() {
             assert_eq!(model.sha256.len(), 64);
-            assert!(
-                model
-                    .sha256
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            );
+            assert!(model.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         }
     }
 

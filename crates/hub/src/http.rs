@@ -32,9 +32,7 @@ pub(crate) fn build_client() -> Result<Client, HubError> {
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(STALL_TIMEOUT)
         .build()
-        .map_err(|error| HubError::HttpClient {
-            reason: error_chain(&error),
-        })
+        .map_err(|error| HubError::HttpClient { reason: error_chain(&error) })
 }
 
 /// `{endpoint}/{repo}/resolve/{revision}/{file}`, as the hub serves raw files.
@@ -44,10 +42,7 @@ pub(crate) fn hf_file_url(
     revision: &str,
     file: &str,
 ) -> Result<String, HubError> {
-    let bad_endpoint = |reason: String| HubError::BadEndpoint {
-        endpoint: endpoint.to_owned(),
-        reason,
-    };
+    let bad_endpoint = |reason: String| HubError::BadEndpoint { endpoint: endpoint.to_owned(), reason };
     let parsed = reqwest::Url::parse(endpoint).map_err(|error| bad_endpoint(error.to_string()))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(bad_endpoint("not an http(s) address".to_owned()));
@@ -106,11 +101,7 @@ impl Download<'_> {
     /// attempts is caught. A file that fails its checks is deleted.
     pub(crate) fn run(&self) -> Result<(), HubError> {
         let partial = with_suffix(self.dest, ".partial");
-        let label = self
-            .dest
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let label = self.dest.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
         let bar = self.ui.bytes_bar(self.expected.map(|e| e.size), &label);
         let mut resumed_an_earlier_run = self.expected.is_some() && file_len(&partial)? > 0;
         let mut attempt = 1;
@@ -133,8 +124,7 @@ impl Download<'_> {
                 // A partial file left by an earlier run may belong to an older version of the
                 // file on the server; one fresh start settles that.
                 Err(HubError::HashMismatch { .. }) if resumed_an_earlier_run => {
-                    self.ui
-                        .status("the resumed download did not verify; starting over");
+                    self.ui.status("the resumed download did not verify; starting over");
                     resumed_an_earlier_run = false;
                     bar.reset();
                 }
@@ -173,9 +163,7 @@ impl Download<'_> {
                     .get(CONTENT_RANGE)
                     .and_then(|value| value.to_str().ok())
                     .and_then(parse_content_range)
-                    .ok_or_else(|| {
-                        Failure::Fatal(self.bad_response("206 without a valid Content-Range"))
-                    })?;
+                    .ok_or_else(|| Failure::Fatal(self.bad_response("206 without a valid Content-Range")))?;
                 if range.start != start {
                     return Err(Failure::Fatal(self.bad_response(&format!(
                         "asked for bytes from {start}, got a range from {}",
@@ -206,12 +194,9 @@ impl Download<'_> {
             }
         }
         let content_length = response.content_length();
-        let file = if offset == 0 {
-            File::create(partial)
-        } else {
-            OpenOptions::new().append(true).open(partial)
-        }
-        .map_err(|error| Failure::Fatal(HubError::io("write", partial, error)))?;
+        let file =
+            if offset == 0 { File::create(partial) } else { OpenOptions::new().append(true).open(partial) }
+                .map_err(|error| Failure::Fatal(HubError::io("write", partial, error)))?;
         bar.set_position(offset);
         if bar.length().is_none()
             && let Some(length) = content_length
@@ -273,11 +258,7 @@ impl Download<'_> {
                     };
                     // A connection that delivered something is worth another attempt; one
                     // that delivered nothing is probably down.
-                    return Err(if received > 0 {
-                        Failure::Retry(lost)
-                    } else {
-                        Failure::Fatal(lost)
-                    });
+                    return Err(if received > 0 { Failure::Retry(lost) } else { Failure::Fatal(lost) });
                 }
             };
             received += read as u64;
@@ -286,17 +267,14 @@ impl Download<'_> {
             {
                 drop(writer);
                 let _ = fs::remove_file(partial);
-                return Err(Failure::Fatal(self.bad_response(&format!(
-                    "sent more than the expected {} bytes",
-                    expected.size
-                ))));
+                return Err(Failure::Fatal(
+                    self.bad_response(&format!("sent more than the expected {} bytes", expected.size)),
+                ));
             }
             writer.write_all(&buffer[..read]).map_err(write_error)?;
             bar.inc(read as u64);
         }
-        let file = writer
-            .into_inner()
-            .map_err(|error| write_error(error.into_error()))?;
+        let file = writer.into_inner().map_err(|error| write_error(error.into_error()))?;
         file.sync_all().map_err(write_error)?;
         Ok(received)
     }
@@ -333,18 +311,13 @@ impl Download<'_> {
         if timed_out && !reason.contains("timed out") {
             reason.push_str(" (timed out)");
         }
-        HubError::Network {
-            url: self.url.to_owned(),
-            reason,
-        }
+        HubError::Network { url: self.url.to_owned(), reason }
     }
 
     fn status_error(&self, response: &Response) -> HubError {
         let status = response.status();
         let hint = match status.as_u16() {
-            401 | 403 if self.token.is_none() => {
-                "a gated or private repository needs a token in HF_TOKEN"
-            }
+            401 | 403 if self.token.is_none() => "a gated or private repository needs a token in HF_TOKEN",
             401 | 403 => "check that HF_TOKEN is valid and grants access",
             404 => "no such repository, revision or file",
             _ => "",
@@ -362,18 +335,11 @@ impl Download<'_> {
             (None, "") => String::new(),
             (None, hint) => format!(" ({hint})"),
         };
-        HubError::HttpStatus {
-            url: self.url.to_owned(),
-            status: status.to_string(),
-            detail,
-        }
+        HubError::HttpStatus { url: self.url.to_owned(), status: status.to_string(), detail }
     }
 
     fn bad_response(&self, reason: &str) -> HubError {
-        HubError::BadResponse {
-            url: self.url.to_owned(),
-            reason: reason.to_owned(),
-        }
+        HubError::BadResponse { url: self.url.to_owned(), reason: reason.to_owned() }
     }
 }
 
@@ -448,20 +414,9 @@ mod tests {
     fn content_range_is_parsed_and_checked() {
         assert_eq!(
             parse_content_range("bytes 100-199/200"),
-            Some(ContentRange {
-                start: 100,
-                end: 199,
-                total: Some(200)
-            })
+            Some(ContentRange { start: 100, end: 199, total: Some(200) })
         );
-        assert_eq!(
-            parse_content_range("bytes 0-9/*"),
-            Some(ContentRange {
-                start: 0,
-                end: 9,
-                total: None
-            })
-        );
+        assert_eq!(parse_content_range("bytes 0-9/*"), Some(ContentRange { start: 0, end: 9, total: None }));
         for garbage in [
             "",
             "bytes",

@@ -24,8 +24,7 @@ mod ui;
 
 pub use cache::{cache_root, cache_root_from};
 pub use catalog::{
-    DEFAULT_MODEL, HfSource, KnownModel, PypiPart, PypiSource, find_known, known_models,
-    known_names_summary,
+    DEFAULT_MODEL, HfSource, KnownModel, PypiPart, PypiSource, find_known, known_models, known_names_summary,
 };
 pub use error::{HubError, SourceFailure};
 pub use fetcher::{DEFAULT_HF_ENDPOINT, Fetcher};

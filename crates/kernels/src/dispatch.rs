@@ -169,11 +169,7 @@ impl VecDot {
             panic!("dot_q8 called for float weights of type {}", self.dtype)
         };
         let n = x.qs.len();
-        assert_eq!(
-            Some(w_row.len() as u64),
-            self.dtype.row_bytes(n as u64),
-            "weight row length"
-        );
+        assert_eq!(Some(w_row.len() as u64), self.dtype.row_bytes(n as u64), "weight row length");
         assert!(
             x.d.len() == n / kind.block_size() && x.bsums.len() == n / 16 && x.s.len() == n / 32,
             "activation row layout"
@@ -187,16 +183,9 @@ impl VecDot {
     #[inline]
     pub fn dot_f32(&self, w_row: &[u8], x: &[f32]) -> f32 {
         let DotFn::Float(f) = self.f else {
-            panic!(
-                "dot_f32 called for quantized weights of type {}",
-                self.dtype
-            )
+            panic!("dot_f32 called for quantized weights of type {}", self.dtype)
         };
-        assert_eq!(
-            Some(w_row.len() as u64),
-            self.dtype.row_bytes(x.len() as u64),
-            "weight row length"
-        );
+        assert_eq!(Some(w_row.len() as u64), self.dtype.row_bytes(x.len() as u64), "weight row length");
         // SAFETY: as in `dot_q8`.
         unsafe { f(w_row, x) }
     }
@@ -272,11 +261,7 @@ fn neon_fn(dtype: GgmlType) -> Option<DotFn> {
 /// for embedding lookups and tests, not in hot loops).
 pub fn dequantize(dtype: GgmlType, src: &[u8], dst: &mut [f32]) {
     use GgmlType::*;
-    assert_eq!(
-        Some(src.len() as u64),
-        dtype.row_bytes(dst.len() as u64),
-        "dequantize lengths"
-    );
+    assert_eq!(Some(src.len() as u64), dtype.row_bytes(dst.len() as u64), "dequantize lengths");
     match dtype {
         F32 => quants::dequantize_f32(src, dst),
         F16 => quants::dequantize_f16(src, dst),

@@ -92,10 +92,7 @@ impl GgmlType {
     }
 
     pub fn from_name(name: &str) -> Option<GgmlType> {
-        TABLE
-            .iter()
-            .find(|e| e.4.eq_ignore_ascii_case(name))
-            .map(|e| e.0)
+        TABLE.iter().find(|e| e.4.eq_ignore_ascii_case(name)).map(|e| e.0)
     }
 
     pub fn id(self) -> u32 {
@@ -129,10 +126,7 @@ impl GgmlType {
     /// Whether baimo's kernels can compute with tensors of this type.
     pub fn is_supported(self) -> bool {
         use GgmlType::*;
-        matches!(
-            self,
-            F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q5_K | Q6_K
-        )
+        matches!(self, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q5_K | Q6_K)
     }
 
     /// The format activations are quantized to before a dot product with weights of this type,

@@ -71,10 +71,7 @@ pub mod exp_approx {
         let n = z - SHIFT;
         let b = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
         let u = b * b;
-        let j = C0
-            .mul_add(b, C1)
-            .mul_add(u, C2.mul_add(b, C3))
-            .mul_add(u, C4.mul_add(b, 1.0));
+        let j = C0.mul_add(b, C1).mul_add(u, C2.mul_add(b, C3)).mul_add(u, C4.mul_add(b, 1.0));
         if n.abs() > 192.0 {
             return if n <= 0.0 { 0.0 } else { f32::INFINITY };
         }
@@ -90,10 +87,7 @@ pub fn silu(x: f32) -> f32 {
 
 /// `out = silu(gate) ⊙ up`, the gated half of SwiGLU (vectorized where the CPU allows).
 pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    assert!(
-        gate.len() == out.len() && up.len() == out.len(),
-        "swiglu lengths"
-    );
+    assert!(gate.len() == out.len() && up.len() == out.len(), "swiglu lengths");
     #[cfg(target_arch = "x86_64")]
     {
         use crate::Isa;
@@ -139,10 +133,7 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 /// `acc = f16(acc · scale)`, element by element (ggml's `ggml_vec_scale_f16`).
 pub fn scale_f16(acc: &mut [half::f16], scale: f32) {
     #[cfg(target_arch = "x86_64")]
-    if matches!(
-        crate::Isa::best(),
-        crate::Isa::Avx2 | crate::Isa::Avx512Vnni
-    ) {
+    if matches!(crate::Isa::best(), crate::Isa::Avx2 | crate::Isa::Avx512Vnni) {
         // SAFETY: `best` checked AVX2, F16C and FMA.
         return unsafe { crate::simd::x86::scale_f16_avx2(bytemuck::cast_slice_mut(acc), scale) };
     }
@@ -156,17 +147,10 @@ pub fn scale_f16(acc: &mut [half::f16], scale: f32) {
 pub fn mad_f16(acc: &mut [half::f16], v: &[half::f16], w: f32) {
     assert_eq!(acc.len(), v.len(), "mad_f16 lengths");
     #[cfg(target_arch = "x86_64")]
-    if matches!(
-        crate::Isa::best(),
-        crate::Isa::Avx2 | crate::Isa::Avx512Vnni
-    ) {
+    if matches!(crate::Isa::best(), crate::Isa::Avx2 | crate::Isa::Avx512Vnni) {
         // SAFETY: `best` checked AVX2, F16C and FMA.
         return unsafe {
-            crate::simd::x86::mad_f16_avx2(
-                bytemuck::cast_slice_mut(acc),
-                bytemuck::cast_slice(v),
-                w,
-            )
+            crate::simd::x86::mad_f16_avx2(bytemuck::cast_slice_mut(acc), bytemuck::cast_slice(v), w)
         };
     }
     mad_f16_scalar(acc, v, w);
@@ -192,13 +176,7 @@ pub enum RopeStyle {
 /// each pair `i` of the `d` rotated dimensions. θ is built by repeated multiplication, as ggml's
 /// rope cache does, so angles agree with llama.cpp to the last bit at every position.
 /// `pos` is fractional under linear RoPE scaling.
-pub fn rope_angles(
-    pos: f32,
-    dims: usize,
-    base: f32,
-    freq_factors: Option<&[f32]>,
-    cos_sin: &mut [f32],
-) {
+pub fn rope_angles(pos: f32, dims: usize, base: f32, freq_factors: Option<&[f32]>, cos_sin: &mut [f32]) {
     debug_assert_eq!(cos_sin.len(), dims);
     let theta_scale = base.powf(-2.0 / dims as f32);
     let mut theta = pos;
@@ -249,12 +227,8 @@ mod tests {
     #[test]
     fn f16_accumulation_paths_agree_bit_for_bit() {
         use half::f16;
-        let v: Vec<f16> = (0..77)
-            .map(|i| f16::from_f32((i as f32 * 0.37).sin() * 3.0))
-            .collect();
-        let start: Vec<f16> = (0..77)
-            .map(|i| f16::from_f32((i as f32 * 0.11).cos()))
-            .collect();
+        let v: Vec<f16> = (0..77).map(|i| f16::from_f32((i as f32 * 0.37).sin() * 3.0)).collect();
+        let start: Vec<f16> = (0..77).map(|i| f16::from_f32((i as f32 * 0.11).cos())).collect();
         let (mut simd, mut scalar) = (start.clone(), start.clone());
         for w in [0.3f32, 1.0, 0.0071, 2.5] {
             mad_f16(&mut simd, &v, w);
@@ -270,12 +244,8 @@ mod tests {
 
     #[test]
     fn swiglu_paths_agree_bit_for_bit() {
-        let gate: Vec<f32> = (0..1000)
-            .map(|i| ((i * 7919 % 2000) as f32 - 1000.0) / 37.0)
-            .collect();
-        let up: Vec<f32> = (0..1000)
-            .map(|i| ((i * 104729 % 999) as f32 - 500.0) / 91.0)
-            .collect();
+        let gate: Vec<f32> = (0..1000).map(|i| ((i * 7919 % 2000) as f32 - 1000.0) / 37.0).collect();
+        let up: Vec<f32> = (0..1000).map(|i| ((i * 104729 % 999) as f32 - 500.0) / 91.0).collect();
         let mut want = vec![0f32; 1000];
         swiglu_scalar(&gate, &up, &mut want);
         let mut got = vec![0f32; 1000];
@@ -287,9 +257,7 @@ mod tests {
             // SAFETY: each path is called only when the CPU has it.
             match isa {
                 crate::Isa::Avx2 => unsafe { crate::simd::x86::swiglu_avx2(&gate, &up, &mut got) },
-                crate::Isa::Avx512Vnni => unsafe {
-                    crate::simd::x86::swiglu_avx512(&gate, &up, &mut got)
-                },
+                crate::Isa::Avx512Vnni => unsafe { crate::simd::x86::swiglu_avx512(&gate, &up, &mut got) },
                 _ => continue,
             }
             assert_eq!(got, want, "{isa:?}");

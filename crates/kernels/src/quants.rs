@@ -107,35 +107,17 @@ const _: () = {
 /// Views bytes as blocks. Panics if the length is not a whole number of blocks or the bytes are
 /// not aligned for `B`; loaders guarantee both (they copy misaligned tensors).
 pub fn as_blocks<B: Block>(bytes: &[u8]) -> &[B] {
-    assert_eq!(
-        bytes.len() % size_of::<B>(),
-        0,
-        "byte length is not a whole number of blocks"
-    );
-    assert_eq!(
-        bytes.as_ptr() as usize % align_of::<B>(),
-        0,
-        "block data is misaligned"
-    );
+    assert_eq!(bytes.len() % size_of::<B>(), 0, "byte length is not a whole number of blocks");
+    assert_eq!(bytes.as_ptr() as usize % align_of::<B>(), 0, "block data is misaligned");
     // SAFETY: length and alignment checked above; `Block` types accept any bit pattern.
     unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len() / size_of::<B>()) }
 }
 
 pub fn as_blocks_mut<B: Block>(bytes: &mut [u8]) -> &mut [B] {
-    assert_eq!(
-        bytes.len() % size_of::<B>(),
-        0,
-        "byte length is not a whole number of blocks"
-    );
-    assert_eq!(
-        bytes.as_ptr() as usize % align_of::<B>(),
-        0,
-        "block data is misaligned"
-    );
+    assert_eq!(bytes.len() % size_of::<B>(), 0, "byte length is not a whole number of blocks");
+    assert_eq!(bytes.as_ptr() as usize % align_of::<B>(), 0, "block data is misaligned");
     // SAFETY: as in `as_blocks`, and the borrow is unique.
-    unsafe {
-        std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast(), bytes.len() / size_of::<B>())
-    }
+    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast(), bytes.len() / size_of::<B>()) }
 }
 
 #[inline]
@@ -154,10 +136,7 @@ pub fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 
@@ -379,11 +358,7 @@ pub struct Q8Buf {
 
 impl Q8Buf {
     pub fn new(kind: Q8Kind, n: usize, rows: usize) -> Q8Buf {
-        assert_eq!(
-            n % kind.block_size(),
-            0,
-            "row length must be a whole number of blocks"
-        );
+        assert_eq!(n % kind.block_size(), 0, "row length must be a whole number of blocks");
         let total = n * rows;
         Q8Buf {
             kind,
@@ -533,11 +508,7 @@ pub fn vec_dot_q5_0(w: &[BlockQ5_0], x: Q8Row<'_>) -> f32 {
     for (i, b) in w.iter().enumerate() {
         let v = q5_values(&b.qs, b.qh);
         let xq = &x.qs[i * QK..(i + 1) * QK];
-        let isum: i32 = v
-            .iter()
-            .zip(xq)
-            .map(|(&q, &x)| (q as i32 - 16) * x as i32)
-            .sum();
+        let isum: i32 = v.iter().zip(xq).map(|(&q, &x)| (q as i32 - 16) * x as i32).sum();
         sum += f16_to_f32(b.d) * x.d[i] * isum as f32;
     }
     sum
@@ -557,11 +528,7 @@ pub fn vec_dot_q8_0(w: &[BlockQ8_0], x: Q8Row<'_>) -> f32 {
     let mut sum = 0f32;
     for (i, b) in w.iter().enumerate() {
         let xq = &x.qs[i * QK..(i + 1) * QK];
-        let isum: i32 =
-            b.qs.iter()
-                .zip(xq)
-                .map(|(&a, &x)| a as i32 * x as i32)
-                .sum();
+        let isum: i32 = b.qs.iter().zip(xq).map(|(&a, &x)| a as i32 * x as i32).sum();
         sum += f16_to_f32(b.d) * x.d[i] * isum as f32;
     }
     sum
@@ -582,10 +549,7 @@ fn vec_dot_k4(q: &[u8; QK_K], d: u16, dmin: u16, scales: &[u8; 12], x: Q8Row<'_>
 }
 
 pub fn vec_dot_q4_k(w: &[BlockQ4K], x: Q8Row<'_>) -> f32 {
-    w.iter()
-        .enumerate()
-        .map(|(i, b)| vec_dot_k4(&q4_k_values(&b.qs), b.d, b.dmin, &b.scales, x, i))
-        .sum()
+    w.iter().enumerate().map(|(i, b)| vec_dot_k4(&q4_k_values(&b.qs), b.d, b.dmin, &b.scales, x, i)).sum()
 }
 
 pub fn vec_dot_q5_k(w: &[BlockQ5K], x: Q8Row<'_>) -> f32 {
@@ -602,9 +566,7 @@ pub fn vec_dot_q6_k(w: &[BlockQ6K], x: Q8Row<'_>) -> f32 {
         let xq = &x.qs[i * QK_K..(i + 1) * QK_K];
         let mut isum = 0i32;
         for s in 0..16 {
-            let dot: i32 = (16 * s..16 * s + 16)
-                .map(|l| (q[l] as i32 - 32) * xq[l] as i32)
-                .sum();
+            let dot: i32 = (16 * s..16 * s + 16).map(|l| (q[l] as i32 - 32) * xq[l] as i32).sum();
             isum += b.scales[s] as i32 * dot;
         }
         sum += f16_to_f32(b.d) * x.d[i] * isum as f32;
@@ -614,24 +576,15 @@ pub fn vec_dot_q6_k(w: &[BlockQ6K], x: Q8Row<'_>) -> f32 {
 
 /// Float weights take float activations: f32 accumulation of weight · x.
 pub fn vec_dot_f32(w: &[u8], x: &[f32]) -> f32 {
-    w.chunks_exact(4)
-        .zip(x)
-        .map(|(c, &x)| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * x)
-        .sum()
+    w.chunks_exact(4).zip(x).map(|(c, &x)| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * x).sum()
 }
 
 pub fn vec_dot_f16(w: &[u8], x: &[f32]) -> f32 {
-    w.chunks_exact(2)
-        .zip(x)
-        .map(|(c, &x)| f16::from_le_bytes([c[0], c[1]]).to_f32() * x)
-        .sum()
+    w.chunks_exact(2).zip(x).map(|(c, &x)| f16::from_le_bytes([c[0], c[1]]).to_f32() * x).sum()
 }
 
 pub fn vec_dot_bf16(w: &[u8], x: &[f32]) -> f32 {
-    w.chunks_exact(2)
-        .zip(x)
-        .map(|(c, &x)| bf16::from_le_bytes([c[0], c[1]]).to_f32() * x)
-        .sum()
+    w.chunks_exact(2).zip(x).map(|(c, &x)| bf16::from_le_bytes([c[0], c[1]]).to_f32() * x).sum()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -738,16 +691,12 @@ mod tests {
     use super::*;
 
     fn ramp(n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
-            .collect()
+        (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect()
     }
 
     #[test]
     fn nearest_int_rounds_half_to_even() {
-        for x in [
-            -127.5f32, -2.5, -0.5, -0.4999, 0.0, 0.5, 1.5, 2.5, 126.49, 127.0, 3.7, -3.7,
-        ] {
+        for x in [-127.5f32, -2.5, -0.5, -0.4999, 0.0, 0.5, 1.5, 2.5, 126.49, 127.0, 3.7, -3.7] {
             assert_eq!(nearest_int(x), x.round_ties_even() as i32, "{x}");
         }
     }
@@ -775,72 +724,32 @@ mod tests {
         let mut b40 = vec![BlockQ4_0 { d: 0, qs: [0; 16] }; 4];
         quantize_q4_0(&x, &mut b40);
         dequantize_q4_0(&b40, &mut y);
-        let err = x
-            .iter()
-            .zip(&y)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let err = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(err < 3.0 / 8.0, "q4_0 max error {err}");
 
-        let mut b41 = vec![
-            BlockQ4_1 {
-                d: 0,
-                m: 0,
-                qs: [0; 16]
-            };
-            4
-        ];
+        let mut b41 = vec![BlockQ4_1 { d: 0, m: 0, qs: [0; 16] }; 4];
         quantize_q4_1(&x, &mut b41);
         dequantize_q4_1(&b41, &mut y);
-        let err = x
-            .iter()
-            .zip(&y)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let err = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(err < 6.0 / 15.0, "q4_1 max error {err}");
 
-        let mut b50 = vec![
-            BlockQ5_0 {
-                d: 0,
-                qh: [0; 4],
-                qs: [0; 16]
-            };
-            4
-        ];
+        let mut b50 = vec![BlockQ5_0 { d: 0, qh: [0; 4], qs: [0; 16] }; 4];
         quantize_q5_0(&x, &mut b50);
         dequantize_q5_0(&b50, &mut y);
-        let err = x
-            .iter()
-            .zip(&y)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let err = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(err < 3.0 / 16.0, "q5_0 max error {err}");
 
-        let mut b51 = vec![
-            BlockQ5_1 {
-                d: 0,
-                m: 0,
-                qh: [0; 4],
-                qs: [0; 16]
-            };
-            4
-        ];
+        let mut b51 = vec![BlockQ5_1 { d: 0, m: 0, qh: [0; 4], qs: [0; 16] }; 4];
         quantize_q5_1(&x, &mut b51);
         dequantize_q5_1(&b51, &mut y);
-        let err = x
-            .iter()
-            .zip(&y)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let err = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(err < 6.0 / 31.0, "q5_1 max error {err}");
     }
 
     #[test]
     fn q8_activation_dot_matches_float_dot() {
         let x = ramp(512);
-        let w: Vec<f32> = (0..512)
-            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
-            .collect();
+        let w: Vec<f32> = (0..512).map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0).collect();
         let mut wq = vec![BlockQ8_0 { d: 0, qs: [0; 32] }; 16];
         quantize_q8_0(&w, &mut wq);
         let mut wd = vec![0f32; 512];

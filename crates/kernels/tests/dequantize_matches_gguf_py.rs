@@ -13,23 +13,14 @@ fn every_type_dequantizes_like_gguf_py() {
         let name = case["type"].as_str().unwrap();
         let dtype = GgmlType::from_name(name).unwrap();
         let hex = case["hex"].as_str().unwrap();
-        let raw: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
-        let want: Vec<f32> = case["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
+        let raw: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let want: Vec<f32> =
+            case["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         let mut got = vec![0f32; want.len()];
         dequantize(dtype, &raw, &mut got);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
-                "{name}[{i}]: {g} vs gguf-py {w}"
-            );
+            assert!((g - w).abs() <= 1e-6 * w.abs().max(1e-3), "{name}[{i}]: {g} vs gguf-py {w}");
         }
         seen.push(dtype);
     }

@@ -32,13 +32,10 @@ fn f16_fields(dtype: GgmlType) -> &'static [usize] {
 
 /// Random blocks: random bits everywhere, then each f16 scale replaced by a finite value.
 fn random_row(dtype: GgmlType, n_blocks: usize, rng: &mut impl FnMut() -> u64) -> Vec<u8> {
-    let mut bytes: Vec<u8> = (0..n_blocks * dtype.type_size())
-        .map(|_| rng() as u8)
-        .collect();
+    let mut bytes: Vec<u8> = (0..n_blocks * dtype.type_size()).map(|_| rng() as u8).collect();
     for b in 0..n_blocks {
         for &off in f16_fields(dtype) {
-            let scale =
-                (rng() % 2000) as f32 / 1000.0 * if rng().is_multiple_of(2) { 1.0 } else { -1.0 };
+            let scale = (rng() % 2000) as f32 / 1000.0 * if rng().is_multiple_of(2) { 1.0 } else { -1.0 };
             let bits = half::f16::from_f32(scale * 0.05).to_bits().to_le_bytes();
             let at = b * dtype.type_size() + off;
             bytes[at..at + 2].copy_from_slice(&bits);
@@ -48,9 +45,7 @@ fn random_row(dtype: GgmlType, n_blocks: usize, rng: &mut impl FnMut() -> u64) -
 }
 
 fn random_floats(n: usize, rng: &mut impl FnMut() -> u64) -> Vec<f32> {
-    (0..n)
-        .map(|_| ((rng() % 20001) as f32 - 10000.0) / 2500.0)
-        .collect()
+    (0..n).map(|_| ((rng() % 20001) as f32 - 10000.0) / 2500.0).collect()
 }
 
 fn splitmix(seed: u64) -> impl FnMut() -> u64 {
@@ -71,9 +66,7 @@ fn check_quant_type(dtype: GgmlType, n_blocks: usize, seed: u64) {
     let x = random_floats(n, &mut rng);
 
     let scalar = VecDot::new(Isa::Scalar, dtype).unwrap();
-    let ActivationFormat::Q8(kind) = scalar.activation_format() else {
-        panic!("{dtype} is quantized")
-    };
+    let ActivationFormat::Q8(kind) = scalar.activation_format() else { panic!("{dtype} is quantized") };
     let mut xq = Q8Buf::new(kind, n, 1);
     xq.quantize_row(0, &x);
 
@@ -104,21 +97,10 @@ fn check_float_type(dtype: GgmlType, n: usize, seed: u64) {
     let wf = random_floats(n, &mut rng);
     let w: Vec<u8> = match dtype {
         GgmlType::F32 => wf.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        GgmlType::F16 => wf
-            .iter()
-            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-            .collect(),
-        _ => wf
-            .iter()
-            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-            .collect(),
+        GgmlType::F16 => wf.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+        _ => wf.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
     };
-    let magnitude: f64 = wf
-        .iter()
-        .zip(&x)
-        .map(|(a, b)| (a * b).abs() as f64)
-        .sum::<f64>()
-        .max(1e-3);
+    let magnitude: f64 = wf.iter().zip(&x).map(|(a, b)| (a * b).abs() as f64).sum::<f64>().max(1e-3);
     let want = VecDot::new(Isa::Scalar, dtype).unwrap().dot_f32(&w, &x);
     for isa in Isa::available() {
         let got = VecDot::new(isa, dtype).unwrap().dot_f32(&w, &x);
@@ -159,11 +141,7 @@ fn every_type_at_model_sizes() {
     for (i, dtype) in QUANT_TYPES.into_iter().enumerate() {
         for n in [576usize, 896, 1536, 4864, 8192] {
             if n % dtype.block_size() == 0 {
-                check_quant_type(
-                    dtype,
-                    n / dtype.block_size(),
-                    1000 + i as u64 * 7 + n as u64,
-                );
+                check_quant_type(dtype, n / dtype.block_size(), 1000 + i as u64 * 7 + n as u64);
             }
         }
     }
@@ -183,31 +161,19 @@ fn scalar_dot_equals_dequantized_dot() {
         let w = random_row(dtype, n_blocks, &mut rng);
         let x = random_floats(n, &mut rng);
         let dot = VecDot::new(Isa::Scalar, dtype).unwrap();
-        let ActivationFormat::Q8(kind) = dot.activation_format() else {
-            unreachable!()
-        };
+        let ActivationFormat::Q8(kind) = dot.activation_format() else { unreachable!() };
         let mut xq = Q8Buf::new(kind, n, 1);
         xq.quantize_row(0, &x);
         let mut wf = vec![0f32; n];
         dequantize(dtype, &w, &mut wf);
         let block = kind.block_size();
-        let exact: f64 = (0..n)
-            .map(|j| wf[j] as f64 * xq.qs[j] as f64 * xq.d[j / block] as f64)
-            .sum();
-        let magnitude: f64 = (0..n)
-            .map(|j| (wf[j] as f64 * xq.qs[j] as f64 * xq.d[j / block] as f64).abs())
-            .sum();
+        let exact: f64 = (0..n).map(|j| wf[j] as f64 * xq.qs[j] as f64 * xq.d[j / block] as f64).sum();
+        let magnitude: f64 =
+            (0..n).map(|j| (wf[j] as f64 * xq.qs[j] as f64 * xq.d[j / block] as f64).abs()).sum();
         let got = dot.dot_q8(&w, xq.row(0)) as f64;
         // Q4_1/Q5_1 use the f16-rounded activation sum `s` for the minimum, as ggml does.
-        let tol = if matches!(dtype, GgmlType::Q4_1 | GgmlType::Q5_1) {
-            2e-3
-        } else {
-            1e-5
-        };
-        assert!(
-            (got - exact).abs() <= tol * magnitude.max(1e-3),
-            "{dtype}: {got} vs {exact}"
-        );
+        let tol = if matches!(dtype, GgmlType::Q4_1 | GgmlType::Q5_1) { 2e-3 } else { 1e-5 };
+        assert!((got - exact).abs() <= tol * magnitude.max(1e-3), "{dtype}: {got} vs {exact}");
     }
     let _ = (QK, QK_K, quants::f16_to_f32(0));
 }

@@ -67,9 +67,7 @@ pub(crate) fn rope_and_cache(
                     rope_apply(k, cs, rope_style);
                     let at = (pos0 + t) * kv_dim + kvh * hd;
                     k_cache.slice_mut(at..at + hd).convert_from_f32_slice(k);
-                    v_cache
-                        .slice_mut(at..at + hd)
-                        .convert_from_f32_slice(qkv.slice_mut(v_at..v_at + hd));
+                    v_cache.slice_mut(at..at + hd).convert_from_f32_slice(qkv.slice_mut(v_at..v_at + hd));
                 }
             }
         }
@@ -91,11 +89,7 @@ impl Accumulate {
     const WIDE_BATCH: usize = 64;
 
     pub(crate) fn for_batch(n_query_rows: usize) -> Accumulate {
-        if n_query_rows >= Self::WIDE_BATCH {
-            Accumulate::F32
-        } else {
-            Accumulate::F16
-        }
+        if n_query_rows >= Self::WIDE_BATCH { Accumulate::F32 } else { Accumulate::F16 }
     }
 }
 

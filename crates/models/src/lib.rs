@@ -33,11 +33,7 @@ pub enum ModelError {
     #[error("missing tensor {0:?}")]
     MissingTensor(String),
     #[error("tensor {tensor:?} has shape {found}, expected {expected}")]
-    ShapeMismatch {
-        tensor: String,
-        expected: String,
-        found: String,
-    },
+    ShapeMismatch { tensor: String, expected: String, found: String },
     #[error("{0}")]
     Shape(String),
     #[error("tensor {tensor:?} has type {dtype}, which baimo cannot compute with")]
@@ -122,10 +118,9 @@ impl Model {
     /// State for a new sequence of at most `max_len` positions.
     pub fn new_sequence(&self, max_len: usize) -> Sequence {
         match self {
-            Model::Llama(m) => Sequence {
-                kv: m.new_cache(max_len),
-                scratch: Scratch::Llama(m.new_scratch(DEFAULT_BATCH)),
-            },
+            Model::Llama(m) => {
+                Sequence { kv: m.new_cache(max_len), scratch: Scratch::Llama(m.new_scratch(DEFAULT_BATCH)) }
+            }
         }
     }
 

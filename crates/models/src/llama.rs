@@ -61,19 +61,14 @@ impl Config {
         let hidden_size = gguf.get_usize(&key("embedding_length"))?;
         let num_attention_heads = gguf.get_usize(&key("attention.head_count"))?;
         let num_key_value_heads = usize_or("attention.head_count_kv", num_attention_heads)?;
-        let head_dim = usize_or(
-            "attention.key_length",
-            hidden_size / num_attention_heads.max(1),
-        )?;
+        let head_dim = usize_or("attention.key_length", hidden_size / num_attention_heads.max(1))?;
         let rope_linear_factor = match gguf.get(&key("rope.scaling.type")) {
             Some(_) if gguf.get_str(&key("rope.scaling.type"))? == "linear" => {
                 gguf.get_f32(&key("rope.scaling.factor"))?
             }
             Some(_) if gguf.get_str(&key("rope.scaling.type"))? != "none" => {
                 let kind = gguf.get_str(&key("rope.scaling.type"))?;
-                return Err(ModelError::Unsupported(format!(
-                    "rope scaling type {kind:?}"
-                )));
+                return Err(ModelError::Unsupported(format!("rope scaling type {kind:?}")));
             }
             _ => 1.0,
         };
@@ -117,26 +112,17 @@ impl Config {
                 self.num_attention_heads, self.head_dim
             ));
         }
-        if !self
-            .num_attention_heads
-            .is_multiple_of(self.num_key_value_heads)
-        {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return bad(format!(
                 "{} query heads cannot be grouped over {} key/value heads",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) || self.head_dim > MAX_HEAD_DIM {
-            return bad(format!(
-                "head dimension {} (must be even, at most {MAX_HEAD_DIM})",
-                self.head_dim
-            ));
+            return bad(format!("head dimension {} (must be even, at most {MAX_HEAD_DIM})", self.head_dim));
         }
         if !self.rope_dims.is_multiple_of(2) || self.rope_dims > self.head_dim {
-            return bad(format!(
-                "RoPE dimension count {} for heads of {}",
-                self.rope_dims, self.head_dim
-            ));
+            return bad(format!("RoPE dimension count {} for heads of {}", self.rope_dims, self.head_dim));
         }
         // Comparisons that NaN fails too.
         let numbers_ok = self.rope_theta > 0.0
@@ -144,9 +130,7 @@ impl Config {
             && self.rms_norm_eps >= 0.0
             && self.rms_norm_eps.is_finite();
         if !numbers_ok {
-            return bad(
-                "RoPE base, RoPE scaling factor and RMSNorm epsilon must be positive".into(),
-            );
+            return bad("RoPE base, RoPE scaling factor and RMSNorm epsilon must be positive".into());
         }
         Ok(())
     }
@@ -269,15 +253,7 @@ impl Llama {
             .layers
             .iter()
             .flat_map(|l| {
-                [
-                    &l.q_proj,
-                    &l.k_proj,
-                    &l.v_proj,
-                    &l.o_proj,
-                    &l.gate_proj,
-                    &l.up_proj,
-                    &l.down_proj,
-                ]
+                [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj]
             })
             .map(Weight::n_bytes)
             .sum();
@@ -286,18 +262,13 @@ impl Llama {
     }
 
     pub fn new_cache(&self, max_len: usize) -> KvCache {
-        KvCache::new(
-            self.config.num_hidden_layers,
-            self.config.heads().kv_dim(),
-            max_len,
-        )
+        KvCache::new(self.config.num_hidden_layers, self.config.heads().kv_dim(), max_len)
     }
 
     pub fn new_scratch(&self, batch: usize) -> Scratch {
         let c = &self.config;
         let (q_dim, kv_dim) = (c.heads().q_dim(), c.heads().kv_dim());
-        let all =
-            |f: fn(&Layer) -> Vec<&Weight>| self.layers.iter().flat_map(f).collect::<Vec<_>>();
+        let all = |f: fn(&Layer) -> Vec<&Weight>| self.layers.iter().flat_map(f).collect::<Vec<_>>();
         let acts = |n: usize, rows: usize, weights: Vec<&Weight>| {
             let (q32, q256) = needs(&weights);
             Activations::new(n, rows, q32, q256)
@@ -305,18 +276,10 @@ impl Llama {
         Scratch {
             batch,
             x: vec![0.0; batch * c.hidden_size],
-            attn_in: acts(
-                c.hidden_size,
-                batch,
-                all(|l| vec![&l.q_proj, &l.k_proj, &l.v_proj]),
-            ),
+            attn_in: acts(c.hidden_size, batch, all(|l| vec![&l.q_proj, &l.k_proj, &l.v_proj])),
             qkv: vec![0.0; batch * (q_dim + 2 * kv_dim)],
             attn_out: acts(q_dim, batch, all(|l| vec![&l.o_proj])),
-            ffn_in: acts(
-                c.hidden_size,
-                batch,
-                all(|l| vec![&l.gate_proj, &l.up_proj]),
-            ),
+            ffn_in: acts(c.hidden_size, batch, all(|l| vec![&l.gate_proj, &l.up_proj])),
             ffn_mid: acts(c.intermediate_size, batch, all(|l| vec![&l.down_proj])),
             head_in: acts(c.hidden_size, batch, vec![&self.lm_head]),
             cos_sin: vec![0.0; batch * c.rope_dims],
@@ -336,16 +299,10 @@ impl Llama {
     ) -> Result<&'s [f32], ModelError> {
         let c = &self.config;
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            return Err(ModelError::TokenOutOfRange {
-                token: bad,
-                vocab_size: c.vocab_size,
-            });
+            return Err(ModelError::TokenOutOfRange { token: bad, vocab_size: c.vocab_size });
         }
         if kv.len() + tokens.len() > kv.max_len() {
-            return Err(ModelError::ContextFull {
-                needed: kv.len() + tokens.len(),
-                max: kv.max_len(),
-            });
+            return Err(ModelError::ContextFull { needed: kv.len() + tokens.len(), max: kv.max_len() });
         }
         let rows_out = match want {
             LogitsFor::Last => 1,
@@ -360,14 +317,7 @@ impl Llama {
                 LogitsFor::Last if is_last => 0..1,
                 LogitsFor::Last => 0..0,
             };
-            self.forward_batch(
-                pool,
-                kv,
-                scratch,
-                batch,
-                logit_rows,
-                Accumulate::for_batch(tokens.len()),
-            );
+            self.forward_batch(pool, kv, scratch, batch, logit_rows, Accumulate::for_batch(tokens.len()));
             written += batch.len();
         }
         Ok(&scratch.logits)
@@ -394,13 +344,7 @@ impl Llama {
         for t in 0..n {
             let pos = (pos0 + t) as f32 / c.rope_linear_factor;
             let cs = &mut s.cos_sin[t * c.rope_dims..(t + 1) * c.rope_dims];
-            rope_angles(
-                pos,
-                c.rope_dims,
-                c.rope_theta,
-                self.rope_freq_factors.as_deref(),
-                cs,
-            );
+            rope_angles(pos, c.rope_dims, c.rope_theta, self.rope_freq_factors.as_deref(), cs);
         }
         // Tokens whose logits are wanted: the last `logit_rows.len()` of the batch.
         let first_out = n - logit_rows.len();
@@ -413,8 +357,7 @@ impl Llama {
         let ffn_in = SharedActs::new(&mut s.ffn_in);
         let ffn_mid = SharedActs::new(&mut s.ffn_mid);
         let head_in = SharedActs::new(&mut s.head_in);
-        let logits =
-            SharedMut::new(&mut s.logits[logit_rows.start * vocab..logit_rows.end * vocab]);
+        let logits = SharedMut::new(&mut s.logits[logit_rows.start * vocab..logit_rows.end * vocab]);
         let caches: Vec<_> =
             kv.k.iter_mut()
                 .zip(kv.v.iter_mut())
@@ -426,22 +369,16 @@ impl Llama {
             ctx.for_each_chunk(n, 1, |rows| {
                 for t in rows {
                     // SAFETY: row t of x is written by the thread that claimed it.
-                    self.embed_tokens
-                        .dequantize_row(tokens[t] as usize, unsafe {
-                            x.slice_mut(t * hidden..(t + 1) * hidden)
-                        });
+                    self.embed_tokens.dequantize_row(tokens[t] as usize, unsafe {
+                        x.slice_mut(t * hidden..(t + 1) * hidden)
+                    });
                 }
             });
             for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&caches) {
                 // n = RMSNorm(x);  q|k|v = W_qkv · n (+ b)
                 // SAFETY (here and below): x is only read while other buffers are written.
                 fill_rows(ctx, &attn_in, n, |t, out| {
-                    rms_norm(
-                        unsafe { &x.get()[t * hidden..(t + 1) * hidden] },
-                        &layer.attn_norm,
-                        eps,
-                        out,
-                    )
+                    rms_norm(unsafe { &x.get()[t * hidden..(t + 1) * hidden] }, &layer.attn_norm, eps, out)
                 });
                 let bias = layer.qkv_bias.as_deref();
                 matmul(
@@ -454,39 +391,14 @@ impl Llama {
                     Store::Write { bias },
                 );
                 // RoPE(q), RoPE(k); k, v → cache
-                rope_and_cache(
-                    ctx,
-                    heads,
-                    &qkv,
-                    n,
-                    pos0,
-                    cos_sin,
-                    c.rope_style,
-                    k_cache,
-                    v_cache,
-                );
+                rope_and_cache(ctx, heads, &qkv, n, pos0, cos_sin, c.rope_style, k_cache, v_cache);
                 // a = softmax(q·Kᵀ/√d)·V;  h = x + W_o · a
-                attend(
-                    ctx,
-                    heads,
-                    &qkv,
-                    n,
-                    pos0,
-                    k_cache,
-                    v_cache,
-                    accumulate,
-                    attn_out.f32_shared(),
-                );
+                attend(ctx, heads, &qkv, n, pos0, k_cache, v_cache, accumulate, attn_out.f32_shared());
                 requantize(ctx, &attn_out, n);
                 matmul(ctx, &[&layer.o_proj], &attn_out, n, &x, hidden, Store::Add);
                 // m = RMSNorm(h);  x = h + W_down · (silu(W_gate·m) ⊙ W_up·m)
                 fill_rows(ctx, &ffn_in, n, |t, out| {
-                    rms_norm(
-                        unsafe { &x.get()[t * hidden..(t + 1) * hidden] },
-                        &layer.ffn_norm,
-                        eps,
-                        out,
-                    )
+                    rms_norm(unsafe { &x.get()[t * hidden..(t + 1) * hidden] }, &layer.ffn_norm, eps, out)
                 });
                 matmul_swiglu(
                     ctx,
@@ -498,37 +410,16 @@ impl Llama {
                     c.intermediate_size,
                 );
                 requantize(ctx, &ffn_mid, n);
-                matmul(
-                    ctx,
-                    &[&layer.down_proj],
-                    &ffn_mid,
-                    n,
-                    &x,
-                    hidden,
-                    Store::Add,
-                );
+                matmul(ctx, &[&layer.down_proj], &ffn_mid, n, &x, hidden, Store::Add);
             }
             // logits = lm_head · RMSNorm(x), for the tokens asked for
             let n_out = n - first_out;
             if n_out > 0 {
                 fill_rows(ctx, &head_in, n_out, |t, out| {
                     let row = first_out + t;
-                    rms_norm(
-                        unsafe { &x.get()[row * hidden..(row + 1) * hidden] },
-                        &self.norm,
-                        eps,
-                        out,
-                    )
+                    rms_norm(unsafe { &x.get()[row * hidden..(row + 1) * hidden] }, &self.norm, eps, out)
                 });
-                matmul(
-                    ctx,
-                    &[&self.lm_head],
-                    &head_in,
-                    n_out,
-                    &logits,
-                    vocab,
-                    Store::Write { bias: None },
-                );
+                matmul(ctx, &[&self.lm_head], &head_in, n_out, &logits, vocab, Store::Write { bias: None });
             }
         });
     }

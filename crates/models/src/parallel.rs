@@ -117,21 +117,10 @@ impl<'a> SharedActs<'a> {
 
     /// Views of every token's row, taken once per step instead of once per weight row.
     fn token_rows(&self, n_tokens: usize) -> TokenRows<'_> {
-        assert!(
-            n_tokens <= MAX_TOKENS,
-            "batch larger than the activation buffers"
-        );
-        let empty = Q8Row {
-            qs: &[],
-            d: &[],
-            s: &[],
-            bsums: &[],
-        };
-        let mut rows = TokenRows {
-            f32: [&[]; MAX_TOKENS],
-            q32: [empty; MAX_TOKENS],
-            q256: [empty; MAX_TOKENS],
-        };
+        assert!(n_tokens <= MAX_TOKENS, "batch larger than the activation buffers");
+        let empty = Q8Row { qs: &[], d: &[], s: &[], bsums: &[] };
+        let mut rows =
+            TokenRows { f32: [&[]; MAX_TOKENS], q32: [empty; MAX_TOKENS], q256: [empty; MAX_TOKENS] };
         for t in 0..n_tokens {
             rows.f32[t] = self.row(t);
             // SAFETY: as in `row`: the quantized rows were written in an earlier step.
@@ -276,10 +265,7 @@ pub(crate) fn matmul_swiglu(
     const TILE: usize = 1024;
     debug_assert!(gate.rows == up.rows && gate.cols == x.n && up.cols == x.n);
     let chunk = rows_per_chunk(n_tokens);
-    assert!(
-        chunk * n_tokens <= TILE,
-        "batch too large for the SwiGLU tile"
-    );
+    assert!(chunk * n_tokens <= TILE, "batch too large for the SwiGLU tile");
     let x = x.token_rows(n_tokens);
     ctx.for_each_chunk(gate.rows, chunk, |rows| {
         let (mut g, mut u) = ([0f32; TILE], [0f32; TILE]);

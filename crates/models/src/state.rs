@@ -16,13 +16,7 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(n_layers: usize, kv_dim: usize, max_len: usize) -> KvCache {
-        KvCache {
-            k: vec![Vec::new(); n_layers],
-            v: vec![Vec::new(); n_layers],
-            kv_dim,
-            len: 0,
-            max_len,
-        }
+        KvCache { k: vec![Vec::new(); n_layers], v: vec![Vec::new(); n_layers], kv_dim, len: 0, max_len }
     }
 
     /// Positions filled.

@@ -28,10 +28,7 @@ impl Weight {
         cols: usize,
         data: Bytes,
     ) -> Result<Weight, ModelError> {
-        let unsupported = || ModelError::UnsupportedType {
-            tensor: name.into(),
-            dtype: dtype.name().into(),
-        };
+        let unsupported = || ModelError::UnsupportedType { tensor: name.into(), dtype: dtype.name().into() };
         let dot = VecDot::best(dtype).ok_or_else(unsupported)?;
         let row_bytes = dtype
             .row_bytes(cols as u64)
@@ -45,20 +42,9 @@ impl Weight {
         }
         // Block structs are read in place; a file whose data section breaks their alignment
         // (only possible with general.alignment = 1) gets its tensor copied once.
-        let data = if !(data.as_ptr() as usize).is_multiple_of(4) {
-            Bytes::from_vec(data.to_vec())
-        } else {
-            data
-        };
-        Ok(Weight {
-            name: name.into(),
-            dtype,
-            rows,
-            cols,
-            data,
-            row_bytes,
-            dot,
-        })
+        let data =
+            if !(data.as_ptr() as usize).is_multiple_of(4) { Bytes::from_vec(data.to_vec()) } else { data };
+        Ok(Weight { name: name.into(), dtype, rows, cols, data, row_bytes, dot })
     }
 
     /// The encoded bytes of row `r`.
@@ -89,18 +75,9 @@ impl GgufTensors<'_> {
 
     /// A matrix of `rows` × `cols`.
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
-        let info = self
-            .gguf
-            .tensor_info(name)
-            .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+        let info = self.gguf.tensor_info(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
         let expected = [cols as u64, rows as u64];
-        let ne: Vec<u64> = info
-            .ne
-            .iter()
-            .copied()
-            .chain(std::iter::repeat(1))
-            .take(4)
-            .collect();
+        let ne: Vec<u64> = info.ne.iter().copied().chain(std::iter::repeat(1)).take(4).collect();
         if ne[..2] != expected || ne[2..] != [1, 1] {
             return Err(ModelError::ShapeMismatch {
                 tensor: name.into(),
@@ -113,10 +90,7 @@ impl GgufTensors<'_> {
 
     /// A vector of `len` values, as f32.
     pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
-        let info = self
-            .gguf
-            .tensor_info(name)
-            .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+        let info = self.gguf.tensor_info(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
         if info.n_elements() != len as u64 || info.ne.iter().filter(|&&d| d != 1).count() > 1 {
             return Err(ModelError::ShapeMismatch {
                 tensor: name.into(),
@@ -125,10 +99,7 @@ impl GgufTensors<'_> {
             });
         }
         if !info.dtype.is_supported() {
-            return Err(ModelError::UnsupportedType {
-                tensor: name.into(),
-                dtype: info.dtype.name().into(),
-            });
+            return Err(ModelError::UnsupportedType { tensor: name.into(), dtype: info.dtype.name().into() });
         }
         let mut out = vec![0f32; len];
         dequantize(info.dtype, &self.gguf.tensor_data(info), &mut out);
@@ -136,10 +107,6 @@ impl GgufTensors<'_> {
     }
 
     pub fn optional_vector(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
-        if self.has(name) {
-            self.vector(name, len).map(Some)
-        } else {
-            Ok(None)
-        }
+        if self.has(name) { self.vector(name, len).map(Some) } else { Ok(None) }
     }
 }

@@ -46,14 +46,8 @@ impl ModelFile {
         }
         tensors.push(("output_norm.weight".to_string(), vec![hidden]));
         ModelFile {
-            metadata: metadata
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-            tensors: tensors
-                .into_iter()
-                .map(|(name, ne)| (name, ne, GgmlType::F32))
-                .collect(),
+            metadata: metadata.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            tensors: tensors.into_iter().map(|(name, ne)| (name, ne, GgmlType::F32)).collect(),
         }
     }
 
@@ -117,10 +111,7 @@ fn assert_err(actual: &ModelError, expected: &ModelError, needles: &[&str]) {
     let msg = actual.to_string();
     assert!(!msg.is_empty() && !msg.contains('\n'), "{msg:?}");
     for needle in needles {
-        assert!(
-            msg.contains(needle),
-            "message {msg:?} does not name {needle:?}"
-        );
+        assert!(msg.contains(needle), "message {msg:?} does not name {needle:?}");
     }
 }
 
@@ -190,11 +181,7 @@ fn missing_tensors() {
     ] {
         let mut f = ModelFile::tiny();
         f.remove_tensor(name);
-        assert_err(
-            &f.load_err(),
-            &ModelError::MissingTensor(name.into()),
-            &["missing tensor", name],
-        );
+        assert_err(&f.load_err(), &ModelError::MissingTensor(name.into()), &["missing tensor", name]);
     }
     // More layers in the metadata than in the file.
     let mut f = ModelFile::tiny();
@@ -279,10 +266,7 @@ fn weights_of_a_type_baimo_cannot_compute_with() {
     f.tensor("blk.0.ffn_norm.weight", &[8], GgmlType::I16);
     assert_err(
         &f.load_err(),
-        &ModelError::UnsupportedType {
-            tensor: "blk.0.ffn_norm.weight".into(),
-            dtype: "I16".into(),
-        },
+        &ModelError::UnsupportedType { tensor: "blk.0.ffn_norm.weight".into(), dtype: "I16".into() },
         &["blk.0.ffn_norm.weight", "I16"],
     );
 }
@@ -370,8 +354,5 @@ fn a_bias_sized_by_an_unchecked_head_count() {
         .set("llama.attention.head_count_kv", Value::U32(1))
         .set("llama.attention.key_length", Value::U32(2))
         .tensor("blk.0.attn_v.bias", &[2], GgmlType::F32);
-    assert!(matches!(
-        f.load_err(),
-        ModelError::InvalidConfig(_) | ModelError::ShapeMismatch { .. }
-    ));
+    assert!(matches!(f.load_err(), ModelError::InvalidConfig(_) | ModelError::ShapeMismatch { .. }));
 }

@@ -115,11 +115,7 @@ impl Ctx<'_> {
         let n_chunks = n_items.div_ceil(chunk);
         let index = self.step.get();
         self.step.set(index + 1);
-        let step = self
-            .shared
-            .steps
-            .get(index)
-            .expect("a job ran more than MAX_STEPS steps");
+        let step = self.shared.steps.get(index).expect("a job ran more than MAX_STEPS steps");
         loop {
             let claimed = step.claimed.fetch_add(1, Ordering::Relaxed);
             if claimed >= n_chunks {
@@ -187,20 +183,12 @@ impl ThreadPool {
                     .expect("failed to start a worker thread")
             })
             .collect();
-        ThreadPool {
-            shared,
-            workers,
-            running: Mutex::new(()),
-        }
+        ThreadPool { shared, workers, running: Mutex::new(()) }
     }
 
     /// A pool with one thread per available core.
     pub fn with_available_parallelism() -> ThreadPool {
-        ThreadPool::new(
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-        )
+        ThreadPool::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
     }
 
     pub fn n_threads(&self) -> usize {
@@ -244,12 +232,7 @@ impl ThreadPool {
             }
         }
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        if let Some(payload) = s
-            .panic_payload
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(payload) = s.panic_payload.lock().unwrap_or_else(|e| e.into_inner()).take() {
             resume_unwind(payload);
         }
     }
@@ -260,11 +243,7 @@ impl Drop for ThreadPool {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         self.shared.generation.0.fetch_add(1, Ordering::SeqCst);
         {
-            let _guard = self
-                .shared
-                .sleep_lock
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let _guard = self.shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
             self.shared.wake.notify_all();
         }
         for worker in self.workers.drain(..) {
@@ -274,12 +253,7 @@ impl Drop for ThreadPool {
 }
 
 fn run_job(s: &Shared, job: &Job, ith: usize) {
-    let ctx = Ctx {
-        ith,
-        nth: s.n_threads,
-        shared: s,
-        step: Cell::new(0),
-    };
+    let ctx = Ctx { ith, nth: s.n_threads, shared: s, step: Cell::new(0) };
     let result = catch_unwind(AssertUnwindSafe(|| job(&ctx)));
     s.steps_used.fetch_max(ctx.step.get(), Ordering::Relaxed);
     if let Err(payload) = result {
@@ -352,11 +326,7 @@ unsafe impl<T: Send> Sync for SharedMut<'_, T> {}
 
 impl<'a, T> SharedMut<'a, T> {
     pub fn new(slice: &'a mut [T]) -> Self {
-        SharedMut {
-            ptr: slice.as_mut_ptr(),
-            len: slice.len(),
-            _borrow: PhantomData,
-        }
+        SharedMut { ptr: slice.as_mut_ptr(), len: slice.len(), _borrow: PhantomData }
     }
 
     pub fn len(&self) -> usize {
@@ -373,10 +343,7 @@ impl<'a, T> SharedMut<'a, T> {
     /// No other thread may read or write any part of `range` while the returned slice lives.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice_mut(&self, range: Range<usize>) -> &mut [T] {
-        assert!(
-            range.start <= range.end && range.end <= self.len,
-            "SharedMut range out of bounds"
-        );
+        assert!(range.start <= range.end && range.end <= self.len, "SharedMut range out of bounds");
         // SAFETY: in bounds (checked); exclusivity is the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len()) }
     }
@@ -425,9 +392,7 @@ mod tests {
                     ctx.for_each_chunk(n_items, 4, |range| {
                         for i in range {
                             // SAFETY: each item of each step is claimed by exactly one thread.
-                            unsafe {
-                                out.slice_mut(step * n_items + i..step * n_items + i + 1)[0] += 1
-                            };
+                            unsafe { out.slice_mut(step * n_items + i..step * n_items + i + 1)[0] += 1 };
                         }
                     });
                 }

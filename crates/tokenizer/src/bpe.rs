@@ -37,11 +37,7 @@ impl BpeModel {
         for (rank, merge) in merges.into_iter().enumerate() {
             ranks.entry(merge).or_insert(rank as u32);
         }
-        BpeModel {
-            ranks,
-            rules,
-            ignore_merges,
-        }
+        BpeModel { ranks, rules, ignore_merges }
     }
 
     /// Tokenizes a piece of text that contains no special tokens.

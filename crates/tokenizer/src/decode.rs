@@ -84,8 +84,7 @@ impl StreamDecoder {
 
     /// Adds one token and returns the text it completes (possibly empty).
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> String {
-        self.pending
-            .extend_from_slice(&tok.token_bytes(id, self.special));
+        self.pending.extend_from_slice(&tok.token_bytes(id, self.special));
         self.take_complete()
     }
 
@@ -145,10 +144,7 @@ mod tests {
     fn clean_up_matches_llama_cpp() {
         assert_eq!(cleaned("Hello , world !"), "Hello, world!");
         assert_eq!(cleaned("a ' b"), "a'b");
-        assert_eq!(
-            cleaned("it 's I 'm we 're they 've I 'll don 't"),
-            "it's I'm we're they've I 'll don 't"
-        );
+        assert_eq!(cleaned("it 's I 'm we 're they 've I 'll don 't"), "it's I'm we're they've I 'll don 't");
         assert_eq!(cleaned(" ."), ".");
         assert_eq!(cleaned(""), "");
         assert_eq!(cleaned("x  ,"), "x ,");

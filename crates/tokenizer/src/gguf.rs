@@ -81,16 +81,7 @@ const PRE_TOKENIZER_NAMES: &[(&[&str], &[SplitRule])] = &[
         GPT2_RULES,
     ),
     (
-        &[
-            "starcoder",
-            "refact",
-            "command-r",
-            "smollm",
-            "codeshell",
-            "exaone",
-            "minerva-7b",
-            "mellum2",
-        ],
+        &["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b", "mellum2"],
         STARCODER_RULES,
     ),
     (
@@ -133,9 +124,7 @@ const PRE_TOKENIZER_NAMES: &[(&[&str], &[SplitRule])] = &[
 ];
 
 fn pre_tokenizer(name: &str) -> Option<PreTokenizer> {
-    let (_, rules) = PRE_TOKENIZER_NAMES
-        .iter()
-        .find(|(names, _)| names.contains(&name))?;
+    let (_, rules) = PRE_TOKENIZER_NAMES.iter().find(|(names, _)| names.contains(&name))?;
     let llama3_proper = [
         "llama3",
         "llama-v3",
@@ -174,11 +163,7 @@ fn pre_tokenizer(name: &str) -> Option<PreTokenizer> {
 }
 
 fn supported_pre_tokenizers() -> String {
-    PRE_TOKENIZER_NAMES
-        .iter()
-        .flat_map(|(names, _)| names.iter().copied())
-        .collect::<Vec<_>>()
-        .join(", ")
+    PRE_TOKENIZER_NAMES.iter().flat_map(|(names, _)| names.iter().copied()).collect::<Vec<_>>().join(", ")
 }
 
 pub(crate) fn tokenizer_from_gguf(gguf: &Gguf) -> Result<Tokenizer, TokenizerError> {
@@ -194,11 +179,10 @@ pub(crate) fn tokenizer_from_gguf(gguf: &Gguf) -> Result<Tokenizer, TokenizerErr
         "gpt2" => {
             // llama.cpp falls back to "default" (with a warning) when the key is missing.
             let pre = pre_name.filter(|p| !p.is_empty()).unwrap_or("default");
-            let pre_tokenizer =
-                pre_tokenizer(pre).ok_or_else(|| TokenizerError::UnknownPreTokenizer {
-                    found: pre.to_string(),
-                    supported: supported_pre_tokenizers(),
-                })?;
+            let pre_tokenizer = pre_tokenizer(pre).ok_or_else(|| TokenizerError::UnknownPreTokenizer {
+                found: pre.to_string(),
+                supported: supported_pre_tokenizers(),
+            })?;
             Kind::Bpe(pre_tokenizer)
         }
         other => {
@@ -218,24 +202,11 @@ pub(crate) fn tokenizer_from_gguf(gguf: &Gguf) -> Result<Tokenizer, TokenizerErr
     // EOS comes from Falcon; an id outside the vocabulary is dropped below).
     let (mut flags, mut special) = match &kind {
         Kind::Spm => (
-            VocabFlags {
-                add_bos: true,
-                add_space_prefix: true,
-                clean_spaces: false,
-            },
-            SpecialIds {
-                bos: Some(1),
-                eos: Some(2),
-                unk: Some(0),
-                ..SpecialIds::default()
-            },
+            VocabFlags { add_bos: true, add_space_prefix: true, clean_spaces: false },
+            SpecialIds { bos: Some(1), eos: Some(2), unk: Some(0), ..SpecialIds::default() },
         ),
         Kind::Bpe(pre) => (
-            VocabFlags {
-                add_bos: pre.add_bos,
-                add_space_prefix: false,
-                clean_spaces: pre.clean_spaces,
-            },
+            VocabFlags { add_bos: pre.add_bos, add_space_prefix: false, clean_spaces: pre.clean_spaces },
             SpecialIds {
                 bos: if pre.no_default_bos { None } else { Some(11) },
                 eos: Some(11),
@@ -252,13 +223,9 @@ pub(crate) fn tokenizer_from_gguf(gguf: &Gguf) -> Result<Tokenizer, TokenizerErr
     }
 
     let names = ModelNames {
-        name: optional_str(gguf, "general.name")?
-            .unwrap_or_default()
-            .to_string(),
+        name: optional_str(gguf, "general.name")?.unwrap_or_default().to_string(),
         pre: pre_name.unwrap_or_default().to_string(),
-        architecture: optional_str(gguf, "general.architecture")?
-            .unwrap_or_default()
-            .to_string(),
+        architecture: optional_str(gguf, "general.architecture")?.unwrap_or_default().to_string(),
     };
     let style = match kind {
         Kind::Spm => PieceStyle::SentencePiece,
@@ -290,25 +257,13 @@ fn read_tokens(gguf: &Gguf) -> Result<Vec<String>, TokenizerError> {
         .enumerate()
         .map(|(id, text)| {
             // llama.cpp renames empty tokens so that every text maps to one id.
-            if text.is_empty() {
-                format!("[EMPTY_{id}]")
-            } else {
-                text.clone()
-            }
+            if text.is_empty() { format!("[EMPTY_{id}]") } else { text.clone() }
         })
         .collect())
 }
 
 fn check_length(key: &'static str, found: usize, expected: usize) -> Result<(), TokenizerError> {
-    if found == expected {
-        Ok(())
-    } else {
-        Err(TokenizerError::LengthMismatch {
-            key,
-            found,
-            expected,
-        })
-    }
+    if found == expected { Ok(()) } else { Err(TokenizerError::LengthMismatch { key, found, expected }) }
 }
 
 fn read_scores(gguf: &Gguf, n_tokens: usize) -> Result<Vec<f32>, TokenizerError> {
@@ -341,25 +296,14 @@ fn read_merges(gguf: &Gguf) -> Result<Vec<String>, TokenizerError> {
     let merges = gguf.get_str_array(KEY_MERGES)?;
     for (index, merge) in merges.iter().enumerate() {
         // llama.cpp splits at the first space after the first byte.
-        if merge
-            .as_bytes()
-            .get(1..)
-            .is_none_or(|rest| !rest.contains(&b' '))
-        {
-            return Err(TokenizerError::BadMerge {
-                index,
-                merge: merge.clone(),
-            });
+        if merge.as_bytes().get(1..).is_none_or(|rest| !rest.contains(&b' ')) {
+            return Err(TokenizerError::BadMerge { index, merge: merge.clone() });
         }
     }
     Ok(merges.to_vec())
 }
 
-fn read_special_ids(
-    gguf: &Gguf,
-    n_tokens: usize,
-    special: &mut SpecialIds,
-) -> Result<(), TokenizerError> {
+fn read_special_ids(gguf: &Gguf, n_tokens: usize, special: &mut SpecialIds) -> Result<(), TokenizerError> {
     type Field = fn(&mut SpecialIds) -> &mut Option<u32>;
     let slots: [(&str, Field); 17] = [
         ("tokenizer.ggml.bos_token_id", |s| &mut s.bos),
@@ -421,9 +365,5 @@ fn wrong_type(key: &str, expected: &'static str, found: &Value) -> TokenizerErro
         Value::String(_) => "a string".to_string(),
         other => format!("{other:?}"),
     };
-    TokenizerError::WrongType {
-        key: key.to_string(),
-        expected,
-        found,
-    }
+    TokenizerError::WrongType { key: key.to_string(), expected, found }
 }

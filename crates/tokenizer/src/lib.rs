@@ -44,20 +44,10 @@ pub enum TokenizerError {
     #[error("tokenizer.ggml.tokens has {0} tokens, more than token ids can address")]
     VocabTooLarge(usize),
     #[error("{key} has {found} entries but tokenizer.ggml.tokens has {expected}")]
-    LengthMismatch {
-        key: &'static str,
-        found: usize,
-        expected: usize,
-    },
+    LengthMismatch { key: &'static str, found: usize, expected: usize },
     #[error("metadata key {key:?} is {found}, expected {expected}")]
-    WrongType {
-        key: String,
-        expected: &'static str,
-        found: String,
-    },
-    #[error(
-        "tokenizer.ggml.merges entry {index} ({merge:?}) is not two tokens separated by a space"
-    )]
+    WrongType { key: String, expected: &'static str, found: String },
+    #[error("tokenizer.ggml.merges entry {index} ({merge:?}) is not two tokens separated by a space")]
     BadMerge { index: usize, merge: String },
 }
 

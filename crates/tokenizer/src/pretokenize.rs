@@ -72,15 +72,13 @@ impl CharSet {
                 class.is_punctuation() || matches!(c, '$' | '+' | '<' | '=' | '>' | '^' | '~' | '|')
             }
             CharSet::PunctuationAndAsciiMathAndBacktick => {
-                class.is_punctuation()
-                    || matches!(c, '$' | '+' | '<' | '=' | '>' | '^' | '~' | '|' | '`')
+                class.is_punctuation() || matches!(c, '$' | '+' | '<' | '=' | '>' | '^' | '~' | '|' | '`')
             }
             CharSet::DeepseekCjk => {
                 // `一-龥` and `ࠀ-一` join into U+0800..=U+9FA5. llama.cpp matches this class
                 // against a text where non-ASCII white space was replaced by `\v`, so the
                 // spaces inside the range (U+2000.., U+3000) don't match.
-                matches!(c, '\u{0800}'..='\u{9fa5}' | '\u{ac00}'..='\u{d7ff}')
-                    && !class.is_whitespace()
+                matches!(c, '\u{0800}'..='\u{9fa5}' | '\u{ac00}'..='\u{d7ff}') && !class.is_whitespace()
             }
         }
     }
@@ -91,10 +89,7 @@ impl CharSet {
 pub(crate) fn split_words(text: &str, rules: &[SplitRule]) -> Vec<Range<usize>> {
     let chars: Vec<char> = text.chars().collect();
     let classes: Vec<CharClass> = chars.iter().map(|&c| char_class(c)).collect();
-    let text = Codepoints {
-        chars: &chars,
-        classes: &classes,
-    };
+    let text = Codepoints { chars: &chars, classes: &classes };
 
     // Segment lengths in codepoints; the whole text is one segment to begin with.
     let mut lengths = vec![chars.len()];
@@ -103,10 +98,7 @@ pub(crate) fn split_words(text: &str, rules: &[SplitRule]) -> Vec<Range<usize>> 
         let mut start = 0;
         for &len in &lengths {
             let end = start + len;
-            let mut cutter = Cutter {
-                prev_end: start,
-                lengths: &mut next,
-            };
+            let mut cutter = Cutter { prev_end: start, lengths: &mut next };
             match rule {
                 SplitRule::Gpt2 => split_gpt2(text, start..end, &mut cutter),
                 SplitRule::Llama3 => split_llama3_like(text, start..end, 3, false, &mut cutter),
@@ -233,21 +225,14 @@ impl Segment<'_> {
     }
 
     fn class_at(&self, pos: usize) -> CharClass {
-        if self.range.contains(&pos) {
-            self.text.classes[pos]
-        } else {
-            CharClass::default()
-        }
+        if self.range.contains(&pos) { self.text.classes[pos] } else { CharClass::default() }
     }
 }
 
 /// llama.cpp's scanner for the GPT-2 regex.
 fn split_gpt2(text: Codepoints, range: Range<usize>, cutter: &mut Cutter) {
     let end = range.end;
-    let seg = Segment {
-        text,
-        range: range.clone(),
-    };
+    let seg = Segment { text, range: range.clone() };
     let mut pos = range.start;
     while pos < end {
         let c = text.chars[pos];
@@ -272,11 +257,7 @@ fn split_gpt2(text: Codepoints, range: Range<usize>, cutter: &mut Cutter) {
         }
 
         // An optional leading space, then a run of letters, of digits, or of other symbols.
-        let mut look = if c == ' ' {
-            seg.class_at(pos + 1)
-        } else {
-            class
-        };
+        let mut look = if c == ' ' { seg.class_at(pos + 1) } else { class };
         let runs: [fn(CharClass) -> bool; 3] = [CharClass::is_letter, CharClass::is_number, |k| {
             !(k.is_whitespace() || k.is_letter() || k.is_number()) && k.exists()
         }];
@@ -305,10 +286,7 @@ fn split_llama3_like(
     cutter: &mut Cutter,
 ) {
     let end = range.end;
-    let seg = Segment {
-        text,
-        range: range.clone(),
-    };
+    let seg = Segment { text, range: range.clone() };
     let wordish = |k: CharClass| k.is_letter() || (marks_join_letters && k.is_mark());
     let symbolish = |k: CharClass| !(k.is_whitespace() || wordish(k) || k.is_number());
     let mut pos = range.start;
@@ -363,11 +341,7 @@ fn split_llama3_like(
 
         // ' ?[^\s\p{L}\p{N}]+[\r\n]*'. llama.cpp tests the current codepoint for existence, not
         // the looked-at one, so a lone trailing space ends up here; it makes the same word.
-        let mut look = if c == ' ' {
-            seg.class_at(pos + 1)
-        } else {
-            class
-        };
+        let mut look = if c == ' ' { seg.class_at(pos + 1) } else { class };
         if symbolish(look) && class.exists() {
             if c == ' ' {
                 pos += 1;
@@ -414,20 +388,14 @@ mod tests {
     use super::*;
 
     fn words<'a>(text: &'a str, rules: &[SplitRule]) -> Vec<&'a str> {
-        split_words(text, rules)
-            .into_iter()
-            .map(|r| &text[r])
-            .collect()
+        split_words(text, rules).into_iter().map(|r| &text[r]).collect()
     }
 
     #[test]
     fn gpt2_splits_like_the_regex() {
         assert_eq!(
             words("Hello, y'all! It's  3 o'clock\n\n  ok", &[SplitRule::Gpt2]),
-            [
-                "Hello", ",", " y", "'", "all", "!", " It", "'s", " ", " 3", " o", "'", "clock",
-                "\n\n ", " ok"
-            ]
+            ["Hello", ",", " y", "'", "all", "!", " It", "'s", " ", " 3", " o", "'", "clock", "\n\n ", " ok"]
         );
         assert_eq!(words("a   ", &[SplitRule::Gpt2]), ["a", "   "]);
     }
@@ -447,26 +415,11 @@ mod tests {
 
     #[test]
     fn regex_rules_keep_gaps_as_words() {
+        assert_eq!(words("a1b22", &[SplitRule::Single(CharSet::Number)]), ["a", "1", "b", "2", "2"]);
+        assert_eq!(words("a1b22", &[SplitRule::Run(CharSet::Number)]), ["a", "1", "b", "22"]);
+        assert_eq!(words("12345", &[SplitRule::AsciiDigitTriples]), ["123", "45"]);
         assert_eq!(
-            words("a1b22", &[SplitRule::Single(CharSet::Number)]),
-            ["a", "1", "b", "2", "2"]
-        );
-        assert_eq!(
-            words("a1b22", &[SplitRule::Run(CharSet::Number)]),
-            ["a", "1", "b", "22"]
-        );
-        assert_eq!(
-            words("12345", &[SplitRule::AsciiDigitTriples]),
-            ["123", "45"]
-        );
-        assert_eq!(
-            words(
-                "x yz\t",
-                &[SplitRule::OptionalPrefixThenRun(
-                    CharSet::Whitespace,
-                    CharSet::Letter
-                )]
-            ),
+            words("x yz\t", &[SplitRule::OptionalPrefixThenRun(CharSet::Whitespace, CharSet::Letter)]),
             ["x", " yz", "\t"]
         );
     }
@@ -474,10 +427,7 @@ mod tests {
     #[test]
     fn rules_do_not_join_across_earlier_cuts() {
         assert_eq!(
-            words(
-                "a 1 2",
-                &[SplitRule::Single(CharSet::Number), SplitRule::Gpt2]
-            ),
+            words("a 1 2", &[SplitRule::Single(CharSet::Number), SplitRule::Gpt2]),
             ["a", " ", "1", " ", "2"]
         );
     }

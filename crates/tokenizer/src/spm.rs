@@ -59,9 +59,7 @@ impl SpmModel {
         for (byte, slot) in byte_tokens.iter_mut().enumerate() {
             *slot = vocab.id(&format!("<0x{byte:02X}>")).or_else(|| {
                 let byte = u8::try_from(byte).ok()?;
-                byte.is_ascii()
-                    .then(|| vocab.id(&char::from(byte).to_string()))
-                    .flatten()
+                byte.is_ascii().then(|| vocab.id(&char::from(byte).to_string())).flatten()
             });
         }
         SpmModel { byte_tokens }
@@ -139,11 +137,6 @@ fn push_bigram(
     };
     if let Some(id) = vocab.id(pair) {
         let score = vocab.scores.get(id as usize).copied().unwrap_or(0.0);
-        queue.push(Bigram {
-            score,
-            left,
-            right,
-            len: pair.len(),
-        });
+        queue.push(Bigram { score, left, right, len: pair.len() });
     }
 }

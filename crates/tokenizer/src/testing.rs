@@ -18,23 +18,11 @@ use crate::Tokenizer;
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}: {message}")]
-    BadLine {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    BadLine { path: PathBuf, line: usize, message: String },
     #[error("{inputs} has {n_inputs} inputs but {outputs} has {n_outputs} lines")]
-    CountMismatch {
-        inputs: PathBuf,
-        n_inputs: usize,
-        outputs: PathBuf,
-        n_outputs: usize,
-    },
+    CountMismatch { inputs: PathBuf, n_inputs: usize, outputs: PathBuf, n_outputs: usize },
 }
 
 /// One text whose ids differ from llama.cpp's.
@@ -116,10 +104,7 @@ pub fn check_against_jsonl(tokenizer: &Tokenizer, jsonl: &Path) -> Result<CheckR
 /// Reads llama.cpp's vocabulary test pair: inputs separated by `\n__ggml_vocab_test__\n` and
 /// one line of space-separated ids per input. Like `test-tokenizer-0`, a repeated input keeps
 /// its last expected ids, and the texts come back sorted.
-pub fn read_vocab_cases(
-    inputs: &Path,
-    outputs: &Path,
-) -> Result<Vec<(String, Vec<u32>)>, CheckError> {
+pub fn read_vocab_cases(inputs: &Path, outputs: &Path) -> Result<Vec<(String, Vec<u32>)>, CheckError> {
     const SEPARATOR: &str = "\n__ggml_vocab_test__\n";
     let raw_inputs = read(inputs)?;
     let raw_outputs = read(outputs)?;
@@ -150,14 +135,9 @@ pub fn read_vocab_cases(
 
     let mut cases = BTreeMap::new();
     for (index, (text, line)) in texts.into_iter().zip(lines).enumerate() {
-        let ids = line
-            .split_whitespace()
-            .map(str::parse::<u32>)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| CheckError::BadLine {
-                path: outputs.to_path_buf(),
-                line: index + 1,
-                message: e.to_string(),
+        let ids =
+            line.split_whitespace().map(str::parse::<u32>).collect::<Result<Vec<_>, _>>().map_err(|e| {
+                CheckError::BadLine { path: outputs.to_path_buf(), line: index + 1, message: e.to_string() }
             })?;
         cases.insert(text.to_string(), ids);
     }
@@ -166,10 +146,7 @@ pub fn read_vocab_cases(
 
 /// Checks `<vocab>.inp` / `<vocab>.out` beside a vocabulary file, as `test-tokenizer-0` does
 /// (`add_special = false`, `parse_special = false`).
-pub fn check_vocab_cases(
-    tokenizer: &Tokenizer,
-    vocab_path: &Path,
-) -> Result<CheckReport, CheckError> {
+pub fn check_vocab_cases(tokenizer: &Tokenizer, vocab_path: &Path) -> Result<CheckReport, CheckError> {
     let with_suffix = |suffix: &str| {
         let mut path = vocab_path.as_os_str().to_owned();
         path.push(suffix);
@@ -184,8 +161,5 @@ pub fn check_vocab_cases(
 }
 
 fn read(path: &Path) -> Result<String, CheckError> {
-    std::fs::read_to_string(path).map_err(|source| CheckError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| CheckError::Io { path: path.to_path_buf(), source })
 }

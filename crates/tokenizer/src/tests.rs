@@ -7,9 +7,7 @@ use baimo_formats::{ArrayValue, Bytes, Gguf, Value};
 use super::*;
 
 fn strings(items: &[&str]) -> Value {
-    Value::Array(ArrayValue::String(
-        items.iter().map(|s| s.to_string()).collect(),
-    ))
+    Value::Array(ArrayValue::String(items.iter().map(|s| s.to_string()).collect()))
 }
 
 fn parse(writer: &GgufWriter) -> Gguf {
@@ -18,10 +16,7 @@ fn parse(writer: &GgufWriter) -> Gguf {
 
 /// A SentencePiece vocabulary: `<unk> <s> </s>`, the 256 byte tokens, then a few pieces.
 fn spm_writer() -> GgufWriter {
-    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].iter().map(|s| s.to_string()).collect();
     let mut types = vec![2, 3, 3];
     for byte in 0..=255u32 {
         tokens.push(format!("<0x{byte:02X}>"));
@@ -35,18 +30,9 @@ fn spm_writer() -> GgufWriter {
     let scores: Vec<f32> = (0..tokens.len()).map(|i| -(i as f32)).collect();
     let mut w = GgufWriter::new();
     w.add("tokenizer.ggml.model", Value::String("llama".into()))
-        .add(
-            "tokenizer.ggml.tokens",
-            Value::Array(ArrayValue::String(tokens)),
-        )
-        .add(
-            "tokenizer.ggml.scores",
-            Value::Array(ArrayValue::F32(scores)),
-        )
-        .add(
-            "tokenizer.ggml.token_type",
-            Value::Array(ArrayValue::I32(types)),
-        );
+        .add("tokenizer.ggml.tokens", Value::Array(ArrayValue::String(tokens)))
+        .add("tokenizer.ggml.scores", Value::Array(ArrayValue::F32(scores)))
+        .add("tokenizer.ggml.token_type", Value::Array(ArrayValue::I32(types)));
     w
 }
 
@@ -60,9 +46,7 @@ fn id(tok: &Tokenizer, text: &str) -> u32 {
 
 /// A byte-level BPE vocabulary with every byte and a couple of merges.
 fn bpe_writer(pre: &str) -> GgufWriter {
-    let mut tokens: Vec<String> = (0..=255u8)
-        .map(|b| crate::unicode::byte_to_char(b).to_string())
-        .collect();
+    let mut tokens: Vec<String> = (0..=255u8).map(|b| crate::unicode::byte_to_char(b).to_string()).collect();
     tokens.extend(["Ġa", "ab", "Ġab", "<|end|>", "<|im_end|>"].map(String::from));
     let mut types = vec![1; tokens.len()];
     let n = types.len();
@@ -71,14 +55,8 @@ fn bpe_writer(pre: &str) -> GgufWriter {
     let mut w = GgufWriter::new();
     w.add("tokenizer.ggml.model", Value::String("gpt2".into()))
         .add("tokenizer.ggml.pre", Value::String(pre.into()))
-        .add(
-            "tokenizer.ggml.tokens",
-            Value::Array(ArrayValue::String(tokens)),
-        )
-        .add(
-            "tokenizer.ggml.token_type",
-            Value::Array(ArrayValue::I32(types)),
-        )
+        .add("tokenizer.ggml.tokens", Value::Array(ArrayValue::String(tokens)))
+        .add("tokenizer.ggml.token_type", Value::Array(ArrayValue::I32(types)))
         .add("tokenizer.ggml.merges", strings(&["Ġ a", "a b", "Ġa b"]))
         .add("tokenizer.ggml.eos_token_id", Value::U32(n as u32 - 1));
     w
@@ -88,10 +66,7 @@ fn bpe_writer(pre: &str) -> GgufWriter {
 fn spm_merges_by_score_and_falls_back_to_bytes() {
     let tok = spm();
     // "▁ab" is a token; "c" is not, so it is spelled as its byte.
-    assert_eq!(
-        tok.encode("ab c", false),
-        vec![id(&tok, "▁ab"), id(&tok, "▁"), id(&tok, "<0x63>")]
-    );
+    assert_eq!(tok.encode("ab c", false), vec![id(&tok, "▁ab"), id(&tok, "▁"), id(&tok, "<0x63>")]);
     assert_eq!(tok.decode(&tok.encode("ab c", false), false), "ab c");
     assert_eq!(tok.encode("", false), Vec::<u32>::new());
 }
@@ -101,10 +76,7 @@ fn spm_adds_a_space_after_special_tokens() {
     let tok = spm();
     let user = id(&tok, "<user>");
     // User-defined tokens are matched even without parse_special.
-    assert_eq!(
-        tok.encode("a<user>a", false),
-        vec![id(&tok, "▁a"), user, id(&tok, "▁a")]
-    );
+    assert_eq!(tok.encode("a<user>a", false), vec![id(&tok, "▁a"), user, id(&tok, "▁a")]);
     // "</s>" is a control token: literal text unless parse_special.
     assert_eq!(tok.encode("</s>", true), vec![2]);
     assert_ne!(tok.encode("</s>", false), vec![2]);
@@ -132,10 +104,7 @@ fn spm_defaults() {
 fn bpe_merges_by_rank() {
     let tok = Tokenizer::from_gguf(&parse(&bpe_writer("gpt-2"))).expect("loads");
     assert_eq!(tok.encode(" ab", false), vec![id(&tok, "Ġab")]);
-    assert_eq!(
-        tok.encode("ab a", false),
-        vec![id(&tok, "ab"), id(&tok, "Ġa")]
-    );
+    assert_eq!(tok.encode("ab a", false), vec![id(&tok, "ab"), id(&tok, "Ġa")]);
     assert_eq!(tok.decode(&tok.encode("ab a", false), false), "ab a");
     assert_eq!(tok.encode("<|end|>", true), vec![id(&tok, "<|end|>")]);
     assert!(tok.is_eog(id(&tok, "<|end|>")));
@@ -147,11 +116,7 @@ fn bpe_merges_by_rank() {
 #[test]
 fn stream_decoder_holds_split_characters() {
     let tok = spm();
-    let bytes = |s: &str| {
-        s.bytes()
-            .map(|b| id(&tok, &format!("<0x{b:02X}>")))
-            .collect::<Vec<_>>()
-    };
+    let bytes = |s: &str| s.bytes().map(|b| id(&tok, &format!("<0x{b:02X}>"))).collect::<Vec<_>>();
 
     // "é" as two byte tokens: nothing until the second arrives.
     let mut decoder = StreamDecoder::new();
@@ -207,49 +172,31 @@ fn load_error(writer: &GgufWriter) -> String {
 fn bad_metadata_gives_errors() {
     let mut w = GgufWriter::new();
     w.add("tokenizer.ggml.tokens", strings(&["a"]));
-    assert!(
-        load_error(&w).contains("tokenizer.ggml.model"),
-        "{}",
-        load_error(&w)
-    );
+    assert!(load_error(&w).contains("tokenizer.ggml.model"), "{}", load_error(&w));
 
     let mut w = GgufWriter::new();
-    w.add("tokenizer.ggml.model", Value::String("bert".into()))
-        .add("tokenizer.ggml.tokens", strings(&["a"]));
+    w.add("tokenizer.ggml.model", Value::String("bert".into())).add("tokenizer.ggml.tokens", strings(&["a"]));
     let e = load_error(&w);
     assert!(e.contains("\"bert\"") && e.contains("gpt2"), "{e}");
 
     let e = load_error(&bpe_writer("no-such-pre"));
-    assert!(
-        e.contains("no-such-pre") && e.contains("qwen2") && e.contains("smollm"),
-        "{e}"
-    );
+    assert!(e.contains("no-such-pre") && e.contains("qwen2") && e.contains("smollm"), "{e}");
 
     let mut w = GgufWriter::new();
-    w.add("tokenizer.ggml.model", Value::String("llama".into()))
-        .add("tokenizer.ggml.tokens", strings(&[]));
+    w.add("tokenizer.ggml.model", Value::String("llama".into())).add("tokenizer.ggml.tokens", strings(&[]));
     assert!(load_error(&w).contains("empty"));
 
     let mut w = GgufWriter::new();
     w.add("tokenizer.ggml.model", Value::String("llama".into()))
         .add("tokenizer.ggml.tokens", strings(&["a", "b"]))
-        .add(
-            "tokenizer.ggml.scores",
-            Value::Array(ArrayValue::F32(vec![0.0])),
-        );
+        .add("tokenizer.ggml.scores", Value::Array(ArrayValue::F32(vec![0.0])));
     let e = load_error(&w);
-    assert!(
-        e.contains("tokenizer.ggml.scores") && e.contains('1') && e.contains('2'),
-        "{e}"
-    );
+    assert!(e.contains("tokenizer.ggml.scores") && e.contains('1') && e.contains('2'), "{e}");
 
     let mut w = GgufWriter::new();
     w.add("tokenizer.ggml.model", Value::String("llama".into()))
         .add("tokenizer.ggml.tokens", strings(&["a", "b"]))
-        .add(
-            "tokenizer.ggml.token_type",
-            Value::Array(ArrayValue::I32(vec![1, 1, 1])),
-        );
+        .add("tokenizer.ggml.token_type", Value::Array(ArrayValue::I32(vec![1, 1, 1])));
     assert!(load_error(&w).contains("token_type"));
 
     let mut w = GgufWriter::new();
@@ -266,8 +213,7 @@ fn bad_metadata_gives_errors() {
     assert!(e.contains("merges entry 1") && e.contains("\"ab\""), "{e}");
 
     let mut w = GgufWriter::new();
-    w.add("tokenizer.ggml.model", Value::String("gpt2".into()))
-        .add("tokenizer.ggml.tokens", strings(&["a"]));
+    w.add("tokenizer.ggml.model", Value::String("gpt2".into())).add("tokenizer.ggml.tokens", strings(&["a"]));
     assert!(load_error(&w).contains("tokenizer.ggml.merges"));
 }
 
@@ -295,30 +241,15 @@ fn tokenizer_is_send_and_sync() {
 
 #[test]
 fn odd_vocabularies_do_not_panic() {
-    let texts = [
-        "",
-        " ",
-        "a b\n\tc",
-        "🤖 <s> </s> ab'S 123 ½ \u{0}\u{85}\u{3000}x",
-        "<|im_end|><<|im_end|>",
-    ];
+    let texts = ["", " ", "a b\n\tc", "🤖 <s> </s> ab'S 123 ½ \u{0}\u{85}\u{3000}x", "<|im_end|><<|im_end|>"];
 
     // Byte-level BPE that lacks most bytes, with odd token types and merges of unknown tokens.
     let mut w = GgufWriter::new();
     w.add("tokenizer.ggml.model", Value::String("gpt2".into()))
         .add("tokenizer.ggml.pre", Value::String("qwen2".into()))
-        .add(
-            "tokenizer.ggml.tokens",
-            strings(&["a", "", "<|im_end|>", "Ġ"]),
-        )
-        .add(
-            "tokenizer.ggml.token_type",
-            Value::Array(ArrayValue::I32(vec![99, -5, 3, 6])),
-        )
-        .add(
-            "tokenizer.ggml.merges",
-            strings(&["x y", "Ġ a", "a a", "q  r"]),
-        );
+        .add("tokenizer.ggml.tokens", strings(&["a", "", "<|im_end|>", "Ġ"]))
+        .add("tokenizer.ggml.token_type", Value::Array(ArrayValue::I32(vec![99, -5, 3, 6])))
+        .add("tokenizer.ggml.merges", strings(&["x y", "Ġ a", "a a", "q  r"]));
     let tok = Tokenizer::from_gguf(&parse(&w)).expect("loads");
     assert_eq!(tok.token_text(1), Some("[EMPTY_1]"));
     for text in texts {
@@ -332,19 +263,10 @@ fn odd_vocabularies_do_not_panic() {
     // SentencePiece with NaN and infinite scores and no byte tokens.
     let mut w = GgufWriter::new();
     w.add("tokenizer.ggml.model", Value::String("llama".into()))
-        .add(
-            "tokenizer.ggml.tokens",
-            strings(&["▁", "a", "▁a", "aa", "</s>"]),
-        )
+        .add("tokenizer.ggml.tokens", strings(&["▁", "a", "▁a", "aa", "</s>"]))
         .add(
             "tokenizer.ggml.scores",
-            Value::Array(ArrayValue::F32(vec![
-                f32::NAN,
-                0.0,
-                f32::INFINITY,
-                f32::NAN,
-                1.0,
-            ])),
+            Value::Array(ArrayValue::F32(vec![f32::NAN, 0.0, f32::INFINITY, f32::NAN, 1.0])),
         )
         .add("tokenizer.ggml.add_space_prefix", Value::Bool(false));
     let tok = Tokenizer::from_gguf(&parse(&w)).expect("loads");

@@ -79,18 +79,9 @@ impl CharClass {
     #[cfg(test)]
     pub(crate) fn category(self) -> Option<Category> {
         use Category::*;
-        [
-            Undefined,
-            Number,
-            Letter,
-            Separator,
-            Mark,
-            Punctuation,
-            Symbol,
-            Control,
-        ]
-        .into_iter()
-        .find(|&c| self.is(c))
+        [Undefined, Number, Letter, Separator, Mark, Punctuation, Symbol, Control]
+            .into_iter()
+            .find(|&c| self.is(c))
     }
 }
 
@@ -151,11 +142,9 @@ fn unicode_class_ranges(pattern: &str) -> Vec<(char, char)> {
         return Vec::new();
     };
     match hir.kind() {
-        HirKind::Class(Class::Unicode(class)) => class
-            .ranges()
-            .iter()
-            .map(|r| (r.start(), r.end()))
-            .collect(),
+        HirKind::Class(Class::Unicode(class)) => {
+            class.ranges().iter().map(|r| (r.start(), r.end())).collect()
+        }
         _ => Vec::new(),
     }
 }

@@ -178,13 +178,7 @@ const FIM_MID_TEXTS: &[&str] = &[
     "<|middle|>",
 ];
 const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
-const FIM_REP_TEXTS: &[&str] = &[
-    "<|fim_repo|>",
-    "<|repo_name|>",
-    "<fim-repo>",
-    "<REPO>",
-    "<reponame>",
-];
+const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
 const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
 
 /// Names that pick per-token attributes, as llama.cpp reads them from `general.name`,
@@ -245,10 +239,8 @@ impl Vocab {
             }
         }
 
-        let mut eog: Vec<u32> = [special.fim_pad, special.fim_rep, special.fim_sep]
-            .into_iter()
-            .flatten()
-            .collect();
+        let mut eog: Vec<u32> =
+            [special.fim_pad, special.fim_rep, special.fim_sep].into_iter().flatten().collect();
         for &(text, id) in &ordered {
             if EOG_TEXTS.contains(&text) {
                 eog.push(id);
@@ -257,24 +249,16 @@ impl Vocab {
         }
         // gpt-oss: these must always be rendered.
         for &(text, id) in &ordered {
-            if matches!(
-                text,
-                "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>"
-            ) {
+            if matches!(text, "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>") {
                 attrs[id as usize] = Attr::USER_DEFINED;
             }
         }
-        eog.extend(
-            [special.eos, special.eot, special.eom]
-                .into_iter()
-                .flatten(),
-        );
+        eog.extend([special.eos, special.eot, special.eom].into_iter().flatten());
         eog.sort_unstable();
         eog.dedup();
 
         let eog_text = |id: u32| texts[id as usize].as_str();
-        let has =
-            |eog: &[u32], wanted: &[&str]| eog.iter().any(|&id| wanted.contains(&eog_text(id)));
+        let has = |eog: &[u32], wanted: &[&str]| eog.iter().any(|&id| wanted.contains(&eog_text(id)));
         // o200k_harmony and solar-open: "<|end|>" ends a message, not the generation.
         let end_id = eog.iter().copied().find(|&id| eog_text(id) == "<|end|>");
         let calls = ["<|call|>", "<|calls|>"];
@@ -295,9 +279,7 @@ impl Vocab {
         }
 
         let mut special_by_length: Vec<u32> = (0..texts.len() as u32)
-            .filter(|&id| {
-                attrs[id as usize].any(Attr::CONTROL | Attr::USER_DEFINED | Attr::UNKNOWN)
-            })
+            .filter(|&id| attrs[id as usize].any(Attr::CONTROL | Attr::USER_DEFINED | Attr::UNKNOWN))
             .collect();
         // llama.cpp's sort is not stable; equal lengths keep id order here.
         special_by_length.sort_by_key(|&id| std::cmp::Reverse(texts[id as usize].len()));
@@ -353,10 +335,7 @@ pub(crate) struct VocabFlags {
 
 impl Pieces {
     fn build(texts: &[String], attrs: &[Attr], style: PieceStyle) -> Pieces {
-        let mut pieces = Pieces {
-            bytes: Vec::new(),
-            ends: Vec::with_capacity(texts.len()),
-        };
+        let mut pieces = Pieces { bytes: Vec::new(), ends: Vec::with_capacity(texts.len()) };
         for (text, &attr) in texts.iter().zip(attrs) {
             append_piece(&mut pieces.bytes, text, attr, style);
             pieces.ends.push(pieces.bytes.len());
@@ -421,16 +400,11 @@ fn set_stripping_attributes(
     let set = |attrs: &mut [Attr], text: &str, attr: Attr, on: bool| {
         if let Some(&id) = ids.get(text) {
             let current = attrs[id as usize];
-            attrs[id as usize] = if on {
-                current.with(attr)
-            } else {
-                current.without(attr)
-            };
+            attrs[id as usize] = if on { current.with(attr) } else { current.without(attr) };
         }
     };
     let name = names.name.to_ascii_lowercase();
-    let contains_any =
-        |haystack: &str, needles: &[&str]| needles.iter().any(|n| haystack.contains(n));
+    let contains_any = |haystack: &str, needles: &[&str]| needles.iter().any(|n| haystack.contains(n));
     if contains_any(&names.pre, &["jina-v2-de", "jina-v2-es", "jina-v2-code"])
         || contains_any(&names.architecture, &["nomic-bert-moe", "jina-bert-v3"])
     {

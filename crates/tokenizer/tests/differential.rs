@@ -70,18 +70,10 @@ fn compare(vocab: &Path, cases: &Path) -> usize {
                 tokenizer.is_eog(id),
                 tokenizer.is_control(id),
             );
-            let theirs = (
-                piece.to_string(),
-                special_piece.to_string(),
-                eog == "1",
-                control == "1",
-            );
+            let theirs = (piece.to_string(), special_piece.to_string(), eog == "1", control == "1");
             if ours != theirs {
                 failures += 1;
-                println!(
-                    "TOKEN {id} {:?}: llama.cpp {theirs:?}, baimo {ours:?}",
-                    tokenizer.token_text(id)
-                );
+                println!("TOKEN {id} {:?}: llama.cpp {theirs:?}, baimo {ours:?}", tokenizer.token_text(id));
             }
         }
     }

@@ -21,8 +21,7 @@ fn load(name: &str) -> Tokenizer {
 
 fn check(name: &str) {
     let tokenizer = load(name);
-    let report =
-        check_vocab_cases(&tokenizer, &vocab_path(name)).expect("reference vectors readable");
+    let report = check_vocab_cases(&tokenizer, &vocab_path(name)).expect("reference vectors readable");
     println!("{name}: {report}");
     assert!(report.total > 0);
     assert!(report.all_passed(), "{name}: {report}");
@@ -57,10 +56,7 @@ fn round_trips(tokenizer: &Tokenizer, text: &str) -> bool {
 /// then drops the space before `?!.,`, around a lone `'` and before `'s`, `'m`, `'re`, `'ve`.
 fn llama_cpp_round_trips(name: &str, text: &str) -> bool {
     let cleans_up_spaces = matches!(name, "llama-bpe" | "gpt-2");
-    !(cleans_up_spaces
-        && [" ?", " !", " .", " ,", " '"]
-            .iter()
-            .any(|p| text.contains(p)))
+    !(cleans_up_spaces && [" ?", " !", " .", " ,", " '"].iter().any(|p| text.contains(p)))
 }
 
 fn corpus() -> Vec<String> {
@@ -70,19 +66,15 @@ fn corpus() -> Vec<String> {
         p.push(suffix);
         PathBuf::from(p)
     };
-    let cases =
-        read_vocab_cases(&with_suffix(".inp"), &with_suffix(".out")).expect("corpus readable");
+    let cases = read_vocab_cases(&with_suffix(".inp"), &with_suffix(".out")).expect("corpus readable");
     cases.into_iter().map(|(text, _)| text).collect()
 }
 
 fn pub_texts() -> Vec<String> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/reference/llama.cpp/pub_texts.txt");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/llama.cpp/pub_texts.txt");
     let content = std::fs::read_to_string(&path).expect("pub_texts.txt readable");
-    content
-        .split("\n----\n")
-        .map(|t| t.strip_suffix('\n').unwrap_or(t).to_string())
-        .collect()
+    content.split("\n----\n").map(|t| t.strip_suffix('\n').unwrap_or(t).to_string()).collect()
 }
 
 #[test]
@@ -101,11 +93,7 @@ fn decode_inverts_encode_on_the_corpus_and_pub_texts() {
         }
         println!("{name}: {checked}/{} texts round-trip", texts.len());
         // Only two corpus texts hit the clean-up.
-        assert!(
-            checked + 2 >= texts.len(),
-            "{name}: {checked}/{}",
-            texts.len()
-        );
+        assert!(checked + 2 >= texts.len(), "{name}: {checked}/{}", texts.len());
     }
 }
 
@@ -116,13 +104,9 @@ fn baichuan_loads_and_round_trips() {
     assert_eq!(tokenizer.bos_id(), Some(1));
     assert_eq!(tokenizer.eos_id(), Some(2));
     assert!(tokenizer.add_bos());
-    for text in [
-        "Hello world",
-        "大语言模型的发展历程",
-        "tabs\tand\nnewlines",
-        "🤖🚀 ÀÉÎÕÜ",
-        "  two leading spaces",
-    ] {
+    for text in
+        ["Hello world", "大语言模型的发展历程", "tabs\tand\nnewlines", "🤖🚀 ÀÉÎÕÜ", "  two leading spaces"]
+    {
         assert!(round_trips(&tokenizer, text), "{text:?}");
     }
 }

@@ -26,10 +26,7 @@ pub fn manifest_dir() -> PathBuf {
 
 /// The shared corpus (read-only, beside the repository) and this crate's own fixtures.
 pub fn template_dirs() -> Vec<PathBuf> {
-    vec![
-        manifest_dir().join("../../../shared/reference/templates"),
-        manifest_dir().join("tests/templates"),
-    ]
+    vec![manifest_dir().join("../../../shared/reference/templates"), manifest_dir().join("tests/templates")]
 }
 
 pub struct NamedTemplate {
@@ -62,10 +59,7 @@ pub fn load_templates() -> Vec<NamedTemplate> {
 }
 
 fn stem(path: &Path) -> String {
-    path.file_stem()
-        .and_then(|stem| stem.to_str())
-        .expect("template file name")
-        .to_owned()
+    path.file_stem().and_then(|stem| stem.to_str()).expect("template file name").to_owned()
 }
 
 #[derive(Deserialize)]
@@ -81,9 +75,7 @@ pub struct Scenario {
 
 impl Scenario {
     pub fn applies_to(&self, source: &str) -> bool {
-        self.only_if_template_mentions
-            .as_deref()
-            .is_none_or(|needle| source.contains(needle))
+        self.only_if_template_mentions.as_deref().is_none_or(|needle| source.contains(needle))
     }
 
     pub fn render(&self, template: &ChatTemplate) -> Result<String, ChatError> {

@@ -15,9 +15,7 @@ pub fn parse(bytes: Vec<u8>) -> Result<Gguf, FormatError> {
 
 /// A vocabulary file from llama.cpp's test models, in the shared reference directory.
 pub fn vocab_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/reference/vocab/")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/vocab/").join(name)
 }
 
 pub const VOCABS: &[&str] = &[
@@ -33,23 +31,15 @@ pub const VOCABS: &[&str] = &[
 pub fn assert_one_line(err: &dyn std::fmt::Display, needles: &[&str]) {
     let msg = err.to_string();
     assert!(!msg.is_empty(), "empty error message");
-    assert!(
-        !msg.contains('\n') && !msg.contains('\r'),
-        "message is not one line: {msg:?}"
-    );
+    assert!(!msg.contains('\n') && !msg.contains('\r'), "message is not one line: {msg:?}");
     for needle in needles {
-        assert!(
-            msg.contains(needle),
-            "message {msg:?} does not name {needle:?}"
-        );
+        assert!(msg.contains(needle), "message {msg:?} does not name {needle:?}");
     }
 }
 
 /// Deterministic filler bytes for tensor data.
 pub fn filler(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
 /// `n` elements' worth of bytes of `dtype`.
@@ -84,19 +74,9 @@ pub fn every_value_type(w: &mut GgufWriter) {
         .add("a.i16", Value::Array(ArrayValue::I16(vec![-2, 2])))
         .add("a.u32", Value::Array(ArrayValue::U32(vec![7, 8, 9])))
         .add("a.i32", Value::Array(ArrayValue::I32(vec![-7, 8])))
-        .add(
-            "a.f32",
-            Value::Array(ArrayValue::F32(vec![0.5, -1.0, 3.25])),
-        )
+        .add("a.f32", Value::Array(ArrayValue::F32(vec![0.5, -1.0, 3.25])))
         .add("a.bool", Value::Array(ArrayValue::Bool(vec![true, false])))
-        .add(
-            "a.string",
-            Value::Array(ArrayValue::String(vec![
-                "a".into(),
-                "".into(),
-                "ccc".into(),
-            ])),
-        )
+        .add("a.string", Value::Array(ArrayValue::String(vec!["a".into(), "".into(), "ccc".into()])))
         .add("a.u64", Value::Array(ArrayValue::U64(vec![0, u64::MAX])))
         .add("a.i64", Value::Array(ArrayValue::I64(vec![i64::MIN, 1])))
         .add("a.f64", Value::Array(ArrayValue::F64(vec![2.0])))
@@ -155,10 +135,8 @@ pub fn synthetic_ggufs() -> Vec<(&'static str, Vec<u8>)> {
 /// A LLaMA-shaped model with 1 layer, hidden size 8 and a 6-token vocabulary.
 pub fn tiny_llama() -> GgufWriter {
     let mut w = GgufWriter::new();
-    let tokens: Vec<String> = ["<unk>", "<s>", "</s>", "▁a", "b", "<0x0A>"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let tokens: Vec<String> =
+        ["<unk>", "<s>", "</s>", "▁a", "b", "<0x0A>"].iter().map(|s| s.to_string()).collect();
     w.add("general.architecture", Value::String("llama".into()))
         .add("llama.embedding_length", Value::U32(8))
         .add("llama.feed_forward_length", Value::U32(16))
@@ -168,18 +146,9 @@ pub fn tiny_llama() -> GgufWriter {
         .add("llama.context_length", Value::U32(32))
         .add("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
         .add("tokenizer.ggml.model", Value::String("llama".into()))
-        .add(
-            "tokenizer.ggml.tokens",
-            Value::Array(ArrayValue::String(tokens)),
-        )
-        .add(
-            "tokenizer.ggml.scores",
-            Value::Array(ArrayValue::F32(vec![0.0, 0.0, 0.0, -1.0, -2.0, -3.0])),
-        )
-        .add(
-            "tokenizer.ggml.token_type",
-            Value::Array(ArrayValue::I32(vec![2, 3, 3, 1, 1, 6])),
-        );
+        .add("tokenizer.ggml.tokens", Value::Array(ArrayValue::String(tokens)))
+        .add("tokenizer.ggml.scores", Value::Array(ArrayValue::F32(vec![0.0, 0.0, 0.0, -1.0, -2.0, -3.0])))
+        .add("tokenizer.ggml.token_type", Value::Array(ArrayValue::I32(vec![2, 3, 3, 1, 1, 6])));
     for (name, ne) in [
         ("token_embd.weight", &[8, 6][..]),
         ("blk.0.attn_norm.weight", &[8]),
@@ -264,10 +233,7 @@ pub fn check_parsed(g: &Gguf) {
     }
     for (key, value) in g.metadata() {
         // Keys are unique, so `get` finds this very entry (compared by address: NaN != NaN).
-        assert!(
-            g.get(key).is_some_and(|v| std::ptr::eq(v, value)),
-            "{key:?}"
-        );
+        assert!(g.get(key).is_some_and(|v| std::ptr::eq(v, value)), "{key:?}");
         let _ = value.as_u64();
         let _ = value.as_f64();
         let results = [
@@ -281,10 +247,7 @@ pub fn check_parsed(g: &Gguf) {
             g.get_f32_array(key).err(),
         ];
         for e in results.iter().flatten() {
-            assert!(
-                matches!(e, FormatError::WrongType { key: k, .. } if k == key),
-                "{e:?}"
-            );
+            assert!(matches!(e, FormatError::WrongType { key: k, .. } if k == key), "{e:?}");
             assert_one_line(e, &[]);
         }
         if let Value::Array(a) = value {

