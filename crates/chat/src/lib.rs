@@ -41,6 +41,7 @@
 //! ```
 
 mod message;
+mod nesting;
 mod python;
 mod rewrite;
 mod strftime;

@@ -89,6 +89,9 @@ impl ChatTemplate {
     /// Compiles `source`. `bos_token`/`eos_token` are the strings templates see as the
     /// variables of those names.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate, ChatError> {
+        if let Some(problem) = crate::nesting::too_deep(source) {
+            return Err(ChatError::LimitExceeded(problem));
+        }
         let mut environment = transformers_environment().map_err(|err| ChatError::Syntax(one_line(&err)))?;
         environment
             .add_template_owned(TEMPLATE_NAME, crate::rewrite::rewrite_for_minijinja(source))
@@ -157,6 +160,9 @@ fn fuel_budget(request: &RenderRequest) -> u64 {
 /// Jinja2 gets for free from running on Python.
 fn transformers_environment() -> Result<Environment<'static>, Error> {
     let mut environment = Environment::new();
+    // Errors that name the undefined variable, in release builds as in debug ones (minijinja
+    // otherwise follows `debug_assertions`, and error texts would differ between builds).
+    environment.set_debug(true);
     environment.set_syntax(
         SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).keep_trailing_newline(false).build()?,
     );

@@ -26,6 +26,14 @@ impl Heads {
     }
 }
 
+/// One layer's part of the sequence's key and value buffers (see `KvCache`).
+pub(crate) struct LayerCache<'a, 'b> {
+    pub k: &'a SharedMut<'b, f16>,
+    pub v: &'a SharedMut<'b, f16>,
+    /// Index of the layer's first value in `k` and `v`.
+    pub start: usize,
+}
+
 /// The largest head this module handles (values are widened to f32 on the stack).
 pub(crate) const MAX_HEAD_DIM: usize = 512;
 
@@ -40,8 +48,7 @@ pub(crate) fn rope_and_cache(
     pos0: usize,
     cos_sin: &[f32],
     rope_style: RopeStyle,
-    k_cache: &SharedMut<'_, f16>,
-    v_cache: &SharedMut<'_, f16>,
+    cache: &LayerCache<'_, '_>,
 ) {
     let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
     let stride = q_dim + 2 * kv_dim;
@@ -65,9 +72,9 @@ pub(crate) fn rope_and_cache(
                 unsafe {
                     let k = qkv.slice_mut(k_at..k_at + hd);
                     rope_apply(k, cs, rope_style);
-                    let at = (pos0 + t) * kv_dim + kvh * hd;
-                    k_cache.slice_mut(at..at + hd).convert_from_f32_slice(k);
-                    v_cache.slice_mut(at..at + hd).convert_from_f32_slice(qkv.slice_mut(v_at..v_at + hd));
+                    let at = cache.start + (pos0 + t) * kv_dim + kvh * hd;
+                    cache.k.slice_mut(at..at + hd).convert_from_f32_slice(k);
+                    cache.v.slice_mut(at..at + hd).convert_from_f32_slice(qkv.slice_mut(v_at..v_at + hd));
                 }
             }
         }
@@ -103,8 +110,7 @@ pub(crate) fn attend(
     qkv: &SharedMut<'_, f32>,
     n_tokens: usize,
     pos0: usize,
-    k_cache: &SharedMut<'_, f16>,
-    v_cache: &SharedMut<'_, f16>,
+    cache: &LayerCache<'_, '_>,
     accumulate: Accumulate,
     out: &SharedMut<'_, f32>,
 ) {
@@ -116,7 +122,8 @@ pub(crate) fn attend(
     let dot = VecDot::best(GgmlType::F16).expect("f16 dot kernel always exists");
     // SAFETY: the cache and qkv are not written during this step (rope_and_cache ended at a
     // barrier).
-    let (keys, values, qkv) = unsafe { (k_cache.get(), v_cache.get(), qkv.get()) };
+    let (keys, values, qkv) =
+        unsafe { (&cache.k.get()[cache.start..], &cache.v.get()[cache.start..], qkv.get()) };
     let mut q16_row = [f16::ZERO; MAX_HEAD_DIM];
     let mut v_row = [0f32; MAX_HEAD_DIM];
     let mut acc16 = [f16::ZERO; MAX_HEAD_DIM];

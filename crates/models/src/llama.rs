@@ -16,7 +16,7 @@ use baimo_formats::Gguf;
 use baimo_kernels::ops::{RopeStyle, rms_norm, rope_angles};
 use baimo_threads::{SharedMut, ThreadPool};
 
-use crate::attention::{Accumulate, Heads, MAX_HEAD_DIM, attend, rope_and_cache};
+use crate::attention::{Accumulate, Heads, LayerCache, MAX_HEAD_DIM, attend, rope_and_cache};
 use crate::parallel::{SharedActs, Store, fill_rows, matmul, matmul_swiglu, needs, requantize};
 use crate::state::{Activations, KvCache};
 use crate::weights::{GgufTensors, Weight};
@@ -358,11 +358,8 @@ impl Llama {
         let ffn_mid = SharedActs::new(&mut s.ffn_mid);
         let head_in = SharedActs::new(&mut s.head_in);
         let logits = SharedMut::new(&mut s.logits[logit_rows.start * vocab..logit_rows.end * vocab]);
-        let caches: Vec<_> =
-            kv.k.iter_mut()
-                .zip(kv.v.iter_mut())
-                .map(|(k, v)| (SharedMut::new(k), SharedMut::new(v)))
-                .collect();
+        let layer_stride = kv.layer_start(1);
+        let (keys, values) = (SharedMut::new(&mut kv.k), SharedMut::new(&mut kv.v));
 
         pool.run(|ctx| {
             // x = embed_tokens[tokens]
@@ -374,7 +371,8 @@ impl Llama {
                     });
                 }
             });
-            for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&caches) {
+            for (l, layer) in self.layers.iter().enumerate() {
+                let cache = LayerCache { k: &keys, v: &values, start: l * layer_stride };
                 // n = RMSNorm(x);  q|k|v = W_qkv · n (+ b)
                 // SAFETY (here and below): x is only read while other buffers are written.
                 fill_rows(ctx, &attn_in, n, |t, out| {
@@ -391,9 +389,9 @@ impl Llama {
                     Store::Write { bias },
                 );
                 // RoPE(q), RoPE(k); k, v → cache
-                rope_and_cache(ctx, heads, &qkv, n, pos0, cos_sin, c.rope_style, k_cache, v_cache);
+                rope_and_cache(ctx, heads, &qkv, n, pos0, cos_sin, c.rope_style, &cache);
                 // a = softmax(q·Kᵀ/√d)·V;  h = x + W_o · a
-                attend(ctx, heads, &qkv, n, pos0, k_cache, v_cache, accumulate, attn_out.f32_shared());
+                attend(ctx, heads, &qkv, n, pos0, &cache, accumulate, attn_out.f32_shared());
                 requantize(ctx, &attn_out, n);
                 matmul(ctx, &[&layer.o_proj], &attn_out, n, &x, hidden, Store::Add);
                 // m = RMSNorm(h);  x = h + W_down · (silu(W_gate·m) ⊙ W_up·m)
