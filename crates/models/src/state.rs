@@ -79,6 +79,26 @@ impl KvCache {
     }
 }
 
+/// One input of a matrix product: the f32 rows, and the same rows quantized to 8 bits for the
+/// weight types that take quantized activations (each kind filled only if a consumer needs it).
+pub struct Activations {
+    pub n: usize,
+    pub f32: Vec<f32>,
+    pub q32: Option<Q8Buf>,
+    pub q256: Option<Q8Buf>,
+}
+
+impl Activations {
+    pub fn new(n: usize, rows: usize, need_q32: bool, need_q256: bool) -> Activations {
+        Activations {
+            n,
+            f32: vec![0.0; n * rows],
+            q32: need_q32.then(|| Q8Buf::new(Q8Kind::Blocks32, n, rows)),
+            q256: need_q256.then(|| Q8Buf::new(Q8Kind::Blocks256, n, rows)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,25 +124,5 @@ mod tests {
         kv.truncate(3);
         assert_eq!(kv.len(), 3);
         assert!(kv.n_bytes() >= 2 * 3 * 45 * 2 * 2);
-    }
-}
-
-/// One input of a matrix product: the f32 rows, and the same rows quantized to 8 bits for the
-/// weight types that take quantized activations (each kind filled only if a consumer needs it).
-pub struct Activations {
-    pub n: usize,
-    pub f32: Vec<f32>,
-    pub q32: Option<Q8Buf>,
-    pub q256: Option<Q8Buf>,
-}
-
-impl Activations {
-    pub fn new(n: usize, rows: usize, need_q32: bool, need_q256: bool) -> Activations {
-        Activations {
-            n,
-            f32: vec![0.0; n * rows],
-            q32: need_q32.then(|| Q8Buf::new(Q8Kind::Blocks32, n, rows)),
-            q256: need_q256.then(|| Q8Buf::new(Q8Kind::Blocks256, n, rows)),
-        }
     }
 }
