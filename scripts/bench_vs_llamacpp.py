@@ -48,6 +48,7 @@ import argparse
 import ctypes
 import json
 import os
+import resource
 import platform
 import random
 import re
@@ -547,7 +548,21 @@ def machine_info() -> dict:
                         "avx512_bf16", "avxvnni") if f in flags]
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "cores_per_socket": cores,
             "mem_gib": mem_gib, "kernel": platform.release(), "simd": simd,
-            "loadavg_start": os.getloadavg()}
+            "loadavg_start": os.getloadavg(), "busy_start": busy_cpu_seconds(),
+            "own_start": own_cpu_seconds(), "wall_start": time.monotonic()}
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy (all cores), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU time of this script and all the children it waited for."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def git_commit() -> str:
@@ -621,10 +636,16 @@ def render(results: list[dict], meta: dict, args) -> str:
             notes.append(f"warning: TTFT prompt lengths seen: baimo {sorted(b.prompt_tokens)}, "
                          f"llama.cpp {sorted(lc.prompt_tokens)} (expected {TTFT_PROMPT_TOKENS})")
         lines += [""] + [f"- {n}" for n in notes]
-    busy = max(m["loadavg_start"][0], meta["loadavg_end"][0])
-    if busy > 0.5:
-        lines += ["", f"**Warning: load average up to {busy:.2f} during the run: the machine "
-                      "was not idle, so these figures are not meaningful.**"]
+    # The benchmark itself keeps the load average near 2; what matters is CPU taken by *other*
+    # processes: the machine's busy time minus this script's and its children's.
+    other, wall = meta.get("other_cpu_seconds"), meta.get("wall_seconds")
+    if other is not None and wall:
+        share = max(other, 0.0) / wall
+        lines += ["", f"- CPU used by other processes during the run: {max(other, 0.0):.1f} s over "
+                      f"{wall:.0f} s ({share * 100:.1f}% of one core)"]
+        if share > 0.05:
+            lines += ["", f"**Warning: other processes used {share * 100:.0f}% of a core during the "
+                          "run: the machine was not idle, so these figures are not meaningful.**"]
     return "\n".join(lines)
 
 
@@ -708,6 +729,9 @@ def main(argv: list[str]) -> int:
         for spec, path in paths:
             bench_model(spec, path, args, python, args.long and spec == long_model, results)
         meta["loadavg_end"] = os.getloadavg()
+        m = meta["machine"] if "machine" in meta else meta
+        meta["other_cpu_seconds"] = (busy_cpu_seconds() - m["busy_start"]) - (own_cpu_seconds() - m["own_start"])
+        meta["wall_seconds"] = time.monotonic() - m["wall_start"]
         infos = [raw.get("system_info") for r in results
                  for raw in r["engines"]["llama.cpp"].rounds]
         meta["llama_system_info"] = next((i for i in infos if i), "")
