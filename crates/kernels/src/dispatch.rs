@@ -100,7 +100,9 @@ type FloatDotFn = unsafe fn(&[u8], &[f32]) -> f32;
 
 #[derive(Clone, Copy)]
 enum DotFn {
-    Q8(Q8Kind, Q8DotFn),
+    /// The dot product, and the variant used for tokens inside a batch (see
+    /// [`VecDot::dot_q8_in_batch`]).
+    Q8(Q8Kind, Q8DotFn, Q8DotFn),
     Float(FloatDotFn),
 }
 
@@ -156,7 +158,7 @@ impl VecDot {
 
     pub fn activation_format(&self) -> ActivationFormat {
         match self.f {
-            DotFn::Q8(kind, _) => ActivationFormat::Q8(kind),
+            DotFn::Q8(kind, ..) => ActivationFormat::Q8(kind),
             DotFn::Float(_) => ActivationFormat::F32,
         }
     }
@@ -165,7 +167,27 @@ impl VecDot {
     /// validated at load time, so that is a bug, never bad input).
     #[inline]
     pub fn dot_q8(&self, w_row: &[u8], x: Q8Row<'_>) -> f32 {
-        let DotFn::Q8(kind, f) = self.f else {
+        self.dot_q8_with(w_row, x, false)
+    }
+
+    /// `w_row · x` for token `t` of a batch of `n` tokens multiplied together. llama.cpp
+    /// multiplies batches of some types with other kernels, whose float sums are rounded at
+    /// other points: its repacked GEMM (Q4_K, Q5_K) takes the tokens in whole groups of four,
+    /// its tiled K-quant matmul (Q6_K) batches of eight or more. Following the same rule keeps
+    /// logits identical to llama.cpp's; for the other types this is `dot_q8`.
+    #[inline]
+    pub fn dot_q8_in_batch(&self, w_row: &[u8], x: Q8Row<'_>, t: usize, n: usize) -> f32 {
+        let batched = match self.dtype {
+            GgmlType::Q4_K | GgmlType::Q5_K => t < n - n % 4,
+            GgmlType::Q6_K => n >= 8,
+            _ => false,
+        };
+        self.dot_q8_with(w_row, x, batched)
+    }
+
+    #[inline]
+    fn dot_q8_with(&self, w_row: &[u8], x: Q8Row<'_>, batched: bool) -> f32 {
+        let DotFn::Q8(kind, single, in_batch) = self.f else {
             panic!("dot_q8 called for float weights of type {}", self.dtype)
         };
         let n = x.qs.len();
@@ -174,6 +196,7 @@ impl VecDot {
             x.d.len() == n / kind.block_size() && x.bsums.len() == n / 16 && x.s.len() == n / 32,
             "activation row layout"
         );
+        let f = if batched { in_batch } else { single };
         // SAFETY: `self` exists only for an ISA this CPU supports (see `new`), and the lengths
         // the kernels index by were checked just above.
         unsafe { f(w_row, x) }
@@ -195,14 +218,46 @@ fn scalar_fn(dtype: GgmlType) -> Option<DotFn> {
     use GgmlType::*;
     use Q8Kind::*;
     Some(match dtype {
-        Q4_0 => DotFn::Q8(Blocks32, |w, x| quants::vec_dot_q4_0(as_blocks(w), x)),
-        Q4_1 => DotFn::Q8(Blocks32, |w, x| quants::vec_dot_q4_1(as_blocks(w), x)),
-        Q5_0 => DotFn::Q8(Blocks32, |w, x| quants::vec_dot_q5_0(as_blocks(w), x)),
-        Q5_1 => DotFn::Q8(Blocks32, |w, x| quants::vec_dot_q5_1(as_blocks(w), x)),
-        Q8_0 => DotFn::Q8(Blocks32, |w, x| quants::vec_dot_q8_0(as_blocks(w), x)),
-        Q4_K => DotFn::Q8(Blocks256, |w, x| quants::vec_dot_q4_k(as_blocks(w), x)),
-        Q5_K => DotFn::Q8(Blocks256, |w, x| quants::vec_dot_q5_k(as_blocks(w), x)),
-        Q6_K => DotFn::Q8(Blocks256, |w, x| quants::vec_dot_q6_k(as_blocks(w), x)),
+        Q4_0 => DotFn::Q8(
+            Blocks32,
+            |w, x| quants::vec_dot_q4_0(as_blocks(w), x),
+            |w, x| quants::vec_dot_q4_0(as_blocks(w), x),
+        ),
+        Q4_1 => DotFn::Q8(
+            Blocks32,
+            |w, x| quants::vec_dot_q4_1(as_blocks(w), x),
+            |w, x| quants::vec_dot_q4_1(as_blocks(w), x),
+        ),
+        Q5_0 => DotFn::Q8(
+            Blocks32,
+            |w, x| quants::vec_dot_q5_0(as_blocks(w), x),
+            |w, x| quants::vec_dot_q5_0(as_blocks(w), x),
+        ),
+        Q5_1 => DotFn::Q8(
+            Blocks32,
+            |w, x| quants::vec_dot_q5_1(as_blocks(w), x),
+            |w, x| quants::vec_dot_q5_1(as_blocks(w), x),
+        ),
+        Q8_0 => DotFn::Q8(
+            Blocks32,
+            |w, x| quants::vec_dot_q8_0(as_blocks(w), x),
+            |w, x| quants::vec_dot_q8_0(as_blocks(w), x),
+        ),
+        Q4_K => DotFn::Q8(
+            Blocks256,
+            |w, x| quants::vec_dot_q4_k(as_blocks(w), x),
+            |w, x| quants::vec_dot_q4_k(as_blocks(w), x),
+        ),
+        Q5_K => DotFn::Q8(
+            Blocks256,
+            |w, x| quants::vec_dot_q5_k(as_blocks(w), x),
+            |w, x| quants::vec_dot_q5_k(as_blocks(w), x),
+        ),
+        Q6_K => DotFn::Q8(
+            Blocks256,
+            |w, x| quants::vec_dot_q6_k(as_blocks(w), x),
+            |w, x| quants::vec_dot_q6_k(as_blocks(w), x),
+        ),
         F32 => DotFn::Float(quants::vec_dot_f32),
         F16 => DotFn::Float(quants::vec_dot_f16),
         BF16 => DotFn::Float(quants::vec_dot_bf16),
@@ -221,14 +276,14 @@ fn x86_fn<const VNNI: bool>(dtype: GgmlType) -> Option<DotFn> {
         };
     }
     Some(match dtype {
-        Q4_0 => DotFn::Q8(Blocks32, pick!(q4_0)),
-        Q4_1 => DotFn::Q8(Blocks32, pick!(q4_1)),
-        Q5_0 => DotFn::Q8(Blocks32, pick!(q5_0)),
-        Q5_1 => DotFn::Q8(Blocks32, pick!(q5_1)),
-        Q8_0 => DotFn::Q8(Blocks32, pick!(q8_0)),
-        Q4_K => DotFn::Q8(Blocks256, pick!(q4_k)),
-        Q5_K => DotFn::Q8(Blocks256, pick!(q5_k)),
-        Q6_K => DotFn::Q8(Blocks256, pick!(q6_k)),
+        Q4_0 => DotFn::Q8(Blocks32, pick!(q4_0), pick!(q4_0)),
+        Q4_1 => DotFn::Q8(Blocks32, pick!(q4_1), pick!(q4_1)),
+        Q5_0 => DotFn::Q8(Blocks32, pick!(q5_0), pick!(q5_0)),
+        Q5_1 => DotFn::Q8(Blocks32, pick!(q5_1), pick!(q5_1)),
+        Q8_0 => DotFn::Q8(Blocks32, pick!(q8_0), pick!(q8_0)),
+        Q4_K => DotFn::Q8(Blocks256, pick!(q4_k), pick!(q4_k_batched)),
+        Q5_K => DotFn::Q8(Blocks256, pick!(q5_k), pick!(q5_k_batched)),
+        Q6_K => DotFn::Q8(Blocks256, pick!(q6_k), pick!(q6_k_tiled)),
         F32 => DotFn::Float(pick!(f32)),
         F16 => DotFn::Float(pick!(f16)),
         BF16 => DotFn::Float(pick!(bf16)),
@@ -242,14 +297,14 @@ fn neon_fn(dtype: GgmlType) -> Option<DotFn> {
     use GgmlType::*;
     use Q8Kind::*;
     Some(match dtype {
-        Q4_0 => DotFn::Q8(Blocks32, neon::q4_0),
-        Q4_1 => DotFn::Q8(Blocks32, neon::q4_1),
-        Q5_0 => DotFn::Q8(Blocks32, neon::q5_0),
-        Q5_1 => DotFn::Q8(Blocks32, neon::q5_1),
-        Q8_0 => DotFn::Q8(Blocks32, neon::q8_0),
-        Q4_K => DotFn::Q8(Blocks256, neon::q4_k),
-        Q5_K => DotFn::Q8(Blocks256, neon::q5_k),
-        Q6_K => DotFn::Q8(Blocks256, neon::q6_k),
+        Q4_0 => DotFn::Q8(Blocks32, neon::q4_0, neon::q4_0),
+        Q4_1 => DotFn::Q8(Blocks32, neon::q4_1, neon::q4_1),
+        Q5_0 => DotFn::Q8(Blocks32, neon::q5_0, neon::q5_0),
+        Q5_1 => DotFn::Q8(Blocks32, neon::q5_1, neon::q5_1),
+        Q8_0 => DotFn::Q8(Blocks32, neon::q8_0, neon::q8_0),
+        Q4_K => DotFn::Q8(Blocks256, neon::q4_k, neon::q4_k),
+        Q5_K => DotFn::Q8(Blocks256, neon::q5_k, neon::q5_k),
+        Q6_K => DotFn::Q8(Blocks256, neon::q6_k, neon::q6_k),
         F32 => DotFn::Float(neon::f32),
         F16 => DotFn::Float(neon::f16),
         BF16 => DotFn::Float(neon::bf16),

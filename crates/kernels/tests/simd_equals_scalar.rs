@@ -81,13 +81,20 @@ fn check_quant_type(dtype: GgmlType, n_blocks: usize, seed: u64) {
 
     let want = scalar.dot_q8(&w, xq.row(0));
     for isa in Isa::available() {
-        let got = VecDot::new(isa, dtype).unwrap().dot_q8(&w, xq.row(0));
-        let err = (got as f64 - want as f64).abs();
-        assert!(
-            err <= 2e-6 * magnitude,
-            "{dtype} on {}: {got} vs scalar {want} (error {err:e}, terms {magnitude:e}, seed {seed})",
-            isa.name()
-        );
+        let dot = VecDot::new(isa, dtype).unwrap();
+        // The single-token kernel, and the variants for tokens inside batches of 4 and of 8.
+        for (got, variant) in [
+            (dot.dot_q8(&w, xq.row(0)), "single"),
+            (dot.dot_q8_in_batch(&w, xq.row(0), 0, 4), "in a group of 4"),
+            (dot.dot_q8_in_batch(&w, xq.row(0), 0, 8), "in a batch of 8"),
+        ] {
+            let err = (got as f64 - want as f64).abs();
+            assert!(
+                err <= 2e-6 * magnitude,
+                "{dtype} on {} ({variant}): {got} vs scalar {want} (error {err:e}, terms {magnitude:e}, seed {seed})",
+                isa.name()
+            );
+        }
     }
 }
 

@@ -119,8 +119,12 @@ impl<'a> SharedActs<'a> {
     fn token_rows(&self, n_tokens: usize) -> TokenRows<'_> {
         assert!(n_tokens <= MAX_TOKENS, "batch larger than the activation buffers");
         let empty = Q8Row { qs: &[], d: &[], s: &[], bsums: &[] };
-        let mut rows =
-            TokenRows { f32: [&[]; MAX_TOKENS], q32: [empty; MAX_TOKENS], q256: [empty; MAX_TOKENS] };
+        let mut rows = TokenRows {
+            n_tokens,
+            f32: [&[]; MAX_TOKENS],
+            q32: [empty; MAX_TOKENS],
+            q256: [empty; MAX_TOKENS],
+        };
         for t in 0..n_tokens {
             rows.f32[t] = self.row(t);
             // SAFETY: as in `row`: the quantized rows were written in an earlier step.
@@ -141,6 +145,7 @@ impl<'a> SharedActs<'a> {
 const MAX_TOKENS: usize = crate::DEFAULT_BATCH;
 
 struct TokenRows<'a> {
+    n_tokens: usize,
     f32: [&'a [f32]; MAX_TOKENS],
     q32: [Q8Row<'a>; MAX_TOKENS],
     q256: [Q8Row<'a>; MAX_TOKENS],
@@ -150,10 +155,11 @@ impl TokenRows<'_> {
     /// The dot product of weight row `w_row` with token `t`'s activations.
     #[inline]
     fn dot(&self, weight: &Weight, w_row: &[u8], t: usize) -> f32 {
+        let n = self.n_tokens;
         match weight.dot.activation_format() {
             ActivationFormat::F32 => weight.dot.dot_f32(w_row, self.f32[t]),
-            ActivationFormat::Q8(Q8Kind::Blocks32) => weight.dot.dot_q8(w_row, self.q32[t]),
-            ActivationFormat::Q8(Q8Kind::Blocks256) => weight.dot.dot_q8(w_row, self.q256[t]),
+            ActivationFormat::Q8(Q8Kind::Blocks32) => weight.dot.dot_q8_in_batch(w_row, self.q32[t], t, n),
+            ActivationFormat::Q8(Q8Kind::Blocks256) => weight.dot.dot_q8_in_batch(w_row, self.q256[t], t, n),
         }
     }
 }

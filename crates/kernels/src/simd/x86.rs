@@ -95,23 +95,25 @@ unsafe fn fifth_bits(qh: [u8; 4]) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
+/// Σ a·b over 32 signed bytes into eight i32 lanes, by the sign trick: |a| · (b·sign(a)).
 #[inline(always)]
-fn block_sum(x: &Q8Row<'_>, i: usize) -> i32 {
-    x.bsums[2 * i] as i32 + x.bsums[2 * i + 1] as i32
+unsafe fn dot_signed<D: DotU8I8>(a: __m256i, b: __m256i) -> __m256i {
+    D::dot(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
 }
 
+/// Q4_0 as ggml's `vec_dot_q4_0_q8_0`: signed values `q − 8`, per block
+/// `acc = fma(d_w·d_x, f32(lane sums), acc)`, one horizontal sum at the end.
 #[inline(always)]
 unsafe fn q4_0<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
     let blocks = as_blocks::<BlockQ4_0>(w);
-    let (mut acc, mut offset) = (_mm256_setzero_ps(), 0f32);
+    let mut acc = _mm256_setzero_ps();
     for (i, b) in blocks.iter().enumerate() {
-        let q = nibbles_16(b.qs.as_ptr());
+        let q = _mm256_sub_epi8(nibbles_16(b.qs.as_ptr()), _mm256_set1_epi8(8));
         let xv = load256(x.qs.as_ptr().add(i * QK).cast());
         let scale = f16(b.d) * x.d[i];
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(D::dot(q, xv)), _mm256_set1_ps(scale), acc);
-        offset += scale * (8 * block_sum(&x, i)) as f32;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(dot_signed::<D>(q, xv)), acc);
     }
-    hsum_ps(acc) - offset
+    hsum_ps(acc)
 }
 
 #[inline(always)]
@@ -128,18 +130,19 @@ unsafe fn q4_1<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
     hsum_ps(acc) + mins
 }
 
+/// Q5_0 as ggml's `vec_dot_q5_0_q8_0`: signed values `q − 16`.
 #[inline(always)]
 unsafe fn q5_0<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
     let blocks = as_blocks::<BlockQ5_0>(w);
-    let (mut acc, mut offset) = (_mm256_setzero_ps(), 0f32);
+    let mut acc = _mm256_setzero_ps();
     for (i, b) in blocks.iter().enumerate() {
         let q = _mm256_or_si256(nibbles_16(b.qs.as_ptr()), fifth_bits(b.qh));
+        let q = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
         let xv = load256(x.qs.as_ptr().add(i * QK).cast());
         let scale = f16(b.d) * x.d[i];
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(D::dot(q, xv)), _mm256_set1_ps(scale), acc);
-        offset += scale * (16 * block_sum(&x, i)) as f32;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(dot_signed::<D>(q, xv)), acc);
     }
-    hsum_ps(acc) - offset
+    hsum_ps(acc)
 }
 
 #[inline(always)]
@@ -172,6 +175,8 @@ unsafe fn q8_0<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
 
 /// Q4_K and Q5_K super-blocks: 4 chunks of 64 values, low nibbles then high nibbles, each
 /// 32-value sub-block with its own 6-bit scale; minimums come from the activation sums.
+/// Q4_K and Q5_K super-blocks: 4 chunks of 64 values, low nibbles then high nibbles, each
+/// 32-value sub-block with its own 6-bit scale; minimums come from the activation sums.
 #[inline(always)]
 unsafe fn k4_block<D: DotU8I8>(
     qs: &[u8; 128],
@@ -180,29 +185,41 @@ unsafe fn k4_block<D: DotU8I8>(
     xq: *const i8,
     isum: &mut __m256i,
 ) {
-    let mask = _mm256_set1_epi8(0xF);
-    let qh = qh.map(|h| load256(h.as_ptr()));
     for c in 0..4 {
-        let bytes = load256(qs.as_ptr().add(32 * c));
-        let mut lo = _mm256_and_si256(bytes, mask);
-        let mut hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
-        if let Some(qh) = qh {
-            // Bit 2c of qh[l] is the fifth bit of the low value, bit 2c+1 of the high one.
-            let one = _mm256_set1_epi8(1);
-            let shift = _mm_cvtsi32_si128(2 * c as i32);
-            let hb_lo = _mm256_and_si256(_mm256_srl_epi16(qh, shift), one);
-            let shift = _mm_cvtsi32_si128(2 * c as i32 + 1);
-            let hb_hi = _mm256_and_si256(_mm256_srl_epi16(qh, shift), one);
-            lo = _mm256_or_si256(lo, _mm256_slli_epi16(hb_lo, 4));
-            hi = _mm256_or_si256(hi, _mm256_slli_epi16(hb_hi, 4));
-        }
-        let (sc_lo, _) = scale_min_k4(2 * c, scales);
-        let (sc_hi, _) = scale_min_k4(2 * c + 1, scales);
-        let x_lo = load256(xq.add(64 * c).cast());
-        let x_hi = load256(xq.add(64 * c + 32).cast());
-        *isum = _mm256_add_epi32(*isum, D::dot_scaled(lo, x_lo, sc_lo as i16, sc_lo as i16));
-        *isum = _mm256_add_epi32(*isum, D::dot_scaled(hi, x_hi, sc_hi as i16, sc_hi as i16));
+        k4_chunk::<D>(qs, qh, scales, xq, c, isum);
     }
+}
+
+/// Chunk `c` (64 values, sub-blocks 2c and 2c+1) of a Q4_K / Q5_K super-block, scaled and added
+/// into `isum`.
+#[inline(always)]
+unsafe fn k4_chunk<D: DotU8I8>(
+    qs: &[u8; 128],
+    qh: Option<&[u8; 32]>,
+    scales: &[u8; 12],
+    xq: *const i8,
+    c: usize,
+    isum: &mut __m256i,
+) {
+    let mask = _mm256_set1_epi8(0xF);
+    let bytes = load256(qs.as_ptr().add(32 * c));
+    let mut lo = _mm256_and_si256(bytes, mask);
+    let mut hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
+    if let Some(qh) = qh {
+        // Bit 2c of qh[l] is the fifth bit of the low value, bit 2c+1 of the high one.
+        let qh = load256(qh.as_ptr());
+        let one = _mm256_set1_epi8(1);
+        let hb_lo = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)), one);
+        let hb_hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)), one);
+        lo = _mm256_or_si256(lo, _mm256_slli_epi16(hb_lo, 4));
+        hi = _mm256_or_si256(hi, _mm256_slli_epi16(hb_hi, 4));
+    }
+    let (sc_lo, _) = scale_min_k4(2 * c, scales);
+    let (sc_hi, _) = scale_min_k4(2 * c + 1, scales);
+    let x_lo = load256(xq.add(64 * c).cast());
+    let x_hi = load256(xq.add(64 * c + 32).cast());
+    *isum = _mm256_add_epi32(*isum, D::dot_scaled(lo, x_lo, sc_lo as i16, sc_lo as i16));
+    *isum = _mm256_add_epi32(*isum, D::dot_scaled(hi, x_hi, sc_hi as i16, sc_hi as i16));
 }
 
 #[inline(always)]
@@ -215,73 +232,149 @@ fn k4_mins(scales: &[u8; 12], x: &Q8Row<'_>, i: usize) -> i32 {
         .sum()
 }
 
+/// Horizontal sum of eight i32 lanes (exact).
+#[inline(always)]
+unsafe fn hsum_epi32(v: __m256i) -> i32 {
+    let x = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0b01_00_11_10));
+    let x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0b10_11_00_01));
+    _mm_cvtsi128_si32(x)
+}
+
+/// Q4_K and Q5_K as ggml's repacked `gemv_q4_K_8x8` computes each output: per super-block the
+/// whole integer sum, then `acc = fma(isum, d_w·d_x, acc)` and `acc_min = fma(imin,
+/// dmin_w·d_x, acc_min)`; the result is `acc − acc_min`.
+#[inline(always)]
+unsafe fn k4_row<D: DotU8I8, B>(
+    blocks: &[B],
+    x: Q8Row<'_>,
+    parts: impl Fn(&B) -> (&[u8; 128], Option<&[u8; 32]>, &[u8; 12], u16, u16),
+) -> f32 {
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for (i, b) in blocks.iter().enumerate() {
+        let (qs, qh, scales, d, dmin) = parts(b);
+        let mut isum = _mm256_setzero_si256();
+        k4_block::<D>(qs, qh, scales, x.qs.as_ptr().add(i * QK_K), &mut isum);
+        let isum = hsum_epi32(isum);
+        let imin = k4_mins(scales, &x, i);
+        acc = (isum as f32).mul_add(f16(d) * x.d[i], acc);
+        acc_min = (imin as f32).mul_add(f16(dmin) * x.d[i], acc_min);
+    }
+    acc - acc_min
+}
+
+/// Q4_K and Q5_K as ggml's repacked `gemm_q4_K_8x8` computes each output of a group of four
+/// tokens: the two chains take one fused multiply-add per 64 values (two sub-blocks) rather than
+/// one per super-block.
+#[inline(always)]
+unsafe fn k4_row_batched<D: DotU8I8, B>(
+    blocks: &[B],
+    x: Q8Row<'_>,
+    parts: impl Fn(&B) -> (&[u8; 128], Option<&[u8; 32]>, &[u8; 12], u16, u16),
+) -> f32 {
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for (i, b) in blocks.iter().enumerate() {
+        let (qs, qh, scales, d, dmin) = parts(b);
+        let (scale, min_scale) = (f16(d) * x.d[i], f16(dmin) * x.d[i]);
+        let xq = x.qs.as_ptr().add(i * QK_K);
+        for c in 0..4 {
+            let mut isum = _mm256_setzero_si256();
+            k4_chunk::<D>(qs, qh, scales, xq, c, &mut isum);
+            let (_, m_lo) = scale_min_k4(2 * c, scales);
+            let (_, m_hi) = scale_min_k4(2 * c + 1, scales);
+            let bs = |k: usize| x.bsums[16 * i + k] as i32;
+            let imin =
+                m_lo as i32 * (bs(4 * c) + bs(4 * c + 1)) + m_hi as i32 * (bs(4 * c + 2) + bs(4 * c + 3));
+            acc = (hsum_epi32(isum) as f32).mul_add(scale, acc);
+            acc_min = (imin as f32).mul_add(min_scale, acc_min);
+        }
+    }
+    acc - acc_min
+}
+
+#[inline(always)]
+unsafe fn q4_k_batched<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
+    k4_row_batched::<D, BlockQ4K>(as_blocks(w), x, |b| (&b.qs, None, &b.scales, b.d, b.dmin))
+}
+
+#[inline(always)]
+unsafe fn q5_k_batched<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
+    k4_row_batched::<D, BlockQ5K>(as_blocks(w), x, |b| (&b.qs, Some(&b.qh), &b.scales, b.d, b.dmin))
+}
+
 #[inline(always)]
 unsafe fn q4_k<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
-    let blocks = as_blocks::<BlockQ4K>(w);
-    let (mut acc, mut mins) = (_mm256_setzero_ps(), 0f32);
-    for (i, b) in blocks.iter().enumerate() {
-        let mut isum = _mm256_setzero_si256();
-        k4_block::<D>(&b.qs, None, &b.scales, x.qs.as_ptr().add(i * QK_K), &mut isum);
-        let d = f16(b.d) * x.d[i];
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d), acc);
-        mins += f16(b.dmin) * x.d[i] * k4_mins(&b.scales, &x, i) as f32;
-    }
-    hsum_ps(acc) - mins
+    k4_row::<D, BlockQ4K>(as_blocks(w), x, |b| (&b.qs, None, &b.scales, b.d, b.dmin))
 }
 
 #[inline(always)]
 unsafe fn q5_k<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
-    let blocks = as_blocks::<BlockQ5K>(w);
-    let (mut acc, mut mins) = (_mm256_setzero_ps(), 0f32);
-    for (i, b) in blocks.iter().enumerate() {
-        let mut isum = _mm256_setzero_si256();
-        k4_block::<D>(&b.qs, Some(&b.qh), &b.scales, x.qs.as_ptr().add(i * QK_K), &mut isum);
-        let d = f16(b.d) * x.d[i];
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d), acc);
-        mins += f16(b.dmin) * x.d[i] * k4_mins(&b.scales, &x, i) as f32;
-    }
-    hsum_ps(acc) - mins
+    k4_row::<D, BlockQ5K>(as_blocks(w), x, |b| (&b.qs, Some(&b.qh), &b.scales, b.d, b.dmin))
 }
 
-/// Q6_K: per half of 128 values, four groups of 32 assembled from `ql` nibbles and `qh` bit
-/// pairs, each 16 values with an 8-bit signed scale; the −32 offset comes from the activation
-/// sums.
+/// Q6_K as ggml's `vec_dot_q6_K_q8_K`: per half of 128 values, four groups of 32 assembled from
+/// `ql` nibbles and `qh` bit pairs, each 16 values with an 8-bit signed scale; per super-block
+/// `acc = fma(d_x·d_w, f32(lane sums), acc)`, one horizontal sum at the end.
 #[inline(always)]
 unsafe fn q6_k<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
     let blocks = as_blocks::<BlockQ6K>(w);
+    let mut acc = _mm256_setzero_ps();
+    for (i, b) in blocks.iter().enumerate() {
+        let isum = q6_k_block::<D>(b, x, i);
+        let d = x.d[i] * f16(b.d);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// The eight i32 lane sums of one Q6_K super-block, −32 offset included, laid out as ggml's.
+#[inline(always)]
+unsafe fn q6_k_block<D: DotU8I8>(b: &BlockQ6K, x: Q8Row<'_>, i: usize) -> __m256i {
     let mask4 = _mm256_set1_epi8(0xF);
     let mask2 = _mm256_set1_epi8(3);
-    let (mut acc, mut offset) = (_mm256_setzero_ps(), 0f32);
-    for (i, b) in blocks.iter().enumerate() {
-        let xq = x.qs.as_ptr().add(i * QK_K);
-        let mut isum = _mm256_setzero_si256();
-        for half in 0..2 {
-            let ql0 = load256(b.ql.as_ptr().add(64 * half));
-            let ql1 = load256(b.ql.as_ptr().add(64 * half + 32));
-            let qh = load256(b.qh.as_ptr().add(32 * half));
-            let high = |shift: i32| {
-                let s = _mm_cvtsi32_si128(shift);
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, s), mask2), 4)
-            };
-            let groups = [
-                _mm256_or_si256(_mm256_and_si256(ql0, mask4), high(0)),
-                _mm256_or_si256(_mm256_and_si256(ql1, mask4), high(2)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), mask4), high(4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), mask4), high(6)),
-            ];
-            for (g, q) in groups.into_iter().enumerate() {
-                let s = 8 * half + 2 * g; // scale index of the first 16 values of this group
-                let xv = load256(xq.add(128 * half + 32 * g).cast());
-                let dot = D::dot_scaled(q, xv, b.scales[s] as i16, b.scales[s + 1] as i16);
-                isum = _mm256_add_epi32(isum, dot);
-            }
+    let xq = x.qs.as_ptr().add(i * QK_K);
+    let mut isum = _mm256_setzero_si256();
+    for half in 0..2 {
+        let ql0 = load256(b.ql.as_ptr().add(64 * half));
+        let ql1 = load256(b.ql.as_ptr().add(64 * half + 32));
+        let qh = load256(b.qh.as_ptr().add(32 * half));
+        let high = |shift: i32| {
+            let s = _mm_cvtsi32_si128(shift);
+            _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, s), mask2), 4)
+        };
+        let groups = [
+            _mm256_or_si256(_mm256_and_si256(ql0, mask4), high(0)),
+            _mm256_or_si256(_mm256_and_si256(ql1, mask4), high(2)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), mask4), high(4)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), mask4), high(6)),
+        ];
+        for (g, q) in groups.into_iter().enumerate() {
+            let s = 8 * half + 2 * g; // scale index of the first 16 values of this group
+            let xv = load256(xq.add(128 * half + 32 * g).cast());
+            let dot = D::dot_scaled(q, xv, b.scales[s] as i16, b.scales[s + 1] as i16);
+            isum = _mm256_add_epi32(isum, dot);
         }
-        let d = f16(b.d) * x.d[i];
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d), acc);
-        let sums: i32 = (0..16).map(|s| b.scales[s] as i32 * x.bsums[16 * i + s] as i32).sum();
-        offset += d * (32 * sums) as f32;
     }
-    hsum_ps(acc) - offset
+    // The −32 of every value, taken from the activation sums: lane k gets the part of the
+    // 32-value group k (the bsums 2k, 2k+1 with their scales), as ggml distributes it.
+    let bsums = _mm256_loadu_si256(x.bsums.as_ptr().add(16 * i).cast());
+    let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.scales.as_ptr().cast()));
+    _mm256_sub_epi32(isum, _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5))
+}
+
+/// Q6_K as ggml's tiled K-quant matmul computes each output for batches of eight or more
+/// tokens: the super-block's whole integer sum, then `acc = fma(f32(isum) · d_w, d_x, acc)`.
+#[inline(always)]
+unsafe fn q6_k_tiled<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
+    let blocks = as_blocks::<BlockQ6K>(w);
+    let mut acc = 0f32;
+    for (i, b) in blocks.iter().enumerate() {
+        let isum = hsum_epi32(q6_k_block::<D>(b, x, i));
+        // GCC contracts ggml's `acc + (isum·d_w)·d_x` (written as vector intrinsics, which it
+        // treats as plain arithmetic) into one fused multiply-add.
+        acc = (isum as f32 * f16(b.d)).mul_add(x.d[i], acc);
+    }
+    acc
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -380,7 +473,7 @@ pub mod avx2 {
     use super::*;
     entry_points!("avx2,fma,f16c", Avx2,
         q4_0 => q4_0, q4_1 => q4_1, q5_0 => q5_0, q5_1 => q5_1, q8_0 => q8_0,
-        q4_k => q4_k, q5_k => q5_k, q6_k => q6_k;
+        q4_k => q4_k, q5_k => q5_k, q6_k => q6_k, q4_k_batched => q4_k_batched, q5_k_batched => q5_k_batched, q6_k_tiled => q6_k_tiled;
         f32 => F32w, f16 => F16w, bf16 => Bf16w);
 }
 
@@ -388,7 +481,7 @@ pub mod avx512vnni {
     use super::*;
     entry_points!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", Vnni,
         q4_0 => q4_0, q4_1 => q4_1, q5_0 => q5_0, q5_1 => q5_1, q8_0 => q8_0,
-        q4_k => q4_k, q5_k => q5_k, q6_k => q6_k;
+        q4_k => q4_k, q5_k => q5_k, q6_k => q6_k, q4_k_batched => q4_k_batched, q5_k_batched => q5_k_batched, q6_k_tiled => q6_k_tiled;
         f32 => F32w, f16 => F16w, bf16 => Bf16w);
 }
 
