@@ -3,6 +3,7 @@
 //! selectable so tests can compare each against the scalar reference.
 
 use crate::GgmlType;
+use crate::packed::{GROUP, PackedMatrix};
 use crate::quants::{self, Q8Kind, Q8Row, as_blocks};
 
 /// An instruction-set level a kernel is written for.
@@ -353,4 +354,77 @@ pub fn dot_f16(k: &[half::f16], q: &[half::f16]) -> f32 {
     }
     let _ = (k_bits, q_bits);
     k.iter().zip(q).map(|(a, b)| a.to_f32() * b.to_f32()).sum()
+}
+
+type TileFn = unsafe fn(&[u8], usize, &[Q8Row<'_>], &mut [[f32; GROUP]]);
+
+/// The tiled product of a [`PackedMatrix`] group (8 rows) with 1 to 4 tokens, on CPUs that have
+/// it. Its results are identical, bit for bit, to [`VecDot::dot_q8`] row by row.
+#[derive(Clone, Copy)]
+pub struct TileDot {
+    dtype: GgmlType,
+    kind: Q8Kind,
+    /// By token count 1..=4.
+    fns: [TileFn; 4],
+}
+
+impl std::fmt::Debug for TileDot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TileDot({})", self.dtype)
+    }
+}
+
+impl TileDot {
+    /// Most tokens one call handles.
+    pub const MAX_TOKENS: usize = 4;
+
+    /// The tiled kernel for `dtype` on `isa`, if there is one.
+    pub fn new(isa: Isa, dtype: GgmlType) -> Option<TileDot> {
+        if !isa.is_available() || !PackedMatrix::supports(dtype) {
+            return None;
+        }
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                use crate::simd::x86::tiles as t;
+                let fns: [TileFn; 4] = match dtype {
+                    GgmlType::Q4_0 => [t::q4_0_t1, t::q4_0_t2, t::q4_0_t3, t::q4_0_t4],
+                    GgmlType::Q4_1 => [t::q4_1_t1, t::q4_1_t2, t::q4_1_t3, t::q4_1_t4],
+                    GgmlType::Q5_0 => [t::q5_0_t1, t::q5_0_t2, t::q5_0_t3, t::q5_0_t4],
+                    GgmlType::Q5_1 => [t::q5_1_t1, t::q5_1_t2, t::q5_1_t3, t::q5_1_t4],
+                    GgmlType::Q8_0 => [t::q8_0_t1, t::q8_0_t2, t::q8_0_t3, t::q8_0_t4],
+                    _ => return None,
+                };
+                Some(TileDot { dtype, kind: Q8Kind::Blocks32, fns })
+            }
+            _ => None,
+        }
+    }
+
+    /// The best tiled kernel for `dtype` on this CPU.
+    pub fn best(dtype: GgmlType) -> Option<TileDot> {
+        TileDot::new(Isa::best(), dtype)
+    }
+
+    pub fn dtype(&self) -> GgmlType {
+        self.dtype
+    }
+
+    /// `out[t][r] = row (8·group + r) · xs[t]` for the tokens in `xs` (1 to 4).
+    pub fn run(&self, m: &PackedMatrix, group: usize, xs: &[Q8Row<'_>], out: &mut [[f32; GROUP]]) {
+        let n_tokens = xs.len();
+        assert!((1..=Self::MAX_TOKENS).contains(&n_tokens) && out.len() >= n_tokens, "token count");
+        assert_eq!(m.dtype, self.dtype, "packed matrix type");
+        let n_blocks = m.cols / self.kind.block_size();
+        for x in xs {
+            assert!(
+                x.qs.len() == m.cols && x.d.len() == n_blocks && x.s.len() == m.cols / 32,
+                "activation row layout"
+            );
+        }
+        let bytes = m.group(group);
+        // SAFETY: the kernel exists only for an ISA this CPU supports (see `new`), and the
+        // lengths it reads by were checked above (the group holds `n_blocks` blocks).
+        unsafe { (self.fns[n_tokens - 1])(bytes, n_blocks, xs, out) }
+    }
 }

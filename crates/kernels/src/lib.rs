@@ -7,9 +7,11 @@
 pub mod dispatch;
 pub mod dtype;
 pub mod ops;
+pub mod packed;
 pub mod quants;
 mod simd;
 
-pub use dispatch::{ActivationFormat, Isa, VecDot, dequantize, dot_f16};
+pub use dispatch::{ActivationFormat, Isa, TileDot, VecDot, dequantize, dot_f16};
 pub use dtype::GgmlType;
+pub use packed::PackedMatrix;
 pub use quants::{Q8Buf, Q8Kind, Q8Row, Q8RowMut};

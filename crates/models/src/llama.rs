@@ -193,11 +193,11 @@ impl Llama {
         let c = &config;
         let (q_dim, kv_dim) = (c.heads().q_dim(), c.heads().kv_dim());
 
-        let embed_tokens = t.matrix("token_embd.weight", c.vocab_size, hidden)?;
+        let embed_tokens = t.table("token_embd.weight", c.vocab_size, hidden)?;
         let lm_head = if t.has("output.weight") {
             t.matrix("output.weight", c.vocab_size, hidden)?
         } else {
-            embed_tokens.clone()
+            embed_tokens.clone().with_tiles()
         };
         let mut layers = Vec::with_capacity(c.num_hidden_layers.min(gguf.tensors().len()));
         for i in 0..c.num_hidden_layers {

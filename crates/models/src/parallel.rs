@@ -10,8 +10,9 @@
 use std::ops::Range;
 
 use baimo_kernels::ops::swiglu;
+use baimo_kernels::packed::GROUP;
 use baimo_kernels::quants::quantize_q8;
-use baimo_kernels::{ActivationFormat, Q8Buf, Q8Kind, Q8Row, Q8RowMut};
+use baimo_kernels::{ActivationFormat, Q8Buf, Q8Kind, Q8Row, Q8RowMut, TileDot};
 use baimo_threads::{Ctx, SharedMut};
 
 use crate::state::Activations;
@@ -220,6 +221,44 @@ pub(crate) enum Store<'b> {
     Add,
 }
 
+/// Rows of a weight are handed out in units of a packed group, so a unit is either one call of
+/// the tiled kernel (per four tokens) or eight single-row dot products.
+const UNIT: usize = GROUP;
+
+/// `emit(t, r, (W·x_t)[r])` for the rows `r` of unit `u` of `weight` and every token.
+#[inline]
+fn unit_dots(weight: &Weight, u: usize, x: &TokenRows<'_>, mut emit: impl FnMut(usize, usize, f32)) {
+    let rows = u * UNIT..((u + 1) * UNIT).min(weight.rows);
+    let n = x.n_tokens;
+    match &weight.tiles {
+        Some((packed, tile)) if weight.dot.activation_format() == ActivationFormat::Q8(Q8Kind::Blocks32) => {
+            let mut out = [[0f32; GROUP]; TileDot::MAX_TOKENS];
+            for t0 in (0..n).step_by(TileDot::MAX_TOKENS) {
+                let t1 = (t0 + TileDot::MAX_TOKENS).min(n);
+                tile.run(packed, u, &x.q32[t0..t1], &mut out);
+                for (t, row) in (t0..t1).zip(&out) {
+                    for r in rows.clone() {
+                        emit(t, r, row[r - rows.start]);
+                    }
+                }
+            }
+        }
+        _ => {
+            for r in rows {
+                let w_row = weight.row(r);
+                for t in 0..n {
+                    emit(t, r, x.dot(weight, w_row, t));
+                }
+            }
+        }
+    }
+}
+
+/// Units of 8 rows handed out per claim: fewer for batches (each unit then serves many tokens).
+fn units_per_chunk(n_tokens: usize) -> usize {
+    rows_per_chunk(n_tokens) / UNIT
+}
+
 /// `out[t·stride + r] = (W·x_t)[r]` for the rows of `parts` stacked in order (e.g. Q, K and V
 /// sharing one input) and every token `t < n_tokens`.
 pub(crate) fn matmul(
@@ -235,24 +274,25 @@ pub(crate) fn matmul(
     debug_assert!(parts.iter().all(|w| w.cols == x.n));
     debug_assert!(total <= stride && (n_tokens - 1) * stride + total <= out.len());
     let x = x.token_rows(n_tokens);
-    ctx.for_each_chunk(total, rows_per_chunk(n_tokens), |rows| {
-        let (mut part, mut first_row) = (0, 0);
-        for r in rows {
-            while r >= first_row + parts[part].rows {
+    let total_units: usize = parts.iter().map(|w| w.rows.div_ceil(UNIT)).sum();
+    ctx.for_each_chunk(total_units, units_per_chunk(n_tokens), |units| {
+        for u in units {
+            // Find the part the unit belongs to, and where the part's rows start in `out`.
+            let (mut part, mut first_unit, mut first_row) = (0, 0, 0);
+            while u >= first_unit + parts[part].rows.div_ceil(UNIT) {
+                first_unit += parts[part].rows.div_ceil(UNIT);
                 first_row += parts[part].rows;
                 part += 1;
             }
-            let weight = parts[part];
-            let w_row = weight.row(r - first_row);
-            for t in 0..n_tokens {
-                let v = x.dot(weight, w_row, t);
-                // SAFETY: row r of every token is written only by the thread that claimed r.
+            unit_dots(parts[part], u - first_unit, &x, |t, r, v| {
+                let r = first_row + r;
+                // SAFETY: row r of every token is written only by the thread that claimed its unit.
                 let slot = unsafe { &mut out.slice_mut(t * stride + r..t * stride + r + 1)[0] };
                 match store {
                     Store::Write { bias } => *slot = v + bias.map_or(0.0, |b| b[r]),
                     Store::Add => *slot += v,
                 }
-            }
+            });
         }
     });
 }
@@ -268,26 +308,22 @@ pub(crate) fn matmul_swiglu(
     out: &SharedMut<'_, f32>,
     stride: usize,
 ) {
-    const TILE: usize = 1024;
+    const TILE: usize = MAX_TOKENS * UNIT;
     debug_assert!(gate.rows == up.rows && gate.cols == x.n && up.cols == x.n);
-    let chunk = rows_per_chunk(n_tokens);
-    assert!(chunk * n_tokens <= TILE, "batch too large for the SwiGLU tile");
     let x = x.token_rows(n_tokens);
-    ctx.for_each_chunk(gate.rows, chunk, |rows| {
-        let (mut g, mut u) = ([0f32; TILE], [0f32; TILE]);
-        let width = rows.len();
-        for (i, r) in rows.clone().enumerate() {
-            let (g_row, u_row) = (gate.row(r), up.row(r));
+    ctx.for_each_chunk(gate.rows.div_ceil(UNIT), units_per_chunk(n_tokens), |units| {
+        for u in units {
+            let rows = u * UNIT..((u + 1) * UNIT).min(gate.rows);
+            let width = rows.len();
+            let (mut g, mut v) = ([0f32; TILE], [0f32; TILE]);
+            unit_dots(gate, u, &x, |t, r, val| g[t * width + r - rows.start] = val);
+            unit_dots(up, u, &x, |t, r, val| v[t * width + r - rows.start] = val);
             for t in 0..n_tokens {
-                g[t * width + i] = x.dot(gate, g_row, t);
-                u[t * width + i] = x.dot(up, u_row, t);
+                let tile = t * width..(t + 1) * width;
+                // SAFETY: rows `rows` of every token are written only by the thread that claimed them.
+                let out = unsafe { out.slice_mut(t * stride + rows.start..t * stride + rows.end) };
+                swiglu(&g[tile.clone()], &v[tile], out);
             }
-        }
-        for t in 0..n_tokens {
-            let tile = t * width..(t + 1) * width;
-            // SAFETY: rows `rows` of every token are written only by the thread that claimed them.
-            let out = unsafe { out.slice_mut(t * stride + rows.start..t * stride + rows.end) };
-            swiglu(&g[tile.clone()], &u[tile], out);
         }
     });
 }

@@ -2,8 +2,10 @@
 //! copy of mmapped data) with the dot-product kernel for their type, and 1-D vectors (norm
 //! weights, biases) dequantized to f32 once at load time.
 
+use std::sync::Arc;
+
 use baimo_formats::{Bytes, Gguf};
-use baimo_kernels::{GgmlType, VecDot, dequantize};
+use baimo_kernels::{GgmlType, PackedMatrix, TileDot, VecDot, dequantize};
 
 use crate::ModelError;
 
@@ -18,6 +20,8 @@ pub struct Weight {
     data: Bytes,
     row_bytes: usize,
     pub dot: VecDot,
+    /// The same rows repacked in groups of 8 for the tiled kernel, where this CPU has one.
+    pub tiles: Option<(Arc<PackedMatrix>, TileDot)>,
 }
 
 impl Weight {
@@ -44,7 +48,18 @@ impl Weight {
         // (only possible with general.alignment = 1) gets its tensor copied once.
         let data =
             if !(data.as_ptr() as usize).is_multiple_of(4) { Bytes::from_vec(data.to_vec()) } else { data };
-        Ok(Weight { name: name.into(), dtype, rows, cols, data, row_bytes, dot })
+        Ok(Weight { name: name.into(), dtype, rows, cols, data, row_bytes, dot, tiles: None })
+    }
+
+    /// Repacks the rows for the tiled kernel when this CPU has one for the type (for matrices
+    /// used in matrix products; an embedding only looked up row by row stays as it is).
+    pub fn with_tiles(mut self) -> Weight {
+        if let Some(tile) = TileDot::best(self.dtype) {
+            if let Some(packed) = PackedMatrix::pack(self.dtype, self.rows, self.cols, &self.data) {
+                self.tiles = Some((Arc::new(packed), tile));
+            }
+        }
+        self
     }
 
     /// The encoded bytes of row `r`.
@@ -73,8 +88,19 @@ impl GgufTensors<'_> {
         self.gguf.tensor_info(name).is_some()
     }
 
-    /// A matrix of `rows` × `cols`.
+    /// A matrix of `rows` × `cols` used in matrix products (repacked where that pays).
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
+        Ok(self.matrix_unpacked(name, rows, cols)?.with_tiles())
+    }
+
+    /// A matrix only read row by row (an embedding table): not repacked.
+    pub fn table(&self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
+        let mut w = self.matrix_unpacked(name, rows, cols)?;
+        w.tiles = None;
+        Ok(w)
+    }
+
+    fn matrix_unpacked(&self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
         let info = self.gguf.tensor_info(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
         let expected = [cols as u64, rows as u64];
         let ne: Vec<u64> = info.ne.iter().copied().chain(std::iter::repeat(1)).take(4).collect();

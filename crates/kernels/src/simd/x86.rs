@@ -682,3 +682,179 @@ pub unsafe fn scale_f16_avx2(acc: &mut [u16], scale: f32) {
         *a = half::f16::from_f32(half::f16::from_bits(*a).to_f32() * scale).to_bits();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Tiled kernels over packed groups (see `packed.rs`): 8 rows × up to 4 tokens per call, two rows
+// per 512-bit register. Each output's float sums are formed exactly as in the single-row
+// kernels above: eight lanes, one fused multiply-add per block, ggml's horizontal sum.
+// ---------------------------------------------------------------------------------------------
+
+pub mod tiles {
+    use super::*;
+    use crate::packed::GROUP;
+
+    pub const Q4_0: u8 = 0;
+    pub const Q4_1: u8 = 1;
+    pub const Q5_0: u8 = 2;
+    pub const Q5_1: u8 = 3;
+    pub const Q8_0: u8 = 4;
+
+    const fn has_min(ty: u8) -> bool {
+        ty == Q4_1 || ty == Q5_1
+    }
+    const fn has_qh(ty: u8) -> bool {
+        ty == Q5_0 || ty == Q5_1
+    }
+    /// log2 of the offset the unsigned weights carry (q − 8, q − 16, w + 128), 0 for none.
+    const fn offset_shift(ty: u8) -> u32 {
+        match ty {
+            Q4_0 => 3,
+            Q5_0 => 4,
+            Q8_0 => 7,
+            _ => 0,
+        }
+    }
+    const fn block_bytes(ty: u8) -> usize {
+        match ty {
+            Q4_0 => 16 + 128,
+            Q4_1 => 16 + 16 + 128,
+            Q5_0 => 16 + 32 + 128,
+            Q5_1 => 16 + 16 + 32 + 128,
+            _ => 16 + 256,
+        }
+    }
+
+    /// ggml's horizontal sum of row A's and row B's eight lanes in a pair accumulator (A in lanes
+    /// 0..4 and 8..12, B in 4..8 and 12..16).
+    #[inline(always)]
+    unsafe fn hsum_pair(acc: __m512) -> (f32, f32) {
+        let lo = _mm512_castps512_ps256(acc);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1));
+        let h = _mm256_add_ps(hi, lo); // A's four partial sums in 0..4, B's in 4..8
+        let finish = |x: __m128| {
+            let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+            _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)))
+        };
+        (finish(_mm256_castps256_ps128(h)), finish(_mm256_extractf128_ps(h, 1)))
+    }
+
+    /// `out[t][r] = row r of the group · token t`, for `T` tokens.
+    #[inline(always)]
+    pub unsafe fn legacy<const TY: u8, const T: usize>(
+        group: &[u8],
+        n_blocks: usize,
+        xs: &[Q8Row<'_>],
+        out: &mut [[f32; GROUP]],
+    ) {
+        debug_assert!(xs.len() >= T && out.len() >= T && group.len() >= n_blocks * block_bytes(TY));
+        let bb = block_bytes(TY);
+        let nib = _mm256_set1_epi8(0xF);
+        let ones = _mm512_set1_epi8(1);
+        let fifth = _mm512_set1_epi8(0x10);
+        let flip = _mm512_set1_epi8(-128);
+        // Which row's scale each lane takes, per pair p: rows 2p, 2p+1 in the lane pattern above.
+        let lane_rows = |p: i32| {
+            let (a, b) = (2 * p, 2 * p + 1);
+            _mm512_setr_epi32(a, a, a, a, b, b, b, b, a, a, a, a, b, b, b, b)
+        };
+        let idx = [lane_rows(0), lane_rows(1), lane_rows(2), lane_rows(3)];
+        let mut acc = [[_mm512_setzero_ps(); T]; 4];
+        let mut mins = [_mm256_setzero_ps(); T];
+        for b in 0..n_blocks {
+            let base = group.as_ptr().add(b * bb);
+            let d = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(base.cast())));
+            let mut at = 16;
+            let m = if has_min(TY) {
+                at += 16;
+                _mm256_cvtph_ps(_mm_loadu_si128(base.add(16).cast()))
+            } else {
+                _mm256_setzero_ps()
+            };
+            let qh = base.add(at);
+            if has_qh(TY) {
+                at += 32;
+            }
+            let qs = base.add(at);
+
+            let mut xz = [_mm512_setzero_si512(); T];
+            let mut off = [_mm512_setzero_si512(); T];
+            let mut dx = [_mm512_setzero_ps(); T];
+            for t in 0..T {
+                let x = _mm512_castsi256_si512(load256(xs[t].qs.as_ptr().add(32 * b).cast()));
+                xz[t] = _mm512_shuffle_i64x2(x, x, 0x50); // [x 0..16, x 0..16, x 16..32, x 16..32]
+                if offset_shift(TY) != 0 {
+                    let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, xz[t]);
+                    off[t] = _mm512_sll_epi32(sums, _mm_cvtsi32_si128(offset_shift(TY) as i32));
+                }
+                dx[t] = _mm512_set1_ps(*xs[t].d.get_unchecked(b));
+                if has_min(TY) {
+                    mins[t] =
+                        _mm256_add_ps(mins[t], _mm256_mul_ps(m, _mm256_set1_ps(*xs[t].s.get_unchecked(b))));
+                }
+            }
+            for p in 0..4 {
+                let q = if TY == Q8_0 {
+                    _mm512_xor_si512(_mm512_loadu_si512(qs.add(64 * p).cast()), flip)
+                } else {
+                    let raw = load256(qs.add(32 * p));
+                    let lo = _mm256_and_si256(raw, nib);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), nib);
+                    let q = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                    if has_qh(TY) {
+                        let mask = (qh.add(8 * p) as *const u64).read_unaligned();
+                        _mm512_or_si512(q, _mm512_maskz_mov_epi8(mask, fifth))
+                    } else {
+                        q
+                    }
+                };
+                let dpair = _mm512_permutexvar_ps(idx[p], d);
+                for t in 0..T {
+                    let mut isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xz[t]);
+                    if offset_shift(TY) != 0 {
+                        isum = _mm512_sub_epi32(isum, off[t]);
+                    }
+                    acc[p][t] =
+                        _mm512_fmadd_ps(_mm512_mul_ps(dpair, dx[t]), _mm512_cvtepi32_ps(isum), acc[p][t]);
+                }
+            }
+        }
+        for t in 0..T {
+            let mut m = [0f32; GROUP];
+            _mm256_storeu_ps(m.as_mut_ptr(), mins[t]);
+            for p in 0..4 {
+                let (a, b) = hsum_pair(acc[p][t]);
+                out[t][2 * p] = if has_min(TY) { a + m[2 * p] } else { a };
+                out[t][2 * p + 1] = if has_min(TY) { b + m[2 * p + 1] } else { b };
+            }
+        }
+    }
+
+    macro_rules! tile_entry {
+        ($name:ident, $ty:expr, $t:expr) => {
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+            pub unsafe fn $name(group: &[u8], n_blocks: usize, xs: &[Q8Row<'_>], out: &mut [[f32; GROUP]]) {
+                legacy::<{ $ty }, { $t }>(group, n_blocks, xs, out)
+            }
+        };
+    }
+    tile_entry!(q4_0_t1, Q4_0, 1);
+    tile_entry!(q4_0_t2, Q4_0, 2);
+    tile_entry!(q4_0_t3, Q4_0, 3);
+    tile_entry!(q4_0_t4, Q4_0, 4);
+    tile_entry!(q4_1_t1, Q4_1, 1);
+    tile_entry!(q4_1_t2, Q4_1, 2);
+    tile_entry!(q4_1_t3, Q4_1, 3);
+    tile_entry!(q4_1_t4, Q4_1, 4);
+    tile_entry!(q5_0_t1, Q5_0, 1);
+    tile_entry!(q5_0_t2, Q5_0, 2);
+    tile_entry!(q5_0_t3, Q5_0, 3);
+    tile_entry!(q5_0_t4, Q5_0, 4);
+    tile_entry!(q5_1_t1, Q5_1, 1);
+    tile_entry!(q5_1_t2, Q5_1, 2);
+    tile_entry!(q5_1_t3, Q5_1, 3);
+    tile_entry!(q5_1_t4, Q5_1, 4);
+    tile_entry!(q8_0_t1, Q8_0, 1);
+    tile_entry!(q8_0_t2, Q8_0, 2);
+    tile_entry!(q8_0_t3, Q8_0, 3);
+    tile_entry!(q8_0_t4, Q8_0, 4);
+}
