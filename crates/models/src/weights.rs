@@ -54,10 +54,10 @@ impl Weight {
     /// Repacks the rows for the tiled kernel when this CPU has one for the type (for matrices
     /// used in matrix products; an embedding only looked up row by row stays as it is).
     pub fn with_tiles(mut self) -> Weight {
-        if let Some(tile) = TileDot::best(self.dtype) {
-            if let Some(packed) = PackedMatrix::pack(self.dtype, self.rows, self.cols, &self.data) {
-                self.tiles = Some((Arc::new(packed), tile));
-            }
+        if let Some(tile) = TileDot::best(self.dtype)
+            && let Some(packed) = PackedMatrix::pack(self.dtype, self.rows, self.cols, &self.data)
+        {
+            self.tiles = Some((Arc::new(packed), tile));
         }
         self
     }
