@@ -162,6 +162,19 @@ pub fn mad_f16_scalar(acc: &mut [half::f16], v: &[half::f16], w: f32) {
     }
 }
 
+/// `acc += w · v` with `v` in f16, in f32 (attention's value sum for batched prompts).
+pub fn axpy_f16(w: f32, v: &[half::f16], acc: &mut [f32]) {
+    assert_eq!(acc.len(), v.len(), "axpy_f16 lengths");
+    #[cfg(target_arch = "x86_64")]
+    if matches!(crate::Isa::best(), crate::Isa::Avx2 | crate::Isa::Avx512Vnni) {
+        // SAFETY: `best` checked AVX2, F16C and FMA.
+        return unsafe { crate::simd::x86::axpy_f16_avx2(w, bytemuck::cast_slice(v), acc) };
+    }
+    for (a, v) in acc.iter_mut().zip(v) {
+        *a = v.to_f32().mul_add(w, *a);
+    }
+}
+
 /// How the rotated pairs of a head are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RopeStyle {

@@ -247,6 +247,11 @@ fn q6_k_values(b: &BlockQ6K) -> [u8; QK_K] {
     v
 }
 
+/// The 6-bit values (0..64) of a Q6_K super-block in element order, into `out`.
+pub fn q6_k_values_into(b: &BlockQ6K, out: &mut [u8; QK_K]) {
+    *out = q6_k_values(b);
+}
+
 pub fn dequantize_q4_k(blocks: &[BlockQ4K], y: &mut [f32]) {
     for (b, y) in blocks.iter().zip(y.chunks_exact_mut(QK_K)) {
         let (d, dmin) = (f16_to_f32(b.d), f16_to_f32(b.dmin));

@@ -56,13 +56,13 @@ fn check(dtype: GgmlType, rows: usize, n_blocks: usize, n_tokens: usize, seed: u
             if row >= rows {
                 continue;
             }
-            for t in 0..n_tokens {
-                let want = single.dot_q8(&w[row * row_bytes..(row + 1) * row_bytes], xs[t]);
+            for (t, (x, got)) in xs.iter().zip(&out).enumerate() {
+                let want = single.dot_q8(&w[row * row_bytes..(row + 1) * row_bytes], *x);
                 assert_eq!(
-                    out[t][r].to_bits(),
+                    got[r].to_bits(),
                     want.to_bits(),
                     "{dtype} row {row} token {t}: tile {} vs row kernel {want} (seed {seed})",
-                    out[t][r]
+                    got[r]
                 );
             }
         }

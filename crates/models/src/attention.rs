@@ -3,7 +3,7 @@
 //! then for each query head `softmax(q·Kᵀ/√d)·V` over the positions it may see.
 
 use baimo_kernels::GgmlType;
-use baimo_kernels::ops::{RopeStyle, axpy, mad_f16, rope_apply, scale_f16};
+use baimo_kernels::ops::{RopeStyle, axpy_f16, mad_f16, rope_apply, scale_f16};
 use baimo_kernels::{VecDot, dot_f16};
 use baimo_threads::{Ctx, SharedMut};
 use half::f16;
@@ -125,7 +125,6 @@ pub(crate) fn attend(
     let (keys, values, qkv) =
         unsafe { (&cache.k.get()[cache.start..], &cache.v.get()[cache.start..], qkv.get()) };
     let mut q16_row = [f16::ZERO; MAX_HEAD_DIM];
-    let mut v_row = [0f32; MAX_HEAD_DIM];
     let mut acc16 = [f16::ZERO; MAX_HEAD_DIM];
     ctx.for_each_chunk(n_tokens * heads.n_heads, 1, |items| {
         for item in items {
@@ -162,8 +161,7 @@ pub(crate) fn attend(
                         if rescale != 1.0 {
                             o.iter_mut().for_each(|x| *x *= rescale);
                         }
-                        v.convert_to_f32_slice(&mut v_row[..hd]);
-                        axpy(weight, &v_row[..hd], o);
+                        axpy_f16(weight, v, o);
                     }
                     Accumulate::F16 => {
                         if rescale != 1.0 {

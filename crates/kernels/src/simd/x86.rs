@@ -668,6 +668,22 @@ pub unsafe fn mad_f16_avx2(acc: &mut [u16], v: &[u16], w: f32) {
 }
 
 #[target_feature(enable = "avx2,f16c,fma")]
+pub unsafe fn axpy_f16_avx2(w: f32, v: &[u16], acc: &mut [f32]) {
+    let n = acc.len();
+    let wv = _mm256_set1_ps(w);
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i).cast()));
+        let a = _mm256_loadu_ps(acc.as_ptr().add(i));
+        _mm256_storeu_ps(acc.as_mut_ptr().add(i), _mm256_fmadd_ps(x, wv, a));
+        i += 8;
+    }
+    for j in i..n {
+        acc[j] = half::f16::from_bits(v[j]).to_f32().mul_add(w, acc[j]);
+    }
+}
+
+#[target_feature(enable = "avx2,f16c,fma")]
 pub unsafe fn scale_f16_avx2(acc: &mut [u16], scale: f32) {
     let n = acc.len();
     let s = _mm256_set1_ps(scale);
@@ -748,7 +764,7 @@ pub mod tiles {
     ) {
         debug_assert!(xs.len() >= T && out.len() >= T && group.len() >= n_blocks * block_bytes(TY));
         let bb = block_bytes(TY);
-        let nib = _mm256_set1_epi8(0xF);
+        let nib = _mm512_set1_epi8(0xF);
         let ones = _mm512_set1_epi8(1);
         let fifth = _mm512_set1_epi8(0x10);
         let flip = _mm512_set1_epi8(-128);
@@ -762,7 +778,7 @@ pub mod tiles {
         let mut mins = [_mm256_setzero_ps(); T];
         for b in 0..n_blocks {
             let base = group.as_ptr().add(b * bb);
-            let d = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(base.cast())));
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(base.cast()));
             let mut at = 16;
             let m = if has_min(TY) {
                 at += 16;
@@ -776,45 +792,53 @@ pub mod tiles {
             }
             let qs = base.add(at);
 
+            // Per token: the activations in the pair lane order, the offset the unsigned weights
+            // carry (negated: the integer sums start from it), and d_w·d_x for the 8 rows.
             let mut xz = [_mm512_setzero_si512(); T];
-            let mut off = [_mm512_setzero_si512(); T];
-            let mut dx = [_mm512_setzero_ps(); T];
+            let mut start = [_mm512_setzero_si512(); T];
+            let mut scale = [_mm512_setzero_ps(); T];
             for t in 0..T {
                 let x = _mm512_castsi256_si512(load256(xs[t].qs.as_ptr().add(32 * b).cast()));
                 xz[t] = _mm512_shuffle_i64x2(x, x, 0x50); // [x 0..16, x 0..16, x 16..32, x 16..32]
                 if offset_shift(TY) != 0 {
                     let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, xz[t]);
-                    off[t] = _mm512_sll_epi32(sums, _mm_cvtsi32_si128(offset_shift(TY) as i32));
+                    let offset = _mm512_sll_epi32(sums, _mm_cvtsi32_si128(offset_shift(TY) as i32));
+                    start[t] = _mm512_sub_epi32(_mm512_setzero_si512(), offset);
                 }
-                dx[t] = _mm512_set1_ps(*xs[t].d.get_unchecked(b));
+                scale[t] =
+                    _mm512_castps256_ps512(_mm256_mul_ps(d, _mm256_set1_ps(*xs[t].d.get_unchecked(b))));
                 if has_min(TY) {
                     mins[t] =
                         _mm256_add_ps(mins[t], _mm256_mul_ps(m, _mm256_set1_ps(*xs[t].s.get_unchecked(b))));
                 }
             }
-            for p in 0..4 {
-                let q = if TY == Q8_0 {
-                    _mm512_xor_si512(_mm512_loadu_si512(qs.add(64 * p).cast()), flip)
-                } else {
-                    let raw = load256(qs.add(32 * p));
-                    let lo = _mm256_and_si256(raw, nib);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), nib);
-                    let q = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-                    if has_qh(TY) {
+            // The weights of the four row pairs, each [A 0..16, B 0..16, A 16..32, B 16..32].
+            let mut q = [_mm512_setzero_si512(); 4];
+            if TY == Q8_0 {
+                for (p, q) in q.iter_mut().enumerate() {
+                    *q = _mm512_xor_si512(_mm512_loadu_si512(qs.add(64 * p).cast()), flip);
+                }
+            } else {
+                for half in 0..2 {
+                    // Two pairs' packed nibbles: [A, B, A', B'] (16 bytes each).
+                    let raw = _mm512_loadu_si512(qs.add(64 * half).cast());
+                    let lo = _mm512_and_si512(raw, nib);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib);
+                    q[2 * half] = _mm512_shuffle_i64x2(lo, hi, 0b01_00_01_00);
+                    q[2 * half + 1] = _mm512_shuffle_i64x2(lo, hi, 0b11_10_11_10);
+                }
+                if has_qh(TY) {
+                    for (p, q) in q.iter_mut().enumerate() {
                         let mask = (qh.add(8 * p) as *const u64).read_unaligned();
-                        _mm512_or_si512(q, _mm512_maskz_mov_epi8(mask, fifth))
-                    } else {
-                        q
+                        *q = _mm512_mask_add_epi8(*q, mask, *q, fifth);
                     }
-                };
-                let dpair = _mm512_permutexvar_ps(idx[p], d);
+                }
+            }
+            for p in 0..4 {
                 for t in 0..T {
-                    let mut isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xz[t]);
-                    if offset_shift(TY) != 0 {
-                        isum = _mm512_sub_epi32(isum, off[t]);
-                    }
-                    acc[p][t] =
-                        _mm512_fmadd_ps(_mm512_mul_ps(dpair, dx[t]), _mm512_cvtepi32_ps(isum), acc[p][t]);
+                    let isum = _mm512_dpbusd_epi32(start[t], q[p], xz[t]);
+                    let s = _mm512_permutexvar_ps(idx[p], scale[t]);
+                    acc[p][t] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(isum), acc[p][t]);
                 }
             }
         }
