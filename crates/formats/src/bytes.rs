@@ -10,8 +10,22 @@ use crate::FormatError;
 
 #[derive(Clone)]
 pub struct Bytes {
-    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    owner: Arc<Owner>,
     range: Range<usize>,
+}
+
+enum Owner {
+    Map(memmap2::Mmap),
+    Vec(Vec<u8>),
+}
+
+impl Owner {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Owner::Map(map) => map,
+            Owner::Vec(v) => v,
+        }
+    }
 }
 
 impl Bytes {
@@ -31,12 +45,12 @@ impl Bytes {
         // not being truncated or rewritten while it is in use.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
         let len = map.len();
-        Ok(Bytes { owner: Arc::new(map), range: 0..len })
+        Ok(Bytes { owner: Arc::new(Owner::Map(map)), range: 0..len })
     }
 
     pub fn from_vec(data: Vec<u8>) -> Bytes {
         let len = data.len();
-        Bytes { owner: Arc::new(data), range: 0..len }
+        Bytes { owner: Arc::new(Owner::Vec(data)), range: 0..len }
     }
 
     /// A sub-range of this view. The range must lie inside it (callers check against `len`).
@@ -47,12 +61,32 @@ impl Bytes {
             range: self.range.start + range.start..self.range.start + range.end,
         }
     }
+
+    /// Tells the kernel that these bytes will not be read again soon (a tensor that was copied
+    /// into another layout), so their pages stop counting towards the process's resident memory.
+    /// The data stays valid: a later read brings the pages back from the file. Only whole pages
+    /// inside the range are released; owned buffers are left alone.
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        if let Owner::Map(map) = &*self.owner {
+            const PAGE: usize = 4096;
+            let start = self.range.start.next_multiple_of(PAGE);
+            let end = self.range.end / PAGE * PAGE;
+            if start < end {
+                // SAFETY: the map is a shared, read-only file mapping: MADV_DONTNEED only drops
+                // its page-table entries and the next access faults the same file contents back
+                // in, so the bytes seen through any borrow never change. (The danger memmap2
+                // warns of, losing data, applies to private or anonymous mappings.)
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+            }
+        }
+    }
 }
 
 impl Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &(*self.owner).as_ref()[self.range.clone()]
+        &self.owner.as_slice()[self.range.clone()]
     }
 }
 

@@ -58,6 +58,9 @@ impl Weight {
             && let Some(packed) = PackedMatrix::pack(self.dtype, self.rows, self.cols, &self.data)
         {
             self.tiles = Some((Arc::new(packed), tile));
+            // Products read only the packed copy from now on: the file's pages of this tensor
+            // need not stay resident (rows still read, e.g. a tied embedding, fault back in).
+            self.data.release_pages();
         }
         self
     }
