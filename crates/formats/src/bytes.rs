@@ -101,3 +101,23 @@ impl fmt::Debug for Bytes {
         write!(f, "Bytes({} bytes)", self.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn released_pages_read_back_the_same_bytes() {
+        let path = std::env::temp_dir().join(format!("baimo-release-{}.bin", std::process::id()));
+        let content: Vec<u8> = (0..5 * 4096 + 123).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let map = Bytes::map_file(&path).unwrap();
+        let part = map.slice(1000..4 * 4096 + 77);
+        let before = part.to_vec();
+        part.release_pages();
+        assert_eq!(&part[..], &before[..]);
+        assert_eq!(&map[..], &content[..]);
+        Bytes::from_vec(content.clone()).release_pages();
+        std::fs::remove_file(&path).unwrap();
+    }
+}
