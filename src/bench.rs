@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use baimo_engine::LoadedModel;
-use baimo_models::LogitsFor;
+use baimo_models::{Arithmetic, LogitsFor};
 use baimo_threads::ThreadPool;
 
 use crate::common::{self, ModelOptions};
@@ -39,12 +39,13 @@ struct Measurement {
 pub fn main(args: Args) -> Result<()> {
     let model = common::load_model(args.model_spec.as_deref(), &args.model)?;
     let pool = common::thread_pool(&args.model);
+    let arithmetic = args.model.arithmetic.into();
     let mut results = Vec::new();
     for &n in args.n_prompt.iter().filter(|&&n| n > 0) {
-        results.push(measure(&args, &format!("pp{n}"), || prompt_speed(&model, &pool, n))?);
+        results.push(measure(&args, &format!("pp{n}"), || prompt_speed(&model, &pool, n, arithmetic))?);
     }
     for &n in args.n_gen.iter().filter(|&&n| n > 0) {
-        results.push(measure(&args, &format!("tg{n}"), || generation_speed(&model, &pool, n))?);
+        results.push(measure(&args, &format!("tg{n}"), || generation_speed(&model, &pool, n, arithmetic))?);
     }
     let size = format!(
         "{:.1} MiB",
@@ -96,17 +97,19 @@ fn bench_tokens(model: &LoadedModel, n: usize) -> Vec<u32> {
     (0..n).map(|_| (rng.next_u64() % vocab) as u32).collect()
 }
 
-fn prompt_speed(model: &LoadedModel, pool: &ThreadPool, n: usize) -> Result<f64> {
+fn prompt_speed(model: &LoadedModel, pool: &ThreadPool, n: usize, arithmetic: Arithmetic) -> Result<f64> {
     let tokens = bench_tokens(model, n);
     let mut seq = model.model.new_sequence(n + 1);
+    seq.arithmetic = arithmetic;
     let started = Instant::now();
     model.model.forward(pool, &mut seq, &tokens, LogitsFor::Last)?;
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-fn generation_speed(model: &LoadedModel, pool: &ThreadPool, n: usize) -> Result<f64> {
+fn generation_speed(model: &LoadedModel, pool: &ThreadPool, n: usize, arithmetic: Arithmetic) -> Result<f64> {
     let tokens = bench_tokens(model, n);
     let mut seq = model.model.new_sequence(n + 1);
+    seq.arithmetic = arithmetic;
     let started = Instant::now();
     for &t in &tokens {
         model.model.forward(pool, &mut seq, &[t], LogitsFor::Last)?;

@@ -29,6 +29,26 @@ pub struct ModelOptions {
     /// Print nothing on stderr but errors.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Rounding order of the computation: `llama-cpp` reproduces llama.cpp's (identical logits
+    /// on AVX-512 VNNI for prompts under 64 tokens and every generated token); `fast` takes
+    /// baimo's quickest kernels, whose results differ from llama.cpp's in the last bits.
+    #[arg(long, value_enum, default_value_t = ArithmeticArg::LlamaCpp)]
+    pub arithmetic: ArithmeticArg,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArithmeticArg {
+    LlamaCpp,
+    Fast,
+}
+
+impl From<ArithmeticArg> for baimo_models::Arithmetic {
+    fn from(a: ArithmeticArg) -> Self {
+        match a {
+            ArithmeticArg::LlamaCpp => baimo_models::Arithmetic::LlamaCpp,
+            ArithmeticArg::Fast => baimo_models::Arithmetic::Fast,
+        }
+    }
 }
 
 /// `[MODEL] THING`: the model is optional, so one positional is the thing and two are both.

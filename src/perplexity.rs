@@ -31,7 +31,8 @@ pub fn main(args: Args) -> Result<()> {
             let _ = std::io::stderr().flush();
         }
     };
-    let result = baimo_engine::perplexity(&model, &pool, &text, ctx, &mut progress)?;
+    let result =
+        baimo_engine::perplexity(&model, &pool, &text, ctx, args.model.arithmetic.into(), &mut progress)?;
     if !quiet {
         eprintln!();
         eprintln!(

@@ -1,7 +1,11 @@
 //! The engine against llama.cpp on the same GGUF files (`../shared/reference/llama.cpp`):
 //! for every prompt, the top-1 token at the last prompt position, the top-20 logits there, and
 //! the first 16 greedy tokens. The thresholds are the engine-core issue's: same top-1 for every
-//! prompt, logits within 0.5, 16 greedy tokens identical for at least 7 of 8 prompts.
+//! prompt, logits within 0.5, 16 greedy tokens identical for at least 7 of 8 prompts, for the
+//! default arithmetic (`Arithmetic::LlamaCpp`), whose results on the reference's own instruction
+//! set must moreover be identical. `Arithmetic::Fast` rounds differently, which these small
+//! models amplify to a few tenths of a logit: it must keep every top-1 token, stay within 1.0,
+//! and part ways with llama.cpp's greedy tokens only at near ties.
 
 mod common;
 
@@ -9,7 +13,7 @@ use std::sync::Arc;
 
 use baimo_engine::LoadedModel;
 use baimo_engine::sampler::argmax;
-use baimo_models::LogitsFor;
+use baimo_models::{Arithmetic, LogitsFor};
 use baimo_threads::ThreadPool;
 
 struct PromptResult {
@@ -24,7 +28,7 @@ struct PromptResult {
     gap_at_divergence: Option<f32>,
 }
 
-fn check(model_name: &str, reference: &str) -> Vec<PromptResult> {
+fn check(model_name: &str, reference: &str, arithmetic: Arithmetic) -> Vec<PromptResult> {
     let model = Arc::new(LoadedModel::load(&common::model(model_name)).expect("model loads"));
     let pool = ThreadPool::with_available_parallelism();
     let mut results = Vec::new();
@@ -32,6 +36,7 @@ fn check(model_name: &str, reference: &str) -> Vec<PromptResult> {
         let prompt_ids = common::ids(&case["prompt_ids"]);
         let greedy = common::ids(&case["greedy_ids"]);
         let mut seq = model.model.new_sequence(4096);
+        seq.arithmetic = arithmetic;
         let logits =
             model.model.forward(&pool, &mut seq, &prompt_ids, LogitsFor::Last).expect("forward").to_vec();
         let top20 = case["top20_last_prompt_logits"].as_array().expect("top20");
@@ -65,10 +70,10 @@ fn check(model_name: &str, reference: &str) -> Vec<PromptResult> {
     results
 }
 
-fn assert_acceptance(model_name: &str, results: &[PromptResult]) {
+fn report(model_name: &str, results: &[PromptResult], arithmetic: Arithmetic) {
     for r in results {
         println!(
-            "{model_name} {:<42} top1 {} max|Δlogit| {:.4} greedy {}/{}{}",
+            "{model_name} {arithmetic:?} {:<42} top1 {} max|Δlogit| {:.4} greedy {}/{}{}",
             format!("{:?}", r.prompt),
             if r.top1_ok { "ok" } else { "DIFFERS" },
             r.max_logit_diff,
@@ -77,6 +82,10 @@ fn assert_acceptance(model_name: &str, results: &[PromptResult]) {
             r.gap_at_divergence.map_or(String::new(), |g| format!(" (diverges, logit gap {g:.4})")),
         );
     }
+}
+
+fn assert_acceptance(model_name: &str, results: &[PromptResult], arithmetic: Arithmetic) {
+    report(model_name, results, arithmetic);
     assert_eq!(results.len(), 8, "eight reference prompts");
     assert!(results.iter().all(|r| r.top1_ok), "{model_name}: a top-1 token differs from llama.cpp's");
     let worst = results.iter().map(|r| r.max_logit_diff).fold(0f32, f32::max);
@@ -88,7 +97,7 @@ fn assert_acceptance(model_name: &str, results: &[PromptResult]) {
 
     // On the reference's own instruction set baimo follows llama.cpp's arithmetic exactly, so
     // anything short of identical (to the 5 decimals the reference prints) is a regression.
-    if baimo_kernels::Isa::best() == baimo_kernels::Isa::Avx512Vnni {
+    if arithmetic == Arithmetic::LlamaCpp && baimo_kernels::Isa::best() == baimo_kernels::Isa::Avx512Vnni {
         assert!(worst < 1e-4, "{model_name}: logits are no longer identical to llama.cpp's ({worst})");
         for r in results {
             assert_eq!(
@@ -100,14 +109,37 @@ fn assert_acceptance(model_name: &str, results: &[PromptResult]) {
     }
 }
 
+fn assert_close(model_name: &str, results: &[PromptResult]) {
+    report(model_name, results, Arithmetic::Fast);
+    assert_eq!(results.len(), 8, "eight reference prompts");
+    assert!(results.iter().all(|r| r.top1_ok), "{model_name}: a top-1 token differs from llama.cpp's");
+    let worst = results.iter().map(|r| r.max_logit_diff).fold(0f32, f32::max);
+    assert!(worst <= 1.0, "{model_name}: logits differ from llama.cpp's by {worst}");
+    for r in results {
+        if let Some(gap) = r.gap_at_divergence {
+            assert!(gap < 0.25, "{model_name} {:?}: greedy tokens part ways with a gap of {gap}", r.prompt);
+        }
+    }
+}
+
 #[test]
 fn smollm2_logits_and_greedy_tokens_match_llama_cpp() {
-    let results = check(common::SMOLLM2, "SmolLM2-135M-Instruct.Q4_1.greedy.jsonl");
-    assert_acceptance(common::SMOLLM2, &results);
+    let reference = "SmolLM2-135M-Instruct.Q4_1.greedy.jsonl";
+    assert_acceptance(
+        common::SMOLLM2,
+        &check(common::SMOLLM2, reference, Arithmetic::LlamaCpp),
+        Arithmetic::LlamaCpp,
+    );
+    assert_close(common::SMOLLM2, &check(common::SMOLLM2, reference, Arithmetic::Fast));
 }
 
 #[test]
 fn qwen25_logits_and_greedy_tokens_match_llama_cpp() {
-    let results = check(common::QWEN25, "qwen2.5-coder-0.5b-instruct.greedy.jsonl");
-    assert_acceptance(common::QWEN25, &results);
+    let reference = "qwen2.5-coder-0.5b-instruct.greedy.jsonl";
+    assert_acceptance(
+        common::QWEN25,
+        &check(common::QWEN25, reference, Arithmetic::LlamaCpp),
+        Arithmetic::LlamaCpp,
+    );
+    assert_close(common::QWEN25, &check(common::QWEN25, reference, Arithmetic::Fast));
 }

@@ -4,7 +4,7 @@
 //! half of each chunk: for positions `p = ctx/2 .. ctx-2`, the negative log-likelihood of token
 //! `p+1`. PPL = exp(mean NLL); the ± is the standard error of the mean NLL, times PPL.
 
-use baimo_models::LogitsFor;
+use baimo_models::{Arithmetic, LogitsFor};
 use baimo_threads::ThreadPool;
 
 use crate::{EngineError, LoadedModel};
@@ -28,6 +28,7 @@ pub fn perplexity(
     pool: &ThreadPool,
     text: &str,
     ctx: usize,
+    arithmetic: Arithmetic,
     progress: Progress<'_>,
 ) -> Result<Perplexity, EngineError> {
     if ctx < 4 || ctx > model.info.context_length {
@@ -54,6 +55,7 @@ pub fn perplexity(
     // Logits are asked for in pieces of this many positions, to bound their memory.
     const PIECE: usize = 64;
     let mut seq = model.model.new_sequence(ctx);
+    seq.arithmetic = arithmetic;
     let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
     for chunk in 0..n_chunks {
         let mut window = tokens[chunk * ctx..(chunk + 1) * ctx].to_vec();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use baimo_models::{LogitsFor, Sequence};
+use baimo_models::{Arithmetic, LogitsFor, Sequence};
 use baimo_threads::ThreadPool;
 use baimo_tokenizer::StreamDecoder;
 
@@ -96,6 +96,11 @@ impl Session {
         let max_len = max_len.min(model.info.context_length).max(1);
         let seq = model.model.new_sequence(max_len);
         Session { model, pool, seq, tokens: Vec::new() }
+    }
+
+    /// The rounding order of this session's computation (see [`Arithmetic`]).
+    pub fn set_arithmetic(&mut self, arithmetic: Arithmetic) {
+        self.seq.arithmetic = arithmetic;
     }
 
     pub fn model(&self) -> &Arc<LoadedModel> {

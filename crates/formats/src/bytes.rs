@@ -77,7 +77,9 @@ impl Bytes {
                 // its page-table entries and the next access faults the same file contents back
                 // in, so the bytes seen through any borrow never change. (The danger memmap2
                 // warns of, losing data, applies to private or anonymous mappings.)
-                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+                let _ = unsafe {
+                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                };
             }
         }
     }

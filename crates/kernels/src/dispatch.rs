@@ -2,7 +2,10 @@
 //! asked at start-up what it supports and the fastest matching path is used. Every path stays
 //! selectable so tests can compare each against the scalar reference.
 
+use std::ops::Range;
+
 use crate::GgmlType;
+
 use crate::packed::{GROUP, PackedMatrix};
 use crate::quants::{self, Q8Kind, Q8Row, as_blocks};
 
@@ -358,14 +361,27 @@ pub fn dot_f16(k: &[half::f16], q: &[half::f16]) -> f32 {
 
 type TileFn = unsafe fn(&[u8], usize, &[Q8Row<'_>], &mut [[f32; GROUP]]);
 
-/// The tiled product of a [`PackedMatrix`] group (8 rows) with 1 to 4 tokens, on CPUs that have
-/// it. Its results are identical, bit for bit, to [`VecDot::dot_q8`] row by row.
+/// With exact arithmetic asked for, batches of at least this many tokens still take the fast
+/// kernels for the legacy types: llama.cpp's own attention leaves its bit-exact path there too.
+pub const FAST_BATCH: usize = 64;
+
+/// The kernels of one type, by token count.
+#[derive(Clone, Copy)]
+enum TileKernels {
+    Legacy { exact: [TileFn; 2], fast: [TileFn; 8] },
+    Q4K { single: [TileFn; 4], batched: TileFn },
+    Q6K { tiled: [TileFn; 4], lanes: TileFn },
+}
+
+/// The product of a [`PackedMatrix`] group (16 rows) with a batch of tokens, on CPUs that have
+/// it. Asked for exact results, it gives (for batches smaller than [`FAST_BATCH`], and for the
+/// K-quants at any size) those of [`VecDot::dot_q8_in_batch`] row by row, bit for bit, which are
+/// llama.cpp's; otherwise the fastest kernels, whose float sums are ordered differently.
 #[derive(Clone, Copy)]
 pub struct TileDot {
     dtype: GgmlType,
     kind: Q8Kind,
-    /// By token count 1..=4.
-    fns: [TileFn; 4],
+    kernels: TileKernels,
 }
 
 impl std::fmt::Debug for TileDot {
@@ -375,9 +391,6 @@ impl std::fmt::Debug for TileDot {
 }
 
 impl TileDot {
-    /// Most tokens one call handles.
-    pub const MAX_TOKENS: usize = 4;
-
     /// The tiled kernel for `dtype` on `isa`, if there is one.
     pub fn new(isa: Isa, dtype: GgmlType) -> Option<TileDot> {
         if !isa.is_available() || !PackedMatrix::supports(dtype) {
@@ -386,16 +399,92 @@ impl TileDot {
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => {
-                use crate::simd::x86::tiles as t;
-                let fns: [TileFn; 4] = match dtype {
-                    GgmlType::Q4_0 => [t::q4_0_t1, t::q4_0_t2, t::q4_0_t3, t::q4_0_t4],
-                    GgmlType::Q4_1 => [t::q4_1_t1, t::q4_1_t2, t::q4_1_t3, t::q4_1_t4],
-                    GgmlType::Q5_0 => [t::q5_0_t1, t::q5_0_t2, t::q5_0_t3, t::q5_0_t4],
-                    GgmlType::Q5_1 => [t::q5_1_t1, t::q5_1_t2, t::q5_1_t3, t::q5_1_t4],
-                    GgmlType::Q8_0 => [t::q8_0_t1, t::q8_0_t2, t::q8_0_t3, t::q8_0_t4],
-                    _ => return None,
-                };
-                Some(TileDot { dtype, kind: Q8Kind::Blocks32, fns })
+                use crate::simd::x86_tiles as t;
+                use TileKernels::*;
+                let legacy = |exact, fast| Some((Q8Kind::Blocks32, Legacy { exact, fast }));
+                let (kind, kernels) = match dtype {
+                    GgmlType::Q4_0 => legacy(
+                        [t::q4_0_exact1, t::q4_0_exact2],
+                        [
+                            t::q4_0_fast1,
+                            t::q4_0_fast2,
+                            t::q4_0_fast3,
+                            t::q4_0_fast4,
+                            t::q4_0_fast5,
+                            t::q4_0_fast6,
+                            t::q4_0_fast7,
+                            t::q4_0_fast8,
+                        ],
+                    ),
+                    GgmlType::Q4_1 => legacy(
+                        [t::q4_1_exact1, t::q4_1_exact2],
+                        [
+                            t::q4_1_fast1,
+                            t::q4_1_fast2,
+                            t::q4_1_fast3,
+                            t::q4_1_fast4,
+                            t::q4_1_fast5,
+                            t::q4_1_fast6,
+                            t::q4_1_fast7,
+                            t::q4_1_fast8,
+                        ],
+                    ),
+                    GgmlType::Q5_0 => legacy(
+                        [t::q5_0_exact1, t::q5_0_exact2],
+                        [
+                            t::q5_0_fast1,
+                            t::q5_0_fast2,
+                            t::q5_0_fast3,
+                            t::q5_0_fast4,
+                            t::q5_0_fast5,
+                            t::q5_0_fast6,
+                            t::q5_0_fast7,
+                            t::q5_0_fast8,
+                        ],
+                    ),
+                    GgmlType::Q5_1 => legacy(
+                        [t::q5_1_exact1, t::q5_1_exact2],
+                        [
+                            t::q5_1_fast1,
+                            t::q5_1_fast2,
+                            t::q5_1_fast3,
+                            t::q5_1_fast4,
+                            t::q5_1_fast5,
+                            t::q5_1_fast6,
+                            t::q5_1_fast7,
+                            t::q5_1_fast8,
+                        ],
+                    ),
+                    GgmlType::Q8_0 => legacy(
+                        [t::q8_0_exact1, t::q8_0_exact2],
+                        [
+                            t::q8_0_fast1,
+                            t::q8_0_fast2,
+                            t::q8_0_fast3,
+                            t::q8_0_fast4,
+                            t::q8_0_fast5,
+                            t::q8_0_fast6,
+                            t::q8_0_fast7,
+                            t::q8_0_fast8,
+                        ],
+                    ),
+                    GgmlType::Q4_K => Some((
+                        Q8Kind::Blocks256,
+                        Q4K {
+                            single: [t::q4_k_single1, t::q4_k_single2, t::q4_k_single3, t::q4_k_single4],
+                            batched: t::q4_k_batched4,
+                        },
+                    )),
+                    GgmlType::Q6_K => Some((
+                        Q8Kind::Blocks256,
+                        Q6K {
+                            tiled: [t::q6_k_tiled1, t::q6_k_tiled2, t::q6_k_tiled3, t::q6_k_tiled4],
+                            lanes: t::q6_k_lanes1,
+                        },
+                    )),
+                    _ => None,
+                }?;
+                Some(TileDot { dtype, kind, kernels })
             }
             _ => None,
         }
@@ -410,21 +499,62 @@ impl TileDot {
         self.dtype
     }
 
-    /// `out[t][r] = row (8·group + r) · xs[t]` for the tokens in `xs` (1 to 4).
-    pub fn run(&self, m: &PackedMatrix, group: usize, xs: &[Q8Row<'_>], out: &mut [[f32; GROUP]]) {
-        let n_tokens = xs.len();
-        assert!((1..=Self::MAX_TOKENS).contains(&n_tokens) && out.len() >= n_tokens, "token count");
+    /// The activation format the kernel reads.
+    pub fn activation_kind(&self) -> Q8Kind {
+        self.kind
+    }
+
+    /// `out[t][r] = row (16·group + r) · xs[t]` for every token of the batch `xs`.
+    pub fn run(
+        &self,
+        m: &PackedMatrix,
+        group: usize,
+        xs: &[Q8Row<'_>],
+        out: &mut [[f32; GROUP]],
+        exact: bool,
+    ) {
+        let n = xs.len();
+        assert!(n >= 1 && out.len() >= n, "token count");
         assert_eq!(m.dtype, self.dtype, "packed matrix type");
+        assert!(group < m.n_groups(), "group index");
         let n_blocks = m.cols / self.kind.block_size();
         for x in xs {
             assert!(
-                x.qs.len() == m.cols && x.d.len() == n_blocks && x.s.len() == m.cols / 32,
+                x.qs.len() == m.cols
+                    && x.d.len() == n_blocks
+                    && x.s.len() == m.cols / 32
+                    && x.bsums.len() == m.cols / 16,
                 "activation row layout"
             );
         }
         let bytes = m.group(group);
-        // SAFETY: the kernel exists only for an ISA this CPU supports (see `new`), and the
-        // lengths it reads by were checked above (the group holds `n_blocks` blocks).
-        unsafe { (self.fns[n_tokens - 1])(bytes, n_blocks, xs, out) }
+        // Runs `kernels[k − 1]` on consecutive chunks of `k ≤ kernels.len()` tokens of `tokens`.
+        let mut chunks = |kernels: &[TileFn], tokens: Range<usize>| {
+            let mut t = tokens.start;
+            while t < tokens.end {
+                let k = (tokens.end - t).min(kernels.len());
+                // SAFETY: the kernels exist only for an ISA this CPU supports (see `new`); the
+                // group holds `n_blocks` blocks and every activation row the lengths checked
+                // above; kernel `k − 1` reads exactly `k` tokens and writes `k` outputs.
+                unsafe { kernels[k - 1](bytes, n_blocks, &xs[t..t + k], &mut out[t..t + k]) };
+                t += k;
+            }
+        };
+        match self.kernels {
+            TileKernels::Legacy { exact: in_order, fast } => {
+                chunks(if exact && n < FAST_BATCH { &in_order } else { &fast }, 0..n)
+            }
+            TileKernels::Q4K { single, batched } => {
+                // As llama.cpp: whole groups of four tokens through the GEMM, the rest the GEMV.
+                let quads = n - n % 4;
+                let only_four = [batched, batched, batched, batched];
+                chunks(&only_four, 0..quads);
+                chunks(&single, quads..n);
+            }
+            TileKernels::Q6K { tiled, lanes } => {
+                // llama.cpp takes the tiled matmul from eight tokens; below, its eight-lane order.
+                if n >= 8 || !exact { chunks(&tiled, 0..n) } else { chunks(&[lanes], 0..n) }
+            }
+        }
     }
 }

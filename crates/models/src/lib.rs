@@ -51,6 +51,20 @@ pub enum ModelError {
 /// `general.architecture` values baimo can run from GGUF.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
 
+/// Which order of floating-point roundings a forward pass follows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Arithmetic {
+    /// llama.cpp's own order of every rounding where baimo reproduces it (the default): on
+    /// AVX-512 VNNI, for batches of fewer than 64 tokens (every decoding step), the logits are
+    /// llama.cpp's bit for bit. Larger batches take the fast kernels either way.
+    #[default]
+    LlamaCpp,
+    /// baimo's fastest kernels everywhere: integer sums as llama.cpp's, float sums in another
+    /// order. Logits stay within a few tenths of llama.cpp's, but where two tokens are nearly
+    /// tied greedy decoding may pick the other one sooner than with `LlamaCpp`.
+    Fast,
+}
+
 /// A loaded model of any supported family.
 pub enum Model {
     Llama(llama::Llama),
@@ -75,6 +89,8 @@ enum Scratch {
 /// One sequence's state: its KV cache and the buffers its forward passes work in.
 pub struct Sequence {
     pub kv: KvCache,
+    /// The arithmetic of this sequence's forward passes.
+    pub arithmetic: Arithmetic,
     scratch: Scratch,
 }
 
@@ -119,7 +135,8 @@ impl Model {
     pub fn new_sequence(&self, max_len: usize) -> Sequence {
         match self {
             Model::Llama(m) => {
-                Sequence { kv: m.new_cache(max_len), scratch: Scratch::Llama(m.new_scratch(DEFAULT_BATCH)) }
+                let scratch = Scratch::Llama(m.new_scratch(DEFAULT_BATCH));
+                Sequence { kv: m.new_cache(max_len), arithmetic: Arithmetic::default(), scratch }
             }
         }
     }
@@ -134,7 +151,9 @@ impl Model {
         want: LogitsFor,
     ) -> Result<&'s [f32], ModelError> {
         match (self, &mut seq.scratch) {
-            (Model::Llama(m), Scratch::Llama(s)) => m.forward(pool, &mut seq.kv, s, tokens, want),
+            (Model::Llama(m), Scratch::Llama(s)) => {
+                m.forward(pool, &mut seq.kv, s, tokens, want, seq.arithmetic)
+            }
         }
     }
 }

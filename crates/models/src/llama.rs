@@ -20,7 +20,7 @@ use crate::attention::{Accumulate, Heads, LayerCache, MAX_HEAD_DIM, attend, rope
 use crate::parallel::{SharedActs, Store, fill_rows, matmul, matmul_swiglu, needs, requantize};
 use crate::state::{Activations, KvCache};
 use crate::weights::{GgufTensors, Weight};
-use crate::{LogitsFor, ModelError};
+use crate::{Arithmetic, LogitsFor, ModelError};
 
 /// Hyper-parameters, named as in Hugging Face `config.json`.
 #[derive(Clone, Debug, PartialEq)]
@@ -180,6 +180,14 @@ pub struct Scratch {
     logits: Vec<f32>,      // (rows, vocab)
 }
 
+/// How one forward pass rounds (from its [`Arithmetic`] and its length).
+#[derive(Clone, Copy)]
+struct Rounding {
+    /// Matrix products in llama.cpp's order (see `TileDot::run`).
+    exact: bool,
+    accumulate: Accumulate,
+}
+
 impl Llama {
     pub fn from_gguf(gguf: &Gguf) -> Result<Llama, ModelError> {
         let mut config = Config::from_gguf(gguf)?;
@@ -296,6 +304,7 @@ impl Llama {
         scratch: &'s mut Scratch,
         tokens: &[u32],
         want: LogitsFor,
+        arithmetic: Arithmetic,
     ) -> Result<&'s [f32], ModelError> {
         let c = &self.config;
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
@@ -309,6 +318,11 @@ impl Llama {
             LogitsFor::All => tokens.len(),
         };
         scratch.logits.resize(rows_out * c.vocab_size, 0.0);
+        let rounding = Rounding {
+            exact: arithmetic == Arithmetic::LlamaCpp,
+            // llama.cpp decides its attention path by the rows of the whole prompt (one batch there).
+            accumulate: Accumulate::for_batch(tokens.len()),
+        };
         let mut written = 0;
         for batch in tokens.chunks(scratch.batch) {
             let is_last = written + batch.len() == tokens.len();
@@ -317,7 +331,7 @@ impl Llama {
                 LogitsFor::Last if is_last => 0..1,
                 LogitsFor::Last => 0..0,
             };
-            self.forward_batch(pool, kv, scratch, batch, logit_rows, Accumulate::for_batch(tokens.len()));
+            self.forward_batch(pool, kv, scratch, batch, logit_rows, rounding);
             written += batch.len();
         }
         Ok(&scratch.logits)
@@ -332,7 +346,7 @@ impl Llama {
         s: &mut Scratch,
         tokens: &[u32],
         logit_rows: std::ops::Range<usize>,
-        accumulate: Accumulate,
+        rounding: Rounding,
     ) {
         let c = &self.config;
         let heads = c.heads();
@@ -350,13 +364,14 @@ impl Llama {
         let first_out = n - logit_rows.len();
         let cos_sin = &s.cos_sin[..n * c.rope_dims];
 
+        let Rounding { exact, accumulate } = rounding;
         let x = SharedMut::new(&mut s.x);
-        let attn_in = SharedActs::new(&mut s.attn_in);
+        let attn_in = SharedActs::new(&mut s.attn_in, exact);
         let qkv = SharedMut::new(&mut s.qkv);
-        let attn_out = SharedActs::new(&mut s.attn_out);
-        let ffn_in = SharedActs::new(&mut s.ffn_in);
-        let ffn_mid = SharedActs::new(&mut s.ffn_mid);
-        let head_in = SharedActs::new(&mut s.head_in);
+        let attn_out = SharedActs::new(&mut s.attn_out, exact);
+        let ffn_in = SharedActs::new(&mut s.ffn_in, exact);
+        let ffn_mid = SharedActs::new(&mut s.ffn_mid, exact);
+        let head_in = SharedActs::new(&mut s.head_in, exact);
         let logits = SharedMut::new(&mut s.logits[logit_rows.start * vocab..logit_rows.end * vocab]);
         let layer_stride = kv.layer_start(1);
         let (keys, values) = (SharedMut::new(&mut kv.k), SharedMut::new(&mut kv.v));

@@ -12,7 +12,7 @@ use std::ops::Range;
 use baimo_kernels::ops::swiglu;
 use baimo_kernels::packed::GROUP;
 use baimo_kernels::quants::quantize_q8;
-use baimo_kernels::{ActivationFormat, Q8Buf, Q8Kind, Q8Row, Q8RowMut, TileDot};
+use baimo_kernels::{ActivationFormat, Q8Buf, Q8Kind, Q8Row, Q8RowMut};
 use baimo_threads::{Ctx, SharedMut};
 
 use crate::state::Activations;
@@ -23,6 +23,8 @@ use crate::weights::Weight;
 fn rows_per_chunk(n_tokens: usize) -> usize {
     if n_tokens == 1 { 64 } else { 16 }
 }
+
+const CHUNKS_PER_THREAD: usize = 4;
 
 pub(crate) struct SharedQ8<'a> {
     kind: Q8Kind,
@@ -89,15 +91,18 @@ impl<'a> SharedQ8<'a> {
 /// An [`Activations`] buffer shared by the threads of a job.
 pub(crate) struct SharedActs<'a> {
     n: usize,
+    /// Products with these activations follow llama.cpp's rounding order (see `Arithmetic`).
+    exact: bool,
     f32: SharedMut<'a, f32>,
     q32: Option<SharedQ8<'a>>,
     q256: Option<SharedQ8<'a>>,
 }
 
 impl<'a> SharedActs<'a> {
-    pub(crate) fn new(acts: &'a mut Activations) -> SharedActs<'a> {
+    pub(crate) fn new(acts: &'a mut Activations, exact: bool) -> SharedActs<'a> {
         SharedActs {
             n: acts.n,
+            exact,
             f32: SharedMut::new(&mut acts.f32),
             q32: acts.q32.as_mut().map(SharedQ8::new),
             q256: acts.q256.as_mut().map(SharedQ8::new),
@@ -122,6 +127,7 @@ impl<'a> SharedActs<'a> {
         let empty = Q8Row { qs: &[], d: &[], s: &[], bsums: &[] };
         let mut rows = TokenRows {
             n_tokens,
+            exact: self.exact,
             f32: [&[]; MAX_TOKENS],
             q32: [empty; MAX_TOKENS],
             q256: [empty; MAX_TOKENS],
@@ -147,6 +153,7 @@ const MAX_TOKENS: usize = crate::DEFAULT_BATCH;
 
 struct TokenRows<'a> {
     n_tokens: usize,
+    exact: bool,
     f32: [&'a [f32]; MAX_TOKENS],
     q32: [Q8Row<'a>; MAX_TOKENS],
     q256: [Q8Row<'a>; MAX_TOKENS],
@@ -222,7 +229,7 @@ pub(crate) enum Store<'b> {
 }
 
 /// Rows of a weight are handed out in units of a packed group, so a unit is either one call of
-/// the tiled kernel (per four tokens) or eight single-row dot products.
+/// the tiled kernel (for the whole batch) or sixteen rows of single-row dot products.
 const UNIT: usize = GROUP;
 
 /// `emit(t, r, (W·x_t)[r])` for the rows `r` of unit `u` of `weight` and every token.
@@ -231,19 +238,28 @@ fn unit_dots(weight: &Weight, u: usize, x: &TokenRows<'_>, mut emit: impl FnMut(
     let rows = u * UNIT..((u + 1) * UNIT).min(weight.rows);
     let n = x.n_tokens;
     match &weight.tiles {
-        Some((packed, tile)) if weight.dot.activation_format() == ActivationFormat::Q8(Q8Kind::Blocks32) => {
-            let mut out = [[0f32; GROUP]; TileDot::MAX_TOKENS];
-            for t0 in (0..n).step_by(TileDot::MAX_TOKENS) {
-                let t1 = (t0 + TileDot::MAX_TOKENS).min(n);
-                tile.run(packed, u, &x.q32[t0..t1], &mut out);
-                for (t, row) in (t0..t1).zip(&out) {
-                    for r in rows.clone() {
-                        emit(t, r, row[r - rows.start]);
-                    }
+        Some((packed, tile)) => {
+            // A small buffer for decoding, the large one (4 KiB to clear) only for batches.
+            let (mut small, mut large);
+            let out: &mut [[f32; GROUP]] = if n <= 4 {
+                small = [[0f32; GROUP]; 4];
+                &mut small
+            } else {
+                large = [[0f32; GROUP]; MAX_TOKENS];
+                &mut large
+            };
+            let xs = match tile.activation_kind() {
+                Q8Kind::Blocks32 => &x.q32[..n],
+                Q8Kind::Blocks256 => &x.q256[..n],
+            };
+            tile.run(packed, u, xs, out, x.exact);
+            for (t, row) in out[..n].iter().enumerate() {
+                for r in rows.clone() {
+                    emit(t, r, row[r - rows.start]);
                 }
             }
         }
-        _ => {
+        None => {
             for r in rows {
                 let w_row = weight.row(r);
                 for t in 0..n {
@@ -254,9 +270,15 @@ fn unit_dots(weight: &Weight, u: usize, x: &TokenRows<'_>, mut emit: impl FnMut(
     }
 }
 
-/// Units of 8 rows handed out per claim: fewer for batches (each unit then serves many tokens).
-fn units_per_chunk(n_tokens: usize) -> usize {
-    rows_per_chunk(n_tokens) / UNIT
+/// Units of 16 rows handed out per claim: fewer for batches (each unit then serves many tokens).
+fn units_per_chunk(ctx: &Ctx<'_>, n_tokens: usize, total_units: usize) -> usize {
+    if n_tokens == 1 {
+        // Decoding streams the weights once: long runs of contiguous rows keep the hardware
+        // prefetcher ahead, a few chunks per thread still even out the threads.
+        total_units.div_ceil(CHUNKS_PER_THREAD * ctx.nth).max(1)
+    } else {
+        rows_per_chunk(n_tokens) / UNIT
+    }
 }
 
 /// `out[t·stride + r] = (W·x_t)[r]` for the rows of `parts` stacked in order (e.g. Q, K and V
@@ -275,7 +297,7 @@ pub(crate) fn matmul(
     debug_assert!(total <= stride && (n_tokens - 1) * stride + total <= out.len());
     let x = x.token_rows(n_tokens);
     let total_units: usize = parts.iter().map(|w| w.rows.div_ceil(UNIT)).sum();
-    ctx.for_each_chunk(total_units, units_per_chunk(n_tokens), |units| {
+    ctx.for_each_chunk(total_units, units_per_chunk(ctx, n_tokens, total_units), |units| {
         for u in units {
             // Find the part the unit belongs to, and where the part's rows start in `out`.
             let (mut part, mut first_unit, mut first_row) = (0, 0, 0);
@@ -311,7 +333,8 @@ pub(crate) fn matmul_swiglu(
     const TILE: usize = MAX_TOKENS * UNIT;
     debug_assert!(gate.rows == up.rows && gate.cols == x.n && up.cols == x.n);
     let x = x.token_rows(n_tokens);
-    ctx.for_each_chunk(gate.rows.div_ceil(UNIT), units_per_chunk(n_tokens), |units| {
+    let total_units = gate.rows.div_ceil(UNIT);
+    ctx.for_each_chunk(total_units, units_per_chunk(ctx, n_tokens, total_units), |units| {
         for u in units {
             let rows = u * UNIT..((u + 1) * UNIT).min(gate.rows);
             let width = rows.len();

@@ -20,7 +20,7 @@ pub struct Weight {
     data: Bytes,
     row_bytes: usize,
     pub dot: VecDot,
-    /// The same rows repacked in groups of 8 for the tiled kernel, where this CPU has one.
+    /// The same rows repacked in groups of 16 for the tiled kernel, where this CPU has one.
     pub tiles: Option<(Arc<PackedMatrix>, TileDot)>,
 }
 
