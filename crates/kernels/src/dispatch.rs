@@ -367,6 +367,8 @@ pub const FAST_BATCH: usize = 64;
 
 /// The kernels of one type, by token count.
 #[derive(Clone, Copy)]
+// Only x86-64 has tiled kernels so far; elsewhere no variant is built.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum TileKernels {
     Legacy { exact: [TileFn; 2], fast: [TileFn; 8] },
     Q4K { single: [TileFn; 4], batched: TileFn },
