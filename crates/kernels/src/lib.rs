@@ -6,6 +6,7 @@
 
 pub mod dispatch;
 pub mod dtype;
+pub mod flash;
 pub mod ops;
 pub mod packed;
 pub mod quants;

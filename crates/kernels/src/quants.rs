@@ -396,18 +396,111 @@ impl Q8Buf {
         }
     }
 
-    /// Quantizes row `r` from `x` with the scalar reference.
+    /// Quantizes row `r` from `x`.
     pub fn quantize_row(&mut self, r: usize, x: &[f32]) {
         let kind = self.kind;
         quantize_q8(kind, x, self.row_mut(r));
     }
 }
 
-/// Quantizes `x` to 8 bits the way ggml does for the given kind (scalar reference).
+/// Quantizes `x` to 8 bits the way ggml does for the given kind. The body is written to
+/// vectorize and compiled for the best instruction set; every build gives the bits of the
+/// scalar reference [`quantize_q8_scalar`] (all its steps are exact or elementwise).
 pub fn quantize_q8(kind: Q8Kind, x: &[f32], out: Q8RowMut<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+        unsafe fn avx512(kind: Q8Kind, x: &[f32], out: Q8RowMut<'_>) {
+            quantize_q8_lanes(kind, x, out)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(kind: Q8Kind, x: &[f32], out: Q8RowMut<'_>) {
+            quantize_q8_lanes(kind, x, out)
+        }
+        match crate::Isa::best() {
+            // SAFETY: `best` checked these features.
+            crate::Isa::Avx512Vnni => return unsafe { avx512(kind, x, out) },
+            // SAFETY: as above.
+            crate::Isa::Avx2 => return unsafe { avx2(kind, x, out) },
+            _ => {}
+        }
+    }
+    quantize_q8_lanes(kind, x, out)
+}
+
+/// The scalar reference of [`quantize_q8`].
+pub fn quantize_q8_scalar(kind: Q8Kind, x: &[f32], out: Q8RowMut<'_>) {
     match kind {
         Q8Kind::Blocks32 => quantize_q8_32(x, out),
         Q8Kind::Blocks256 => quantize_q8_256(x, out),
+    }
+}
+
+/// The largest magnitude of `xs` (a multiple of 16 long), NaNs ignored as `f32::max` does.
+#[inline(always)]
+fn amax_lanes(xs: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    for chunk in xs.chunks_exact(16) {
+        for k in 0..16 {
+            lanes[k] = lanes[k].max(chunk[k].abs());
+        }
+    }
+    lanes.iter().fold(0f32, |m, &v| m.max(v))
+}
+
+#[inline(always)]
+fn quantize_q8_lanes(kind: Q8Kind, x: &[f32], out: Q8RowMut<'_>) {
+    match kind {
+        Q8Kind::Blocks32 => {
+            debug_assert_eq!(x.len() % QK, 0);
+            for (b, xb) in x.chunks_exact(QK).enumerate() {
+                let amax = amax_lanes(xb);
+                let d = amax / 127.0;
+                let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+                let qs: &mut [i8; QK] = (&mut out.qs[b * QK..(b + 1) * QK]).try_into().unwrap();
+                let xb: &[f32; QK] = xb.try_into().unwrap();
+                for k in 0..QK {
+                    qs[k] = nearest_int(xb[k] * id) as i8;
+                }
+                let sum16 = |h: &[i8]| h.iter().map(|&q| q as i16).sum::<i16>();
+                let (lo, hi) = (sum16(&qs[..16]), sum16(&qs[16..]));
+                out.d[b] = f16_to_f32(f32_to_f16(d));
+                out.s[b] = f16_to_f32(f32_to_f16(d * (lo as i32 + hi as i32) as f32));
+                out.bsums[2 * b] = lo;
+                out.bsums[2 * b + 1] = hi;
+            }
+        }
+        Q8Kind::Blocks256 => {
+            debug_assert_eq!(x.len() % QK_K, 0);
+            for (b, xb) in x.chunks_exact(QK_K).enumerate() {
+                let amax = amax_lanes(xb);
+                let qs = &mut out.qs[b * QK_K..(b + 1) * QK_K];
+                // The first value of that magnitude, with its sign (as the reference's scan).
+                let max = if amax == 0.0 {
+                    0.0
+                } else {
+                    xb.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+                };
+                if amax == 0.0 || max == 0.0 {
+                    out.d[b] = 0.0;
+                    qs.fill(0);
+                    out.bsums[16 * b..16 * b + 16].fill(0);
+                    continue;
+                }
+                let iscale = -127.0 / max;
+                for (qs, xs) in qs.chunks_exact_mut(QK).zip(xb.chunks_exact(QK)) {
+                    let qs: &mut [i8; QK] = qs.try_into().unwrap();
+                    let xs: &[f32; QK] = xs.try_into().unwrap();
+                    for k in 0..QK {
+                        qs[k] = nearest_int(iscale * xs[k]).min(127) as i8;
+                    }
+                }
+                for j in 0..16 {
+                    out.bsums[16 * b + j] = qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum();
+                }
+                out.d[b] = 1.0 / iscale;
+            }
+        }
     }
 }
 

@@ -184,3 +184,45 @@ fn scalar_dot_equals_dequantized_dot() {
     }
     let _ = (QK, QK_K, quants::f16_to_f32(0));
 }
+
+/// Activation rows quantized by the vectorized build equal the scalar reference's, byte for
+/// byte and bit for bit, including rows with zeros, ties, infinities and NaNs.
+fn check_quantize(values: &[f32]) {
+    use baimo_kernels::Q8Kind;
+    for kind in [Q8Kind::Blocks32, Q8Kind::Blocks256] {
+        let n = values.len() / kind.block_size() * kind.block_size();
+        if n == 0 {
+            continue;
+        }
+        let (mut fast, mut reference) = (Q8Buf::new(kind, n, 1), Q8Buf::new(kind, n, 1));
+        quants::quantize_q8(kind, &values[..n], fast.row_mut(0));
+        quants::quantize_q8_scalar(kind, &values[..n], reference.row_mut(0));
+        let (a, b) = (fast.row(0), reference.row(0));
+        assert_eq!(a.qs, b.qs, "{kind:?} values");
+        assert_eq!(a.bsums, b.bsums, "{kind:?} sums");
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(a.d), bits(b.d), "{kind:?} scales");
+        assert_eq!(bits(a.s), bits(b.s), "{kind:?} Q8_1 sums");
+    }
+}
+
+#[test]
+fn quantized_activations_equal_the_reference() {
+    let mut rng = splitmix(99);
+    for round in 0..200 {
+        let n = 512;
+        let mut values: Vec<f32> = (0..n).map(|_| ((rng() % 200_001) as f32 - 100_000.0) / 7_000.0).collect();
+        match round % 5 {
+            0 => values[..256].fill(0.0),
+            1 => values[37] = f32::NAN,
+            2 => values[300] = f32::INFINITY,
+            3 => {
+                // Equal magnitudes of both signs: the first one sets the sign of the scale.
+                values[10] = -20.0;
+                values[200] = 20.0;
+            }
+            _ => values.iter_mut().for_each(|v| *v = v.round() * 0.5),
+        }
+        check_quantize(&values);
+    }
+}

@@ -2,9 +2,9 @@
 //! (LLaMA, Qwen, Baichuan-7B): rotate queries and keys, append keys and values to the cache,
 //! then for each query head `softmax(q·Kᵀ/√d)·V` over the positions it may see.
 
-use baimo_kernels::GgmlType;
-use baimo_kernels::ops::{RopeStyle, axpy_f16, mad_f16, rope_apply, scale_f16};
-use baimo_kernels::{VecDot, dot_f16};
+use baimo_kernels::dot_f16;
+use baimo_kernels::flash::{FlashRows, KEY_BLOCK, KvBlock, flash_step};
+use baimo_kernels::ops::{RopeStyle, mad_f16, rope_apply, scale_f16};
 use baimo_threads::{Ctx, SharedMut};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -101,8 +101,8 @@ impl Accumulate {
 }
 
 /// `out[t, h] = softmax(q[t, h]·K[0..=pos0+t]ᵀ · scale) · V[0..=pos0+t]` for every token and
-/// query head, with an online softmax (one pass over the positions, rescaling the running sum
-/// when the maximum grows), so no score buffer is needed however long the context.
+/// query head. Batches of 64 or more query rows take the tiled path (blocks of tokens against
+/// blocks of keys, in f32); smaller ones ggml's own order (see [`Accumulate`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend(
     ctx: &Ctx<'_>,
@@ -114,12 +114,104 @@ pub(crate) fn attend(
     accumulate: Accumulate,
     out: &SharedMut<'_, f32>,
 ) {
+    match accumulate {
+        Accumulate::F16 => attend_like_ggml(ctx, heads, qkv, n_tokens, pos0, cache, out),
+        Accumulate::F32 => attend_tiled(ctx, heads, qkv, n_tokens, pos0, cache, out),
+    }
+}
+
+/// Tokens per block of query rows in the tiled path (times the query heads of a key head).
+const TOKEN_BLOCK: usize = 16;
+
+/// Flash attention: work items are (token block, key/value head), each holding the rows of its
+/// tokens' query heads that share the key head, so a block of keys widened to f32 serves them
+/// all. Item order puts the token blocks that see the most keys first.
+fn attend_tiled(
+    ctx: &Ctx<'_>,
+    heads: Heads,
+    qkv: &SharedMut<'_, f32>,
+    n_tokens: usize,
+    pos0: usize,
+    cache: &LayerCache<'_, '_>,
+    out: &SharedMut<'_, f32>,
+) {
     let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
     let stride = q_dim + 2 * kv_dim;
     let group = heads.n_heads / heads.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    // Keys are f16: the f16 dot kernel takes them as the "weight" row and q as f32.
-    let dot = VecDot::best(GgmlType::F16).expect("f16 dot kernel always exists");
+    // SAFETY: the cache and qkv are not written during this step (rope_and_cache ended at a
+    // barrier).
+    let (keys, values, qkv) =
+        unsafe { (&cache.k.get()[cache.start..], &cache.v.get()[cache.start..], qkv.get()) };
+    let n_blocks = n_tokens.div_ceil(TOKEN_BLOCK);
+    let n_items = n_blocks * heads.n_kv_heads;
+    ctx.for_each_chunk(n_items, 1, |items| {
+        let rows_max = TOKEN_BLOCK * group;
+        let (mut q, mut acc) = (vec![0f32; rows_max * hd], vec![0f32; rows_max * hd]);
+        let (mut max, mut sum, mut visible) = (vec![0f32; rows_max], vec![0f32; rows_max], vec![0; rows_max]);
+        let mut block = KvBlock::new(hd);
+        for item in items {
+            let item = n_items - 1 - item;
+            let (tb, kvh) = (item / heads.n_kv_heads, item % heads.n_kv_heads);
+            let tokens = tb * TOKEN_BLOCK..((tb + 1) * TOKEN_BLOCK).min(n_tokens);
+            let m = tokens.len() * group;
+            // Row r: token tokens.start + r / group, query head kvh·group + r % group.
+            for r in 0..m {
+                let (t, h) = (tokens.start + r / group, kvh * group + r % group);
+                let src = &qkv[t * stride + h * hd..t * stride + (h + 1) * hd];
+                q[r * hd..(r + 1) * hd].iter_mut().zip(src).for_each(|(d, &s)| *d = s * scale);
+            }
+            acc[..m * hd].fill(0.0);
+            max[..m].fill(f32::NEG_INFINITY);
+            sum[..m].fill(0.0);
+            let n_keys = pos0 + tokens.end; // the last token sees positions 0..n_keys
+            for p0 in (0..n_keys).step_by(KEY_BLOCK) {
+                let nk = (n_keys - p0).min(KEY_BLOCK);
+                let at = |p: usize| p * kv_dim + kvh * hd;
+                block.load(
+                    nk,
+                    |j| &keys[at(p0 + j)..at(p0 + j) + hd],
+                    |j| &values[at(p0 + j)..at(p0 + j) + hd],
+                );
+                for r in 0..m {
+                    let sees = pos0 + tokens.start + r / group + 1;
+                    visible[r] = sees.saturating_sub(p0).min(nk);
+                }
+                let mut rows = FlashRows {
+                    q: &q[..m * hd],
+                    visible: &visible[..m],
+                    out: &mut acc[..m * hd],
+                    max: &mut max[..m],
+                    sum: &mut sum[..m],
+                };
+                flash_step(&mut rows, &block);
+            }
+            for r in 0..m {
+                let (t, h) = (tokens.start + r / group, kvh * group + r % group);
+                // SAFETY: head h of token t's output belongs to this item alone.
+                let o = unsafe { out.slice_mut(t * q_dim + h * hd..t * q_dim + (h + 1) * hd) };
+                let inv = if sum[r] == 0.0 { 0.0 } else { 1.0 / sum[r] };
+                o.iter_mut().zip(&acc[r * hd..(r + 1) * hd]).for_each(|(o, &a)| *o = a * inv);
+            }
+        }
+    });
+}
+
+/// ggml's CPU flash attention for small batches, one query row at a time over every position
+/// it sees, the running sum in f16 (see [`Accumulate::F16`]).
+fn attend_like_ggml(
+    ctx: &Ctx<'_>,
+    heads: Heads,
+    qkv: &SharedMut<'_, f32>,
+    n_tokens: usize,
+    pos0: usize,
+    cache: &LayerCache<'_, '_>,
+    out: &SharedMut<'_, f32>,
+) {
+    let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
+    let stride = q_dim + 2 * kv_dim;
+    let group = heads.n_heads / heads.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
     // SAFETY: the cache and qkv are not written during this step (rope_and_cache ended at a
     // barrier).
     let (keys, values, qkv) =
@@ -132,21 +224,15 @@ pub(crate) fn attend(
             let kvh = h / group;
             let q = &qkv[t * stride + h * hd..t * stride + (h + 1) * hd];
             let q16 = &mut q16_row[..hd];
-            if accumulate == Accumulate::F16 {
-                q16.convert_from_f32_slice(q);
-            }
+            q16.convert_from_f32_slice(q);
             // SAFETY: head h of token t's output belongs to this item alone.
             let o = unsafe { out.slice_mut(t * q_dim + h * hd..t * q_dim + (h + 1) * hd) };
-            o.fill(0.0);
             let acc16 = &mut acc16[..hd];
             acc16.fill(f16::ZERO);
             let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
             for p in 0..=pos0 + t {
                 let k = &keys[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                let s = match accumulate {
-                    Accumulate::F16 => dot_f16(k, q16),
-                    Accumulate::F32 => dot.dot_f32(bytemuck::cast_slice(k), q),
-                } * scale;
+                let s = dot_f16(k, q16) * scale;
                 // Rescale what was summed so far when the maximum grows.
                 let (mut rescale, mut weight) = (1f32, 1f32);
                 if s > max {
@@ -156,25 +242,13 @@ pub(crate) fn attend(
                     weight = (s - max).exp();
                 }
                 let v = &values[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                match accumulate {
-                    Accumulate::F32 => {
-                        if rescale != 1.0 {
-                            o.iter_mut().for_each(|x| *x *= rescale);
-                        }
-                        axpy_f16(weight, v, o);
-                    }
-                    Accumulate::F16 => {
-                        if rescale != 1.0 {
-                            scale_f16(acc16, rescale);
-                        }
-                        mad_f16(acc16, v, weight);
-                    }
+                if rescale != 1.0 {
+                    scale_f16(acc16, rescale);
                 }
+                mad_f16(acc16, v, weight);
                 sum = sum.mul_add(rescale, weight);
             }
-            if accumulate == Accumulate::F16 {
-                acc16.convert_to_f32_slice(o);
-            }
+            acc16.convert_to_f32_slice(o);
             let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
             o.iter_mut().for_each(|x| *x *= inv);
         }
