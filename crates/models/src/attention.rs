@@ -173,9 +173,9 @@ fn attend_tiled(
                     |j| &keys[at(p0 + j)..at(p0 + j) + hd],
                     |j| &values[at(p0 + j)..at(p0 + j) + hd],
                 );
-                for r in 0..m {
+                for (r, visible) in visible[..m].iter_mut().enumerate() {
                     let sees = pos0 + tokens.start + r / group + 1;
-                    visible[r] = sees.saturating_sub(p0).min(nk);
+                    *visible = sees.saturating_sub(p0).min(nk);
                 }
                 let mut rows = FlashRows {
                     q: &q[..m * hd],
