@@ -232,22 +232,24 @@ pub(crate) enum Store<'b> {
 /// the tiled kernel (for the whole batch) or sixteen rows of single-row dot products.
 const UNIT: usize = GROUP;
 
+/// Where the tiled kernel leaves one unit's results: `[token][row of the unit]`. Made once per
+/// claimed chunk of units, not per unit (clearing the whole buffer would cost as much as a
+/// decoding step's work on a small unit).
+type UnitOut = [[f32; GROUP]; MAX_TOKENS];
+
 /// `emit(t, r, (W·x_t)[r])` for the rows `r` of unit `u` of `weight` and every token.
 #[inline]
-fn unit_dots(weight: &Weight, u: usize, x: &TokenRows<'_>, mut emit: impl FnMut(usize, usize, f32)) {
+fn unit_dots(
+    weight: &Weight,
+    u: usize,
+    x: &TokenRows<'_>,
+    out: &mut UnitOut,
+    mut emit: impl FnMut(usize, usize, f32),
+) {
     let rows = u * UNIT..((u + 1) * UNIT).min(weight.rows);
     let n = x.n_tokens;
     match &weight.tiles {
         Some((packed, tile)) => {
-            // A small buffer for decoding, the large one (4 KiB to clear) only for batches.
-            let (mut small, mut large);
-            let out: &mut [[f32; GROUP]] = if n <= 4 {
-                small = [[0f32; GROUP]; 4];
-                &mut small
-            } else {
-                large = [[0f32; GROUP]; MAX_TOKENS];
-                &mut large
-            };
             let xs = match tile.activation_kind() {
                 Q8Kind::Blocks32 => &x.q32[..n],
                 Q8Kind::Blocks256 => &x.q256[..n],
@@ -298,6 +300,7 @@ pub(crate) fn matmul(
     let x = x.token_rows(n_tokens);
     let total_units: usize = parts.iter().map(|w| w.rows.div_ceil(UNIT)).sum();
     ctx.for_each_chunk(total_units, units_per_chunk(ctx, n_tokens, total_units), |units| {
+        let mut out_buf: UnitOut = [[0.0; GROUP]; MAX_TOKENS];
         for u in units {
             // Find the part the unit belongs to, and where the part's rows start in `out`.
             let (mut part, mut first_unit, mut first_row) = (0, 0, 0);
@@ -306,7 +309,7 @@ pub(crate) fn matmul(
                 first_row += parts[part].rows;
                 part += 1;
             }
-            unit_dots(parts[part], u - first_unit, &x, |t, r, v| {
+            unit_dots(parts[part], u - first_unit, &x, &mut out_buf, |t, r, v| {
                 let r = first_row + r;
                 // SAFETY: row r of every token is written only by the thread that claimed its unit.
                 let slot = unsafe { &mut out.slice_mut(t * stride + r..t * stride + r + 1)[0] };
@@ -335,12 +338,13 @@ pub(crate) fn matmul_swiglu(
     let x = x.token_rows(n_tokens);
     let total_units = gate.rows.div_ceil(UNIT);
     ctx.for_each_chunk(total_units, units_per_chunk(ctx, n_tokens, total_units), |units| {
+        let mut out_buf: UnitOut = [[0.0; GROUP]; MAX_TOKENS];
+        let (mut g, mut v) = ([0f32; TILE], [0f32; TILE]);
         for u in units {
             let rows = u * UNIT..((u + 1) * UNIT).min(gate.rows);
             let width = rows.len();
-            let (mut g, mut v) = ([0f32; TILE], [0f32; TILE]);
-            unit_dots(gate, u, &x, |t, r, val| g[t * width + r - rows.start] = val);
-            unit_dots(up, u, &x, |t, r, val| v[t * width + r - rows.start] = val);
+            unit_dots(gate, u, &x, &mut out_buf, |t, r, val| g[t * width + r - rows.start] = val);
+            unit_dots(up, u, &x, &mut out_buf, |t, r, val| v[t * width + r - rows.start] = val);
             for t in 0..n_tokens {
                 let tile = t * width..(t + 1) * width;
                 // SAFETY: rows `rows` of every token are written only by the thread that claimed them.
