@@ -85,7 +85,7 @@ unsafe fn store(out: &mut [f32; GROUP], v: __m512) {
 
 /// ggml's horizontal sum of eight lanes (`(l0+l4 + l2+l6) + (l1+l5 + l3+l7)`), for 16 rows at once.
 #[inline(always)]
-unsafe fn hsum_lanes(l: &[__m512; 8]) -> __m512 {
+unsafe fn hsum_lanes(l: [__m512; 8]) -> __m512 {
     let s: [__m512; 4] = std::array::from_fn(|k| _mm512_add_ps(l[k], l[k + 4]));
     _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[1], s[3]))
 }
@@ -145,27 +145,30 @@ pub unsafe fn legacy_exact<const TY: u8, const T: usize>(
                 _mm256_storeu_si256(start[t].as_mut_ptr().cast(), neg);
             }
         }
-        let step = |vs: usize, q: __m512i, lanes: &mut [[__m512; 8]; T]| {
-            for t in 0..T {
-                let isum =
-                    _mm512_dpbusd_epi32(_mm512_set1_epi32(start[t][vs]), q, bcast_x(&xs[t], 32 * b + 4 * vs));
-                lanes[t][vs] = _mm512_fmadd_ps(scale[t], _mm512_cvtepi32_ps(isum), lanes[t][vs]);
-            }
-        };
+        // One value step (4 values of the 16 rows) into lane `vs` of every token.
+        macro_rules! step {
+            ($vs:expr, $q:expr) => {
+                for t in 0..T {
+                    let x = bcast_x(&xs[t], 32 * b + 4 * $vs);
+                    let isum = _mm512_dpbusd_epi32(_mm512_set1_epi32(start[t][$vs]), $q, x);
+                    lanes[t][$vs] = _mm512_fmadd_ps(scale[t], _mm512_cvtepi32_ps(isum), lanes[t][$vs]);
+                }
+            };
+        }
         if TY == Q8_0 {
             for vs in 0..8 {
-                step(vs, legacy_step::<TY>(base, vs).0, &mut lanes);
+                step!(vs, legacy_step::<TY>(base, vs).0);
             }
         } else {
             for ps in 0..4 {
                 let (lo, hi) = legacy_step::<TY>(base, ps);
-                step(ps, lo, &mut lanes);
-                step(ps + 4, hi, &mut lanes);
+                step!(ps, lo);
+                step!(ps + 4, hi);
             }
         }
     }
     for t in 0..T {
-        let mut sum = hsum_lanes(&lanes[t]);
+        let mut sum = hsum_lanes(lanes[t]);
         if has_min(TY) {
             sum = _mm512_add_ps(sum, mins[t]);
         }
@@ -415,7 +418,7 @@ pub unsafe fn q6_k_lanes(group: &[u8], n_blocks: usize, xs: &[Q8Row<'_>], out: &
             *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lane), *acc);
         }
     }
-    store(&mut out[0], hsum_lanes(&acc));
+    store(&mut out[0], hsum_lanes(acc));
 }
 
 macro_rules! entries {
