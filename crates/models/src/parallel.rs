@@ -18,13 +18,8 @@ use baimo_threads::{Ctx, SharedMut};
 use crate::state::Activations;
 use crate::weights::Weight;
 
-/// Rows of a matrix product handed out per claim: small for batches (each row is then used by
-/// many tokens), large for a single token (ggml uses the same sizes).
-fn rows_per_chunk(n_tokens: usize) -> usize {
-    if n_tokens == 1 { 64 } else { 16 }
-}
-
-const CHUNKS_PER_THREAD: usize = 4;
+/// Rows of a matrix product handed out per claim in a batch (each row serves many tokens).
+const BATCH_ROWS_PER_CHUNK: usize = 16;
 
 pub(crate) struct SharedQ8<'a> {
     kind: Q8Kind,
@@ -273,13 +268,15 @@ fn unit_dots(
 }
 
 /// Units of 16 rows handed out per claim: fewer for batches (each unit then serves many tokens).
-fn units_per_chunk(ctx: &Ctx<'_>, n_tokens: usize, total_units: usize) -> usize {
+/// Hands out the units of a matrix product: for a single token (decoding, which streams the
+/// weights once) long runs of contiguous rows first, so the hardware prefetcher stays ahead, then
+/// shorter ones so the threads finish together; for batches, fixed small chunks (each unit then
+/// serves many tokens).
+fn for_each_unit_chunk(ctx: &Ctx<'_>, n_tokens: usize, total_units: usize, f: impl FnMut(Range<usize>)) {
     if n_tokens == 1 {
-        // Decoding streams the weights once: long runs of contiguous rows keep the hardware
-        // prefetcher ahead, a few chunks per thread still even out the threads.
-        total_units.div_ceil(CHUNKS_PER_THREAD * ctx.nth).max(1)
+        ctx.for_each_guided(total_units, 1, f)
     } else {
-        rows_per_chunk(n_tokens) / UNIT
+        ctx.for_each_chunk(total_units, BATCH_ROWS_PER_CHUNK / UNIT, f)
     }
 }
 
@@ -299,7 +296,7 @@ pub(crate) fn matmul(
     debug_assert!(total <= stride && (n_tokens - 1) * stride + total <= out.len());
     let x = x.token_rows(n_tokens);
     let total_units: usize = parts.iter().map(|w| w.rows.div_ceil(UNIT)).sum();
-    ctx.for_each_chunk(total_units, units_per_chunk(ctx, n_tokens, total_units), |units| {
+    for_each_unit_chunk(ctx, n_tokens, total_units, |units| {
         let mut out_buf: UnitOut = [[0.0; GROUP]; MAX_TOKENS];
         for u in units {
             // Find the part the unit belongs to, and where the part's rows start in `out`.
@@ -337,7 +334,7 @@ pub(crate) fn matmul_swiglu(
     debug_assert!(gate.rows == up.rows && gate.cols == x.n && up.cols == x.n);
     let x = x.token_rows(n_tokens);
     let total_units = gate.rows.div_ceil(UNIT);
-    ctx.for_each_chunk(total_units, units_per_chunk(ctx, n_tokens, total_units), |units| {
+    for_each_unit_chunk(ctx, n_tokens, total_units, |units| {
         let mut out_buf: UnitOut = [[0.0; GROUP]; MAX_TOKENS];
         let (mut g, mut v) = ([0f32; TILE], [0f32; TILE]);
         for u in units {

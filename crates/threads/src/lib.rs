@@ -110,9 +110,41 @@ impl Ctx<'_> {
     /// Calls `f` for chunks of `0..n_items` (each at most `chunk` long) claimed by whichever
     /// thread is free, and returns once every chunk is finished, so what the step wrote can be
     /// read. Every thread of the job must call it with the same arguments, in the same order.
-    pub fn for_each_chunk(&self, n_items: usize, chunk: usize, mut f: impl FnMut(Range<usize>)) {
+    pub fn for_each_chunk(&self, n_items: usize, chunk: usize, f: impl FnMut(Range<usize>)) {
         let chunk = chunk.max(1);
-        let n_chunks = n_items.div_ceil(chunk);
+        self.run_chunks(n_items.div_ceil(chunk), |k| k * chunk..((k + 1) * chunk).min(n_items), f);
+    }
+
+    /// Like [`for_each_chunk`](Self::for_each_chunk), with chunks that shrink as the work runs
+    /// out ("guided" scheduling): each takes a share `1/(2·threads)` of what is left, at least
+    /// `min_chunk`. Early chunks are long runs (good for streaming memory), late ones short (so
+    /// the threads finish together).
+    pub fn for_each_guided(&self, n_items: usize, min_chunk: usize, f: impl FnMut(Range<usize>)) {
+        let min_chunk = min_chunk.max(1);
+        let share = 2 * self.nth;
+        let next =
+            |start: usize| start + (n_items - start).div_ceil(share).max(min_chunk).min(n_items - start);
+        let (mut n_chunks, mut at) = (0, 0);
+        while at < n_items {
+            at = next(at);
+            n_chunks += 1;
+        }
+        let chunk_range = |k: usize| {
+            let mut start = 0;
+            for _ in 0..k {
+                start = next(start);
+            }
+            start..next(start)
+        };
+        self.run_chunks(n_chunks, chunk_range, f);
+    }
+
+    fn run_chunks(
+        &self,
+        n_chunks: usize,
+        chunk_range: impl Fn(usize) -> Range<usize>,
+        mut f: impl FnMut(Range<usize>),
+    ) {
         let index = self.step.get();
         self.step.set(index + 1);
         let step = self.shared.steps.get(index).expect("a job ran more than MAX_STEPS steps");
@@ -121,8 +153,7 @@ impl Ctx<'_> {
             if claimed >= n_chunks {
                 break;
             }
-            let start = claimed * chunk;
-            f(start..(start + chunk).min(n_items));
+            f(chunk_range(claimed));
             // Release: what `f` wrote is visible to whoever sees the count.
             step.finished.fetch_add(1, Ordering::Release);
         }
@@ -398,6 +429,36 @@ mod tests {
                 }
             });
             assert!(hits.iter().all(|&h| h == 1), "round {round}: {hits:?}");
+        }
+    }
+
+    #[test]
+    fn guided_chunks_cover_every_item_once_and_shrink() {
+        let pool = ThreadPool::new(2);
+        for n_items in [0, 1, 5, 16, 17, 304, 1000] {
+            for min_chunk in [1, 3, 8] {
+                let mut hits = vec![0u32; n_items];
+                let sizes = Mutex::new(Vec::new());
+                let out = SharedMut::new(&mut hits);
+                pool.run(|ctx| {
+                    ctx.for_each_guided(n_items, min_chunk, |range| {
+                        sizes.lock().unwrap().push((range.start, range.len()));
+                        for i in range {
+                            // SAFETY: each item is claimed by exactly one thread.
+                            unsafe { out.slice_mut(i..i + 1)[0] += 1 };
+                        }
+                    });
+                });
+                assert!(hits.iter().all(|&h| h == 1), "{n_items} items, min {min_chunk}: {hits:?}");
+                let mut sizes = sizes.into_inner().unwrap();
+                sizes.sort();
+                // Non-increasing sizes, none below the minimum except a final remainder.
+                for w in sizes.windows(2) {
+                    assert!(w[1].1 <= w[0].1, "{sizes:?}");
+                }
+                let all_but_last = sizes.len().saturating_sub(1);
+                assert!(sizes[..all_but_last].iter().all(|&(_, len)| len >= min_chunk), "{sizes:?}");
+            }
         }
     }
 
