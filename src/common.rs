@@ -34,6 +34,29 @@ pub struct ModelOptions {
     /// baimo's quickest kernels, whose results differ from llama.cpp's in the last bits.
     #[arg(long, value_enum, default_value_t = ArithmeticArg::LlamaCpp)]
     pub arithmetic: ArithmeticArg,
+    /// Quantize a Hugging Face folder's float weights at load time (a GGUF file is used as it is).
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub quantize: Option<QuantizeArg>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantizeArg {
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q4_k")]
+    Q4K,
+}
+
+impl From<QuantizeArg> for baimo_kernels::GgmlType {
+    fn from(q: QuantizeArg) -> Self {
+        match q {
+            QuantizeArg::Q8_0 => baimo_kernels::GgmlType::Q8_0,
+            QuantizeArg::Q4_0 => baimo_kernels::GgmlType::Q4_0,
+            QuantizeArg::Q4K => baimo_kernels::GgmlType::Q4_K,
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +84,8 @@ pub fn model_and(positionals: &[String], what: &str) -> Result<(Option<String>, 
     }
 }
 
-/// A GGUF path, or a known model name fetched into the cache on first use.
+/// A GGUF path, a Hugging Face model folder, or a known model name fetched into the cache on
+/// first use.
 pub fn resolve_model(spec: Option<&str>, quiet: bool) -> Result<PathBuf> {
     let spec = spec.unwrap_or(baimo_hub::DEFAULT_MODEL);
     let fetcher = Fetcher::new().quiet(quiet);
@@ -71,7 +95,8 @@ pub fn resolve_model(spec: Option<&str>, quiet: bool) -> Result<PathBuf> {
 pub fn load_model(spec: Option<&str>, opts: &ModelOptions) -> Result<Arc<LoadedModel>> {
     let path = resolve_model(spec, opts.quiet)?;
     let started = Instant::now();
-    let model = LoadedModel::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    let model = LoadedModel::load_with(&path, opts.quantize.map(Into::into))
+        .with_context(|| format!("loading {}", path.display()))?;
     if !opts.quiet {
         eprintln!(
             "loaded {} ({}, {} layers, {:.0} MB of weights) in {:.2} s",

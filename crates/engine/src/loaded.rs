@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use baimo_chat::{ChatMessage, ChatTemplate, RenderRequest};
-use baimo_formats::Gguf;
+use baimo_formats::{Gguf, HfFolder};
+use baimo_kernels::GgmlType;
 use baimo_models::{Model, ModelInfo};
 use baimo_tokenizer::Tokenizer;
 
@@ -26,7 +27,17 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// A GGUF file, or a Hugging Face model folder (a directory with `config.json`).
     pub fn load(path: &Path) -> Result<LoadedModel, EngineError> {
+        LoadedModel::load_with(path, None)
+    }
+
+    /// As [`LoadedModel::load`]; `quantize` encodes a folder's float matrices in that type at
+    /// load time (GGUF files are used as they are).
+    pub fn load_with(path: &Path, quantize: Option<GgmlType>) -> Result<LoadedModel, EngineError> {
+        if HfFolder::is_model_folder(path) {
+            return LoadedModel::load_folder(path, quantize);
+        }
         let gguf = Gguf::open(path)?;
         let model = Model::from_gguf(&gguf)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
@@ -49,6 +60,54 @@ impl LoadedModel {
         };
         Ok(LoadedModel {
             path: path.to_path_buf(),
+            name,
+            model,
+            tokenizer,
+            chat_template,
+            has_own_template: own,
+            info,
+        })
+    }
+
+    fn load_folder(dir: &Path, quantize: Option<GgmlType>) -> Result<LoadedModel, EngineError> {
+        let folder = HfFolder::open(dir)?;
+        let model = Model::from_hf(&folder, quantize)?;
+        let tokenizer = Tokenizer::from_hf_folder(dir)?;
+        let info = model.info();
+        if tokenizer.vocab_size() > info.vocab_size {
+            return Err(EngineError::Mismatch(format!(
+                "the tokenizer has {} tokens but the model's embedding has {} rows",
+                tokenizer.vocab_size(),
+                info.vocab_size
+            )));
+        }
+        // transformers ≥ 4.43 may write the template to its own file; older folders keep it in
+        // tokenizer_config.json, as a string or a list of named templates.
+        let mut template = None;
+        let jinja = dir.join("chat_template.jinja");
+        if jinja.is_file() {
+            template = Some(std::fs::read_to_string(&jinja).map_err(|e| {
+                EngineError::InvalidArgument(format!("cannot read {}: {e}", jinja.display()))
+            })?);
+        } else if let Some(config) = folder.optional_json("tokenizer_config.json")? {
+            template = match config.get("chat_template") {
+                Some(serde_json::Value::String(t)) => Some(t.clone()),
+                Some(serde_json::Value::Array(list)) => list
+                    .iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                    .and_then(|t| t.get("template")?.as_str())
+                    .map(str::to_string),
+                _ => None,
+            };
+        }
+        let token_str = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or("").to_string();
+        let (bos, eos) = (token_str(tokenizer.bos_id()), token_str(tokenizer.eos_id()));
+        let own = template.is_some();
+        let chat_template =
+            ChatTemplate::new(template.as_deref().unwrap_or(FALLBACK_CHAT_TEMPLATE), &bos, &eos)?;
+        let name = dir.file_name().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+        Ok(LoadedModel {
+            path: dir.to_path_buf(),
             name,
             model,
             tokenizer,

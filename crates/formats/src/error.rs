@@ -52,4 +52,12 @@ pub enum FormatError {
     WrongType { key: String, expected: &'static str, found: String },
     #[error("missing tensor {0:?}")]
     MissingTensor(String),
+    #[error("{path}: {message}")]
+    Json { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    #[error(
+        "{0} has no weights (looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin and pytorch_model.bin.index.json)"
+    )]
+    NoWeights(PathBuf),
 }

@@ -4,7 +4,10 @@
 mod bytes;
 mod error;
 pub mod gguf;
+pub mod hf;
+mod torch;
 
 pub use bytes::Bytes;
 pub use error::FormatError;
 pub use gguf::{ArrayValue, Gguf, TensorInfo, Value};
+pub use hf::{HfFolder, HfTensor, HfTensors, StorageType};

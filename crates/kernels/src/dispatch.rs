@@ -337,6 +337,23 @@ pub fn dequantize(dtype: GgmlType, src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// Encodes `src` (a whole number of blocks) as `dtype`, with the reference quantizers. Returns
+/// false for types baimo does not write.
+pub fn quantize(dtype: GgmlType, src: &[f32], dst: &mut [u8]) -> bool {
+    use GgmlType::*;
+    assert_eq!(Some(dst.len() as u64), dtype.row_bytes(src.len() as u64), "quantize lengths");
+    match dtype {
+        Q4_0 => quants::quantize_q4_0(src, crate::quants::as_blocks_mut(dst)),
+        Q4_1 => quants::quantize_q4_1(src, crate::quants::as_blocks_mut(dst)),
+        Q5_0 => quants::quantize_q5_0(src, crate::quants::as_blocks_mut(dst)),
+        Q5_1 => quants::quantize_q5_1(src, crate::quants::as_blocks_mut(dst)),
+        Q8_0 => quants::quantize_q8_0(src, crate::quants::as_blocks_mut(dst)),
+        Q4_K => quants::quantize_q4_k(src, crate::quants::as_blocks_mut(dst)),
+        _ => return false,
+    }
+    true
+}
+
 /// `k · q` over f16 vectors, for attention scores. On x86 the sum is formed in the order of
 /// ggml's f16 dot product for the same instruction set, so scores (and, through them, every
 /// later rounding) match llama.cpp's bit for bit; elsewhere it is a plain f32 sum.

@@ -18,6 +18,34 @@
 /// Keys per block.
 pub const KEY_BLOCK: usize = 64;
 
+/// An element type of the KV cache.
+pub trait KvElement: Copy + Send + Sync + 'static {
+    /// `dst = src` as f32.
+    fn widen(src: &[Self], dst: &mut [f32]);
+    /// `dst = src`, rounded to this type.
+    fn store(src: &[f32], dst: &mut [Self]);
+}
+
+impl KvElement for half::f16 {
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst);
+    }
+    fn store(src: &[f32], dst: &mut [Self]) {
+        use half::slice::HalfFloatSliceExt;
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+impl KvElement for f32 {
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    fn store(src: &[f32], dst: &mut [Self]) {
+        dst.copy_from_slice(src);
+    }
+}
+
 /// A block of keys and values widened to f32: keys transposed (`kt[c][j]`, component `c` of key
 /// `j`), values as rows (`v[j][c]`).
 pub struct KvBlock {
@@ -37,24 +65,24 @@ impl KvBlock {
         }
     }
 
-    /// Loads `n_keys ≤ KEY_BLOCK` keys and values: `key(j)`, `value(j)` give row `j` in f16.
-    pub fn load<'a>(
+    /// Loads `n_keys ≤ KEY_BLOCK` keys and values: `key(j)`, `value(j)` give row `j` (f16 or
+    /// f32, as the cache keeps them).
+    pub fn load<'a, T: KvElement + 'a>(
         &mut self,
         n_keys: usize,
-        key: impl Fn(usize) -> &'a [half::f16],
-        value: impl Fn(usize) -> &'a [half::f16],
+        key: impl Fn(usize) -> &'a [T],
+        value: impl Fn(usize) -> &'a [T],
     ) {
-        use half::slice::HalfFloatSliceExt;
         assert!(n_keys <= KEY_BLOCK, "key block size");
         let d = self.head_dim;
         let mut row = [0f32; 512];
         assert!(d <= row.len(), "head dimension");
         for j in 0..n_keys {
-            key(j).convert_to_f32_slice(&mut row[..d]);
+            T::widen(key(j), &mut row[..d]);
             for (c, &x) in row[..d].iter().enumerate() {
                 self.kt[c * KEY_BLOCK + j] = x;
             }
-            value(j).convert_to_f32_slice(&mut self.v[j * d..(j + 1) * d]);
+            T::widen(value(j), &mut self.v[j * d..(j + 1) * d]);
         }
         // Keys past the end score as masked below; their slots only need to be finite.
         for c in 0..d {

@@ -12,7 +12,7 @@ pub mod packed;
 pub mod quants;
 mod simd;
 
-pub use dispatch::{ActivationFormat, Isa, TileDot, VecDot, dequantize, dot_f16};
+pub use dispatch::{ActivationFormat, Isa, TileDot, VecDot, dequantize, dot_f16, quantize};
 pub use dtype::GgmlType;
 pub use packed::PackedMatrix;
 pub use quants::{Q8Buf, Q8Kind, Q8Row, Q8RowMut};

@@ -728,6 +728,52 @@ pub fn quantize_q4_0(x: &[f32], out: &mut [BlockQ4_0]) {
     }
 }
 
+/// Q4_K from f32: per sub-block of 32 an affine range `[−m, −m + 15·s]` (the minimum clamped
+/// at 0 so zero stays representable), then the 6-bit scales and minimums relative to the
+/// super-block's largest. Simpler than ggml's search for the best scales (`make_qkx2_quants`), so
+/// a little less accurate, but it writes the same block format.
+pub fn quantize_q4_k(x: &[f32], out: &mut [BlockQ4K]) {
+    for (xb, b) in x.chunks_exact(QK_K).zip(out) {
+        let mut scales = [0f32; 8];
+        let mut mins = [0f32; 8];
+        for (j, sub) in xb.chunks_exact(32).enumerate() {
+            let min = sub.iter().copied().fold(0f32, f32::min);
+            let max = sub.iter().copied().fold(min, f32::max);
+            scales[j] = (max - min) / 15.0;
+            mins[j] = -min;
+        }
+        let d = scales.iter().copied().fold(0f32, f32::max) / 63.0;
+        let dmin = mins.iter().copied().fold(0f32, f32::max) / 63.0;
+        b.d = f32_to_f16(d);
+        b.dmin = f32_to_f16(dmin);
+        // The 6-bit codes are taken against the f16-rounded scales the dequantizer will use.
+        let (d, dmin) = (f16_to_f32(b.d), f16_to_f32(b.dmin));
+        let code = |v: f32, unit: f32| if unit > 0.0 { (v / unit).round().clamp(0.0, 63.0) as u8 } else { 0 };
+        let mut q = [0u8; QK_K];
+        b.scales = [0; 12];
+        for j in 0..8 {
+            let (ls, lm) = (code(scales[j], d), code(mins[j], dmin));
+            if j < 4 {
+                b.scales[j] = ls;
+                b.scales[j + 4] = lm;
+            } else {
+                b.scales[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
+                b.scales[j - 4] |= (ls >> 4) << 6;
+                b.scales[j] |= (lm >> 4) << 6;
+            }
+            let (scale, min) = (d * ls as f32, dmin * lm as f32);
+            for l in 32 * j..32 * j + 32 {
+                q[l] = if scale > 0.0 { ((xb[l] + min) / scale).round().clamp(0.0, 15.0) as u8 } else { 0 };
+            }
+        }
+        for c in 0..4 {
+            for l in 0..32 {
+                b.qs[32 * c + l] = q[64 * c + l] | (q[64 * c + 32 + l] << 4);
+            }
+        }
+    }
+}
+
 /// ggml's `quantize_row_q4_1_ref`.
 pub fn quantize_q4_1(x: &[f32], out: &mut [BlockQ4_1]) {
     for (xb, b) in x.chunks_exact(QK).zip(out) {

@@ -3,7 +3,7 @@
 //! then for each query head `softmax(q·Kᵀ/√d)·V` over the positions it may see.
 
 use baimo_kernels::dot_f16;
-use baimo_kernels::flash::{FlashRows, KEY_BLOCK, KvBlock, flash_step};
+use baimo_kernels::flash::{FlashRows, KEY_BLOCK, KvBlock, KvElement, flash_step};
 use baimo_kernels::ops::{RopeStyle, mad_f16, rope_apply, scale_f16};
 use baimo_threads::{Ctx, SharedMut};
 use half::f16;
@@ -26,12 +26,20 @@ impl Heads {
     }
 }
 
-/// One layer's part of the sequence's key and value buffers (see `KvCache`).
-pub(crate) struct LayerCache<'a, 'b> {
-    pub k: &'a SharedMut<'b, f16>,
-    pub v: &'a SharedMut<'b, f16>,
-    /// Index of the layer's first value in `k` and `v`.
-    pub start: usize,
+/// One layer's part of the sequence's key and value buffers (see `KvCache`); `start` is the
+/// index of the layer's first value in `k` and `v`.
+pub(crate) enum LayerCache<'a, 'b> {
+    F16 { k: &'a SharedMut<'b, f16>, v: &'a SharedMut<'b, f16>, start: usize },
+    F32 { k: &'a SharedMut<'b, f32>, v: &'a SharedMut<'b, f32>, start: usize },
+}
+
+/// Writes `src` into `buf[at..at + src.len()]`, rounded to the buffer's type.
+///
+/// # Safety
+/// No other thread touches that range meanwhile.
+unsafe fn store<T: KvElement>(buf: &SharedMut<'_, T>, at: usize, src: &[f32]) {
+    // SAFETY: as the caller promises.
+    T::store(src, unsafe { buf.slice_mut(at..at + src.len()) });
 }
 
 /// The largest head this module handles (values are widened to f32 on the stack).
@@ -72,9 +80,18 @@ pub(crate) fn rope_and_cache(
                 unsafe {
                     let k = qkv.slice_mut(k_at..k_at + hd);
                     rope_apply(k, cs, rope_style);
-                    let at = cache.start + (pos0 + t) * kv_dim + kvh * hd;
-                    cache.k.slice_mut(at..at + hd).convert_from_f32_slice(k);
-                    cache.v.slice_mut(at..at + hd).convert_from_f32_slice(qkv.slice_mut(v_at..v_at + hd));
+                    let v = qkv.slice_mut(v_at..v_at + hd);
+                    let slot = (pos0 + t) * kv_dim + kvh * hd;
+                    match cache {
+                        LayerCache::F16 { k: keys, v: values, start } => {
+                            store(keys, start + slot, k);
+                            store(values, start + slot, v);
+                        }
+                        LayerCache::F32 { k: keys, v: values, start } => {
+                            store(keys, start + slot, k);
+                            store(values, start + slot, v);
+                        }
+                    }
                 }
             }
         }
@@ -114,9 +131,18 @@ pub(crate) fn attend(
     accumulate: Accumulate,
     out: &SharedMut<'_, f32>,
 ) {
-    match accumulate {
-        Accumulate::F16 => attend_like_ggml(ctx, heads, qkv, n_tokens, pos0, cache, out),
-        Accumulate::F32 => attend_tiled(ctx, heads, qkv, n_tokens, pos0, cache, out),
+    // SAFETY: the cache is not written during this step (rope_and_cache ended at a barrier).
+    match (cache, accumulate) {
+        (&LayerCache::F16 { k, v, start }, Accumulate::F16) => unsafe {
+            attend_like_ggml(ctx, heads, qkv, n_tokens, pos0, &k.get()[start..], &v.get()[start..], out)
+        },
+        (&LayerCache::F16 { k, v, start }, Accumulate::F32) => unsafe {
+            attend_tiled(ctx, heads, qkv, n_tokens, pos0, &k.get()[start..], &v.get()[start..], out)
+        },
+        // A full-precision cache has no llama.cpp order to follow: always the f32 path.
+        (&LayerCache::F32 { k, v, start }, _) => unsafe {
+            attend_tiled(ctx, heads, qkv, n_tokens, pos0, &k.get()[start..], &v.get()[start..], out)
+        },
     }
 }
 
@@ -126,23 +152,23 @@ const TOKEN_BLOCK: usize = 16;
 /// Flash attention: work items are (token block, key/value head), each holding the rows of its
 /// tokens' query heads that share the key head, so a block of keys widened to f32 serves them
 /// all. Item order puts the token blocks that see the most keys first.
-fn attend_tiled(
+#[allow(clippy::too_many_arguments)]
+fn attend_tiled<T: KvElement>(
     ctx: &Ctx<'_>,
     heads: Heads,
     qkv: &SharedMut<'_, f32>,
     n_tokens: usize,
     pos0: usize,
-    cache: &LayerCache<'_, '_>,
+    keys: &[T],
+    values: &[T],
     out: &SharedMut<'_, f32>,
 ) {
     let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
     let stride = q_dim + 2 * kv_dim;
     let group = heads.n_heads / heads.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    // SAFETY: the cache and qkv are not written during this step (rope_and_cache ended at a
-    // barrier).
-    let (keys, values, qkv) =
-        unsafe { (&cache.k.get()[cache.start..], &cache.v.get()[cache.start..], qkv.get()) };
+    // SAFETY: qkv is not written during this step (rope_and_cache ended at a barrier).
+    let qkv = unsafe { qkv.get() };
     let n_blocks = n_tokens.div_ceil(TOKEN_BLOCK);
     let n_items = n_blocks * heads.n_kv_heads;
     ctx.for_each_chunk(n_items, 1, |items| {
@@ -199,23 +225,23 @@ fn attend_tiled(
 
 /// ggml's CPU flash attention for small batches, one query row at a time over every position
 /// it sees, the running sum in f16 (see [`Accumulate::F16`]).
+#[allow(clippy::too_many_arguments)]
 fn attend_like_ggml(
     ctx: &Ctx<'_>,
     heads: Heads,
     qkv: &SharedMut<'_, f32>,
     n_tokens: usize,
     pos0: usize,
-    cache: &LayerCache<'_, '_>,
+    keys: &[f16],
+    values: &[f16],
     out: &SharedMut<'_, f32>,
 ) {
     let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
     let stride = q_dim + 2 * kv_dim;
     let group = heads.n_heads / heads.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    // SAFETY: the cache and qkv are not written during this step (rope_and_cache ended at a
-    // barrier).
-    let (keys, values, qkv) =
-        unsafe { (&cache.k.get()[cache.start..], &cache.v.get()[cache.start..], qkv.get()) };
+    // SAFETY: qkv is not written during this step (rope_and_cache ended at a barrier).
+    let qkv = unsafe { qkv.get() };
     let mut q16_row = [f16::ZERO; MAX_HEAD_DIM];
     let mut acc16 = [f16::ZERO; MAX_HEAD_DIM];
     ctx.for_each_chunk(n_tokens * heads.n_heads, 1, |items| {

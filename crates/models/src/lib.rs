@@ -4,15 +4,17 @@
 //! buffers) lives in a [`Sequence`], so several sequences can run on one model.
 
 mod attention;
+mod hf;
 pub mod llama;
 mod parallel;
 mod state;
 mod weights;
 
-use baimo_formats::{FormatError, Gguf};
+use baimo_formats::{FormatError, Gguf, HfFolder};
+use baimo_kernels::GgmlType;
 use baimo_threads::ThreadPool;
 
-pub use state::KvCache;
+pub use state::{KvCache, KvPrecision};
 pub use weights::Weight;
 
 /// Which logits a forward pass returns.
@@ -30,6 +32,8 @@ pub enum ModelError {
     Format(#[from] FormatError),
     #[error("unknown model architecture {0:?} (baimo runs: {archs})", archs = SUPPORTED_ARCHITECTURES.join(", "))]
     UnknownArchitecture(String),
+    #[error("unknown model_type {0:?} in config.json (baimo runs: {types})", types = SUPPORTED_MODEL_TYPES.join(", "))]
+    UnknownModelType(String),
     #[error("missing tensor {0:?}")]
     MissingTensor(String),
     #[error("tensor {tensor:?} has shape {found}, expected {expected}")]
@@ -49,7 +53,10 @@ pub enum ModelError {
 }
 
 /// `general.architecture` values baimo can run from GGUF.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3"];
+
+/// Hugging Face `model_type` values baimo can run from a model folder.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "qwen2", "qwen3"];
 
 /// Which order of floating-point roundings a forward pass follows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -113,8 +120,18 @@ impl Model {
     pub fn from_gguf(gguf: &Gguf) -> Result<Model, ModelError> {
         let arch = gguf.get_str("general.architecture")?;
         match arch {
-            "llama" | "qwen2" => Ok(Model::Llama(llama::Llama::from_gguf(gguf)?)),
+            "llama" | "qwen2" | "qwen3" => Ok(Model::Llama(llama::Llama::from_gguf(gguf)?)),
             other => Err(ModelError::UnknownArchitecture(other.into())),
+        }
+    }
+
+    /// From a Hugging Face model folder; `quantize` encodes the float matrices in that type at
+    /// load time (Q8_0, Q4_0, Q4_K, ...).
+    pub fn from_hf(folder: &HfFolder, quantize: Option<GgmlType>) -> Result<Model, ModelError> {
+        let model_type = folder.config.get("model_type").and_then(|v| v.as_str()).unwrap_or_default();
+        match model_type {
+            "llama" | "qwen2" | "qwen3" => Ok(Model::Llama(llama::Llama::from_hf(folder, quantize)?)),
+            other => Err(ModelError::UnknownModelType(other.into())),
         }
     }
 

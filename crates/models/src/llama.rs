@@ -1,4 +1,5 @@
-//! LLaMA and the decoders built like it: Qwen2 / Qwen2.5 (the same plus q/k/v biases).
+//! LLaMA and the decoders built like it: Qwen2 / Qwen2.5 (the same plus q/k/v biases), Qwen3
+//! (RMSNorm on each query and key head before RoPE).
 //!
 //! Per layer, with pre-normalisation (Touvron et al. 2023, "LLaMA"):
 //! ```text
@@ -10,16 +11,19 @@
 //! query heads. llama.cpp's `llama` GGUFs store q/k rows permuted for interleaved RoPE pairs;
 //! `qwen2` GGUFs keep Hugging Face's rotate-half layout.
 //!
-//! Reference: transformers `modeling_llama.py`, `modeling_qwen2.py`; llama.cpp `build_llama`.
+//! Reference: transformers `modeling_llama.py`, `modeling_qwen2.py`, `modeling_qwen3.py`;
+//! llama.cpp `build_llama`.
 
-use baimo_formats::Gguf;
+use baimo_formats::{Gguf, HfFolder};
+use baimo_kernels::GgmlType;
 use baimo_kernels::ops::{RopeStyle, rms_norm, rope_angles};
 use baimo_threads::{SharedMut, ThreadPool};
 
-use crate::attention::{Accumulate, Heads, LayerCache, MAX_HEAD_DIM, attend, rope_and_cache};
+use crate::attention::{Accumulate, Heads, MAX_HEAD_DIM, attend, rope_and_cache};
+use crate::hf::{HfSource, JsonConfig};
 use crate::parallel::{SharedActs, Store, fill_rows, matmul, matmul_swiglu, needs, requantize};
-use crate::state::{Activations, KvCache};
-use crate::weights::{GgufTensors, Weight};
+use crate::state::{Activations, KvCache, KvPrecision};
+use crate::weights::{GgufTensors, TensorSource, Weight};
 use crate::{Arithmetic, LogitsFor, ModelError};
 
 /// Hyper-parameters, named as in Hugging Face `config.json`.
@@ -41,6 +45,10 @@ pub struct Config {
     pub rope_style: RopeStyle,
     /// Linear RoPE scaling (`rope_scaling = {type: linear, factor}`): positions are divided by it.
     pub rope_linear_factor: f32,
+    /// Dynamic NTK scaling (`rope_scaling = {type: dynamic, factor}`): past
+    /// `max_position_embeddings` the base grows with the length (transformers'
+    /// `_compute_dynamic_ntk_parameters`).
+    pub rope_dynamic_factor: Option<f32>,
 }
 
 impl Config {
@@ -48,7 +56,7 @@ impl Config {
         let arch = gguf.get_str("general.architecture")?.to_string();
         let rope_style = match arch.as_str() {
             "llama" => RopeStyle::Interleaved,
-            "qwen2" => RopeStyle::Neox,
+            "qwen2" | "qwen3" => RopeStyle::Neox,
             other => return Err(ModelError::UnknownArchitecture(other.into())),
         };
         let key = |k: &str| format!("{arch}.{k}");
@@ -90,10 +98,91 @@ impl Config {
             rope_dims: usize_or("rope.dimension_count", head_dim)?,
             rope_style,
             rope_linear_factor,
+            rope_dynamic_factor: None,
             architecture: arch,
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// From a Hugging Face `config.json` (`model_type` llama, qwen2 or qwen3). Returns the config
+    /// and Llama 3's per-frequency RoPE divisors when `rope_scaling` asks for them.
+    pub fn from_hf(json: &serde_json::Value) -> Result<(Config, Option<Vec<f32>>), ModelError> {
+        let j = JsonConfig { json };
+        let arch = j.str("model_type").unwrap_or_default().to_string();
+        if !matches!(arch.as_str(), "llama" | "qwen2" | "qwen3") {
+            return Err(ModelError::UnknownModelType(arch));
+        }
+        let hidden_size = j.usize("hidden_size")?;
+        let num_attention_heads = j.usize("num_attention_heads")?;
+        let head_dim = match j.usize_or("head_dim", 0)? {
+            0 => hidden_size / num_attention_heads.max(1),
+            d => d,
+        };
+        // transformers 5 writes `rope_parameters` (with the base inside); older files
+        // `rope_theta` and `rope_scaling`.
+        let scaling = j.object("rope_parameters").or_else(|| j.object("rope_scaling"));
+        let rope_theta = match &scaling {
+            Some(s) if s.has("rope_theta") => s.f32_or("rope_theta", 10_000.0)?,
+            _ => j.f32_or("rope_theta", 10_000.0)?,
+        };
+        let max_position_embeddings = j.usize_or("max_position_embeddings", 2048)?;
+        let mut config = Config {
+            hidden_size,
+            intermediate_size: j.usize("intermediate_size")?,
+            num_hidden_layers: j.usize("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads: j.usize_or("num_key_value_heads", num_attention_heads)?,
+            head_dim,
+            vocab_size: j.usize("vocab_size")?,
+            max_position_embeddings,
+            rms_norm_eps: j.f32_or("rms_norm_eps", 1e-6)?,
+            rope_theta,
+            rope_dims: head_dim,
+            rope_style: RopeStyle::Neox,
+            rope_linear_factor: 1.0,
+            rope_dynamic_factor: None,
+            architecture: arch,
+        };
+        let mut freq_factors = None;
+        if let Some(s) = scaling {
+            let kind = s.str("rope_type").or_else(|| s.str("type")).unwrap_or("default");
+            let factor = s.f32_or("factor", 1.0)?;
+            match kind {
+                "default" => {}
+                "linear" => config.rope_linear_factor = factor,
+                "dynamic" => config.rope_dynamic_factor = Some(factor),
+                "llama3" => {
+                    let original = s.usize_or("original_max_position_embeddings", 8192)? as f32;
+                    let low = s.f32_or("low_freq_factor", 1.0)?;
+                    let high = s.f32_or("high_freq_factor", 4.0)?;
+                    if !(factor > 0.0 && high > low && low > 0.0) {
+                        return Err(ModelError::InvalidConfig(format!(
+                            "llama3 RoPE scaling with factor {factor}, low {low}, high {high}"
+                        )));
+                    }
+                    freq_factors =
+                        Some(llama3_freq_divisors(head_dim, rope_theta, factor, low, high, original));
+                }
+                other => return Err(ModelError::Unsupported(format!("rope scaling type {other:?}"))),
+            }
+        }
+        config.validate()?;
+        Ok((config, freq_factors))
+    }
+
+    /// The RoPE base for a pass ending at position `len` (dynamic NTK grows it past the trained
+    /// length).
+    fn rope_base(&self, len: usize) -> f32 {
+        match self.rope_dynamic_factor {
+            Some(factor) if len > self.max_position_embeddings => {
+                let d = self.rope_dims as f64;
+                let ratio =
+                    factor as f64 * len as f64 / self.max_position_embeddings as f64 - (factor as f64 - 1.0);
+                (self.rope_theta as f64 * ratio.powf(d / (d - 2.0))) as f32
+            }
+            _ => self.rope_theta,
+        }
     }
 
     fn validate(&self) -> Result<(), ModelError> {
@@ -127,6 +216,7 @@ impl Config {
         // Comparisons that NaN fails too.
         let numbers_ok = self.rope_theta > 0.0
             && self.rope_linear_factor > 0.0
+            && self.rope_dynamic_factor.is_none_or(|f| f >= 1.0)
             && self.rms_norm_eps >= 0.0
             && self.rms_norm_eps.is_finite();
         if !numbers_ok {
@@ -144,12 +234,34 @@ impl Config {
     }
 }
 
+/// Llama 3.1's `rope_type = llama3`: each frequency's divisor (1 for short wavelengths, `factor`
+/// for long ones, interpolated between), as llama.cpp stores them in `rope_freqs`.
+fn llama3_freq_divisors(dims: usize, base: f32, factor: f32, low: f32, high: f32, original: f32) -> Vec<f32> {
+    let (low_wavelen, high_wavelen) = (original / low, original / high);
+    (0..dims / 2)
+        .map(|i| {
+            let freq = 1.0 / base.powf(2.0 * i as f32 / dims as f32);
+            let wavelen = 2.0 * std::f32::consts::PI / freq;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (original / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect()
+}
+
 struct Layer {
     attn_norm: Vec<f32>,        // (hidden)
     q_proj: Weight,             // (n_heads·head_dim, hidden)
     k_proj: Weight,             // (n_kv_heads·head_dim, hidden)
     v_proj: Weight,             // (n_kv_heads·head_dim, hidden)
     qkv_bias: Option<Vec<f32>>, // (q_dim + 2·kv_dim), Qwen2 only
+    q_norm: Option<Vec<f32>>,   // (head_dim), Qwen3 only
+    k_norm: Option<Vec<f32>>,   // (head_dim), Qwen3 only
     o_proj: Weight,             // (hidden, n_heads·head_dim)
     ffn_norm: Vec<f32>,         // (hidden)
     gate_proj: Weight,          // (intermediate, hidden)
@@ -164,6 +276,39 @@ pub struct Llama {
     norm: Vec<f32>,                      // (hidden)
     lm_head: Weight,                     // (vocab, hidden); the embedding matrix when tied
     rope_freq_factors: Option<Vec<f32>>, // (rope_dims / 2), Llama 3.1 long-context scaling
+    /// f32 when the weights are (so results follow the f32 reference), else f16.
+    kv_precision: KvPrecision,
+}
+
+/// The Hugging Face name of a tensor (transformers' Llama / Qwen2 / Qwen3 naming).
+pub(crate) fn hf_name(gguf_name: &str) -> Option<String> {
+    Some(match gguf_name {
+        "token_embd.weight" => "model.embed_tokens.weight".into(),
+        "output_norm.weight" => "model.norm.weight".into(),
+        "output.weight" => "lm_head.weight".into(),
+        _ => {
+            let rest = gguf_name.strip_prefix("blk.")?;
+            let (layer, part) = rest.split_once('.')?;
+            let hf = match part {
+                "attn_norm.weight" => "input_layernorm.weight",
+                "attn_q.weight" => "self_attn.q_proj.weight",
+                "attn_k.weight" => "self_attn.k_proj.weight",
+                "attn_v.weight" => "self_attn.v_proj.weight",
+                "attn_q.bias" => "self_attn.q_proj.bias",
+                "attn_k.bias" => "self_attn.k_proj.bias",
+                "attn_v.bias" => "self_attn.v_proj.bias",
+                "attn_q_norm.weight" => "self_attn.q_norm.weight",
+                "attn_k_norm.weight" => "self_attn.k_norm.weight",
+                "attn_output.weight" => "self_attn.o_proj.weight",
+                "ffn_norm.weight" => "post_attention_layernorm.weight",
+                "ffn_gate.weight" => "mlp.gate_proj.weight",
+                "ffn_up.weight" => "mlp.up_proj.weight",
+                "ffn_down.weight" => "mlp.down_proj.weight",
+                _ => return None,
+            };
+            format!("model.layers.{layer}.{hf}")
+        }
+    })
 }
 
 /// Buffers of one sequence's forward pass, for up to `batch` tokens at a time.
@@ -191,23 +336,48 @@ struct Rounding {
 impl Llama {
     pub fn from_gguf(gguf: &Gguf) -> Result<Llama, ModelError> {
         let mut config = Config::from_gguf(gguf)?;
-        let t = GgufTensors { gguf };
-        let hidden = config.hidden_size;
         let info = gguf
             .tensor_info("token_embd.weight")
             .ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
         config.vocab_size = usize::try_from(info.ne.get(1).copied().unwrap_or(0))
             .map_err(|_| ModelError::InvalidConfig("vocabulary size".into()))?;
+        let t = GgufTensors { gguf };
+        let rope_freq_factors = t.optional_vector("rope_freqs.weight", config.rope_dims / 2)?;
+        Llama::load(config, &t, true, rope_freq_factors, gguf.tensors().len())
+    }
+
+    /// From a Hugging Face folder (`LlamaForCausalLM`, `Qwen2ForCausalLM`,
+    /// `Qwen3ForCausalLM`), optionally quantizing the matrices at load time.
+    pub fn from_hf(folder: &HfFolder, quantize: Option<GgmlType>) -> Result<Llama, ModelError> {
+        let (config, rope_freq_factors) = Config::from_hf(&folder.config)?;
+        let tied = JsonConfig { json: &folder.config }.bool_or("tie_word_embeddings", false)?;
+        let t = HfSource::new(&folder.tensors, &hf_name, quantize);
+        Llama::load(config, &t, tied, rope_freq_factors, folder.tensors.len())
+    }
+
+    /// Binds the tensors (GGUF names) to the layers. `tied`: without an output matrix, the
+    /// embeddings serve as one.
+    fn load(
+        config: Config,
+        t: &dyn TensorSource,
+        tied: bool,
+        rope_freq_factors: Option<Vec<f32>>,
+        n_tensors: usize,
+    ) -> Result<Llama, ModelError> {
         let c = &config;
+        let hidden = c.hidden_size;
         let (q_dim, kv_dim) = (c.heads().q_dim(), c.heads().kv_dim());
 
         let embed_tokens = t.table("token_embd.weight", c.vocab_size, hidden)?;
-        let lm_head = if t.has("output.weight") {
+        let lm_head = if t.has("output.weight") || !tied {
             t.matrix("output.weight", c.vocab_size, hidden)?
         } else {
             embed_tokens.clone().with_tiles()
         };
-        let mut layers = Vec::with_capacity(c.num_hidden_layers.min(gguf.tensors().len()));
+        if rope_freq_factors.as_ref().is_some_and(|f| f.iter().any(|&x| x.is_nan() || x <= 0.0)) {
+            return Err(ModelError::InvalidConfig("RoPE frequency factors must be positive".into()));
+        }
+        let mut layers = Vec::with_capacity(c.num_hidden_layers.min(n_tensors));
         for i in 0..c.num_hidden_layers {
             let name = |n: &str| format!("blk.{i}.{n}");
             // The projections first: their shapes are checked against the file, which bounds
@@ -239,6 +409,8 @@ impl Llama {
                 k_proj,
                 v_proj,
                 qkv_bias,
+                q_norm: t.optional_vector(&name("attn_q_norm.weight"), c.head_dim)?,
+                k_norm: t.optional_vector(&name("attn_k_norm.weight"), c.head_dim)?,
                 o_proj: t.matrix(&name("attn_output.weight"), hidden, q_dim)?,
                 ffn_norm: t.vector(&name("ffn_norm.weight"), hidden)?,
                 gate_proj: t.matrix(&name("ffn_gate.weight"), c.intermediate_size, hidden)?,
@@ -246,13 +418,23 @@ impl Llama {
                 down_proj: t.matrix(&name("ffn_down.weight"), hidden, c.intermediate_size)?,
             });
         }
+        let kv_precision = if [&embed_tokens, &lm_head]
+            .into_iter()
+            .chain(layers.iter().flat_map(|l| [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj]))
+            .all(|w| w.dtype == GgmlType::F32)
+        {
+            KvPrecision::F32
+        } else {
+            KvPrecision::F16
+        };
         Ok(Llama {
             norm: t.vector("output_norm.weight", hidden)?,
-            rope_freq_factors: t.optional_vector("rope_freqs.weight", c.rope_dims / 2)?,
+            rope_freq_factors,
             embed_tokens,
             lm_head,
             layers,
             config,
+            kv_precision,
         })
     }
 
@@ -270,7 +452,7 @@ impl Llama {
     }
 
     pub fn new_cache(&self, max_len: usize) -> KvCache {
-        KvCache::new(self.config.num_hidden_layers, self.config.heads().kv_dim(), max_len)
+        KvCache::new(self.config.num_hidden_layers, self.config.heads().kv_dim(), max_len, self.kv_precision)
     }
 
     pub fn new_scratch(&self, batch: usize) -> Scratch {
@@ -323,6 +505,9 @@ impl Llama {
             // llama.cpp decides its attention path by the rows of the whole prompt (one batch there).
             accumulate: Accumulate::for_batch(tokens.len()),
         };
+        // Dynamic NTK scaling takes the base from the length this call reaches, as transformers
+        // does for one forward pass over the whole sequence.
+        let rope_base = c.rope_base(kv.len() + tokens.len());
         let mut written = 0;
         for batch in tokens.chunks(scratch.batch) {
             let is_last = written + batch.len() == tokens.len();
@@ -331,7 +516,7 @@ impl Llama {
                 LogitsFor::Last if is_last => 0..1,
                 LogitsFor::Last => 0..0,
             };
-            self.forward_batch(pool, kv, scratch, batch, logit_rows, rounding);
+            self.forward_batch(pool, kv, scratch, batch, logit_rows, rounding, rope_base);
             written += batch.len();
         }
         Ok(&scratch.logits)
@@ -339,6 +524,7 @@ impl Llama {
 
     /// One batch of at most `scratch.batch` tokens. `logit_rows` says where in `scratch.logits`
     /// the rows for this batch's tokens go (for `Last`, only the final token's row).
+    #[allow(clippy::too_many_arguments)]
     fn forward_batch(
         &self,
         pool: &ThreadPool,
@@ -347,6 +533,7 @@ impl Llama {
         tokens: &[u32],
         logit_rows: std::ops::Range<usize>,
         rounding: Rounding,
+        rope_base: f32,
     ) {
         let c = &self.config;
         let heads = c.heads();
@@ -358,7 +545,7 @@ impl Llama {
         for t in 0..n {
             let pos = (pos0 + t) as f32 / c.rope_linear_factor;
             let cs = &mut s.cos_sin[t * c.rope_dims..(t + 1) * c.rope_dims];
-            rope_angles(pos, c.rope_dims, c.rope_theta, self.rope_freq_factors.as_deref(), cs);
+            rope_angles(pos, c.rope_dims, rope_base, self.rope_freq_factors.as_deref(), cs);
         }
         // Tokens whose logits are wanted: the last `logit_rows.len()` of the batch.
         let first_out = n - logit_rows.len();
@@ -374,7 +561,7 @@ impl Llama {
         let head_in = SharedActs::new(&mut s.head_in, exact);
         let logits = SharedMut::new(&mut s.logits[logit_rows.start * vocab..logit_rows.end * vocab]);
         let layer_stride = kv.layer_start(1);
-        let (keys, values) = (SharedMut::new(&mut kv.k), SharedMut::new(&mut kv.v));
+        let shared_kv = kv.shared();
 
         pool.run(|ctx| {
             // x = embed_tokens[tokens]
@@ -387,7 +574,7 @@ impl Llama {
                 }
             });
             for (l, layer) in self.layers.iter().enumerate() {
-                let cache = LayerCache { k: &keys, v: &values, start: l * layer_stride };
+                let cache = shared_kv.layer(l * layer_stride);
                 // n = RMSNorm(x);  q|k|v = W_qkv · n (+ b)
                 // SAFETY (here and below): x is only read while other buffers are written.
                 fill_rows(ctx, &attn_in, n, |t, out| {
@@ -403,6 +590,10 @@ impl Llama {
                     q_dim + 2 * kv_dim,
                     Store::Write { bias },
                 );
+                // Qwen3: q, k = RMSNorm per head
+                if let (Some(q_norm), Some(k_norm)) = (&layer.q_norm, &layer.k_norm) {
+                    head_norms(ctx, heads, &qkv, n, q_norm, k_norm, eps);
+                }
                 // RoPE(q), RoPE(k); k, v → cache
                 rope_and_cache(ctx, heads, &qkv, n, pos0, cos_sin, c.rope_style, &cache);
                 // a = softmax(q·Kᵀ/√d)·V;  h = x + W_o · a
@@ -436,4 +627,33 @@ impl Llama {
             }
         });
     }
+}
+
+/// RMSNorm over each query head (`q_norm`) and each key head (`k_norm`) of `n` rows of `qkv`, in
+/// place.
+fn head_norms(
+    ctx: &baimo_threads::Ctx<'_>,
+    heads: Heads,
+    qkv: &SharedMut<'_, f32>,
+    n: usize,
+    q_norm: &[f32],
+    k_norm: &[f32],
+    eps: f32,
+) {
+    let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
+    let per_token = heads.n_heads + heads.n_kv_heads;
+    ctx.for_each_chunk(n * per_token, 8, |items| {
+        let mut copy = [0f32; MAX_HEAD_DIM];
+        for item in items {
+            let (t, h) = (item / per_token, item % per_token);
+            let row = t * (q_dim + 2 * kv_dim);
+            // Query heads, then key heads: they sit one after the other in the row.
+            let (at, weight) =
+                if h < heads.n_heads { (row + h * hd, q_norm) } else { (row + h * hd, k_norm) };
+            // SAFETY: head h of token t belongs to this item alone.
+            let head = unsafe { qkv.slice_mut(at..at + hd) };
+            copy[..hd].copy_from_slice(head);
+            rms_norm(&copy[..hd], weight, eps, head);
+        }
+    });
 }

@@ -1,17 +1,32 @@
-//! Per-sequence state: the KV cache (f16, grown as the sequence grows) and the scratch buffers a
-//! forward pass works in, allocated once per sequence so that no token allocates.
+//! Per-sequence state: the KV cache (f16 or f32, grown as the sequence grows) and the scratch
+//! buffers a forward pass works in, allocated once per sequence so that no token allocates.
 
 use baimo_kernels::{Q8Buf, Q8Kind};
+use baimo_threads::SharedMut;
 use half::f16;
 
-/// Keys and values of every layer for the positions seen so far, in f16 (as llama.cpp keeps
-/// them). One buffer each for keys and values, laid out `[layer][position][kv_head · head_dim]`
-/// with room for `capacity` positions per layer; the capacity doubles when the sequence
-/// outgrows it, so memory stays within twice what the sequence needs and a token allocates
-/// nothing.
+use crate::attention::LayerCache;
+
+/// What the KV cache stores keys and values in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvPrecision {
+    /// Half precision, as llama.cpp keeps them (models from GGUF, f16/bf16 and quantized weights).
+    F16,
+    /// Full precision, for f32 weights (as transformers keeps them in the model's dtype).
+    F32,
+}
+
+pub(crate) enum KvData {
+    F16 { k: Vec<f16>, v: Vec<f16> },
+    F32 { k: Vec<f32>, v: Vec<f32> },
+}
+
+/// Keys and values of every layer for the positions seen so far. One buffer each for keys and
+/// values, laid out `[layer][position][kv_head · head_dim]` with room for `capacity` positions
+/// per layer; the capacity doubles when the sequence outgrows it, so memory stays within twice
+/// what the sequence needs and a token allocates nothing.
 pub struct KvCache {
-    pub(crate) k: Vec<f16>,
-    pub(crate) v: Vec<f16>,
+    pub(crate) data: KvData,
     n_layers: usize,
     pub(crate) kv_dim: usize,
     capacity: usize,
@@ -19,9 +34,44 @@ pub struct KvCache {
     max_len: usize,
 }
 
+/// The cache's buffers shared among a forward pass's threads.
+pub(crate) enum SharedKv<'b> {
+    F16(SharedMut<'b, f16>, SharedMut<'b, f16>),
+    F32(SharedMut<'b, f32>, SharedMut<'b, f32>),
+}
+
+impl SharedKv<'_> {
+    /// The part of layer `layer` (each layer takes `layer_stride` values).
+    pub(crate) fn layer(&self, start: usize) -> LayerCache<'_, '_> {
+        match self {
+            SharedKv::F16(k, v) => LayerCache::F16 { k, v, start },
+            SharedKv::F32(k, v) => LayerCache::F32 { k, v, start },
+        }
+    }
+}
+
+fn grown<T: Copy + Default>(buf: &[T], n_layers: usize, old: usize, new: usize, filled: usize) -> Vec<T> {
+    let mut out = vec![T::default(); n_layers * new];
+    for layer in 0..n_layers {
+        out[layer * new..layer * new + filled].copy_from_slice(&buf[layer * old..layer * old + filled]);
+    }
+    out
+}
+
 impl KvCache {
-    pub fn new(n_layers: usize, kv_dim: usize, max_len: usize) -> KvCache {
-        KvCache { k: Vec::new(), v: Vec::new(), n_layers, kv_dim, capacity: 0, len: 0, max_len }
+    pub fn new(n_layers: usize, kv_dim: usize, max_len: usize, precision: KvPrecision) -> KvCache {
+        let data = match precision {
+            KvPrecision::F16 => KvData::F16 { k: Vec::new(), v: Vec::new() },
+            KvPrecision::F32 => KvData::F32 { k: Vec::new(), v: Vec::new() },
+        };
+        KvCache { data, n_layers, kv_dim, capacity: 0, len: 0, max_len }
+    }
+
+    pub fn precision(&self) -> KvPrecision {
+        match self.data {
+            KvData::F16 { .. } => KvPrecision::F16,
+            KvData::F32 { .. } => KvPrecision::F32,
+        }
     }
 
     /// Positions filled.
@@ -48,9 +98,16 @@ impl KvCache {
         self.truncate(0);
     }
 
-    /// Where layer `layer` starts in `k` and `v`.
+    /// Where layer `layer` starts in the buffers.
     pub(crate) fn layer_start(&self, layer: usize) -> usize {
         layer * self.capacity * self.kv_dim
+    }
+
+    pub(crate) fn shared(&mut self) -> SharedKv<'_> {
+        match &mut self.data {
+            KvData::F16 { k, v } => SharedKv::F16(SharedMut::new(k), SharedMut::new(v)),
+            KvData::F32 { k, v } => SharedKv::F32(SharedMut::new(k), SharedMut::new(v)),
+        }
     }
 
     /// Makes room for `n` more positions (the new ones hold stale values until written).
@@ -59,14 +116,16 @@ impl KvCache {
         if needed > self.capacity {
             let capacity = needed.max(self.capacity * 2).max(16).min(self.max_len.max(needed));
             let (old, new) = (self.capacity * self.kv_dim, capacity * self.kv_dim);
-            let filled = self.len * self.kv_dim;
-            for buf in [&mut self.k, &mut self.v] {
-                let mut grown = vec![f16::ZERO; self.n_layers * new];
-                for layer in 0..self.n_layers {
-                    grown[layer * new..layer * new + filled]
-                        .copy_from_slice(&buf[layer * old..layer * old + filled]);
+            let (layers, filled) = (self.n_layers, self.len * self.kv_dim);
+            match &mut self.data {
+                KvData::F16 { k, v } => {
+                    *k = grown(k, layers, old, new, filled);
+                    *v = grown(v, layers, old, new, filled);
                 }
-                *buf = grown;
+                KvData::F32 { k, v } => {
+                    *k = grown(k, layers, old, new, filled);
+                    *v = grown(v, layers, old, new, filled);
+                }
             }
             self.capacity = capacity;
         }
@@ -75,7 +134,10 @@ impl KvCache {
 
     /// Memory held, in bytes.
     pub fn n_bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * 2
+        match &self.data {
+            KvData::F16 { k, v } => (k.len() + v.len()) * 2,
+            KvData::F32 { k, v } => (k.len() + v.len()) * 4,
+        }
     }
 }
 
@@ -105,20 +167,22 @@ mod tests {
 
     #[test]
     fn growing_keeps_every_layer_s_positions() {
-        let mut kv = KvCache::new(3, 2, 1000);
+        let mut kv = KvCache::new(3, 2, 1000, KvPrecision::F16);
         kv.grow(5);
-        for layer in 0..3 {
-            let start = kv.layer_start(layer);
+        let starts: Vec<usize> = (0..3).map(|l| kv.layer_start(l)).collect();
+        let KvData::F16 { k, .. } = &mut kv.data else { unreachable!() };
+        for (layer, &start) in starts.iter().enumerate() {
             for i in 0..10 {
-                kv.k[start + i] = f16::from_f32((layer * 100 + i) as f32);
+                k[start + i] = f16::from_f32((layer * 100 + i) as f32);
             }
         }
         kv.grow(40); // past the first capacity of 16
         assert_eq!(kv.len(), 45);
-        for layer in 0..3 {
-            let start = kv.layer_start(layer);
+        let starts: Vec<usize> = (0..3).map(|l| kv.layer_start(l)).collect();
+        let KvData::F16 { k, .. } = &kv.data else { unreachable!() };
+        for (layer, &start) in starts.iter().enumerate() {
             for i in 0..10 {
-                assert_eq!(kv.k[start + i].to_f32(), (layer * 100 + i) as f32);
+                assert_eq!(k[start + i].to_f32(), (layer * 100 + i) as f32);
             }
         }
         kv.truncate(3);

@@ -81,26 +81,42 @@ impl Weight {
     }
 }
 
+/// Where a family's loader finds its tensors, by their GGUF names (`blk.0.attn_q.weight`):
+/// a GGUF file, or a Hugging Face checkpoint whose names the family maps onto those.
+pub trait TensorSource {
+    fn has(&self, name: &str) -> bool;
+
+    /// A matrix of `rows` × `cols` as stored, checked against the expected shape.
+    fn matrix_unpacked(&self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError>;
+
+    /// A vector of `len` values, as f32.
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError>;
+
+    /// A matrix of `rows` × `cols` used in matrix products (repacked where that pays).
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
+        Ok(self.matrix_unpacked(name, rows, cols)?.with_tiles())
+    }
+
+    /// A matrix only read row by row (an embedding table): not repacked.
+    fn table(&self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
+        let mut w = self.matrix_unpacked(name, rows, cols)?;
+        w.tiles = None;
+        Ok(w)
+    }
+
+    fn optional_vector(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
+        if self.has(name) { self.vector(name, len).map(Some) } else { Ok(None) }
+    }
+}
+
 /// Looks tensors up in a GGUF file and checks their shapes against what the model expects.
 pub struct GgufTensors<'a> {
     pub gguf: &'a Gguf,
 }
 
-impl GgufTensors<'_> {
-    pub fn has(&self, name: &str) -> bool {
+impl TensorSource for GgufTensors<'_> {
+    fn has(&self, name: &str) -> bool {
         self.gguf.tensor_info(name).is_some()
-    }
-
-    /// A matrix of `rows` × `cols` used in matrix products (repacked where that pays).
-    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
-        Ok(self.matrix_unpacked(name, rows, cols)?.with_tiles())
-    }
-
-    /// A matrix only read row by row (an embedding table): not repacked.
-    pub fn table(&self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
-        let mut w = self.matrix_unpacked(name, rows, cols)?;
-        w.tiles = None;
-        Ok(w)
     }
 
     fn matrix_unpacked(&self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
@@ -117,8 +133,7 @@ impl GgufTensors<'_> {
         Weight::new(name, info.dtype, rows, cols, self.gguf.tensor_data(info))
     }
 
-    /// A vector of `len` values, as f32.
-    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
         let info = self.gguf.tensor_info(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
         if info.n_elements() != len as u64 || info.ne.iter().filter(|&&d| d != 1).count() > 1 {
             return Err(ModelError::ShapeMismatch {
@@ -133,9 +148,5 @@ impl GgufTensors<'_> {
         let mut out = vec![0f32; len];
         dequantize(info.dtype, &self.gguf.tensor_data(info), &mut out);
         Ok(out)
-    }
-
-    pub fn optional_vector(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
-        if self.has(name) { self.vector(name, len).map(Some) } else { Ok(None) }
     }
 }

@@ -11,6 +11,7 @@
 mod bpe;
 mod decode;
 mod gguf;
+mod hf;
 mod pretokenize;
 mod special;
 mod spm;
@@ -49,12 +50,16 @@ pub enum TokenizerError {
     WrongType { key: String, expected: &'static str, found: String },
     #[error("tokenizer.ggml.merges entry {index} ({merge:?}) is not two tokens separated by a space")]
     BadMerge { index: usize, merge: String },
+    #[error("{path}: {message}")]
+    File { path: std::path::PathBuf, message: String },
 }
 
 /// How text becomes ids once special tokens are cut out.
 enum Model {
     Spm(SpmModel),
     Bpe(BpeModel),
+    /// A `tokenizer.json`, run by the `tokenizers` crate.
+    Hf(Box<hf::HfModel>),
 }
 
 /// A tokenizer: vocabulary, special tokens and the model that splits plain text.
@@ -69,6 +74,7 @@ impl std::fmt::Debug for Tokenizer {
         let model = match self.model {
             Model::Spm(_) => "SentencePiece BPE",
             Model::Bpe(_) => "byte-level BPE",
+            Model::Hf(_) => "tokenizer.json",
         };
         f.debug_struct("Tokenizer")
             .field("model", &model)
@@ -86,11 +92,21 @@ impl Tokenizer {
         gguf::tokenizer_from_gguf(gguf)
     }
 
+    /// Builds the tokenizer of a Hugging Face model folder from its `tokenizer.json` and
+    /// `tokenizer_config.json`.
+    pub fn from_hf_folder(dir: &std::path::Path) -> Result<Tokenizer, TokenizerError> {
+        hf::tokenizer_from_folder(dir)
+    }
+
     /// Like `llama_tokenize(add_special = false, parse_special)`: never adds BOS or EOS. With
     /// `parse_special`, control tokens written in the text (`<|im_start|>`) become their ids;
     /// user-defined tokens are always recognised.
     pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
         let mut out = Vec::new();
+        if let Model::Hf(hf) = &self.model {
+            hf.encode(text, parse_special, &mut out);
+            return out;
+        }
         let fragments = special::partition(&self.vocab, text, parse_special);
         match &self.model {
             Model::Spm(spm) => {
@@ -126,6 +142,8 @@ impl Tokenizer {
                     }
                 }
             }
+            // Encoded whole above.
+            Model::Hf(_) => {}
         }
         out
     }

@@ -1,0 +1,153 @@
+//! Tensors of a Hugging Face checkpoint served under the GGUF names the family loaders use, so
+//! one loader reads both kinds of file. Each family says how its names map.
+
+use baimo_formats::{Bytes, HfTensor, HfTensors, StorageType};
+use baimo_kernels::{GgmlType, dequantize, quantize};
+
+use crate::ModelError;
+use crate::weights::{TensorSource, Weight};
+
+/// How a family names a tensor in its checkpoint: GGUF name → Hugging Face name.
+pub type Rename = dyn Fn(&str) -> Option<String>;
+
+pub struct HfSource<'a> {
+    tensors: &'a HfTensors,
+    rename: &'a Rename,
+    /// Encode float matrices in this type at load time (`--quantize`).
+    quantize: Option<GgmlType>,
+}
+
+/// The computable type of a stored float tensor.
+fn float_type(name: &str, dtype: &StorageType) -> Result<GgmlType, ModelError> {
+    match dtype {
+        StorageType::F32 => Ok(GgmlType::F32),
+        StorageType::F16 => Ok(GgmlType::F16),
+        StorageType::BF16 => Ok(GgmlType::BF16),
+        other => Err(ModelError::UnsupportedType { tensor: name.into(), dtype: other.to_string() }),
+    }
+}
+
+impl<'a> HfSource<'a> {
+    pub fn new(tensors: &'a HfTensors, rename: &'a Rename, quantize: Option<GgmlType>) -> HfSource<'a> {
+        HfSource { tensors, rename, quantize }
+    }
+
+    /// The checkpoint tensor behind a GGUF name, with its name in the file.
+    pub fn lookup(&self, name: &str) -> Option<(String, &HfTensor)> {
+        let file_name = (self.rename)(name)?;
+        let t = self.tensors.get(&file_name)?;
+        Some((file_name, t))
+    }
+
+    fn require(&self, name: &str) -> Result<(String, &HfTensor), ModelError> {
+        self.lookup(name)
+            .ok_or_else(|| ModelError::MissingTensor((self.rename)(name).unwrap_or_else(|| name.to_string())))
+    }
+
+    fn stored_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
+        let (file_name, t) = self.require(name)?;
+        if t.shape != [rows, cols] {
+            return Err(ModelError::ShapeMismatch {
+                tensor: file_name,
+                expected: format!("[{rows}, {cols}]"),
+                found: format!("{:?}", t.shape),
+            });
+        }
+        Weight::new(&file_name, float_type(&file_name, &t.dtype)?, rows, cols, t.data.clone())
+    }
+}
+
+impl TensorSource for HfSource<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.lookup(name).is_some()
+    }
+
+    fn matrix_unpacked(&self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
+        let stored = self.stored_matrix(name, rows, cols)?;
+        match self.quantize {
+            Some(target) if cols.is_multiple_of(target.block_size()) => {
+                let row_bytes = target.row_bytes(cols as u64).expect("small row") as usize;
+                let mut data = vec![0u8; rows * row_bytes];
+                let mut row = vec![0f32; cols];
+                for (r, out) in data.chunks_exact_mut(row_bytes).enumerate() {
+                    stored.dequantize_row(r, &mut row);
+                    if !quantize(target, &row, out) {
+                        return Err(ModelError::Unsupported(format!("quantizing to {target}")));
+                    }
+                }
+                Weight::new(&stored.name, target, rows, cols, Bytes::from_vec(data))
+            }
+            // Rows the block size does not divide stay as they are (llama.cpp does the same).
+            _ => Ok(stored),
+        }
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        let (file_name, t) = self.require(name)?;
+        if t.n_elements() != len || t.shape.iter().filter(|&&d| d != 1).count() > 1 {
+            return Err(ModelError::ShapeMismatch {
+                tensor: file_name,
+                expected: format!("[{len}]"),
+                found: format!("{:?}", t.shape),
+            });
+        }
+        let dtype = float_type(&file_name, &t.dtype)?;
+        let mut out = vec![0f32; len];
+        dequantize(dtype, &t.data, &mut out);
+        Ok(out)
+    }
+}
+
+/// Reads a number from `config.json`.
+pub(crate) struct JsonConfig<'a> {
+    pub json: &'a serde_json::Value,
+}
+
+impl JsonConfig<'_> {
+    fn raw(&self, key: &str) -> Option<&serde_json::Value> {
+        self.json.get(key).filter(|v| !v.is_null())
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.raw(key).is_some()
+    }
+
+    pub fn usize(&self, key: &str) -> Result<usize, ModelError> {
+        let v =
+            self.raw(key).ok_or_else(|| ModelError::InvalidConfig(format!("config.json has no {key:?}")))?;
+        v.as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| ModelError::InvalidConfig(format!("{key} = {v} is not a non-negative integer")))
+    }
+
+    pub fn usize_or(&self, key: &str, default: usize) -> Result<usize, ModelError> {
+        if self.has(key) { self.usize(key) } else { Ok(default) }
+    }
+
+    pub fn f32_or(&self, key: &str, default: f32) -> Result<f32, ModelError> {
+        match self.raw(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .map(|x| x as f32)
+                .ok_or_else(|| ModelError::InvalidConfig(format!("{key} = {v} is not a number"))),
+        }
+    }
+
+    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool, ModelError> {
+        match self.raw(key) {
+            None => Ok(default),
+            Some(v) => {
+                v.as_bool().ok_or_else(|| ModelError::InvalidConfig(format!("{key} = {v} is not a boolean")))
+            }
+        }
+    }
+
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.raw(key).and_then(|v| v.as_str())
+    }
+
+    pub fn object(&self, key: &str) -> Option<JsonConfig<'_>> {
+        self.raw(key).filter(|v| v.is_object()).map(|json| JsonConfig { json })
+    }
+}

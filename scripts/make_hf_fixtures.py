@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Builds the tiny Hugging Face model folders under tests/fixtures/hf/ and their reference logits.
+
+Each fixture is a randomly initialised model of one family, saved the way the hub publishes
+that family (config.json, safetensors or a PyTorch .bin, tokenizer files), plus:
+
+  expected.json  the token sequences run and where their logits are
+  logits.f32     little-endian f32 logits, one row of vocab_size per position of every sequence
+
+The logits come from transformers' own classes (LlamaForCausalLM, Qwen2ForCausalLM,
+Qwen3ForCausalLM) run in float32 on the CPU, one forward pass over each whole sequence.
+
+Needs torch, transformers (5.x), tokenizers and safetensors; CI does not run this (the fixtures are
+committed). Run from the repository root:
+
+    python3 scripts/make_hf_fixtures.py            # all fixtures
+    python3 scripts/make_hf_fixtures.py qwen3      # only some
+"""
+
+import json
+import os
+import shutil
+import struct
+import sys
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "hf")
+
+# Text the tiny byte-level tokenizer is trained on: mixed Chinese, English, code and emoji.
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. 敏捷的棕色狐狸跳过了懒狗。",
+    "def add(a, b):\n    return a + b\n\nprint(add(2, 3))  # 5",
+    "百模：一个程序，运行一百个模型。Hello, world! 你好，世界！🙂🚀",
+    "for (int i = 0; i < n; ++i) { sum += x[i] * y[i]; }",
+    "Large language models predict the next token. 大语言模型预测下一个词元。",
+]
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+VOCAB = 320
+
+# Sequences run through every model: short, one that crosses a 64-token batch, one long enough
+# for the scaled-RoPE fixtures to pass their trained length.
+LENGTHS = [5, 23, 80]
+
+
+def train_tokenizer():
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB - len(SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    tok.add_special_tokens(SPECIALS)
+    return tok
+
+
+def save_tokenizer(tok, out, chat_template):
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
+    )
+    fast.chat_template = chat_template
+    fast.save_pretrained(out)
+
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def common(vocab):
+    return dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        bos_token_id=None,
+        eos_token_id=VOCAB - 1,
+        pad_token_id=VOCAB - 3,
+    )
+
+
+def fixtures(vocab):
+    """name → (model class, config) for every fixture."""
+    c = common(vocab)
+    return {
+        # LLaMA: plain multi-head attention, untied head.
+        "llama": (LlamaForCausalLM, LlamaConfig(**{**c, "num_key_value_heads": 4, "tie_word_embeddings": False})),
+        # Llama 3: GQA, large base, llama3 frequency scaling.
+        "llama3": (
+            LlamaForCausalLM,
+            LlamaConfig(
+                **c,
+                tie_word_embeddings=False,
+                rope_parameters={
+                    "rope_type": "llama3",
+                    "rope_theta": 500000.0,
+                    "factor": 8.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 16,
+                },
+            ),
+        ),
+        # Linear position interpolation.
+        "llama-linear": (
+            LlamaForCausalLM,
+            LlamaConfig(**c, tie_word_embeddings=False, rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}),
+        ),
+        # Dynamic NTK: the last sequence (80 tokens) runs past max_position_embeddings (32).
+        "llama-dynamic": (
+            LlamaForCausalLM,
+            LlamaConfig(
+                **{**c, "max_position_embeddings": 32},
+                tie_word_embeddings=False,
+                rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0},
+            ),
+        ),
+        # Qwen2: q/k/v biases, GQA, tied embeddings, base 1e6.
+        "qwen2": (
+            Qwen2ForCausalLM,
+            Qwen2Config(**c, tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+        ),
+        # Qwen3: per-head q/k RMSNorm, head_dim (16) unrelated to hidden / heads (8), no biases.
+        "qwen3": (
+            Qwen3ForCausalLM,
+            Qwen3Config(**c, head_dim=16, tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+        ),
+    }
+
+
+def randomise(model, seed):
+    """Weights larger than transformers' 0.02-std init, so logits spread over several units and
+    a wrong detail shows; norms away from 1 so a missing norm weight shows too."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and "norm" in name:
+                p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
+            elif p.dim() == 1:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+    model.tie_weights()
+
+
+def sequences(vocab, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in LENGTHS]
+
+
+def write_expected(out, model, seqs):
+    vocab = model.config.vocab_size
+    rows = []
+    with torch.no_grad():
+        for ids in seqs:
+            logits = model(torch.tensor([ids])).logits[0].float()
+            assert logits.shape == (len(ids), vocab)
+            rows.append(logits)
+    flat = torch.cat(rows).flatten().tolist()
+    with open(os.path.join(out, "logits.f32"), "wb") as f:
+        f.write(struct.pack(f"<{len(flat)}f", *flat))
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump({"vocab_size": vocab, "sequences": seqs, "logits": "logits.f32"}, f, indent=1)
+
+
+def build(name, cls, config, tok, seed):
+    out = os.path.join(ROOT, name)
+    shutil.rmtree(out, ignore_errors=True)
+    torch.manual_seed(seed)
+    model = cls(config).float().eval()
+    randomise(model, seed)
+    model.save_pretrained(out)
+    save_tokenizer(tok, out, CHATML)
+    seqs = sequences(config.vocab_size, seed)
+    write_expected(out, model, seqs)
+    return model, seqs
+
+
+def main(only):
+    tok = train_tokenizer()
+    vocab = tok.get_vocab_size()
+    os.makedirs(ROOT, exist_ok=True)
+    for i, (name, (cls, config)) in enumerate(fixtures(vocab).items()):
+        if only and name not in only:
+            continue
+        model, seqs = build(name, cls, config, tok, seed=1000 + i)
+        if name == "llama":
+            # The same weights as a PyTorch checkpoint (what older hub repos ship), and as two
+            # safetensors shards with an index.
+            for variant in ("llama-bin", "llama-sharded"):
+                out = os.path.join(ROOT, variant)
+                shutil.rmtree(out, ignore_errors=True)
+                if variant == "llama-bin":
+                    os.makedirs(out)
+                    model.config.save_pretrained(out)
+                    torch.save(model.state_dict(), os.path.join(out, "pytorch_model.bin"))
+                else:
+                    model.save_pretrained(out, max_shard_size="60KB")
+                save_tokenizer(tok, out, CHATML)
+                write_expected(out, model, seqs)
+        print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters")
+
+
+if __name__ == "__main__":
+    main(set(sys.argv[1:]))
