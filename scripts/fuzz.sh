@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the GGUF reader (cargo-fuzz target `gguf_parse` in fuzz/) for a bounded time.
+# Fuzzes the GGUF reader (cargo-fuzz target `gguf_parse` in fuzz/) and the Hugging Face
+# checkpoint readers (`checkpoint_parse`) for a bounded time.
 #
 #   scripts/fuzz.sh [SECONDS] [extra libFuzzer flags...]     (default: 60 seconds)
 #
@@ -29,6 +30,18 @@ fi
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
+
+# The checkpoint readers (safetensors, torch.save zip + pickle) get a third of the time.
+checkpoint_seconds=$((seconds / 3 + 1))
+mkdir -p corpus/checkpoint_parse
+cargo +nightly fuzz run checkpoint_parse corpus/checkpoint_parse seeds_checkpoint -- \
+    -max_total_time="$checkpoint_seconds" \
+    -max_len=16384 \
+    -timeout=10 \
+    -malloc_limit_mb=64 \
+    -rss_limit_mb=2048 \
+    -print_final_stats=1 \
+    "$@"
 
 mkdir -p corpus/gguf_parse
 exec cargo +nightly fuzz run gguf_parse corpus/gguf_parse seeds -- \

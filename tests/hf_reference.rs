@@ -103,3 +103,140 @@ fn q8_0_quantized_at_load_time_stays_close() {
         assert!(diff > 1e-4, "{name}: q8_0 looks unquantized ({diff})");
     }
 }
+
+/// A copy of a fixture folder, with `edit` applied to its files.
+fn broken_copy(name: &str, edit: impl FnOnce(&Path)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    edit(dir.path());
+    dir
+}
+
+fn edit_config(dir: &Path, key: &str, value: serde_json::Value) {
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config[key] = value;
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+}
+
+/// The error loading a folder gives, as text.
+fn load_error(dir: &Path) -> String {
+    match HfFolder::open(dir) {
+        Err(e) => e.to_string(),
+        Ok(folder) => match Model::from_hf(&folder, None) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{} loaded", dir.display()),
+        },
+    }
+}
+
+#[test]
+fn bad_folders_give_clear_errors() {
+    let cases: Vec<(&str, tempfile::TempDir, &str)> = vec![
+        (
+            "unknown model_type",
+            broken_copy("llama", |d| edit_config(d, "model_type", "mamba".into())),
+            "unknown model_type \"mamba\"",
+        ),
+        (
+            "shape disagrees with config.json",
+            broken_copy("llama", |d| edit_config(d, "intermediate_size", 48.into())),
+            "model.layers.0.mlp.gate_proj.weight\" has shape [64, 32], expected [48, 32]",
+        ),
+        (
+            "missing tensor",
+            broken_copy("llama", |d| edit_config(d, "num_hidden_layers", 3.into())),
+            "missing tensor \"model.layers.2.self_attn.q_proj.weight\"",
+        ),
+        (
+            "truncated safetensors",
+            broken_copy("llama", |d| {
+                let path = d.join("model.safetensors");
+                let bytes = std::fs::read(&path).unwrap();
+                std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+            }),
+            "not a valid safetensors file",
+        ),
+        (
+            "truncated safetensors header",
+            broken_copy("llama", |d| {
+                let path = d.join("model.safetensors");
+                let bytes = std::fs::read(&path).unwrap();
+                std::fs::write(&path, &bytes[..100]).unwrap();
+            }),
+            "not a valid safetensors file",
+        ),
+        (
+            "dtype the loader does not compute with",
+            broken_copy("llama", |d| {
+                // The embedding relabelled I32 (same size, so the file stays valid).
+                let path = d.join("model.safetensors");
+                let bytes = std::fs::read(&path).unwrap();
+                let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+                let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+                let mut json: serde_json::Value = serde_json::from_str(header).unwrap();
+                json["model.embed_tokens.weight"]["dtype"] = "I32".into();
+                let mut new_header = serde_json::to_string(&json).unwrap();
+                while new_header.len() < n {
+                    new_header.push(' ');
+                }
+                assert_eq!(new_header.len(), n, "header grew");
+                let mut out = bytes[..8].to_vec();
+                out.extend_from_slice(new_header.as_bytes());
+                out.extend_from_slice(&bytes[8 + n..]);
+                std::fs::write(&path, out).unwrap();
+            }),
+            "\"model.embed_tokens.weight\" has type I32",
+        ),
+        (
+            "no weights",
+            broken_copy("llama", |d| std::fs::remove_file(d.join("model.safetensors")).unwrap()),
+            "has no weights",
+        ),
+        (
+            "config.json is not JSON",
+            broken_copy("llama", |d| std::fs::write(d.join("config.json"), "{\"hidden_size\": 32,").unwrap()),
+            "config.json: EOF while parsing",
+        ),
+    ];
+    for (what, dir, expected) in cases {
+        let err = load_error(dir.path());
+        assert!(err.contains(expected), "{what}: {err:?} lacks {expected:?}");
+    }
+}
+
+#[test]
+fn a_pickle_asking_for_another_global_is_refused_unexecuted() {
+    // A real torch.save zip whose data.pkl calls os.system: the marker file must not appear.
+    let marker = std::env::temp_dir().join(format!("baimo-pwned-{}", std::process::id()));
+    let dir = broken_copy("llama-bin", |d| {
+        let path = d.join("pytorch_model.bin");
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(&path).unwrap()).unwrap();
+        let names: Vec<String> = archive.file_names().map(|n| n.unwrap().to_string()).collect();
+        let out_path = d.join("evil.bin");
+        let mut out = zip::ZipWriter::new(std::fs::File::create(&out_path).unwrap());
+        let stored =
+            zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        for name in names {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut archive.by_name(&name).unwrap(), &mut data).unwrap();
+            if name.ends_with("data.pkl") {
+                let cmd = format!("touch {}", marker.display());
+                data = b"\x80\x02cos\nsystem\nq\x00X".to_vec();
+                data.extend_from_slice(&(cmd.len() as u32).to_le_bytes());
+                data.extend_from_slice(cmd.as_bytes());
+                data.extend_from_slice(b"\x85R.");
+            }
+            out.start_file(name, stored).unwrap();
+            std::io::Write::write_all(&mut out, &data).unwrap();
+        }
+        out.finish().unwrap();
+        std::fs::rename(&out_path, &path).unwrap();
+    });
+    let err = load_error(dir.path());
+    assert!(err.contains("refuses the global os.system"), "{err}");
+    assert!(!marker.exists(), "the pickle ran");
+}

@@ -5,7 +5,7 @@ mod bytes;
 mod error;
 pub mod gguf;
 pub mod hf;
-mod torch;
+pub mod torch;
 
 pub use bytes::Bytes;
 pub use error::FormatError;

@@ -483,6 +483,12 @@ pub fn read_checkpoint(path: &Path) -> Result<Vec<(String, HfTensor)>, FormatErr
     parse_checkpoint(&bytes).map_err(|e| checkpoint_error(path, e.0))
 }
 
+/// The tensors of a `torch.save` zip held in memory; the error is one line (for fuzzing and
+/// tests; files go through [`read_checkpoint`]).
+pub fn parse_checkpoint_bytes(bytes: &Bytes) -> Result<Vec<(String, HfTensor)>, String> {
+    parse_checkpoint(bytes).map_err(|e| e.0)
+}
+
 fn parse_checkpoint(bytes: &Bytes) -> Result<Vec<(String, HfTensor)>, PickleError> {
     let mut zip = zip::ZipArchive::new(Cursor::new(&bytes[..]))
         .map_err(|e| PickleError(format!("not a torch.save zip archive: {e}")))?;
