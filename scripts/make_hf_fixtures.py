@@ -8,7 +8,7 @@ that family (config.json, safetensors or a PyTorch .bin, tokenizer files), plus:
   logits.f32     little-endian f32 logits, one row of vocab_size per position of every sequence
 
 The logits come from transformers' own classes (LlamaForCausalLM, Qwen2ForCausalLM,
-Qwen3ForCausalLM) run in float32 on the CPU, one forward pass over each whole sequence.
+Qwen3ForCausalLM, GPT2LMHeadModel) run in float32 on the CPU, one forward pass over each whole sequence.
 
 Needs torch, transformers (5.x), tokenizers and safetensors; CI does not run this (the fixtures are
 committed). Run from the repository root:
@@ -26,6 +26,8 @@ import sys
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
@@ -143,6 +145,11 @@ def fixtures(vocab):
             Qwen3ForCausalLM,
             Qwen3Config(**c, head_dim=16, tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
         ),
+        # GPT-2: LayerNorm, learned positions, GELU, Conv1D weights, tied head.
+        "gpt2": (
+            GPT2LMHeadModel,
+            GPT2Config(vocab_size=vocab, n_positions=128, n_embd=32, n_layer=2, n_head=4, bos_token_id=None, eos_token_id=VOCAB - 3),
+        ),
     }
 
 
@@ -152,7 +159,7 @@ def randomise(model, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() == 1 and "norm" in name:
+            if p.dim() == 1 and ("norm" in name or ".ln_" in name) and name.endswith("weight"):
                 p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
             elif p.dim() == 1:
                 p.copy_(0.3 * torch.randn(p.shape, generator=g))

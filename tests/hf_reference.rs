@@ -57,8 +57,17 @@ fn load(name: &str, quantize: Option<GgmlType>) -> (Model, Expected) {
     (model, expected(&dir))
 }
 
-const FAMILIES: &[&str] =
-    &["llama", "llama3", "llama-linear", "llama-dynamic", "llama-sharded", "llama-bin", "qwen2", "qwen3"];
+const FAMILIES: &[&str] = &[
+    "llama",
+    "llama3",
+    "llama-linear",
+    "llama-dynamic",
+    "llama-sharded",
+    "llama-bin",
+    "qwen2",
+    "qwen3",
+    "gpt2",
+];
 
 #[test]
 fn f32_logits_match_transformers_at_every_position() {
@@ -94,7 +103,7 @@ fn the_pytorch_checkpoint_loads_the_same_weights_as_safetensors() {
 /// of whole units.
 #[test]
 fn q8_0_quantized_at_load_time_stays_close() {
-    for name in ["llama", "qwen2", "qwen3"] {
+    for name in ["llama", "qwen2", "qwen3", "gpt2"] {
         let (model, e) = load(name, Some(GgmlType::Q8_0));
         let diff = max_abs_diff(&run(&model, &e), &e.logits);
         eprintln!("{name:>6} q8_0: max |Δlogit| {diff:.4}");

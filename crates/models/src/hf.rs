@@ -1,5 +1,9 @@
 //! Tensors of a Hugging Face checkpoint served under the GGUF names the family loaders use, so
-//! one loader reads both kinds of file. Each family says how its names map.
+//! one loader reads both kinds of file. Each family says how its names map; tensors it must
+//! reshape at load time (GPT-2's transposed Conv1D weights, fused projections split apart) are
+//! registered as derived tensors.
+
+use std::collections::HashMap;
 
 use baimo_formats::{Bytes, HfTensor, HfTensors, StorageType};
 use baimo_kernels::{GgmlType, dequantize, quantize};
@@ -13,6 +17,8 @@ pub type Rename = dyn Fn(&str) -> Option<String>;
 pub struct HfSource<'a> {
     tensors: &'a HfTensors,
     rename: &'a Rename,
+    /// Tensors made at load time, by GGUF name, with the file name they came from.
+    derived: HashMap<String, (String, HfTensor)>,
     /// Encode float matrices in this type at load time (`--quantize`).
     quantize: Option<GgmlType>,
 }
@@ -29,11 +35,14 @@ fn float_type(name: &str, dtype: &StorageType) -> Result<GgmlType, ModelError> {
 
 impl<'a> HfSource<'a> {
     pub fn new(tensors: &'a HfTensors, rename: &'a Rename, quantize: Option<GgmlType>) -> HfSource<'a> {
-        HfSource { tensors, rename, quantize }
+        HfSource { tensors, rename, derived: HashMap::new(), quantize }
     }
 
     /// The checkpoint tensor behind a GGUF name, with its name in the file.
     pub fn lookup(&self, name: &str) -> Option<(String, &HfTensor)> {
+        if let Some((file_name, t)) = self.derived.get(name) {
+            return Some((file_name.clone(), t));
+        }
         let file_name = (self.rename)(name)?;
         let t = self.tensors.get(&file_name)?;
         Some((file_name, t))
@@ -42,6 +51,49 @@ impl<'a> HfSource<'a> {
     fn require(&self, name: &str) -> Result<(String, &HfTensor), ModelError> {
         self.lookup(name)
             .ok_or_else(|| ModelError::MissingTensor((self.rename)(name).unwrap_or_else(|| name.to_string())))
+    }
+
+    /// A 2-D tensor of the file (by its own name) as f32, checked to be `[rows, cols]`.
+    pub fn file_matrix_f32(&self, file_name: &str, rows: usize, cols: usize) -> Result<Vec<f32>, ModelError> {
+        let t = self.tensors.get(file_name).ok_or_else(|| ModelError::MissingTensor(file_name.into()))?;
+        if t.shape != [rows, cols] {
+            return Err(ModelError::ShapeMismatch {
+                tensor: file_name.into(),
+                expected: format!("[{rows}, {cols}]"),
+                found: format!("{:?}", t.shape),
+            });
+        }
+        let dtype = float_type(file_name, &t.dtype)?;
+        let mut out = vec![0f32; rows * cols];
+        dequantize(dtype, &t.data, &mut out);
+        Ok(out)
+    }
+
+    /// Registers f32 values of `shape` under the GGUF name `name`.
+    pub fn insert_f32(&mut self, name: &str, file_name: &str, shape: Vec<usize>, values: &[f32]) {
+        let data = Bytes::from_vec(bytemuck::cast_slice(values).to_vec());
+        self.derived
+            .insert(name.into(), (file_name.into(), HfTensor { dtype: StorageType::F32, shape, data }));
+    }
+
+    /// A Conv1D weight (`[in, out]`, GPT-2) registered under `name` as the `[out, in]` matrix the
+    /// products use.
+    pub fn insert_transposed(
+        &mut self,
+        name: &str,
+        file_name: &str,
+        n_in: usize,
+        n_out: usize,
+    ) -> Result<(), ModelError> {
+        let w = self.file_matrix_f32(file_name, n_in, n_out)?;
+        let mut t = vec![0f32; n_in * n_out];
+        for i in 0..n_in {
+            for o in 0..n_out {
+                t[o * n_in + i] = w[i * n_out + o];
+            }
+        }
+        self.insert_f32(name, file_name, vec![n_out, n_in], &t);
+        Ok(())
     }
 
     fn stored_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {

@@ -4,6 +4,7 @@
 //! buffers) lives in a [`Sequence`], so several sequences can run on one model.
 
 mod attention;
+pub mod gpt2;
 mod hf;
 pub mod llama;
 mod parallel;
@@ -53,10 +54,10 @@ pub enum ModelError {
 }
 
 /// `general.architecture` values baimo can run from GGUF.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gpt2"];
 
 /// Hugging Face `model_type` values baimo can run from a model folder.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "qwen2", "qwen3"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "qwen2", "qwen3", "gpt2"];
 
 /// Which order of floating-point roundings a forward pass follows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,6 +76,7 @@ pub enum Arithmetic {
 /// A loaded model of any supported family.
 pub enum Model {
     Llama(llama::Llama),
+    Gpt2(gpt2::Gpt2),
 }
 
 /// Facts about a loaded model that callers need without knowing its family.
@@ -91,6 +93,7 @@ pub struct ModelInfo {
 
 enum Scratch {
     Llama(llama::Scratch),
+    Gpt2(gpt2::Scratch),
 }
 
 /// One sequence's state: its KV cache and the buffers its forward passes work in.
@@ -121,6 +124,7 @@ impl Model {
         let arch = gguf.get_str("general.architecture")?;
         match arch {
             "llama" | "qwen2" | "qwen3" => Ok(Model::Llama(llama::Llama::from_gguf(gguf)?)),
+            "gpt2" => Ok(Model::Gpt2(gpt2::Gpt2::from_gguf(gguf)?)),
             other => Err(ModelError::UnknownArchitecture(other.into())),
         }
     }
@@ -131,6 +135,7 @@ impl Model {
         let model_type = folder.config.get("model_type").and_then(|v| v.as_str()).unwrap_or_default();
         match model_type {
             "llama" | "qwen2" | "qwen3" => Ok(Model::Llama(llama::Llama::from_hf(folder, quantize)?)),
+            "gpt2" => Ok(Model::Gpt2(gpt2::Gpt2::from_hf(folder, quantize)?)),
             other => Err(ModelError::UnknownModelType(other.into())),
         }
     }
@@ -145,6 +150,14 @@ impl Model {
                 hidden_size: m.config.hidden_size,
                 weight_bytes: m.weight_bytes(),
             },
+            Model::Gpt2(m) => ModelInfo {
+                architecture: "gpt2".into(),
+                vocab_size: m.config.vocab_size,
+                context_length: m.config.n_positions,
+                n_layers: m.config.n_layer,
+                hidden_size: m.config.n_embd,
+                weight_bytes: m.weight_bytes(),
+            },
         }
     }
 
@@ -153,6 +166,10 @@ impl Model {
         match self {
             Model::Llama(m) => {
                 let scratch = Scratch::Llama(m.new_scratch(DEFAULT_BATCH));
+                Sequence { kv: m.new_cache(max_len), arithmetic: Arithmetic::default(), scratch }
+            }
+            Model::Gpt2(m) => {
+                let scratch = Scratch::Gpt2(m.new_scratch(DEFAULT_BATCH));
                 Sequence { kv: m.new_cache(max_len), arithmetic: Arithmetic::default(), scratch }
             }
         }
@@ -171,6 +188,11 @@ impl Model {
             (Model::Llama(m), Scratch::Llama(s)) => {
                 m.forward(pool, &mut seq.kv, s, tokens, want, seq.arithmetic)
             }
+            (Model::Gpt2(m), Scratch::Gpt2(s)) => {
+                m.forward(pool, &mut seq.kv, s, tokens, want, seq.arithmetic)
+            }
+            // A sequence is made by its model's `new_sequence`.
+            _ => Err(ModelError::Unsupported("a sequence of another model family".into())),
         }
     }
 }

@@ -599,7 +599,7 @@ impl Llama {
                 // a = softmax(q·Kᵀ/√d)·V;  h = x + W_o · a
                 attend(ctx, heads, &qkv, n, pos0, &cache, accumulate, attn_out.f32_shared());
                 requantize(ctx, &attn_out, n);
-                matmul(ctx, &[&layer.o_proj], &attn_out, n, &x, hidden, Store::Add);
+                matmul(ctx, &[&layer.o_proj], &attn_out, n, &x, hidden, Store::Add { bias: None });
                 // m = RMSNorm(h);  x = h + W_down · (silu(W_gate·m) ⊙ W_up·m)
                 fill_rows(ctx, &ffn_in, n, |t, out| {
                     rms_norm(unsafe { &x.get()[t * hidden..(t + 1) * hidden] }, &layer.ffn_norm, eps, out)
@@ -614,7 +614,7 @@ impl Llama {
                     c.intermediate_size,
                 );
                 requantize(ctx, &ffn_mid, n);
-                matmul(ctx, &[&layer.down_proj], &ffn_mid, n, &x, hidden, Store::Add);
+                matmul(ctx, &[&layer.down_proj], &ffn_mid, n, &x, hidden, Store::Add { bias: None });
             }
             // logits = lm_head · RMSNorm(x), for the tokens asked for
             let n_out = n - first_out;

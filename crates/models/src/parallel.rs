@@ -219,8 +219,8 @@ pub(crate) fn requantize(ctx: &Ctx<'_>, x: &SharedActs<'_>, n_tokens: usize) {
 pub(crate) enum Store<'b> {
     /// `out = W·x (+ bias)`
     Write { bias: Option<&'b [f32]> },
-    /// `out += W·x`: the residual connection, fused into the product.
-    Add,
+    /// `out += W·x (+ bias)`: the residual connection, fused into the product.
+    Add { bias: Option<&'b [f32]> },
 }
 
 /// Rows of a weight are handed out in units of a packed group, so a unit is either one call of
@@ -312,7 +312,7 @@ pub(crate) fn matmul(
                 let slot = unsafe { &mut out.slice_mut(t * stride + r..t * stride + r + 1)[0] };
                 match store {
                     Store::Write { bias } => *slot = v + bias.map_or(0.0, |b| b[r]),
-                    Store::Add => *slot += v,
+                    Store::Add { bias } => *slot += v + bias.map_or(0.0, |b| b[r]),
                 }
             });
         }
