@@ -24,7 +24,10 @@ import struct
 import sys
 
 import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers.models.bloom.modeling_bloom import build_alibi_tensor
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
@@ -201,6 +204,104 @@ def build(name, cls, config, tok, seed):
     return model, seqs
 
 
+# ---------------------------------------------------------------------------------------------
+# Baichuan: no transformers class. The 7B models are LLaMA with q, k, v fused into W_pack (and
+# Baichuan2's NormHead); the 13B models replace RoPE by ALiBi, computed below from the released
+# modeling code's equations with bloom's ALiBi builder (the same slopes, notes §1.4).
+
+BAICHUAN = {
+    # name: (class in config.json, ALiBi?, NormHead?, explicit keys written to config.json)
+    "baichuan-7b": ("BaiChuanForCausalLM", False, False, {}),
+    "baichuan2-7b": ("BaichuanForCausalLM", False, True, {"position_embedding": "rope", "norm_head": True}),
+    "baichuan-13b": ("BaichuanForCausalLM", True, False, {}),
+    "baichuan2-13b": ("BaichuanForCausalLM", True, True, {"norm_head": True}),
+}
+
+
+def rms_norm(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def baichuan_alibi_logits(sd, cfg, ids, norm_head):
+    """Baichuan-13B / Baichuan2-13B forward pass (modeling_baichuan.py), float32."""
+    h, nh, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["rms_norm_eps"]
+    hd, t = h // nh, len(ids)
+    x = sd["model.embed_tokens.weight"][torch.tensor(ids)]
+    # bloom's builder gives slope_h · j for key position j, shape [heads, 1, t].
+    alibi = build_alibi_tensor(torch.ones(1, t), nh, torch.float32).view(nh, 1, t)
+    mask = torch.full((t, t), float("-inf")).triu(1)
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        a = rms_norm(x, sd[p + "input_layernorm.weight"], eps)
+        q, k, v = (a @ sd[p + "self_attn.W_pack.weight"].T).split(h, dim=-1)
+        q, k, v = (m.view(t, nh, hd).transpose(0, 1) for m in (q, k, v))
+        scores = q @ k.transpose(1, 2) / hd**0.5 + alibi + mask
+        o = (torch.softmax(scores, dim=-1) @ v).transpose(0, 1).reshape(t, h)
+        x = x + o @ sd[p + "self_attn.o_proj.weight"].T
+        m = rms_norm(x, sd[p + "post_attention_layernorm.weight"], eps)
+        gate, up = m @ sd[p + "mlp.gate_proj.weight"].T, m @ sd[p + "mlp.up_proj.weight"].T
+        x = x + (F.silu(gate) * up) @ sd[p + "mlp.down_proj.weight"].T
+    x = rms_norm(x, sd["model.norm.weight"], eps)
+    head = sd["lm_head.weight"]
+    if norm_head:
+        head = F.normalize(head, dim=1)
+    return x @ head.T
+
+
+def build_baichuan(name, tok, vocab, seed):
+    cls_name, alibi, norm_head, extra = BAICHUAN[name]
+    out = os.path.join(ROOT, name)
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    c = {**common(vocab), "num_key_value_heads": 4, "tie_word_embeddings": False}
+    torch.manual_seed(seed)
+    llama = LlamaForCausalLM(LlamaConfig(**c, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})).float().eval()
+    randomise(llama, seed)
+    sd = {}
+    for key, value in llama.state_dict().items():
+        if ".self_attn.k_proj" in key or ".self_attn.v_proj" in key:
+            continue
+        if ".self_attn.q_proj" in key:
+            p = key.split("self_attn.")[0] + "self_attn."
+            value = torch.cat([llama.state_dict()[p + f"{n}_proj.weight"] for n in "qkv"])
+            key = p + "W_pack.weight"
+        sd[key] = value.contiguous().clone()
+    config = {
+        "architectures": [cls_name],
+        "model_type": "baichuan",
+        "hidden_size": c["hidden_size"],
+        "intermediate_size": c["intermediate_size"],
+        "num_hidden_layers": c["num_hidden_layers"],
+        "num_attention_heads": c["num_attention_heads"],
+        "vocab_size": vocab,
+        "rms_norm_eps": c["rms_norm_eps"],
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        ("model_max_length" if alibi else "max_position_embeddings"): 128,
+        **extra,
+    }
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    save_file(sd, os.path.join(out, "model.safetensors"))
+    save_tokenizer(tok, out, CHATML)
+    seqs = sequences(vocab, seed)
+    rows = []
+    with torch.no_grad():
+        if alibi:
+            rows = [baichuan_alibi_logits(sd, config, ids, norm_head) for ids in seqs]
+        else:
+            if norm_head:
+                llama.lm_head.weight.copy_(F.normalize(llama.lm_head.weight, dim=1))
+            rows = [llama(torch.tensor([ids])).logits[0] for ids in seqs]
+    flat = torch.cat(rows).flatten().tolist()
+    with open(os.path.join(out, "logits.f32"), "wb") as f:
+        f.write(struct.pack(f"<{len(flat)}f", *flat))
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump({"vocab_size": vocab, "sequences": seqs, "logits": "logits.f32"}, f, indent=1)
+    print(f"{name}: {sum(v.numel() for v in sd.values())} parameters")
+
+
 def main(only):
     tok = train_tokenizer()
     vocab = tok.get_vocab_size()
@@ -224,6 +325,9 @@ def main(only):
                 save_tokenizer(tok, out, CHATML)
                 write_expected(out, model, seqs)
         print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters")
+    for i, name in enumerate(BAICHUAN):
+        if not only or name in only:
+            build_baichuan(name, tok, vocab, seed=2000 + i)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,10 @@ const FAMILIES: &[&str] = &[
     "qwen2",
     "qwen3",
     "gpt2",
+    "baichuan-7b",
+    "baichuan2-7b",
+    "baichuan-13b",
+    "baichuan2-13b",
 ];
 
 #[test]

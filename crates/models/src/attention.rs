@@ -280,3 +280,105 @@ fn attend_like_ggml(
         }
     });
 }
+
+/// ALiBi slopes for `n` heads (Press et al. 2022, as Baichuan-13B's `_get_interleave`): for a
+/// power of two, `2^(−8k/n)` for `k = 1..n`; otherwise those of the largest power of two `c`
+/// below `n`, then the odd steps of `2c`'s sequence, `2^(−8(2j+1)/(2c))`, for the rest.
+pub(crate) fn alibi_slopes(n: usize) -> Vec<f32> {
+    let c = if n == 0 { 0 } else { 1usize << n.ilog2() };
+    let mut slopes: Vec<f32> = (1..=c).map(|k| 2f64.powf(-8.0 * k as f64 / c as f64) as f32).collect();
+    slopes.extend((0..n - c).map(|j| 2f64.powf(-8.0 * (2 * j + 1) as f64 / (2 * c) as f64) as f32));
+    slopes
+}
+
+/// Attention with ALiBi instead of rotary positions (Baichuan-13B): the score of query position
+/// `i` for key position `j` gets `slope_h · (j − i)` added after the `1/√d` scaling (the
+/// checkpoints add `slope_h · j`; softmax does not see the difference). One (token, head) pair
+/// per item, scores in f32.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_alibi(
+    ctx: &Ctx<'_>,
+    heads: Heads,
+    qkv: &SharedMut<'_, f32>,
+    n_tokens: usize,
+    pos0: usize,
+    cache: &LayerCache<'_, '_>,
+    slopes: &[f32],
+    out: &SharedMut<'_, f32>,
+) {
+    // SAFETY: the cache is not written during this step (rope_and_cache ended at a barrier).
+    match *cache {
+        LayerCache::F16 { k, v, start } => unsafe {
+            alibi_rows(ctx, heads, qkv, n_tokens, pos0, &k.get()[start..], &v.get()[start..], slopes, out)
+        },
+        LayerCache::F32 { k, v, start } => unsafe {
+            alibi_rows(ctx, heads, qkv, n_tokens, pos0, &k.get()[start..], &v.get()[start..], slopes, out)
+        },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn alibi_rows<T: KvElement>(
+    ctx: &Ctx<'_>,
+    heads: Heads,
+    qkv: &SharedMut<'_, f32>,
+    n_tokens: usize,
+    pos0: usize,
+    keys: &[T],
+    values: &[T],
+    slopes: &[f32],
+    out: &SharedMut<'_, f32>,
+) {
+    let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
+    let stride = q_dim + 2 * kv_dim;
+    let group = heads.n_heads / heads.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    // SAFETY: qkv is not written during this step.
+    let qkv = unsafe { qkv.get() };
+    ctx.for_each_chunk(n_tokens * heads.n_heads, 1, |items| {
+        let mut scores = vec![0f32; pos0 + n_tokens];
+        let (mut k, mut v) = ([0f32; MAX_HEAD_DIM], [0f32; MAX_HEAD_DIM]);
+        for item in items {
+            let (t, h) = (item / heads.n_heads, item % heads.n_heads);
+            let (kvh, i) = (h / group, pos0 + t);
+            let q = &qkv[t * stride + h * hd..t * stride + (h + 1) * hd];
+            let at = |p: usize| p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd;
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in scores[..=i].iter_mut().enumerate() {
+                T::widen(&keys[at(j)], &mut k[..hd]);
+                let dot: f32 = q.iter().zip(&k[..hd]).map(|(a, b)| a * b).sum();
+                *s = dot * scale + slopes[h] * (j as f32 - i as f32);
+                max = max.max(*s);
+            }
+            let mut sum = 0f32;
+            for s in &mut scores[..=i] {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            // SAFETY: head h of token t's output belongs to this item alone.
+            let o = unsafe { out.slice_mut(t * q_dim + h * hd..t * q_dim + (h + 1) * hd) };
+            o.fill(0.0);
+            for (j, &w) in scores[..=i].iter().enumerate() {
+                T::widen(&values[at(j)], &mut v[..hd]);
+                o.iter_mut().zip(&v[..hd]).for_each(|(o, &x)| *o += w * x);
+            }
+            o.iter_mut().for_each(|x| *x /= sum);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::alibi_slopes;
+
+    #[test]
+    fn alibi_slopes_follow_baichuan() {
+        // Eight heads: 2^-1 … 2^-8.
+        let s = alibi_slopes(8);
+        assert_eq!(s, (1..=8).map(|k| 2f32.powi(-k)).collect::<Vec<_>>());
+        // Baichuan-13B's 40 heads: 2^(-k/4) for k = 1..32, then 2^(-(2j+1)/8) (notes §1.4).
+        let s = alibi_slopes(40);
+        assert!((s[0] - 0.8409).abs() < 1e-4 && (s[39] - 0.2726).abs() < 1e-4, "{} {}", s[0], s[39]);
+        assert!((s[32] - 2f32.powf(-1.0 / 8.0)).abs() < 1e-6);
+    }
+}

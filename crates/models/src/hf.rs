@@ -53,6 +53,53 @@ impl<'a> HfSource<'a> {
             .ok_or_else(|| ModelError::MissingTensor((self.rename)(name).unwrap_or_else(|| name.to_string())))
     }
 
+    /// Splits the rows of the fused tensor `fused` (GGUF name; a matrix or a bias) into
+    /// consecutive parts of the given row counts, registered under the parts' GGUF names
+    /// (Baichuan's `W_pack`, Qwen v1's `c_attn`). The parts point into the same file bytes.
+    pub fn split_rows(&mut self, fused: &str, parts: &[(&str, usize)]) -> Result<(), ModelError> {
+        let (file_name, t) = self.require(fused)?;
+        let total: usize = parts.iter().map(|p| p.1).sum();
+        let cols = match t.shape[..] {
+            [r, c] if r == total => c,
+            [r] if r == total => 1,
+            _ => {
+                return Err(ModelError::ShapeMismatch {
+                    tensor: file_name,
+                    expected: format!("[{total}, …]"),
+                    found: format!("{:?}", t.shape),
+                });
+            }
+        };
+        let elem = t.dtype.size().ok_or_else(|| ModelError::UnsupportedType {
+            tensor: file_name.clone(),
+            dtype: t.dtype.to_string(),
+        })?;
+        let row_bytes = cols * elem;
+        let mut start = 0;
+        let mut made = Vec::with_capacity(parts.len());
+        for &(name, rows) in parts {
+            let shape = if t.shape.len() == 2 { vec![rows, cols] } else { vec![rows] };
+            let data = t.data.slice(start * row_bytes..(start + rows) * row_bytes);
+            made.push((
+                name.to_string(),
+                (file_name.clone(), HfTensor { dtype: t.dtype.clone(), shape, data }),
+            ));
+            start += rows;
+        }
+        self.derived.extend(made);
+        Ok(())
+    }
+
+    /// A matrix (GGUF name) as f32 rows, whatever its stored type (for load-time transforms).
+    pub fn matrix_f32(&self, name: &str, rows: usize, cols: usize) -> Result<Vec<f32>, ModelError> {
+        let w = self.stored_matrix(name, rows, cols)?;
+        let mut out = vec![0f32; rows * cols];
+        for (r, row) in out.chunks_exact_mut(cols).enumerate() {
+            w.dequantize_row(r, row);
+        }
+        Ok(out)
+    }
+
     /// A 2-D tensor of the file (by its own name) as f32, checked to be `[rows, cols]`.
     pub fn file_matrix_f32(&self, file_name: &str, rows: usize, cols: usize) -> Result<Vec<f32>, ModelError> {
         let t = self.tensors.get(file_name).ok_or_else(|| ModelError::MissingTensor(file_name.into()))?;

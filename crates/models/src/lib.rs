@@ -4,6 +4,7 @@
 //! buffers) lives in a [`Sequence`], so several sequences can run on one model.
 
 mod attention;
+pub mod baichuan;
 pub mod gpt2;
 mod hf;
 pub mod llama;
@@ -54,10 +55,10 @@ pub enum ModelError {
 }
 
 /// `general.architecture` values baimo can run from GGUF.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gpt2"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "baichuan", "gpt2"];
 
 /// Hugging Face `model_type` values baimo can run from a model folder.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "qwen2", "qwen3", "gpt2"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "qwen2", "qwen3", "baichuan", "gpt2"];
 
 /// Which order of floating-point roundings a forward pass follows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -123,7 +124,7 @@ impl Model {
     pub fn from_gguf(gguf: &Gguf) -> Result<Model, ModelError> {
         let arch = gguf.get_str("general.architecture")?;
         match arch {
-            "llama" | "qwen2" | "qwen3" => Ok(Model::Llama(llama::Llama::from_gguf(gguf)?)),
+            "llama" | "qwen2" | "qwen3" | "baichuan" => Ok(Model::Llama(llama::Llama::from_gguf(gguf)?)),
             "gpt2" => Ok(Model::Gpt2(gpt2::Gpt2::from_gguf(gguf)?)),
             other => Err(ModelError::UnknownArchitecture(other.into())),
         }
@@ -136,6 +137,7 @@ impl Model {
         match model_type {
             "llama" | "qwen2" | "qwen3" => Ok(Model::Llama(llama::Llama::from_hf(folder, quantize)?)),
             "gpt2" => Ok(Model::Gpt2(gpt2::Gpt2::from_hf(folder, quantize)?)),
+            "baichuan" => Ok(Model::Llama(baichuan::from_hf(folder, quantize)?)),
             other => Err(ModelError::UnknownModelType(other.into())),
         }
     }

@@ -19,7 +19,7 @@ use baimo_kernels::GgmlType;
 use baimo_kernels::ops::{RopeStyle, rms_norm, rope_angles};
 use baimo_threads::{SharedMut, ThreadPool};
 
-use crate::attention::{Accumulate, Heads, MAX_HEAD_DIM, attend, rope_and_cache};
+use crate::attention::{Accumulate, Heads, MAX_HEAD_DIM, alibi_slopes, attend, attend_alibi, rope_and_cache};
 use crate::hf::{HfSource, JsonConfig};
 use crate::parallel::{SharedActs, Store, fill_rows, matmul, matmul_swiglu, needs, requantize};
 use crate::state::{Activations, KvCache, KvPrecision};
@@ -45,6 +45,8 @@ pub struct Config {
     pub rope_style: RopeStyle,
     /// Linear RoPE scaling (`rope_scaling = {type: linear, factor}`): positions are divided by it.
     pub rope_linear_factor: f32,
+    /// Rotary positions, or ALiBi biases (Baichuan-13B; then `rope_dims` is 0).
+    pub positions: Positions,
     /// Dynamic NTK scaling (`rope_scaling = {type: dynamic, factor}`): past
     /// `max_position_embeddings` the base grows with the length (transformers'
     /// `_compute_dynamic_ntk_parameters`).
@@ -55,7 +57,7 @@ impl Config {
     pub fn from_gguf(gguf: &Gguf) -> Result<Config, ModelError> {
         let arch = gguf.get_str("general.architecture")?.to_string();
         let rope_style = match arch.as_str() {
-            "llama" => RopeStyle::Interleaved,
+            "llama" | "baichuan" => RopeStyle::Interleaved,
             "qwen2" | "qwen3" => RopeStyle::Neox,
             other => return Err(ModelError::UnknownArchitecture(other.into())),
         };
@@ -98,9 +100,16 @@ impl Config {
             rope_dims: usize_or("rope.dimension_count", head_dim)?,
             rope_style,
             rope_linear_factor,
+            positions: Positions::Rope,
             rope_dynamic_factor: None,
             architecture: arch,
         };
+        let mut config = config;
+        // llama.cpp's rule for `baichuan` files: 40 layers are Baichuan-13B's (ALiBi).
+        if config.architecture == "baichuan" && config.num_hidden_layers == 40 {
+            config.positions = Positions::Alibi;
+            config.rope_dims = 0;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -141,6 +150,7 @@ impl Config {
             rope_dims: head_dim,
             rope_style: RopeStyle::Neox,
             rope_linear_factor: 1.0,
+            positions: Positions::Rope,
             rope_dynamic_factor: None,
             architecture: arch,
         };
@@ -185,7 +195,7 @@ impl Config {
         }
     }
 
-    fn validate(&self) -> Result<(), ModelError> {
+    pub(crate) fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::InvalidConfig(m));
         if self.hidden_size == 0 || self.intermediate_size == 0 || self.num_hidden_layers == 0 {
             return bad("zero hidden size, feed-forward size or layer count".into());
@@ -234,6 +244,15 @@ impl Config {
     }
 }
 
+/// How attention learns where tokens are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Positions {
+    /// Rotary embeddings on queries and keys.
+    Rope,
+    /// A linear bias on the attention scores, one slope per head (Press et al. 2022).
+    Alibi,
+}
+
 /// Llama 3.1's `rope_type = llama3`: each frequency's divisor (1 for short wavelengths, `factor`
 /// for long ones, interpolated between), as llama.cpp stores them in `rope_freqs`.
 fn llama3_freq_divisors(dims: usize, base: f32, factor: f32, low: f32, high: f32, original: f32) -> Vec<f32> {
@@ -278,6 +297,7 @@ pub struct Llama {
     rope_freq_factors: Option<Vec<f32>>, // (rope_dims / 2), Llama 3.1 long-context scaling
     /// f32 when the weights are (so results follow the f32 reference), else f16.
     kv_precision: KvPrecision,
+    alibi_slopes: Vec<f32>, // (n_heads), ALiBi models only
 }
 
 /// The Hugging Face name of a tensor (transformers' Llama / Qwen2 / Qwen3 naming).
@@ -357,7 +377,7 @@ impl Llama {
 
     /// Binds the tensors (GGUF names) to the layers. `tied`: without an output matrix, the
     /// embeddings serve as one.
-    fn load(
+    pub(crate) fn load(
         config: Config,
         t: &dyn TensorSource,
         tied: bool,
@@ -433,6 +453,10 @@ impl Llama {
             embed_tokens,
             lm_head,
             layers,
+            alibi_slopes: match config.positions {
+                Positions::Alibi => alibi_slopes(config.num_attention_heads),
+                Positions::Rope => Vec::new(),
+            },
             config,
             kv_precision,
         })
@@ -596,8 +620,22 @@ impl Llama {
                 }
                 // RoPE(q), RoPE(k); k, v → cache
                 rope_and_cache(ctx, heads, &qkv, n, pos0, cos_sin, c.rope_style, &cache);
-                // a = softmax(q·Kᵀ/√d)·V;  h = x + W_o · a
-                attend(ctx, heads, &qkv, n, pos0, &cache, accumulate, attn_out.f32_shared());
+                // a = softmax(q·Kᵀ/√d (+ ALiBi))·V;  h = x + W_o · a
+                match c.positions {
+                    Positions::Rope => {
+                        attend(ctx, heads, &qkv, n, pos0, &cache, accumulate, attn_out.f32_shared())
+                    }
+                    Positions::Alibi => attend_alibi(
+                        ctx,
+                        heads,
+                        &qkv,
+                        n,
+                        pos0,
+                        &cache,
+                        &self.alibi_slopes,
+                        attn_out.f32_shared(),
+                    ),
+                }
                 requantize(ctx, &attn_out, n);
                 matmul(ctx, &[&layer.o_proj], &attn_out, n, &x, hidden, Store::Add { bias: None });
                 // m = RMSNorm(h);  x = h + W_down · (silu(W_gate·m) ⊙ W_up·m)
