@@ -18,6 +18,7 @@ committed). Run from the repository root:
 """
 
 import json
+import math
 import os
 import shutil
 import struct
@@ -302,6 +303,110 @@ def build_baichuan(name, tok, vocab, seed):
     print(f"{name}: {sum(v.numel() for v in sd.values())} parameters")
 
 
+# ---------------------------------------------------------------------------------------------
+# Qwen v1 (QWenLMHeadModel, trust_remote_code): the forward pass written from modeling_qwen.py,
+# with its dynamic NTK base and logn query scaling past seq_length. Checked against
+# Qwen2ForCausalLM (the same computation within seq_length) before it is used.
+
+QWEN1_SEQ_LENGTH = 16
+
+
+def qwen1_logits(sd, cfg, ids):
+    h, nh, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["layer_norm_epsilon"]
+    hd, t, seq_length = cfg["kv_channels"], len(ids), cfg["seq_length"]
+    # Dynamic NTK, as at prefill (no cache): alpha from the prompt length.
+    context_value = math.log(t / seq_length, 2) + 1
+    alpha = max(2 ** math.ceil(context_value) - 1, 1)
+    base = cfg["rotary_emb_base"] * alpha ** (hd / (hd - 2))
+    inv_freq = 1.0 / (base ** (torch.arange(0, hd, 2).float() / hd))
+    freqs = torch.outer(torch.arange(t).float(), inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    cos, sin = emb.cos(), emb.sin()
+
+    def rotate(x):  # x: [heads, t, hd], rotate_half
+        x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
+        return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+    logn = torch.tensor([math.log(i, seq_length) if i > seq_length else 1.0 for i in range(1, t + 1)])
+    mask = torch.full((t, t), float("-inf")).triu(1)
+    x = sd["transformer.wte.weight"][torch.tensor(ids)]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"transformer.h.{i}."
+        a = rms_norm(x, sd[p + "ln_1.weight"], eps)
+        qkv = a @ sd[p + "attn.c_attn.weight"].T + sd[p + "attn.c_attn.bias"]
+        q, k, v = (m.view(t, nh, hd).transpose(0, 1) for m in qkv.split(h, dim=-1))
+        q, k = rotate(q), rotate(k)
+        q = q * logn.view(1, t, 1)
+        scores = q @ k.transpose(1, 2) / hd**0.5 + mask
+        o = (torch.softmax(scores, dim=-1) @ v).transpose(0, 1).reshape(t, h)
+        x = x + o @ sd[p + "attn.c_proj.weight"].T
+        m = rms_norm(x, sd[p + "ln_2.weight"], eps)
+        x = x + ((m @ sd[p + "mlp.w1.weight"].T) * F.silu(m @ sd[p + "mlp.w2.weight"].T)) @ sd[p + "mlp.c_proj.weight"].T
+    x = rms_norm(x, sd["transformer.ln_f.weight"], eps)
+    return x @ sd["lm_head.weight"].T
+
+
+def build_qwen1(tok, vocab, seed):
+    out = os.path.join(ROOT, "qwen1")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    c = common(vocab)
+    # Qwen2 with full multi-head attention is Qwen v1 within seq_length.
+    qwen2 = Qwen2ForCausalLM(
+        Qwen2Config(**{**c, "num_key_value_heads": 4}, tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    ).float().eval()
+    randomise(qwen2, seed)
+    q2 = qwen2.state_dict()
+    sd = {"transformer.wte.weight": q2["model.embed_tokens.weight"], "transformer.ln_f.weight": q2["model.norm.weight"], "lm_head.weight": q2["lm_head.weight"]}
+    for i in range(c["num_hidden_layers"]):
+        a, b = f"model.layers.{i}.", f"transformer.h.{i}."
+        sd[b + "ln_1.weight"] = q2[a + "input_layernorm.weight"]
+        sd[b + "attn.c_attn.weight"] = torch.cat([q2[a + f"self_attn.{n}_proj.weight"] for n in "qkv"])
+        sd[b + "attn.c_attn.bias"] = torch.cat([q2[a + f"self_attn.{n}_proj.bias"] for n in "qkv"])
+        sd[b + "attn.c_proj.weight"] = q2[a + "self_attn.o_proj.weight"]
+        sd[b + "ln_2.weight"] = q2[a + "post_attention_layernorm.weight"]
+        sd[b + "mlp.w2.weight"] = q2[a + "mlp.gate_proj.weight"]
+        sd[b + "mlp.w1.weight"] = q2[a + "mlp.up_proj.weight"]
+        sd[b + "mlp.c_proj.weight"] = q2[a + "mlp.down_proj.weight"]
+    sd = {k: v.contiguous().clone() for k, v in sd.items()}
+    config = {
+        "architectures": ["QWenLMHeadModel"],
+        "model_type": "qwen",
+        "hidden_size": c["hidden_size"],
+        "intermediate_size": 2 * c["intermediate_size"],
+        "num_attention_heads": c["num_attention_heads"],
+        "num_hidden_layers": c["num_hidden_layers"],
+        "kv_channels": c["hidden_size"] // c["num_attention_heads"],
+        "layer_norm_epsilon": c["rms_norm_eps"],
+        "max_position_embeddings": 128,
+        "seq_length": QWEN1_SEQ_LENGTH,
+        "rotary_emb_base": 10000,
+        "rotary_pct": 1.0,
+        "use_dynamic_ntk": True,
+        "use_logn_attn": True,
+        "no_bias": True,
+        "vocab_size": vocab,
+        "tie_word_embeddings": False,
+    }
+    seqs = sequences(vocab, seed)
+    with torch.no_grad():
+        # Within seq_length the two must agree.
+        short = seqs[0][:QWEN1_SEQ_LENGTH]
+        diff = (qwen1_logits(sd, config, short) - qwen2(torch.tensor([short])).logits[0]).abs().max().item()
+        assert diff < 1e-5, f"Qwen v1 reference differs from Qwen2 within seq_length by {diff}"
+        rows = [qwen1_logits(sd, config, ids) for ids in seqs]
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    save_file(sd, os.path.join(out, "model.safetensors"))
+    save_tokenizer(tok, out, CHATML)
+    flat = torch.cat(rows).flatten().tolist()
+    with open(os.path.join(out, "logits.f32"), "wb") as f:
+        f.write(struct.pack(f"<{len(flat)}f", *flat))
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump({"vocab_size": vocab, "sequences": seqs, "logits": "logits.f32"}, f, indent=1)
+    print(f"qwen1: {sum(v.numel() for v in sd.values())} parameters (reference = Qwen2 within seq_length: {diff:.1e})")
+
+
 def main(only):
     tok = train_tokenizer()
     vocab = tok.get_vocab_size()
@@ -328,6 +433,8 @@ def main(only):
     for i, name in enumerate(BAICHUAN):
         if not only or name in only:
             build_baichuan(name, tok, vocab, seed=2000 + i)
+    if not only or "qwen1" in only:
+        build_qwen1(tok, vocab, seed=3000)
 
 
 if __name__ == "__main__":

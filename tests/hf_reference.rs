@@ -1,6 +1,9 @@
-//! Models read from Hugging Face folders against transformers: the tiny random fixtures of
-//! `scripts/make_hf_fixtures.py` (one per family and RoPE variant), whose logits transformers
-//! computed in float32 for every position of several sequences. Issue bound: 1e-4.
+//! Models read from Hugging Face folders against PyTorch: the tiny random fixtures of
+//! `scripts/make_hf_fixtures.py` (one per family and RoPE variant), with logits for every position
+//! of sequences of 5, 23 and 80 tokens computed in float32 by transformers' own classes (LLaMA,
+//! Qwen2, Qwen3, GPT-2, and LLaMA for Baichuan-7B/Baichuan2-7B) or by a forward pass written from
+//! the released modeling code where transformers has none (Baichuan-13B's ALiBi, Qwen v1's
+//! dynamic NTK and logn attention past its `seq_length` of 16). Issue bound: 1e-4.
 
 use std::path::{Path, PathBuf};
 
@@ -71,6 +74,7 @@ const FAMILIES: &[&str] = &[
     "baichuan2-7b",
     "baichuan-13b",
     "baichuan2-13b",
+    "qwen1",
 ];
 
 #[test]

@@ -59,7 +59,8 @@ pub fn from_hf(folder: &HfFolder, quantize: Option<GgmlType>) -> Result<Llama, M
         rope_style: baimo_kernels::ops::RopeStyle::Neox,
         rope_linear_factor: 1.0,
         positions,
-        rope_dynamic_factor: None,
+        rope_dynamic: None,
+        logn_seq_length: None,
     };
     if positions == Positions::Alibi {
         config.rope_dims = 0;

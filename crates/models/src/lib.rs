@@ -9,6 +9,7 @@ pub mod gpt2;
 mod hf;
 pub mod llama;
 mod parallel;
+pub mod qwen;
 mod state;
 mod weights;
 
@@ -58,7 +59,7 @@ pub enum ModelError {
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "baichuan", "gpt2"];
 
 /// Hugging Face `model_type` values baimo can run from a model folder.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "qwen2", "qwen3", "baichuan", "gpt2"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "qwen", "qwen2", "qwen3", "baichuan", "gpt2"];
 
 /// Which order of floating-point roundings a forward pass follows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -138,6 +139,7 @@ impl Model {
             "llama" | "qwen2" | "qwen3" => Ok(Model::Llama(llama::Llama::from_hf(folder, quantize)?)),
             "gpt2" => Ok(Model::Gpt2(gpt2::Gpt2::from_hf(folder, quantize)?)),
             "baichuan" => Ok(Model::Llama(baichuan::from_hf(folder, quantize)?)),
+            "qwen" => Ok(Model::Llama(qwen::from_hf(folder, quantize)?)),
             other => Err(ModelError::UnknownModelType(other.into())),
         }
     }

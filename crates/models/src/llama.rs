@@ -47,10 +47,24 @@ pub struct Config {
     pub rope_linear_factor: f32,
     /// Rotary positions, or ALiBi biases (Baichuan-13B; then `rope_dims` is 0).
     pub positions: Positions,
-    /// Dynamic NTK scaling (`rope_scaling = {type: dynamic, factor}`): past
-    /// `max_position_embeddings` the base grows with the length (transformers'
-    /// `_compute_dynamic_ntk_parameters`).
-    pub rope_dynamic_factor: Option<f32>,
+    /// A RoPE base that grows with the length, if any.
+    pub rope_dynamic: Option<DynamicRope>,
+    /// Qwen v1's logn attention: queries at positions past this length are scaled by
+    /// `log(position + 1) / log(length)`.
+    pub logn_seq_length: Option<usize>,
+}
+
+/// RoPE bases that depend on the sequence's length.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DynamicRope {
+    /// transformers' dynamic NTK (`rope_scaling = {type: dynamic, factor}`): past
+    /// `max_position_embeddings` the base grows with the length the pass reaches
+    /// (`_compute_dynamic_ntk_parameters`).
+    Ntk { factor: f32 },
+    /// Qwen v1 (`use_dynamic_ntk`): when a prompt of `n` tokens is read into an empty cache,
+    /// `α = max(2^⌈log₂(n / seq_length) + 1⌉ − 1, 1)` and the base becomes `base · α^(d/(d−2))`;
+    /// the sequence's later steps keep that base.
+    QwenNtk { seq_length: usize },
 }
 
 impl Config {
@@ -101,7 +115,8 @@ impl Config {
             rope_style,
             rope_linear_factor,
             positions: Positions::Rope,
-            rope_dynamic_factor: None,
+            rope_dynamic: None,
+            logn_seq_length: None,
             architecture: arch,
         };
         let mut config = config;
@@ -151,7 +166,8 @@ impl Config {
             rope_style: RopeStyle::Neox,
             rope_linear_factor: 1.0,
             positions: Positions::Rope,
-            rope_dynamic_factor: None,
+            rope_dynamic: None,
+            logn_seq_length: None,
             architecture: arch,
         };
         let mut freq_factors = None;
@@ -161,7 +177,7 @@ impl Config {
             match kind {
                 "default" => {}
                 "linear" => config.rope_linear_factor = factor,
-                "dynamic" => config.rope_dynamic_factor = Some(factor),
+                "dynamic" => config.rope_dynamic = Some(DynamicRope::Ntk { factor }),
                 "llama3" => {
                     let original = s.usize_or("original_max_position_embeddings", 8192)? as f32;
                     let low = s.f32_or("low_freq_factor", 1.0)?;
@@ -184,8 +200,8 @@ impl Config {
     /// The RoPE base for a pass ending at position `len` (dynamic NTK grows it past the trained
     /// length).
     fn rope_base(&self, len: usize) -> f32 {
-        match self.rope_dynamic_factor {
-            Some(factor) if len > self.max_position_embeddings => {
+        match self.rope_dynamic {
+            Some(DynamicRope::Ntk { factor }) if len > self.max_position_embeddings => {
                 let d = self.rope_dims as f64;
                 let ratio =
                     factor as f64 * len as f64 / self.max_position_embeddings as f64 - (factor as f64 - 1.0);
@@ -226,7 +242,12 @@ impl Config {
         // Comparisons that NaN fails too.
         let numbers_ok = self.rope_theta > 0.0
             && self.rope_linear_factor > 0.0
-            && self.rope_dynamic_factor.is_none_or(|f| f >= 1.0)
+            && match self.rope_dynamic {
+                Some(DynamicRope::Ntk { factor }) => factor >= 1.0,
+                Some(DynamicRope::QwenNtk { seq_length }) => seq_length > 0 && self.rope_dims > 2,
+                None => true,
+            }
+            && self.logn_seq_length.is_none_or(|l| l > 1)
             && self.rms_norm_eps >= 0.0
             && self.rms_norm_eps.is_finite();
         if !numbers_ok {
@@ -343,6 +364,8 @@ pub struct Scratch {
     head_in: Activations,  // (rows, hidden) final RMSNorm, input of lm_head
     cos_sin: Vec<f32>,     // (batch, rope_dims)
     logits: Vec<f32>,      // (rows, vocab)
+    /// The RoPE base fixed when the sequence's prompt was read (Qwen v1's dynamic NTK).
+    rope_base: f32,
 }
 
 /// How one forward pass rounds (from its [`Arithmetic`] and its length).
@@ -498,6 +521,7 @@ impl Llama {
             head_in: acts(c.hidden_size, batch, vec![&self.lm_head]),
             cos_sin: vec![0.0; batch * c.rope_dims],
             logits: Vec::new(),
+            rope_base: c.rope_theta,
         }
     }
 
@@ -531,7 +555,15 @@ impl Llama {
         };
         // Dynamic NTK scaling takes the base from the length this call reaches, as transformers
         // does for one forward pass over the whole sequence.
-        let rope_base = c.rope_base(kv.len() + tokens.len());
+        let rope_base = match c.rope_dynamic {
+            Some(DynamicRope::QwenNtk { seq_length }) => {
+                if kv.is_empty() {
+                    scratch.rope_base = qwen_ntk_base(c.rope_theta, c.rope_dims, tokens.len(), seq_length);
+                }
+                scratch.rope_base
+            }
+            _ => c.rope_base(kv.len() + tokens.len()),
+        };
         let mut written = 0;
         for batch in tokens.chunks(scratch.batch) {
             let is_last = written + batch.len() == tokens.len();
@@ -620,6 +652,12 @@ impl Llama {
                 }
                 // RoPE(q), RoPE(k); k, v → cache
                 rope_and_cache(ctx, heads, &qkv, n, pos0, cos_sin, c.rope_style, &cache);
+                // Qwen v1: q ·= log(p + 1) / log(seq_length) past the trained length
+                if let Some(trained) = c.logn_seq_length
+                    && pos0 + n > trained
+                {
+                    logn_scale_queries(ctx, heads, &qkv, n, pos0, trained);
+                }
                 // a = softmax(q·Kᵀ/√d (+ ALiBi))·V;  h = x + W_o · a
                 match c.positions {
                     Positions::Rope => {
@@ -692,6 +730,38 @@ fn head_norms(
             let head = unsafe { qkv.slice_mut(at..at + hd) };
             copy[..hd].copy_from_slice(head);
             rms_norm(&copy[..hd], weight, eps, head);
+        }
+    });
+}
+
+/// Qwen v1's dynamic NTK base for a prompt of `len` tokens (see [`DynamicRope::QwenNtk`]).
+fn qwen_ntk_base(base: f32, dims: usize, len: usize, seq_length: usize) -> f32 {
+    let context = (len as f64 / seq_length as f64).log2() + 1.0;
+    let alpha = (2f64.powf(context.ceil()) - 1.0).max(1.0);
+    let d = dims as f64;
+    (base as f64 * alpha.powf(d / (d - 2.0))) as f32
+}
+
+/// Scales the query heads of token rows at positions past `trained` by
+/// `ln(p + 1) / ln(trained)` (Qwen v1's `logn_tensor`).
+fn logn_scale_queries(
+    ctx: &baimo_threads::Ctx<'_>,
+    heads: Heads,
+    qkv: &SharedMut<'_, f32>,
+    n: usize,
+    pos0: usize,
+    trained: usize,
+) {
+    let stride = heads.q_dim() + 2 * heads.kv_dim();
+    ctx.for_each_chunk(n, 1, |tokens| {
+        for t in tokens {
+            let p = pos0 + t;
+            if p + 1 > trained {
+                let factor = ((p + 1) as f64).ln() / (trained as f64).ln();
+                // SAFETY: token t's query heads belong to this thread alone.
+                let q = unsafe { qkv.slice_mut(t * stride..t * stride + heads.q_dim()) };
+                q.iter_mut().for_each(|x| *x = (*x as f64 * factor) as f32);
+            }
         }
     });
 }
