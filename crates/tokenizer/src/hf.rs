@@ -121,5 +121,21 @@ pub(crate) fn tokenizer_from_folder(dir: &Path) -> Result<Tokenizer, TokenizerEr
     };
     let scores = vec![0.0; n];
     let vocab = Vocab::new(texts, scores, attrs, special, flags, style, &ModelNames::default());
-    Ok(Tokenizer { vocab, model: Model::Hf(Box::new(HfModel { with_special, plain })) })
+    Ok(Tokenizer {
+        vocab,
+        model: Model::Hf(Box::new(HfModel { with_special, plain })),
+        collapse_whitespace: false,
+        prefix_once: false,
+    })
+}
+
+/// A boolean of `tokenizer_config.json`, if the folder has the file and the key.
+pub(crate) fn config_flag(dir: &Path, key: &str) -> Result<Option<bool>, TokenizerError> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read(&path).map_err(|e| bad(&path, e))?;
+    let json: serde_json::Value = serde_json::from_slice(&text).map_err(|e| bad(&path, e))?;
+    Ok(json.get(key).and_then(|v| v.as_bool()))
 }

@@ -13,9 +13,11 @@ mod decode;
 mod gguf;
 mod hf;
 mod pretokenize;
+mod sentencepiece;
 mod special;
 mod spm;
 pub mod testing;
+mod tiktoken;
 mod unicode;
 mod vocab;
 
@@ -60,12 +62,19 @@ enum Model {
     Bpe(BpeModel),
     /// A `tokenizer.json`, run by the `tokenizers` crate.
     Hf(Box<hf::HfModel>),
+    /// Ranks from a tiktoken file (Qwen v1).
+    Tiktoken(tiktoken::TiktokenModel),
 }
 
 /// A tokenizer: vocabulary, special tokens and the model that splits plain text.
 pub struct Tokenizer {
     vocab: Vocab,
     model: Model,
+    /// SentencePiece's `remove_extra_whitespaces`: trim the text and make runs of spaces one.
+    collapse_whitespace: bool,
+    /// SentencePiece's own rule for its dummy prefix: one `▁` in front of the whole text (the
+    /// library's), not again after every special token (llama.cpp's, for GGUF files).
+    prefix_once: bool,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -75,6 +84,7 @@ impl std::fmt::Debug for Tokenizer {
             Model::Spm(_) => "SentencePiece BPE",
             Model::Bpe(_) => "byte-level BPE",
             Model::Hf(_) => "tokenizer.json",
+            Model::Tiktoken(_) => "tiktoken",
         };
         f.debug_struct("Tokenizer")
             .field("model", &model)
@@ -92,10 +102,33 @@ impl Tokenizer {
         gguf::tokenizer_from_gguf(gguf)
     }
 
-    /// Builds the tokenizer of a Hugging Face model folder from its `tokenizer.json` and
-    /// `tokenizer_config.json`.
+    /// Builds the tokenizer of a Hugging Face model folder: `tokenizer.json` when there is one
+    /// (with `tokenizer_config.json`), else a SentencePiece `tokenizer.model`.
     pub fn from_hf_folder(dir: &std::path::Path) -> Result<Tokenizer, TokenizerError> {
-        hf::tokenizer_from_folder(dir)
+        if dir.join("tokenizer.json").is_file() {
+            return hf::tokenizer_from_folder(dir);
+        }
+        if dir.join("tokenizer.model").is_file() {
+            let add_bos = hf::config_flag(dir, "add_bos_token")?;
+            return sentencepiece::tokenizer_from_model_file(&dir.join("tokenizer.model"), add_bos);
+        }
+        if dir.join("qwen.tiktoken").is_file() {
+            return tiktoken::tokenizer_from_qwen_tiktoken(&dir.join("qwen.tiktoken"));
+        }
+        Err(TokenizerError::File {
+            path: dir.to_path_buf(),
+            message: "no tokenizer.json, tokenizer.model or qwen.tiktoken".into(),
+        })
+    }
+
+    /// Qwen v1's `qwen.tiktoken` rank file on its own, with Qwen's special tokens.
+    pub fn from_qwen_tiktoken(path: &std::path::Path) -> Result<Tokenizer, TokenizerError> {
+        tiktoken::tokenizer_from_qwen_tiktoken(path)
+    }
+
+    /// A SentencePiece `tokenizer.model` on its own (BOS added to prompts, as the model asks).
+    pub fn from_sentencepiece(path: &std::path::Path) -> Result<Tokenizer, TokenizerError> {
+        sentencepiece::tokenizer_from_model_file(path, None)
     }
 
     /// Like `llama_tokenize(add_special = false, parse_special)`: never adds BOS or EOS. With
@@ -103,6 +136,21 @@ impl Tokenizer {
     /// user-defined tokens are always recognised.
     pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
         let mut out = Vec::new();
+        let normalized;
+        let text = if self.collapse_whitespace || (self.prefix_once && self.vocab.add_space_prefix) {
+            let mut t = if self.collapse_whitespace {
+                sentencepiece::collapse_spaces(text)
+            } else {
+                text.to_string()
+            };
+            if self.prefix_once && self.vocab.add_space_prefix && !t.is_empty() {
+                t.insert(0, ' ');
+            }
+            normalized = t;
+            normalized.as_str()
+        } else {
+            text
+        };
         if let Model::Hf(hf) = &self.model {
             hf.encode(text, parse_special, &mut out);
             return out;
@@ -118,7 +166,7 @@ impl Tokenizer {
                     match fragment {
                         Fragment::Text(range) => {
                             escaped.clear();
-                            if self.vocab.add_space_prefix && after_special {
+                            if self.vocab.add_space_prefix && after_special && !self.prefix_once {
                                 escaped.push('▁');
                             }
                             for c in text[range].chars() {
@@ -138,6 +186,14 @@ impl Tokenizer {
                 for fragment in fragments {
                     match fragment {
                         Fragment::Text(range) => bpe.encode(&self.vocab, &text[range], &mut out),
+                        Fragment::Token(id) => out.push(id),
+                    }
+                }
+            }
+            Model::Tiktoken(tk) => {
+                for fragment in fragments {
+                    match fragment {
+                        Fragment::Text(range) => tk.encode(&text[range], &mut out),
                         Fragment::Token(id) => out.push(id),
                     }
                 }

@@ -1,0 +1,93 @@
+//! Every tokenizer kind a model folder can bring, against its reference implementation on a
+//! mixed corpus (Chinese, English, code, emoji, odd whitespace, special-token spellings):
+//! SentencePiece `tokenizer.model` (the sentencepiece library), tiktoken ranks in
+//! `qwen.tiktoken` format (tiktoken with Qwen v1's pattern and specials) and `tokenizer.json`
+//! (the tokenizers library). Fixtures and ids: `scripts/make_tokenizer_fixtures.py`.
+
+use std::path::{Path, PathBuf};
+
+use baimo_tokenizer::Tokenizer;
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizers")
+}
+
+fn expected() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir().join("expected.json")).unwrap()).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect()
+}
+
+/// Compares both encodings (special tokens as text, and recognised) for every corpus text, and
+/// that decoding gives the text back where the tokenizer keeps it intact.
+fn check(name: &str, tok: &Tokenizer, round_trip: bool) {
+    let e = expected();
+    let corpus = e["corpus"].as_array().unwrap();
+    let mut mismatches = Vec::new();
+    for (mode, parse_special) in [("plain", false), ("special", true)] {
+        for (i, text) in corpus.iter().enumerate() {
+            let text = text.as_str().unwrap();
+            let want = ids(&e[name][mode][i]);
+            let got = tok.encode(text, parse_special);
+            if got != want {
+                mismatches.push(format!("{mode} {text:?}: got {got:?}, want {want:?}"));
+            }
+            if round_trip && !parse_special {
+                assert_eq!(tok.decode(&got, true), text, "{name}: decoding {got:?}");
+            }
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{name}: {} of {} differ:\n{}",
+        mismatches.len(),
+        2 * corpus.len(),
+        mismatches.join("\n")
+    );
+}
+
+#[test]
+fn sentencepiece_bpe_model_matches_sentencepiece() {
+    let tok = Tokenizer::from_sentencepiece(&dir().join("spm-bpe.model")).unwrap();
+    check("spm-bpe.model", &tok, true);
+}
+
+#[test]
+fn sentencepiece_whitespace_collapsing_matches_sentencepiece() {
+    let tok = Tokenizer::from_sentencepiece(&dir().join("spm-bpe-collapse.model")).unwrap();
+    check("spm-bpe-collapse.model", &tok, false);
+}
+
+#[test]
+fn tiktoken_ranks_match_tiktoken() {
+    let tok = Tokenizer::from_qwen_tiktoken(&dir().join("tiny.tiktoken")).unwrap();
+    check("tiny.tiktoken", &tok, true);
+}
+
+#[test]
+fn tokenizer_json_matches_tokenizers() {
+    let tok = Tokenizer::from_hf_folder(&dir()).unwrap();
+    check("tokenizer.json", &tok, true);
+}
+
+#[test]
+fn broken_tokenizer_files_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let model = std::fs::read(dir().join("spm-bpe.model")).unwrap();
+    for bad in [&model[..model.len() / 2], b"\x0a\xff", b""] {
+        assert!(Tokenizer::from_sentencepiece(&write("t.model", bad)).is_err());
+    }
+    for bad in ["not base64!! 0\n", "YQ== x\n", "YQ== 0\nYQ== 1\n", "YQ== 99999999\n", ""] {
+        let err = Tokenizer::from_qwen_tiktoken(&write("q.tiktoken", bad.as_bytes()));
+        assert!(err.is_err(), "{bad:?} accepted");
+    }
+    write("tokenizer.json", b"{\"model\": ");
+    assert!(Tokenizer::from_hf_folder(tmp.path()).is_err());
+}
