@@ -40,6 +40,7 @@
 //! # Ok::<(), baimo_chat::ChatError>(())
 //! ```
 
+mod builtin;
 mod message;
 mod nesting;
 mod python;
@@ -47,5 +48,6 @@ mod rewrite;
 mod strftime;
 mod template;
 
+pub use builtin::BuiltinFormat;
 pub use message::ChatMessage;
 pub use template::{ChatError, ChatTemplate, RenderRequest};

@@ -7,7 +7,7 @@ pub mod sampler;
 mod session;
 pub mod stop;
 
-pub use loaded::{FALLBACK_CHAT_TEMPLATE, LoadedModel};
+pub use loaded::{FALLBACK_CHAT_TEMPLATE, LoadedModel, builtin_format};
 pub use perplexity::{Perplexity, perplexity};
 pub use sampler::{Sampler, SamplingParams};
 pub use session::{FinishReason, GenerateOptions, Generation, Session};

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use baimo_chat::{ChatMessage, ChatTemplate, RenderRequest};
+use baimo_chat::{BuiltinFormat, ChatMessage, ChatTemplate, RenderRequest};
 use baimo_formats::{Gguf, HfFolder};
 use baimo_kernels::GgmlType;
 use baimo_models::{Model, ModelInfo};
@@ -52,7 +52,12 @@ impl LoadedModel {
         let token_str = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or("").to_string();
         let (bos, eos) = (token_str(tokenizer.bos_id()), token_str(tokenizer.eos_id()));
         let own = gguf.get("tokenizer.chat_template").is_some();
-        let source = if own { gguf.get_str("tokenizer.chat_template")? } else { FALLBACK_CHAT_TEMPLATE };
+        let builtin = builtin_format(&info.architecture, &tokenizer).map(|f| f.template_source());
+        let source = if own {
+            gguf.get_str("tokenizer.chat_template")?
+        } else {
+            builtin.as_deref().unwrap_or(FALLBACK_CHAT_TEMPLATE)
+        };
         let chat_template = ChatTemplate::new(source, &bos, &eos)?;
         let name = match gguf.get_str("general.name") {
             Ok(n) if !n.trim().is_empty() => n.to_string(),
@@ -103,8 +108,11 @@ impl LoadedModel {
         let token_str = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or("").to_string();
         let (bos, eos) = (token_str(tokenizer.bos_id()), token_str(tokenizer.eos_id()));
         let own = template.is_some();
-        let chat_template =
-            ChatTemplate::new(template.as_deref().unwrap_or(FALLBACK_CHAT_TEMPLATE), &bos, &eos)?;
+        let model_type = folder.config.get("model_type").and_then(|t| t.as_str()).unwrap_or_default();
+        let template = template
+            .or_else(|| builtin_format(model_type, &tokenizer).map(|f| f.template_source()))
+            .unwrap_or_else(|| FALLBACK_CHAT_TEMPLATE.to_string());
+        let chat_template = ChatTemplate::new(&template, &bos, &eos)?;
         let name = dir.file_name().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
         Ok(LoadedModel {
             path: dir.to_path_buf(),
@@ -141,4 +149,25 @@ impl LoadedModel {
     pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
         Ok(self.tokenize_prompt(&self.render_chat(messages)?))
     }
+}
+
+/// The prompt format of a family whose files carry no template (`general.architecture` or
+/// `model_type`); `None` where ChatML is the best guess.
+pub fn builtin_format(family: &str, tokenizer: &Tokenizer) -> Option<BuiltinFormat> {
+    Some(match family {
+        "llama" if tokenizer.token_id("<|start_header_id|>").is_some() => BuiltinFormat::Llama3,
+        "llama" if tokenizer.token_id("<s>").is_some() => BuiltinFormat::Llama2,
+        // Qwen v1's make_context.
+        "qwen" => BuiltinFormat::ChatMl { default_system: Some("You are a helpful assistant.".into()) },
+        // Baichuan's user and assistant tokens are ids 195 and 196 in every release.
+        "baichuan" => match (tokenizer.token_text(195), tokenizer.token_text(196)) {
+            (Some(user), Some(assistant)) => BuiltinFormat::Baichuan {
+                user_token: user.to_string(),
+                assistant_token: assistant.to_string(),
+            },
+            _ => BuiltinFormat::Plain,
+        },
+        "gpt2" => BuiltinFormat::Plain,
+        _ => return None,
+    })
 }
