@@ -257,3 +257,26 @@ fn a_pickle_asking_for_another_global_is_refused_unexecuted() {
     assert!(err.contains("refuses the global os.system"), "{err}");
     assert!(!marker.exists(), "the pickle ran");
 }
+
+/// The same weights converted to llama.cpp's GGUF architectures (`qwen3`, `gpt2`, `baichuan`
+/// with its interleaved q/k rows, `qwen` with the fused `attn_qkv`) by
+/// `scripts/make_gguf_fixtures.py`: the GGUF model gives the folder's reference logits. For
+/// `qwen`, llama.cpp has no dynamic NTK or logn scaling, so only the sequence within Qwen v1's
+/// `seq_length` (16) is compared.
+#[test]
+fn gguf_architectures_of_the_seed_families_match_the_reference() {
+    for (file, folder, sequences) in
+        [("qwen3", "qwen3", 3), ("gpt2", "gpt2", 3), ("baichuan-7b", "baichuan-7b", 3), ("qwen1", "qwen1", 1)]
+    {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/gguf/{file}.gguf"));
+        let gguf = baimo_formats::Gguf::open(&path).unwrap();
+        let model = Model::from_gguf(&gguf).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let mut e = expected(&fixture(folder));
+        e.sequences.truncate(sequences);
+        let n: usize = e.sequences.iter().map(Vec::len).sum();
+        e.logits.truncate(n * e.vocab);
+        let diff = max_abs_diff(&run(&model, &e), &e.logits);
+        eprintln!("{file:>12}.gguf: max |Δlogit| {diff:.2e}");
+        assert!(diff <= 1e-4, "{file}.gguf: {diff}");
+    }
+}

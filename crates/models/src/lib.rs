@@ -56,7 +56,7 @@ pub enum ModelError {
 }
 
 /// `general.architecture` values baimo can run from GGUF.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "baichuan", "gpt2"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen", "qwen2", "qwen3", "baichuan", "gpt2"];
 
 /// Hugging Face `model_type` values baimo can run from a model folder.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "qwen", "qwen2", "qwen3", "baichuan", "gpt2"];
@@ -125,7 +125,9 @@ impl Model {
     pub fn from_gguf(gguf: &Gguf) -> Result<Model, ModelError> {
         let arch = gguf.get_str("general.architecture")?;
         match arch {
-            "llama" | "qwen2" | "qwen3" | "baichuan" => Ok(Model::Llama(llama::Llama::from_gguf(gguf)?)),
+            "llama" | "qwen" | "qwen2" | "qwen3" | "baichuan" => {
+                Ok(Model::Llama(llama::Llama::from_gguf(gguf)?))
+            }
             "gpt2" => Ok(Model::Gpt2(gpt2::Gpt2::from_gguf(gguf)?)),
             other => Err(ModelError::UnknownArchitecture(other.into())),
         }

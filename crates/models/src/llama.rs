@@ -23,7 +23,7 @@ use crate::attention::{Accumulate, Heads, MAX_HEAD_DIM, alibi_slopes, attend, at
 use crate::hf::{HfSource, JsonConfig};
 use crate::parallel::{SharedActs, Store, fill_rows, matmul, matmul_swiglu, needs, requantize};
 use crate::state::{Activations, KvCache, KvPrecision};
-use crate::weights::{GgufTensors, TensorSource, Weight};
+use crate::weights::{GgufTensors, SplitRows, TensorSource, Weight};
 use crate::{Arithmetic, LogitsFor, ModelError};
 
 /// Hyper-parameters, named as in Hugging Face `config.json`.
@@ -72,7 +72,7 @@ impl Config {
         let arch = gguf.get_str("general.architecture")?.to_string();
         let rope_style = match arch.as_str() {
             "llama" | "baichuan" => RopeStyle::Interleaved,
-            "qwen2" | "qwen3" => RopeStyle::Neox,
+            "qwen" | "qwen2" | "qwen3" => RopeStyle::Neox,
             other => return Err(ModelError::UnknownArchitecture(other.into())),
         };
         let key = |k: &str| format!("{arch}.{k}");
@@ -386,7 +386,27 @@ impl Llama {
             .map_err(|_| ModelError::InvalidConfig("vocabulary size".into()))?;
         let t = GgufTensors { gguf };
         let rope_freq_factors = t.optional_vector("rope_freqs.weight", config.rope_dims / 2)?;
-        Llama::load(config, &t, true, rope_freq_factors, gguf.tensors().len())
+        if config.architecture != "qwen" {
+            return Llama::load(config, &t, true, rope_freq_factors, gguf.tensors().len());
+        }
+        // Qwen v1: q, k and v fused in attn_qkv (with its bias); feed_forward_length counts
+        // both halves of the MLP (llama.cpp's converter writes `intermediate_size`).
+        config.intermediate_size /= 2;
+        let (q_dim, kv_dim) = (config.heads().q_dim(), config.heads().kv_dim());
+        let total = q_dim + 2 * kv_dim;
+        let mut parts = std::collections::HashMap::new();
+        for i in 0..config.num_hidden_layers {
+            for kind in ["weight", "bias"] {
+                let fused = format!("blk.{i}.attn_qkv.{kind}");
+                for (part, start, rows) in
+                    [("q", 0, q_dim), ("k", q_dim, kv_dim), ("v", q_dim + kv_dim, kv_dim)]
+                {
+                    parts.insert(format!("blk.{i}.attn_{part}.{kind}"), (fused.clone(), start, rows, total));
+                }
+            }
+        }
+        let split = SplitRows { base: &t, parts };
+        Llama::load(config, &split, true, rope_freq_factors, gguf.tensors().len())
     }
 
     /// From a Hugging Face folder (`LlamaForCausalLM`, `Qwen2ForCausalLM`,

@@ -79,6 +79,15 @@ impl Weight {
     pub fn n_bytes(&self) -> usize {
         self.data.len()
     }
+
+    /// Rows `start .. start + rows` as a matrix of their own (the same bytes, not copied).
+    pub fn row_range(&self, name: &str, start: usize, rows: usize) -> Result<Weight, ModelError> {
+        if start.checked_add(rows).is_none_or(|end| end > self.rows) {
+            return Err(ModelError::Shape(format!("{}: rows {start}..+{rows} of {}", self.name, self.rows)));
+        }
+        let data = self.data.slice(start * self.row_bytes..(start + rows) * self.row_bytes);
+        Weight::new(name, self.dtype, rows, self.cols, data)
+    }
 }
 
 /// Where a family's loader finds its tensors, by their GGUF names (`blk.0.attn_q.weight`):
@@ -148,5 +157,42 @@ impl TensorSource for GgufTensors<'_> {
         let mut out = vec![0f32; len];
         dequantize(info.dtype, &self.gguf.tensor_data(info), &mut out);
         Ok(out)
+    }
+}
+
+/// A source where some tensors are row ranges of fused ones (llama.cpp's `qwen` GGUFs keep q, k
+/// and v in one `attn_qkv`): `name → (fused name, first row, rows, fused rows)`.
+pub struct SplitRows<'a> {
+    pub base: &'a dyn TensorSource,
+    pub parts: std::collections::HashMap<String, (String, usize, usize, usize)>,
+}
+
+impl TensorSource for SplitRows<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.parts.contains_key(name) || self.base.has(name)
+    }
+
+    fn matrix_unpacked(&self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
+        match self.parts.get(name) {
+            Some((fused, start, n, total)) if *n == rows => {
+                self.base.matrix_unpacked(fused, *total, cols)?.row_range(name, *start, rows)
+            }
+            Some((fused, _, n, _)) => {
+                Err(ModelError::Shape(format!("{name}: {n} rows of {fused}, expected {rows}")))
+            }
+            None => self.base.matrix_unpacked(name, rows, cols),
+        }
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        match self.parts.get(name) {
+            Some((fused, start, n, total)) if *n == len => {
+                Ok(self.base.vector(fused, *total)?[*start..*start + len].to_vec())
+            }
+            Some((fused, _, n, _)) => {
+                Err(ModelError::Shape(format!("{name}: {n} values of {fused}, expected {len}")))
+            }
+            None => self.base.vector(name, len),
+        }
     }
 }

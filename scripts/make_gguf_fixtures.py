@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Writes tests/fixtures/gguf/*.gguf: tiny GGUF files of the architectures llama.cpp defines
+for the seed families, converted from the Hugging Face fixtures of make_hf_fixtures.py the way
+llama.cpp's convert_hf_to_gguf.py converts them (same tensor names, the same q/k row
+permutation for interleaved RoPE, GPT-2's Conv1D weights transposed and `wte` copied as
+`output`, Qwen v1's feed_forward_length counting both MLP halves). Weights stay f32, so the
+GGUF model must give the folder's logits (where llama.cpp computes the same thing).
+
+Needs gguf, numpy, safetensors (pip). Run from the repository root after make_hf_fixtures.py.
+"""
+
+import json
+import os
+
+import gguf
+import numpy as np
+from safetensors.numpy import load_file
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+
+
+def load(name):
+    folder = os.path.join(ROOT, "hf", name)
+    return json.load(open(os.path.join(folder, "config.json"))), load_file(os.path.join(folder, "model.safetensors"))
+
+
+def permute(w, n_head):
+    """llama.cpp's LlamaModel.permute: rotate-half rows → interleaved pairs."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def writer(name, arch):
+    os.makedirs(os.path.join(ROOT, "gguf"), exist_ok=True)
+    return gguf.GGUFWriter(os.path.join(ROOT, "gguf", f"{name}.gguf"), arch)
+
+
+def finish(w):
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def common_keys(w, cfg, n_ff, context, eps_key="rms_norm_eps"):
+    w.add_context_length(context)
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_layer_norm_rms_eps(cfg.get(eps_key, 1e-6))
+
+
+def qwen3():
+    cfg, t = load("qwen3")
+    w = writer("qwen3", "qwen3")
+    common_keys(w, cfg, cfg["intermediate_size"], cfg["max_position_embeddings"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_key_length(cfg["head_dim"])
+    w.add_value_length(cfg["head_dim"])
+    w.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
+    names = {
+        "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+        "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+    }
+    w.add_tensor("token_embd.weight", t["model.embed_tokens.weight"])
+    for i in range(cfg["num_hidden_layers"]):
+        for hf, g in names.items():
+            w.add_tensor(f"blk.{i}.{g}.weight", t[f"model.layers.{i}.{hf}.weight"])
+    w.add_tensor("output_norm.weight", t["model.norm.weight"])
+    w.add_tensor("output.weight", t["lm_head.weight"])
+    finish(w)
+
+
+def gpt2():
+    cfg, t = load("gpt2")
+    w = writer("gpt2", "gpt2")
+    h = cfg["n_embd"]
+    w.add_context_length(cfg["n_positions"])
+    w.add_embedding_length(h)
+    w.add_block_count(cfg["n_layer"])
+    w.add_feed_forward_length(4 * h)
+    w.add_head_count(cfg["n_head"])
+    w.add_layer_norm_eps(cfg["layer_norm_epsilon"])
+    p = "transformer."
+    w.add_tensor("token_embd.weight", t[p + "wte.weight"])
+    w.add_tensor("position_embd.weight", t[p + "wpe.weight"])
+    for i in range(cfg["n_layer"]):
+        b = f"{p}h.{i}."
+        for hf, g in [("ln_1", "attn_norm"), ("ln_2", "ffn_norm")]:
+            w.add_tensor(f"blk.{i}.{g}.weight", t[b + hf + ".weight"])
+            w.add_tensor(f"blk.{i}.{g}.bias", t[b + hf + ".bias"])
+        for hf, g in [("attn.c_attn", "attn_qkv"), ("attn.c_proj", "attn_output"), ("mlp.c_fc", "ffn_up"), ("mlp.c_proj", "ffn_down")]:
+            w.add_tensor(f"blk.{i}.{g}.weight", np.ascontiguousarray(t[b + hf + ".weight"].T))
+            w.add_tensor(f"blk.{i}.{g}.bias", t[b + hf + ".bias"])
+    w.add_tensor("output_norm.weight", t[p + "ln_f.weight"])
+    w.add_tensor("output_norm.bias", t[p + "ln_f.bias"])
+    w.add_tensor("output.weight", t[p + "wte.weight"].copy())
+    finish(w)
+
+
+def baichuan7b():
+    cfg, t = load("baichuan-7b")
+    w = writer("baichuan-7b", "baichuan")
+    h, nh = cfg["hidden_size"], cfg["num_attention_heads"]
+    common_keys(w, cfg, cfg["intermediate_size"], cfg["max_position_embeddings"])
+    w.add_head_count_kv(nh)
+    w.add_rope_dimension_count(h // nh)
+    w.add_tensor("token_embd.weight", t["model.embed_tokens.weight"])
+    for i in range(cfg["num_hidden_layers"]):
+        b = f"model.layers.{i}."
+        q, k, v = np.split(t[b + "self_attn.W_pack.weight"], 3)
+        w.add_tensor(f"blk.{i}.attn_q.weight", np.ascontiguousarray(permute(q, nh)))
+        w.add_tensor(f"blk.{i}.attn_k.weight", np.ascontiguousarray(permute(k, nh)))
+        w.add_tensor(f"blk.{i}.attn_v.weight", np.ascontiguousarray(v))
+        for hf, g in [("input_layernorm", "attn_norm"), ("self_attn.o_proj", "attn_output"), ("post_attention_layernorm", "ffn_norm"),
+                      ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down")]:
+            w.add_tensor(f"blk.{i}.{g}.weight", t[b + hf + ".weight"])
+    w.add_tensor("output_norm.weight", t["model.norm.weight"])
+    w.add_tensor("output.weight", t["lm_head.weight"])
+    finish(w)
+
+
+def qwen1():
+    cfg, t = load("qwen1")
+    w = writer("qwen1", "qwen")
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])  # both halves, as the converter writes it
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_rope_dimension_count(cfg["kv_channels"])
+    w.add_rope_freq_base(cfg["rotary_emb_base"])
+    w.add_layer_norm_rms_eps(cfg["layer_norm_epsilon"])
+    w.add_tensor("token_embd.weight", t["transformer.wte.weight"])
+    for i in range(cfg["num_hidden_layers"]):
+        b = f"transformer.h.{i}."
+        for hf, g in [("ln_1.weight", "attn_norm.weight"), ("attn.c_attn.weight", "attn_qkv.weight"), ("attn.c_attn.bias", "attn_qkv.bias"),
+                      ("attn.c_proj.weight", "attn_output.weight"), ("ln_2.weight", "ffn_norm.weight"), ("mlp.w1.weight", "ffn_up.weight"),
+                      ("mlp.w2.weight", "ffn_gate.weight"), ("mlp.c_proj.weight", "ffn_down.weight")]:
+            w.add_tensor(f"blk.{i}.{g}", t[b + hf])
+    w.add_tensor("output_norm.weight", t["transformer.ln_f.weight"])
+    w.add_tensor("output.weight", t["lm_head.weight"])
+    finish(w)
+
+
+if __name__ == "__main__":
+    for make in (qwen3, gpt2, baichuan7b, qwen1):
+        make()
+    print(sorted(os.listdir(os.path.join(ROOT, "gguf"))))
