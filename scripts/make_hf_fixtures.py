@@ -407,6 +407,53 @@ def build_qwen1(tok, vocab, seed):
     print(f"qwen1: {sum(v.numel() for v in sd.values())} parameters (reference = Qwen2 within seq_length: {diff:.1e})")
 
 
+# ---------------------------------------------------------------------------------------------
+# A small LLaMA trained briefly on the GPL-3 text (first 80%), so that perplexity on the held-out
+# rest means something and quantization can be judged by it. Rows of 256 and 512 values let
+# Q4_K quantize every matrix. Stored in bf16 (half the size); the reference logits are computed
+# in float32 from those bf16 weights.
+
+TRAIN_TEXT = "/usr/share/common-licenses/GPL-3"
+
+
+def build_trained(tok, vocab, seed):
+    out = os.path.join(ROOT, "llama-trained")
+    shutil.rmtree(out, ignore_errors=True)
+    text = open(TRAIN_TEXT).read()
+    cut = int(len(text) * 0.8)
+    train_ids = tok.encode(text[:cut]).ids
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=256, intermediate_size=512, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        bos_token_id=None, eos_token_id=VOCAB - 1, pad_token_id=VOCAB - 3,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).float()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    data = torch.tensor(train_ids)
+    g = torch.Generator().manual_seed(seed)
+    ctx, batch = 128, 16
+    for step in range(400):
+        starts = torch.randint(0, len(data) - ctx - 1, (batch,), generator=g)
+        x = torch.stack([data[i : i + ctx] for i in starts])
+        loss = model(x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model = model.to(torch.bfloat16).eval()
+    model.save_pretrained(out)
+    save_tokenizer(tok, out, CHATML)
+    with open(os.path.join(out, "heldout.txt"), "w") as f:
+        f.write(text[cut:])
+    # The reference reloads the saved bf16 weights as float32: converting the trained module
+    # back and forth would also round its RoPE frequency buffer to bf16.
+    model = LlamaForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    seqs = sequences(vocab, seed)
+    write_expected(out, model, seqs)
+    print(f"llama-trained: {sum(p.numel() for p in model.parameters())} parameters, final training loss {loss.item():.3f}")
+
+
 def main(only):
     tok = train_tokenizer()
     vocab = tok.get_vocab_size()
@@ -435,6 +482,8 @@ def main(only):
             build_baichuan(name, tok, vocab, seed=2000 + i)
     if not only or "qwen1" in only:
         build_qwen1(tok, vocab, seed=3000)
+    if not only or "llama-trained" in only:
+        build_trained(tok, vocab, seed=4000)
 
 
 if __name__ == "__main__":

@@ -163,7 +163,12 @@ impl TensorSource for HfSource<'_> {
 
     fn matrix_unpacked(&self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
         let stored = self.stored_matrix(name, rows, cols)?;
-        match self.quantize {
+        // llama.cpp's fallbacks for rows a K-quant's 256-value blocks do not divide.
+        let target = self.quantize.map(|t| match t {
+            GgmlType::Q4_K if !cols.is_multiple_of(256) => GgmlType::Q5_0,
+            other => other,
+        });
+        match target {
             Some(target) if cols.is_multiple_of(target.block_size()) => {
                 let row_bytes = target.row_bytes(cols as u64).expect("small row") as usize;
                 let mut data = vec![0u8; rows * row_bytes];
@@ -176,7 +181,7 @@ impl TensorSource for HfSource<'_> {
                 }
                 Weight::new(&stored.name, target, rows, cols, Bytes::from_vec(data))
             }
-            // Rows the block size does not divide stay as they are (llama.cpp does the same).
+            // Rows no block size divides stay as they are (llama.cpp does the same).
             _ => Ok(stored),
         }
     }
