@@ -465,6 +465,13 @@ def main(only):
         if name == "llama":
             # The same weights as a PyTorch checkpoint (what older hub repos ship), and as two
             # safetensors shards with an index.
+            # Half precision: the weights rounded to f16 and saved so; the reference reloads
+            # them as float32.
+            out = os.path.join(ROOT, "llama-f16")
+            shutil.rmtree(out, ignore_errors=True)
+            LlamaForCausalLM.from_pretrained(os.path.join(ROOT, "llama"), dtype=torch.float32).half().save_pretrained(out)
+            save_tokenizer(tok, out, CHATML)
+            write_expected(out, LlamaForCausalLM.from_pretrained(out, dtype=torch.float32).eval(), seqs)
             for variant in ("llama-bin", "llama-sharded"):
                 out = os.path.join(ROOT, variant)
                 shutil.rmtree(out, ignore_errors=True)

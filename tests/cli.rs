@@ -228,3 +228,61 @@ fn a_closed_stdout_pipe_is_not_a_crash() {
     let out = child.wait_with_output().unwrap();
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
 }
+
+fn fixture(path: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn model_folders_work_in_every_command() {
+    // tokenize: the folder's tokenizer.json, ids as the tokenizers library gives them.
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("tokenizers/expected.json")).unwrap()).unwrap();
+    let text = expected["corpus"][1].as_str().unwrap();
+    let out = run(&["tokenize", &fixture("hf/qwen2"), text]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), serde_json::to_string(&expected["tokenizer.json"]["plain"][1]).unwrap());
+
+    // perplexity: the trained fixture's held-out text, as the reference test measures it.
+    let out = run(&[
+        "perplexity",
+        &fixture("hf/llama-trained"),
+        &fixture("hf/llama-trained/heldout.txt"),
+        "--ctx",
+        "128",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("PPL = 27.8"), "{}", stdout(&out));
+
+    // run, with a chat template and with load-time quantization, for several families.
+    for (folder, extra) in [
+        ("hf/gpt2", None),
+        ("hf/baichuan2-13b", None),
+        ("hf/qwen1", Some("q8_0")),
+        ("hf/qwen3", Some("q4_k")),
+    ] {
+        let mut args = vec!["run", &fixture(folder)[..], "Hello", "--temperature", "0", "-n", "4"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        if let Some(q) = extra {
+            args.extend(["--quantize".into(), q.into()]);
+        }
+        let out = common::baimo().args(&args).output().unwrap();
+        assert!(out.status.success(), "{folder}: {}", stderr(&out));
+        assert!(stderr(&out).contains("answer 4 tokens"), "{folder}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_directory_that_is_not_a_model_is_a_clean_error() {
+    let out = run(&["run", &fixture("tokenizers"), "hi"]);
+    assert_clean_failure(&out, "not a model file");
+    let out = run(&["run", &fixture("hf/llama"), "hi", "--quantize", "q3_k"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("q3_k"), "{}", stderr(&out));
+}

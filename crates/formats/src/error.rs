@@ -6,7 +6,7 @@ use std::path::PathBuf;
 pub enum FormatError {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{0} is a directory, not a model file")]
+    #[error("{0} is a directory, not a model file, and has no config.json (not a Hugging Face model folder)")]
     IsADirectory(PathBuf),
     #[error("not a GGUF file (the first bytes are {found:02x?}, expected \"GGUF\")")]
     NotGguf { found: Vec<u8> },
