@@ -126,6 +126,16 @@ impl Tokenizer {
         tiktoken::tokenizer_from_qwen_tiktoken(path)
     }
 
+    /// A SentencePiece model from its bytes (what [`Tokenizer::from_sentencepiece`] reads).
+    pub fn from_sentencepiece_bytes(data: &[u8]) -> Result<Tokenizer, TokenizerError> {
+        sentencepiece::tokenizer_from_model_bytes(data, None)
+    }
+
+    /// A tiktoken rank file from its text (what [`Tokenizer::from_qwen_tiktoken`] reads).
+    pub fn from_qwen_tiktoken_text(text: &str) -> Result<Tokenizer, TokenizerError> {
+        tiktoken::tokenizer_from_qwen_tiktoken_text(text)
+    }
+
     /// A SentencePiece `tokenizer.model` on its own (BOS added to prompts, as the model asks).
     pub fn from_sentencepiece(path: &std::path::Path) -> Result<Tokenizer, TokenizerError> {
         sentencepiece::tokenizer_from_model_file(path, None)

@@ -179,7 +179,19 @@ pub(crate) fn tokenizer_from_model_file(
         return Err(bad(format!("{len} bytes is too large for a SentencePiece model")));
     }
     let data = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    let proto = parse_model(&data).map_err(|e| bad(format!("not a SentencePiece model: {e}")))?;
+    tokenizer_from_model_bytes(&data, add_bos).map_err(|e| match e {
+        TokenizerError::File { message, .. } => bad(message),
+        other => other,
+    })
+}
+
+/// The same from the file's bytes (errors name no path).
+pub(crate) fn tokenizer_from_model_bytes(
+    data: &[u8],
+    add_bos: Option<bool>,
+) -> Result<Tokenizer, TokenizerError> {
+    let bad = |message: String| TokenizerError::File { path: "tokenizer.model".into(), message };
+    let proto = parse_model(data).map_err(|e| bad(format!("not a SentencePiece model: {e}")))?;
     if proto.model_type != 2 {
         return Err(bad(format!(
             "SentencePiece model type {} (only BPE, type 2, is supported so far)",

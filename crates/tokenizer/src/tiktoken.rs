@@ -70,6 +70,15 @@ pub(crate) fn tokenizer_from_qwen_tiktoken(path: &Path) -> Result<Tokenizer, Tok
         return Err(bad(format!("{len} bytes is too large for a rank file")));
     }
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    tokenizer_from_qwen_tiktoken_text(&text).map_err(|e| match e {
+        TokenizerError::File { message, .. } => bad(message),
+        other => other,
+    })
+}
+
+/// The same from the file's text (errors name no path).
+pub(crate) fn tokenizer_from_qwen_tiktoken_text(text: &str) -> Result<Tokenizer, TokenizerError> {
+    let bad = |message: String| TokenizerError::File { path: "qwen.tiktoken".into(), message };
     let mut by_rank: Vec<Option<Vec<u8>>> = Vec::new();
     let mut ranks = HashMap::new();
     for (line_no, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
