@@ -145,7 +145,34 @@ def qwen1():
     finish(w)
 
 
+def chatglm2():
+    cfg, t = load("chatglm2")
+    w = writer("chatglm2", "chatglm")
+    hd = cfg["kv_channels"]
+    w.add_context_length(cfg["seq_length"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_layers"])
+    w.add_feed_forward_length(cfg["ffn_hidden_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["multi_query_group_num"])
+    w.add_rope_dimension_count(hd // 2)
+    w.add_rope_freq_base(10000.0 * cfg["rope_ratio"])
+    w.add_layer_norm_rms_eps(cfg["layernorm_epsilon"])
+    p = "transformer."
+    w.add_tensor("token_embd.weight", t[p + "embedding.word_embeddings.weight"])
+    for i in range(cfg["num_layers"]):
+        b = f"{p}encoder.layers.{i}."
+        for hf, g in [("input_layernorm.weight", "attn_norm.weight"), ("self_attention.query_key_value.weight", "attn_qkv.weight"),
+                      ("self_attention.query_key_value.bias", "attn_qkv.bias"), ("self_attention.dense.weight", "attn_output.weight"),
+                      ("post_attention_layernorm.weight", "ffn_norm.weight"), ("mlp.dense_h_to_4h.weight", "ffn_up.weight"),
+                      ("mlp.dense_4h_to_h.weight", "ffn_down.weight")]:
+            w.add_tensor(f"blk.{i}.{g}", t[b + hf])
+    w.add_tensor("output_norm.weight", t[p + "encoder.final_layernorm.weight"])
+    w.add_tensor("output.weight", t[p + "output_layer.weight"])
+    finish(w)
+
+
 if __name__ == "__main__":
-    for make in (qwen3, gpt2, baichuan7b, qwen1):
+    for make in (qwen3, gpt2, baichuan7b, qwen1, chatglm2):
         make()
     print(sorted(os.listdir(os.path.join(ROOT, "gguf"))))

@@ -30,6 +30,8 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers.models.bloom.modeling_bloom import build_alibi_tensor
 from transformers import (
+    GlmConfig,
+    GlmForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -454,6 +456,127 @@ def build_trained(tok, vocab, seed):
     print(f"llama-trained: {sum(p.numel() for p in model.parameters())} parameters, final training loss {loss.item():.3f}")
 
 
+# ---------------------------------------------------------------------------------------------
+# ChatGLM2/3 and GLM-4 (THUDM's ChatGLMModel v2): transformers' GlmForCausalLM computes the same
+# thing (notes §5); the fixtures are saved under THUDM's names and config keys, the reference
+# comes from the Glm model. The INT8/INT4 variants are quantized the ChatGLM way
+# (quantization.py: one f16 scale per output row, int8 values, INT4 as nibbles with the even
+# element high) and their reference uses the dequantized weights.
+
+GLM = {
+    # name: (rope_ratio, quantization_bit, saved with transformers' own names?)
+    "chatglm2": (1.0, 0, False),
+    "glm4": (500.0, 0, False),
+    "glm-hf": (1.0, 0, True),
+    "chatglm2-int8": (1.0, 8, False),
+    "chatglm2-int4": (1.0, 4, False),
+}
+
+
+def chatglm_quantize(w, bits):
+    """(int8 tensor as stored, f16 scales, dequantized f32 weight)."""
+    top = 2 ** (bits - 1) - 1
+    scale = (w.abs().max(dim=1).values / top).half()
+    q = torch.round(w / scale.float()[:, None]).clamp(-top, top).to(torch.int8)
+    deq = q.float() * scale.float()[:, None]
+    if bits == 4:
+        q = ((q[:, 0::2] << 4) | (q[:, 1::2] & 0xF)).to(torch.int8)
+    return q, scale, deq
+
+
+def build_glm(name, tok, vocab, seed):
+    rope_ratio, bits, native = GLM[name]
+    out = os.path.join(ROOT, name)
+    shutil.rmtree(out, ignore_errors=True)
+    h, nh, groups, hd, ffn = 32, 8, 2, 4, 48
+    config = GlmConfig(
+        vocab_size=vocab, hidden_size=h, intermediate_size=ffn, num_hidden_layers=2, num_attention_heads=nh,
+        num_key_value_heads=groups, head_dim=hd, max_position_embeddings=128, rms_norm_eps=1e-5,
+        attention_bias=True, tie_word_embeddings=False, pad_token_id=None, bos_token_id=None, eos_token_id=VOCAB - 1,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0 * rope_ratio, "partial_rotary_factor": 0.5},
+    )
+    torch.manual_seed(seed)
+    model = GlmForCausalLM(config).float().eval()
+    randomise(model, seed)
+    seqs = sequences(vocab, seed)
+    if native:
+        model.save_pretrained(out)
+        save_tokenizer(tok, out, CHATML)
+        write_expected(out, model, seqs)
+        print(f"{name}: transformers names")
+        return
+    os.makedirs(out)
+    g = model.state_dict()
+    sd = {
+        "transformer.embedding.word_embeddings.weight": g["model.embed_tokens.weight"],
+        "transformer.encoder.final_layernorm.weight": g["model.norm.weight"],
+        "transformer.output_layer.weight": g["lm_head.weight"],
+    }
+    for i in range(config.num_hidden_layers):
+        a, b = f"model.layers.{i}.", f"transformer.encoder.layers.{i}."
+        sd[b + "input_layernorm.weight"] = g[a + "input_layernorm.weight"]
+        sd[b + "post_attention_layernorm.weight"] = g[a + "post_attention_layernorm.weight"]
+        sd[b + "self_attention.query_key_value.weight"] = torch.cat([g[a + f"self_attn.{x}_proj.weight"] for x in "qkv"])
+        sd[b + "self_attention.query_key_value.bias"] = torch.cat([g[a + f"self_attn.{x}_proj.bias"] for x in "qkv"])
+        sd[b + "self_attention.dense.weight"] = g[a + "self_attn.o_proj.weight"]
+        sd[b + "mlp.dense_h_to_4h.weight"] = g[a + "mlp.gate_up_proj.weight"]
+        sd[b + "mlp.dense_4h_to_h.weight"] = g[a + "mlp.down_proj.weight"]
+    if bits:
+        for i in range(config.num_hidden_layers):
+            a, b = f"model.layers.{i}.", f"transformer.encoder.layers.{i}."
+            for key, targets in [
+                ("self_attention.query_key_value", ["q_proj", "k_proj", "v_proj"]),
+                ("self_attention.dense", ["o_proj"]),
+                ("mlp.dense_h_to_4h", None),
+                ("mlp.dense_4h_to_h", None),
+            ]:
+                q, scale, deq = chatglm_quantize(sd[b + key + ".weight"], bits)
+                sd[b + key + ".weight"], sd[b + key + ".weight_scale"] = q, scale
+                # The reference runs on the dequantized weights.
+                with torch.no_grad():
+                    if key == "self_attention.query_key_value":
+                        sizes = [nh * hd, groups * hd, groups * hd]
+                        for t, part in zip(targets, deq.split(sizes)):
+                            model.model.layers[i].self_attn.get_submodule(t).weight.copy_(part)
+                    elif key == "self_attention.dense":
+                        model.model.layers[i].self_attn.o_proj.weight.copy_(deq)
+                    elif key == "mlp.dense_h_to_4h":
+                        model.model.layers[i].mlp.gate_up_proj.weight.copy_(deq)
+                    else:
+                        model.model.layers[i].mlp.down_proj.weight.copy_(deq)
+    cfg = {
+        "architectures": ["ChatGLMModel"],
+        "model_type": "chatglm",
+        "hidden_size": h,
+        "num_layers": config.num_hidden_layers,
+        "num_attention_heads": nh,
+        "kv_channels": hd,
+        "multi_query_attention": True,
+        "multi_query_group_num": groups,
+        "ffn_hidden_size": ffn,
+        "padded_vocab_size": vocab,
+        "layernorm_epsilon": 1e-5,
+        "rmsnorm": True,
+        "add_qkv_bias": True,
+        "add_bias_linear": False,
+        "apply_residual_connection_post_layernorm": False,
+        "post_layer_norm": True,
+        "original_rope": True,
+        "seq_length": 128,
+        "rope_ratio": rope_ratio,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+    }
+    if bits:
+        cfg["quantization_bit"] = bits
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+    save_file({k: v.contiguous().clone() for k, v in sd.items()}, os.path.join(out, "model.safetensors"))
+    save_tokenizer(tok, out, CHATML)
+    write_expected(out, model, seqs)
+    print(f"{name}: THUDM names" + (f", INT{bits}" if bits else ""))
+
+
 def main(only):
     tok = train_tokenizer()
     vocab = tok.get_vocab_size()
@@ -489,6 +612,9 @@ def main(only):
             build_baichuan(name, tok, vocab, seed=2000 + i)
     if not only or "qwen1" in only:
         build_qwen1(tok, vocab, seed=3000)
+    for i, name in enumerate(GLM):
+        if not only or name in only:
+            build_glm(name, tok, vocab, seed=5000 + i)
     if not only or "llama-trained" in only:
         build_trained(tok, vocab, seed=4000)
 

@@ -75,6 +75,11 @@ const FAMILIES: &[&str] = &[
     "baichuan-13b",
     "baichuan2-13b",
     "qwen1",
+    "chatglm2",
+    "glm4",
+    "glm-hf",
+    "chatglm2-int8",
+    "chatglm2-int4",
 ];
 
 #[test]
@@ -258,16 +263,20 @@ fn a_pickle_asking_for_another_global_is_refused_unexecuted() {
     assert!(!marker.exists(), "the pickle ran");
 }
 
-/// The same weights converted to llama.cpp's GGUF architectures (`qwen3`, `gpt2`, `baichuan`
+/// The same weights converted to llama.cpp's GGUF architectures (`qwen3`, `gpt2`, `chatglm`, `baichuan`
 /// with its interleaved q/k rows, `qwen` with the fused `attn_qkv`) by
 /// `scripts/make_gguf_fixtures.py`: the GGUF model gives the folder's reference logits. For
 /// `qwen`, llama.cpp has no dynamic NTK or logn scaling, so only the sequence within Qwen v1's
 /// `seq_length` (16) is compared.
 #[test]
 fn gguf_architectures_of_the_seed_families_match_the_reference() {
-    for (file, folder, sequences) in
-        [("qwen3", "qwen3", 3), ("gpt2", "gpt2", 3), ("baichuan-7b", "baichuan-7b", 3), ("qwen1", "qwen1", 1)]
-    {
+    for (file, folder, sequences) in [
+        ("qwen3", "qwen3", 3),
+        ("gpt2", "gpt2", 3),
+        ("baichuan-7b", "baichuan-7b", 3),
+        ("qwen1", "qwen1", 1),
+        ("chatglm2", "chatglm2", 3),
+    ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/gguf/{file}.gguf"));
         let gguf = baimo_formats::Gguf::open(&path).unwrap();
         let model = Model::from_gguf(&gguf).unwrap_or_else(|e| panic!("{file}: {e}"));

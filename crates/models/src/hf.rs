@@ -100,6 +100,11 @@ impl<'a> HfSource<'a> {
         Ok(out)
     }
 
+    /// A tensor of the file by its own name.
+    pub fn file_tensor(&self, file_name: &str) -> Option<&HfTensor> {
+        self.tensors.get(file_name)
+    }
+
     /// A 2-D tensor of the file (by its own name) as f32, checked to be `[rows, cols]`.
     pub fn file_matrix_f32(&self, file_name: &str, rows: usize, cols: usize) -> Result<Vec<f32>, ModelError> {
         let t = self.tensors.get(file_name).ok_or_else(|| ModelError::MissingTensor(file_name.into()))?;

@@ -5,6 +5,7 @@
 
 mod attention;
 pub mod baichuan;
+pub mod chatglm;
 pub mod gpt2;
 mod hf;
 pub mod llama;
@@ -56,10 +57,12 @@ pub enum ModelError {
 }
 
 /// `general.architecture` values baimo can run from GGUF.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen", "qwen2", "qwen3", "baichuan", "gpt2"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] =
+    &["llama", "qwen", "qwen2", "qwen3", "baichuan", "chatglm", "gpt2"];
 
 /// Hugging Face `model_type` values baimo can run from a model folder.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "qwen", "qwen2", "qwen3", "baichuan", "gpt2"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] =
+    &["llama", "qwen", "qwen2", "qwen3", "baichuan", "chatglm", "glm", "gpt2"];
 
 /// Which order of floating-point roundings a forward pass follows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -125,7 +128,7 @@ impl Model {
     pub fn from_gguf(gguf: &Gguf) -> Result<Model, ModelError> {
         let arch = gguf.get_str("general.architecture")?;
         match arch {
-            "llama" | "qwen" | "qwen2" | "qwen3" | "baichuan" => {
+            "llama" | "qwen" | "qwen2" | "qwen3" | "baichuan" | "chatglm" => {
                 Ok(Model::Llama(llama::Llama::from_gguf(gguf)?))
             }
             "gpt2" => Ok(Model::Gpt2(gpt2::Gpt2::from_gguf(gguf)?)),
@@ -142,6 +145,10 @@ impl Model {
             "gpt2" => Ok(Model::Gpt2(gpt2::Gpt2::from_hf(folder, quantize)?)),
             "baichuan" => Ok(Model::Llama(baichuan::from_hf(folder, quantize)?)),
             "qwen" => Ok(Model::Llama(qwen::from_hf(folder, quantize)?)),
+            "chatglm" if chatglm::is_glm_v1(&folder.config) => {
+                Err(ModelError::Unsupported("ChatGLM-6B (the first GLM architecture)".into()))
+            }
+            "chatglm" | "glm" => Ok(Model::Llama(chatglm::from_hf(folder, quantize)?)),
             other => Err(ModelError::UnknownModelType(other.into())),
         }
     }

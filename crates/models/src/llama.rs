@@ -71,7 +71,7 @@ impl Config {
     pub fn from_gguf(gguf: &Gguf) -> Result<Config, ModelError> {
         let arch = gguf.get_str("general.architecture")?.to_string();
         let rope_style = match arch.as_str() {
-            "llama" | "baichuan" => RopeStyle::Interleaved,
+            "llama" | "baichuan" | "chatglm" => RopeStyle::Interleaved,
             "qwen" | "qwen2" | "qwen3" => RopeStyle::Neox,
             other => return Err(ModelError::UnknownArchitecture(other.into())),
         };
@@ -386,23 +386,34 @@ impl Llama {
             .map_err(|_| ModelError::InvalidConfig("vocabulary size".into()))?;
         let t = GgufTensors { gguf };
         let rope_freq_factors = t.optional_vector("rope_freqs.weight", config.rope_dims / 2)?;
-        if config.architecture != "qwen" {
+        if !matches!(config.architecture.as_str(), "qwen" | "chatglm") {
             return Llama::load(config, &t, true, rope_freq_factors, gguf.tensors().len());
         }
-        // Qwen v1: q, k and v fused in attn_qkv (with its bias); feed_forward_length counts
-        // both halves of the MLP (llama.cpp's converter writes `intermediate_size`).
-        config.intermediate_size /= 2;
+        // Qwen v1 and ChatGLM: q, k and v fused in attn_qkv (with its bias). Qwen's
+        // feed_forward_length counts both halves of the MLP (llama.cpp's converter writes
+        // `intermediate_size`); ChatGLM's ffn_up holds the gate and then the up projection.
+        if config.architecture == "qwen" {
+            config.intermediate_size /= 2;
+        }
         let (q_dim, kv_dim) = (config.heads().q_dim(), config.heads().kv_dim());
         let total = q_dim + 2 * kv_dim;
         let mut parts = std::collections::HashMap::new();
         for i in 0..config.num_hidden_layers {
             for kind in ["weight", "bias"] {
                 let fused = format!("blk.{i}.attn_qkv.{kind}");
+                if !t.has(&fused) {
+                    continue; // separate attn_q/k/v are accepted too
+                }
                 for (part, start, rows) in
                     [("q", 0, q_dim), ("k", q_dim, kv_dim), ("v", q_dim + kv_dim, kv_dim)]
                 {
                     parts.insert(format!("blk.{i}.attn_{part}.{kind}"), (fused.clone(), start, rows, total));
                 }
+            }
+            if config.architecture == "chatglm" {
+                let (ffn, fused) = (config.intermediate_size, format!("blk.{i}.ffn_up.weight"));
+                parts.insert(format!("blk.{i}.ffn_gate.weight"), (fused.clone(), 0, ffn, 2 * ffn));
+                parts.insert(fused.clone(), (fused, ffn, ffn, 2 * ffn));
             }
         }
         let split = SplitRows { base: &t, parts };
