@@ -577,6 +577,143 @@ def build_glm(name, tok, vocab, seed):
     print(f"{name}: THUDM names" + (f", INT{bits}" if bits else ""))
 
 
+# ---------------------------------------------------------------------------------------------
+# ChatGLM-6B (the first GLM architecture): no transformers class; the forward pass below is
+# written from THUDM's modeling_chatglm.py (notes §4): head-interleaved QKV, 2-D rotary on the
+# halves of each head (position ids, block ids), prefix-LM mask, α-scaled residuals over the
+# normalised input, GELU. Rotary tables in float32 (the released code builds them in fp16).
+# The fixture's own tokenizer has GLM's special tokens.
+
+GLM_SPECIALS = ["[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>"]
+
+
+def glm_layout(ids, mask_id, gmask_id, sop_id):
+    sop = ids.index(sop_id) if sop_id in ids else None
+    context = ids if sop is None else ids[:sop]
+    mask_pos = context.index(mask_id) if mask_id in context else (context.index(gmask_id) if gmask_id in context else sop)
+    pos = [t if sop is None or t < sop else mask_pos for t in range(len(ids))]
+    block = [0 if sop is None or t < sop else t - sop + 1 for t in range(len(ids))]
+    return sop or 0, pos, block
+
+
+def glm_logits(sd, cfg, ids):
+    h, nh, layers, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_layers"], cfg["layernorm_epsilon"]
+    hd, t = h // nh, len(ids)
+    alpha = (2 * layers) ** 0.5
+    prefix, pos, block = glm_layout(ids, cfg["mask_token_id"], cfg["gmask_token_id"], cfg["bos_token_id"])
+    dim = hd // 2
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+
+    def rot(x, p):  # x: [heads, t, dim], rotate_half with angles p·inv_freq
+        f = torch.outer(torch.tensor(p).float(), inv_freq)
+        emb = torch.cat([f, f], dim=-1)
+        x1, x2 = x[..., : dim // 2], x[..., dim // 2 :]
+        return x * emb.cos() + torch.cat([-x2, x1], dim=-1) * emb.sin()
+
+    i, j = torch.arange(t)[:, None], torch.arange(t)[None, :]
+    visible = (j <= i) | (j < prefix)
+    x = sd["transformer.word_embeddings.weight"][torch.tensor(ids)]
+    ln = lambda v, n: F.layer_norm(v, (h,), sd[n + ".weight"], sd[n + ".bias"], eps)
+    for l in range(layers):
+        p = f"transformer.layers.{l}."
+        a = ln(x, p + "input_layernorm")
+        qkv = (a @ sd[p + "attention.query_key_value.weight"].T + sd[p + "attention.query_key_value.bias"]).view(t, nh, 3 * hd)
+        q, k, v = (m.transpose(0, 1) for m in qkv.split(hd, dim=-1))
+        q = torch.cat([rot(q[..., :dim], pos), rot(q[..., dim:], block)], dim=-1)
+        k = torch.cat([rot(k[..., :dim], pos), rot(k[..., dim:], block)], dim=-1)
+        scores = (q @ k.transpose(1, 2) / hd**0.5).masked_fill(~visible, -10000.0)
+        o = (torch.softmax(scores, dim=-1) @ v).transpose(0, 1).reshape(t, h)
+        o = o @ sd[p + "attention.dense.weight"].T + sd[p + "attention.dense.bias"]
+        h1 = a * alpha + o
+        m = ln(h1, p + "post_attention_layernorm")
+        up = F.gelu(m @ sd[p + "mlp.dense_h_to_4h.weight"].T + sd[p + "mlp.dense_h_to_4h.bias"], approximate="tanh")
+        x = m * alpha + up @ sd[p + "mlp.dense_4h_to_h.weight"].T + sd[p + "mlp.dense_4h_to_h.bias"]
+    x = ln(x, "transformer.final_layernorm")
+    return x @ sd["transformer.word_embeddings.weight"].T
+
+
+def glm_tokenizer():
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB - len(GLM_SPECIALS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    tok.add_special_tokens(GLM_SPECIALS)
+    return tok
+
+
+def build_chatglm6b(seed):
+    out = os.path.join(ROOT, "chatglm-6b")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    tok = glm_tokenizer()
+    vocab = tok.get_vocab_size()
+    ids = {s: tok.token_to_id(s) for s in GLM_SPECIALS}
+    cfg = {
+        "architectures": ["ChatGLMModel"],
+        "model_type": "chatglm",
+        "hidden_size": 32,
+        "inner_hidden_size": 128,
+        "num_layers": 2,
+        "num_attention_heads": 4,
+        "vocab_size": vocab,
+        "layernorm_epsilon": 1e-5,
+        "max_sequence_length": 128,
+        "position_encoding_2d": True,
+        "mask_token_id": ids["[MASK]"],
+        "gmask_token_id": ids["[gMASK]"],
+        "bos_token_id": ids["<sop>"],
+        "eos_token_id": ids["<eop>"],
+        "pad_token_id": 0,
+        "torch_dtype": "float32",
+    }
+    g = torch.Generator().manual_seed(seed)
+    h, inner = cfg["hidden_size"], cfg["inner_hidden_size"]
+    shapes = {"transformer.word_embeddings.weight": (vocab, h), "transformer.final_layernorm.weight": (h,), "transformer.final_layernorm.bias": (h,)}
+    for l in range(cfg["num_layers"]):
+        p = f"transformer.layers.{l}."
+        shapes.update({
+            p + "input_layernorm.weight": (h,), p + "input_layernorm.bias": (h,),
+            p + "attention.query_key_value.weight": (3 * h, h), p + "attention.query_key_value.bias": (3 * h,),
+            p + "attention.dense.weight": (h, h), p + "attention.dense.bias": (h,),
+            p + "post_attention_layernorm.weight": (h,), p + "post_attention_layernorm.bias": (h,),
+            p + "mlp.dense_h_to_4h.weight": (inner, h), p + "mlp.dense_h_to_4h.bias": (inner,),
+            p + "mlp.dense_4h_to_h.weight": (h, inner), p + "mlp.dense_4h_to_h.bias": (h,),
+        })
+    sd = {}
+    for name, shape in shapes.items():
+        if len(shape) == 2:
+            sd[name] = torch.randn(shape, generator=g) / shape[1] ** 0.5
+        elif "layernorm" in name and name.endswith("weight"):
+            sd[name] = 1.0 + 0.3 * torch.randn(shape, generator=g)
+        else:
+            sd[name] = 0.3 * torch.randn(shape, generator=g)
+    # Prompts as GLM lays them out: context with [gMASK] (long generation) or [MASK] (a span in
+    # the middle), then <sop> and the span; one whose context exceeds a 64-token batch.
+    r = lambda n: torch.randint(0, vocab - len(GLM_SPECIALS), (n,), generator=g).tolist()
+    seqs = [
+        r(10) + [ids["[gMASK]"], ids["<sop>"]] + r(6),
+        r(5) + [ids["[MASK]"]] + r(6) + [ids["<sop>"]] + r(5),
+        r(70) + [ids["[gMASK]"], ids["<sop>"]] + r(8),
+        r(9),  # no GLM tokens at all: plain causal text
+    ]
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+    save_file(sd, os.path.join(out, "model.safetensors"))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<sop>", eos_token="<eop>", mask_token="[MASK]")
+    fast.save_pretrained(out)
+    with torch.no_grad():
+        rows = [glm_logits(sd, cfg, s) for s in seqs]
+    flat = torch.cat(rows).flatten().tolist()
+    with open(os.path.join(out, "logits.f32"), "wb") as f:
+        f.write(struct.pack(f"<{len(flat)}f", *flat))
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump({"vocab_size": vocab, "sequences": seqs, "logits": "logits.f32"}, f, indent=1)
+    print(f"chatglm-6b: {sum(v.numel() for v in sd.values())} parameters")
+
+
 def main(only):
     tok = train_tokenizer()
     vocab = tok.get_vocab_size()
@@ -615,6 +752,8 @@ def main(only):
     for i, name in enumerate(GLM):
         if not only or name in only:
             build_glm(name, tok, vocab, seed=5000 + i)
+    if not only or "chatglm-6b" in only:
+        build_chatglm6b(seed=6000)
     if not only or "llama-trained" in only:
         build_trained(tok, vocab, seed=4000)
 

@@ -80,6 +80,7 @@ const FAMILIES: &[&str] = &[
     "glm-hf",
     "chatglm2-int8",
     "chatglm2-int4",
+    "chatglm-6b",
 ];
 
 #[test]
@@ -332,4 +333,29 @@ fn f16_weights_match_the_reference_within_f16_cache_rounding() {
     let diff = max_abs_diff(&run(&model, &e), &e.logits);
     eprintln!("llama-f16: max |Δlogit| {diff:.2e}");
     assert!(diff <= 0.03, "{diff}");
+}
+
+/// GLM as it generates: the context and `<sop>` in one call, then one token per call. Every
+/// step's logits equal the reference's for the whole sequence (the 2-D positions and the
+/// prefix mask carry over in the sequence's state).
+#[test]
+fn glm_gives_the_same_logits_token_by_token() {
+    let (model, e) = load("chatglm-6b", None);
+    let pool = ThreadPool::new(2);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("chatglm-6b").join("config.json")).unwrap()).unwrap();
+    let sop = config["bos_token_id"].as_u64().unwrap() as u32;
+    let mut row0 = 0;
+    for ids in &e.sequences {
+        let split = ids.iter().position(|&t| t == sop).map_or(ids.len(), |p| p + 1);
+        let mut seq = model.new_sequence(ids.len());
+        let mut got = model.forward(&pool, &mut seq, &ids[..split], LogitsFor::All).unwrap().to_vec();
+        for &t in &ids[split..] {
+            got.extend_from_slice(model.forward(&pool, &mut seq, &[t], LogitsFor::Last).unwrap());
+        }
+        let want = &e.logits[row0 * e.vocab..(row0 + ids.len()) * e.vocab];
+        let diff = max_abs_diff(&got, want);
+        assert!(diff <= 1e-4, "{diff}");
+        row0 += ids.len();
+    }
 }

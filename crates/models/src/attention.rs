@@ -136,12 +136,36 @@ pub(crate) fn attend(
         (&LayerCache::F16 { k, v, start }, Accumulate::F16) => unsafe {
             attend_like_ggml(ctx, heads, qkv, n_tokens, pos0, &k.get()[start..], &v.get()[start..], out)
         },
-        (&LayerCache::F16 { k, v, start }, Accumulate::F32) => unsafe {
-            attend_tiled(ctx, heads, qkv, n_tokens, pos0, &k.get()[start..], &v.get()[start..], out)
+        (&LayerCache::F16 { .. }, Accumulate::F32) | (&LayerCache::F32 { .. }, _) => {
+            // A full-precision cache has no llama.cpp order to follow: always the f32 path.
+            attend_prefix_lm(ctx, heads, qkv, n_tokens, pos0, cache, 0, out)
+        }
+    }
+}
+
+/// Attention where every query also sees all keys before `prefix` (GLM's prefix LM: the context
+/// up to `<sop>` attends both ways; from there on it is causal). `prefix` 0 is plain causal
+/// attention. Always the tiled f32 path.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_prefix_lm(
+    ctx: &Ctx<'_>,
+    heads: Heads,
+    qkv: &SharedMut<'_, f32>,
+    n_tokens: usize,
+    pos0: usize,
+    cache: &LayerCache<'_, '_>,
+    prefix: usize,
+    out: &SharedMut<'_, f32>,
+) {
+    // Keys past the batch are not written yet: the prefix cannot reach beyond it.
+    let prefix = prefix.min(pos0 + n_tokens);
+    // SAFETY: the cache is not written during this step (rope_and_cache ended at a barrier).
+    match *cache {
+        LayerCache::F16 { k, v, start } => unsafe {
+            attend_tiled(ctx, heads, qkv, n_tokens, pos0, &k.get()[start..], &v.get()[start..], prefix, out)
         },
-        // A full-precision cache has no llama.cpp order to follow: always the f32 path.
-        (&LayerCache::F32 { k, v, start }, _) => unsafe {
-            attend_tiled(ctx, heads, qkv, n_tokens, pos0, &k.get()[start..], &v.get()[start..], out)
+        LayerCache::F32 { k, v, start } => unsafe {
+            attend_tiled(ctx, heads, qkv, n_tokens, pos0, &k.get()[start..], &v.get()[start..], prefix, out)
         },
     }
 }
@@ -161,6 +185,7 @@ fn attend_tiled<T: KvElement>(
     pos0: usize,
     keys: &[T],
     values: &[T],
+    prefix: usize,
     out: &SharedMut<'_, f32>,
 ) {
     let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
@@ -190,7 +215,8 @@ fn attend_tiled<T: KvElement>(
             acc[..m * hd].fill(0.0);
             max[..m].fill(f32::NEG_INFINITY);
             sum[..m].fill(0.0);
-            let n_keys = pos0 + tokens.end; // the last token sees positions 0..n_keys
+            // The last token sees positions 0..n_keys (and every token the prefix).
+            let n_keys = (pos0 + tokens.end).max(prefix);
             for p0 in (0..n_keys).step_by(KEY_BLOCK) {
                 let nk = (n_keys - p0).min(KEY_BLOCK);
                 let at = |p: usize| p * kv_dim + kvh * hd;
@@ -200,7 +226,7 @@ fn attend_tiled<T: KvElement>(
                     |j| &values[at(p0 + j)..at(p0 + j) + hd],
                 );
                 for (r, visible) in visible[..m].iter_mut().enumerate() {
-                    let sees = pos0 + tokens.start + r / group + 1;
+                    let sees = (pos0 + tokens.start + r / group + 1).max(prefix);
                     *visible = sees.saturating_sub(p0).min(nk);
                 }
                 let mut rows = FlashRows {

@@ -6,6 +6,7 @@
 mod attention;
 pub mod baichuan;
 pub mod chatglm;
+pub mod glm;
 pub mod gpt2;
 mod hf;
 pub mod llama;
@@ -82,6 +83,7 @@ pub enum Arithmetic {
 pub enum Model {
     Llama(llama::Llama),
     Gpt2(gpt2::Gpt2),
+    Glm(glm::Glm),
 }
 
 /// Facts about a loaded model that callers need without knowing its family.
@@ -99,6 +101,7 @@ pub struct ModelInfo {
 enum Scratch {
     Llama(llama::Scratch),
     Gpt2(gpt2::Scratch),
+    Glm(glm::Scratch),
 }
 
 /// One sequence's state: its KV cache and the buffers its forward passes work in.
@@ -146,7 +149,7 @@ impl Model {
             "baichuan" => Ok(Model::Llama(baichuan::from_hf(folder, quantize)?)),
             "qwen" => Ok(Model::Llama(qwen::from_hf(folder, quantize)?)),
             "chatglm" if chatglm::is_glm_v1(&folder.config) => {
-                Err(ModelError::Unsupported("ChatGLM-6B (the first GLM architecture)".into()))
+                Ok(Model::Glm(glm::Glm::from_hf(folder, quantize)?))
             }
             "chatglm" | "glm" => Ok(Model::Llama(chatglm::from_hf(folder, quantize)?)),
             other => Err(ModelError::UnknownModelType(other.into())),
@@ -160,6 +163,14 @@ impl Model {
                 vocab_size: m.config.vocab_size,
                 context_length: m.config.max_position_embeddings,
                 n_layers: m.config.num_hidden_layers,
+                hidden_size: m.config.hidden_size,
+                weight_bytes: m.weight_bytes(),
+            },
+            Model::Glm(m) => ModelInfo {
+                architecture: "glm".into(),
+                vocab_size: m.config.vocab_size,
+                context_length: m.config.max_sequence_length,
+                n_layers: m.config.num_layers,
                 hidden_size: m.config.hidden_size,
                 weight_bytes: m.weight_bytes(),
             },
@@ -185,6 +196,10 @@ impl Model {
                 let scratch = Scratch::Gpt2(m.new_scratch(DEFAULT_BATCH));
                 Sequence { kv: m.new_cache(max_len), arithmetic: Arithmetic::default(), scratch }
             }
+            Model::Glm(m) => {
+                let scratch = Scratch::Glm(m.new_scratch(DEFAULT_BATCH));
+                Sequence { kv: m.new_cache(max_len), arithmetic: Arithmetic::default(), scratch }
+            }
         }
     }
 
@@ -204,6 +219,7 @@ impl Model {
             (Model::Gpt2(m), Scratch::Gpt2(s)) => {
                 m.forward(pool, &mut seq.kv, s, tokens, want, seq.arithmetic)
             }
+            (Model::Glm(m), Scratch::Glm(s)) => m.forward(pool, &mut seq.kv, s, tokens, want, seq.arithmetic),
             // A sequence is made by its model's `new_sequence`.
             _ => Err(ModelError::Unsupported("a sequence of another model family".into())),
         }

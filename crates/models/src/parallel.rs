@@ -116,8 +116,9 @@ impl<'a> SharedActs<'a> {
         &self.f32
     }
 
-    /// Views of every token's row, taken once per step instead of once per weight row.
-    fn token_rows(&self, n_tokens: usize) -> TokenRows<'_> {
+    /// Views of the rows of tokens `t0 .. t0 + n_tokens`, taken once per step instead of once
+    /// per weight row.
+    fn token_rows(&self, t0: usize, n_tokens: usize) -> TokenRows<'_> {
         assert!(n_tokens <= MAX_TOKENS, "batch larger than the activation buffers");
         let empty = Q8Row { qs: &[], d: &[], s: &[], bsums: &[] };
         let mut rows = TokenRows {
@@ -128,14 +129,14 @@ impl<'a> SharedActs<'a> {
             q256: [empty; MAX_TOKENS],
         };
         for t in 0..n_tokens {
-            rows.f32[t] = self.row(t);
+            rows.f32[t] = self.row(t0 + t);
             // SAFETY: as in `row`: the quantized rows were written in an earlier step.
             unsafe {
                 if let Some(q) = &self.q32 {
-                    rows.q32[t] = q.row(t);
+                    rows.q32[t] = q.row(t0 + t);
                 }
                 if let Some(q) = &self.q256 {
-                    rows.q256[t] = q.row(t);
+                    rows.q256[t] = q.row(t0 + t);
                 }
             }
         }
@@ -294,7 +295,26 @@ pub(crate) fn matmul(
     let total: usize = parts.iter().map(|w| w.rows).sum();
     debug_assert!(parts.iter().all(|w| w.cols == x.n));
     debug_assert!(total <= stride && (n_tokens - 1) * stride + total <= out.len());
-    let x = x.token_rows(n_tokens);
+    // Longer batches than the tile buffers hold (GLM reads its whole context in one pass) go
+    // in blocks of tokens.
+    for t0 in (0..n_tokens).step_by(MAX_TOKENS) {
+        let n = (n_tokens - t0).min(MAX_TOKENS);
+        matmul_block(ctx, parts, x, t0, n, out, stride, store);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_block(
+    ctx: &Ctx<'_>,
+    parts: &[&Weight],
+    x: &SharedActs<'_>,
+    t0: usize,
+    n_tokens: usize,
+    out: &SharedMut<'_, f32>,
+    stride: usize,
+    store: Store<'_>,
+) {
+    let x = x.token_rows(t0, n_tokens);
     let total_units: usize = parts.iter().map(|w| w.rows.div_ceil(UNIT)).sum();
     for_each_unit_chunk(ctx, n_tokens, total_units, |units| {
         let mut out_buf: UnitOut = [[0.0; GROUP]; MAX_TOKENS];
@@ -307,7 +327,7 @@ pub(crate) fn matmul(
                 part += 1;
             }
             unit_dots(parts[part], u - first_unit, &x, &mut out_buf, |t, r, v| {
-                let r = first_row + r;
+                let (t, r) = (t0 + t, first_row + r);
                 // SAFETY: row r of every token is written only by the thread that claimed its unit.
                 let slot = unsafe { &mut out.slice_mut(t * stride + r..t * stride + r + 1)[0] };
                 match store {
@@ -332,7 +352,7 @@ pub(crate) fn matmul_swiglu(
 ) {
     const TILE: usize = MAX_TOKENS * UNIT;
     debug_assert!(gate.rows == up.rows && gate.cols == x.n && up.cols == x.n);
-    let x = x.token_rows(n_tokens);
+    let x = x.token_rows(0, n_tokens);
     let total_units = gate.rows.div_ceil(UNIT);
     for_each_unit_chunk(ctx, n_tokens, total_units, |units| {
         let mut out_buf: UnitOut = [[0.0; GROUP]; MAX_TOKENS];
