@@ -91,3 +91,17 @@ fn broken_tokenizer_files_are_errors() {
     write("tokenizer.json", b"{\"model\": ");
     assert!(Tokenizer::from_hf_folder(tmp.path()).is_err());
 }
+
+/// Baichuan's real vocabulary (llama.cpp's vocab-only GGUF of it, in `../shared/reference/vocab`):
+/// chatglm.cpp's test vector for Baichuan-13B, `"你是谁" → [9875, 21797]` (no BOS, as its chat
+/// format encodes).
+#[test]
+fn baichuan_vocabulary_gives_the_known_ids() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/vocab/ggml-vocab-baichuan.gguf");
+    let gguf = baimo_formats::Gguf::open(&path).unwrap();
+    let tok = Tokenizer::from_gguf(&gguf).unwrap();
+    assert_eq!(tok.encode("你是谁", false), [9875, 21797]);
+    // Baichuan's role tokens are ids 195 and 196, as the chat format uses them.
+    assert_eq!(tok.token_text(195), Some("<reserved_102>"));
+    assert_eq!(tok.token_text(196), Some("<reserved_103>"));
+}
