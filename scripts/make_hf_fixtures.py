@@ -709,8 +709,21 @@ def build_chatglm6b(seed):
     flat = torch.cat(rows).flatten().tolist()
     with open(os.path.join(out, "logits.f32"), "wb") as f:
         f.write(struct.pack(f"<{len(flat)}f", *flat))
+    # Greedy blank infilling, as ChatGLM-6B's generate runs it: the text's tokens, then [gMASK]
+    # and <sop>; next tokens by argmax until <eop> or the limit.
+    infill = []
+    for text in ["The quick brown [MASK] jumps over the lazy dog.", "百模：一个程序，运行一百个模型。"]:
+        prompt = tok.encode(text).ids + [ids["[gMASK]"], ids["<sop>"]]
+        seq = list(prompt)
+        with torch.no_grad():
+            for _ in range(8):
+                nxt = int(glm_logits(sd, cfg, seq)[-1].argmax())
+                seq.append(nxt)
+                if nxt == ids["<eop>"]:
+                    break
+        infill.append({"text": text, "prompt": prompt, "generated": seq[len(prompt):]})
     with open(os.path.join(out, "expected.json"), "w") as f:
-        json.dump({"vocab_size": vocab, "sequences": seqs, "logits": "logits.f32"}, f, indent=1)
+        json.dump({"vocab_size": vocab, "sequences": seqs, "logits": "logits.f32", "infill": infill}, f, ensure_ascii=False, indent=1)
     print(f"chatglm-6b: {sum(v.numel() for v in sd.values())} parameters")
 
 

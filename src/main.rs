@@ -6,6 +6,7 @@
 mod bench;
 mod chat;
 mod common;
+mod infill;
 mod models;
 mod perplexity;
 mod run;
@@ -34,6 +35,8 @@ enum Command {
     Bench(bench::Args),
     /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does.
     Perplexity(perplexity::Args),
+    /// Fill the [MASK] spans of a text with a GLM model (blank infilling).
+    Infill(infill::Args),
     /// Download a known model into the cache.
     Pull(models::PullArgs),
     /// List the known models and whether they are in the cache.
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => tokenize::main(args),
         Command::Bench(args) => bench::main(args),
         Command::Perplexity(args) => perplexity::main(args),
+        Command::Infill(args) => infill::main(args),
         Command::Pull(args) => models::pull(args),
         Command::List(args) => models::list(args),
     };

@@ -286,3 +286,25 @@ fn a_directory_that_is_not_a_model_is_a_clean_error() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("q3_k"), "{}", stderr(&out));
 }
+
+#[test]
+fn infill_fills_the_mask_span_of_a_glm_model() {
+    let text = "The quick brown [MASK] jumps over the lazy dog.";
+    let out = run(&["infill", &fixture("hf/chatglm-6b"), text, "-n", "8", "--show-tokens"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = stdout(&out);
+    assert!(
+        printed.starts_with("The quick brown ") && printed.trim_end().ends_with(" jumps over the lazy dog."),
+        "{printed}"
+    );
+    assert!(!printed.contains("[MASK]"));
+    // The span's tokens are the reference's greedy infill (tests/hf_reference.rs checks them).
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("hf/chatglm-6b/expected.json")).unwrap()).unwrap();
+    let span: serde_json::Value =
+        serde_json::from_str(stderr(&out).lines().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    assert_eq!(span["tokens"], expected["infill"][0]["generated"]);
+    // Not a GLM model: a clean error.
+    let out = run(&["infill", &fixture("hf/llama"), text]);
+    assert_clean_failure(&out, "no blank infilling");
+}

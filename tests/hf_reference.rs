@@ -359,3 +359,38 @@ fn glm_gives_the_same_logits_token_by_token() {
         row0 += ids.len();
     }
 }
+
+/// Blank infilling on the ChatGLM-6B fixture: the span tokens equal the reference's greedy
+/// infill (`scripts/make_hf_fixtures.py`: the text's tokens, `[gMASK] <sop>`, argmax until
+/// `<eop>` or 8 tokens), for a `[MASK]` in the middle and for a long generation at the end.
+#[test]
+fn glm_infill_matches_the_reference_greedy_infill() {
+    let dir = fixture("chatglm-6b");
+    let model = baimo_engine::LoadedModel::load(&dir).unwrap();
+    let pool = ThreadPool::new(2);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    for case in json["infill"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ids = |v: &serde_json::Value| -> Vec<u32> {
+            v.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
+        };
+        let (prompt, want) = (ids(&case["prompt"]), ids(&case["generated"]));
+        // The prompt as the reference tokenized it, then [gMASK] <sop>.
+        let context = model.tokenizer.encode(text, true);
+        assert_eq!([context.clone(), prompt[context.len()..].to_vec()].concat(), prompt);
+        let result = baimo_engine::infill(&model, &pool, text, 8).unwrap();
+        assert_eq!(result.spans.len(), 1, "{text}");
+        assert_eq!(result.spans[0].tokens, want, "{text}");
+        let expected_text = if text.contains("[MASK]") {
+            text.replacen("[MASK]", &result.spans[0].text, 1)
+        } else {
+            format!("{text}{}", result.spans[0].text)
+        };
+        assert_eq!(result.text, expected_text);
+    }
+    // A model without GLM's infilling tokens says so.
+    let llama = baimo_engine::LoadedModel::load(&fixture("llama")).unwrap();
+    let err = baimo_engine::infill(&llama, &pool, "a [MASK] b", 4).unwrap_err().to_string();
+    assert!(err.contains("no blank infilling"), "{err}");
+}

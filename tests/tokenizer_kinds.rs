@@ -97,7 +97,8 @@ fn broken_tokenizer_files_are_errors() {
 /// format encodes).
 #[test]
 fn baichuan_vocabulary_gives_the_known_ids() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/vocab/ggml-vocab-baichuan.gguf");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/vocab/ggml-vocab-baichuan.gguf");
     let gguf = baimo_formats::Gguf::open(&path).unwrap();
     let tok = Tokenizer::from_gguf(&gguf).unwrap();
     assert_eq!(tok.encode("你是谁", false), [9875, 21797]);

@@ -1,12 +1,14 @@
 //! Generation on top of the models: a model file opened with its tokenizer and chat template,
 //! sampling, stop conditions, text streamed piece by piece, and perplexity.
 
+pub mod infill;
 mod loaded;
 pub mod perplexity;
 pub mod sampler;
 mod session;
 pub mod stop;
 
+pub use infill::{Infill, InfillSpan, infill, infill_span};
 pub use loaded::{FALLBACK_CHAT_TEMPLATE, LoadedModel, builtin_format};
 pub use perplexity::{Perplexity, perplexity};
 pub use sampler::{Sampler, SamplingParams};

@@ -86,6 +86,19 @@ pub enum Model {
     Glm(glm::Glm),
 }
 
+/// The special tokens of GLM's blank infilling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InfillTokens {
+    /// `[MASK]`: a short span in the text.
+    pub mask: u32,
+    /// `[gMASK]`: a long generation at the end.
+    pub gmask: u32,
+    /// `<sop>`: the span starts.
+    pub sop: u32,
+    /// `<eop>`: the span ends.
+    pub eop: u32,
+}
+
 /// Facts about a loaded model that callers need without knowing its family.
 #[derive(Clone, Debug)]
 pub struct ModelInfo {
@@ -182,6 +195,19 @@ impl Model {
                 hidden_size: m.config.n_embd,
                 weight_bytes: m.weight_bytes(),
             },
+        }
+    }
+
+    /// GLM's blank-infilling tokens, for the models that have them.
+    pub fn infill_tokens(&self) -> Option<InfillTokens> {
+        match self {
+            Model::Glm(m) => Some(InfillTokens {
+                mask: m.config.mask_token_id,
+                gmask: m.config.gmask_token_id,
+                sop: m.config.bos_token_id,
+                eop: m.config.eos_token_id,
+            }),
+            _ => None,
         }
     }
 
