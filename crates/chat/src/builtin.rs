@@ -11,6 +11,17 @@
 //! - **Baichuan** (`generation_utils.build_chat_input`): the system text, then each user message
 //!   after the user token (id 195) and each answer after the assistant token (id 196); the
 //!   assistant token again to ask for the answer. No separators, no end tokens between turns.
+//! - **ChatGLM-6B** (`chat()`): a single question as it is; with history
+//!   `[Round i]\n问：q\n答：r\n` from round 0, then `[Round n]\n问：q\n答：`; then `[gMASK]<sop>`,
+//!   which its tokenizer appends.
+//! - **ChatGLM2** (`build_prompt`): `[gMASK]sop`, rounds from 1, `[Round i]\n\n问：q\n\n答：r\n\n`.
+//! - **ChatGLM3** (`build_chat_input`): `[gMASK]sop`, then per message `<|role|>metadata\n content`
+//!   (llama.cpp's text form of the token-level original: SentencePiece puts a space before each
+//!   encoded piece), then `<|assistant|>`. Tools go into the system message as indented JSON; a
+//!   tool call is `<|assistant|>name\n```python\ntool_call(k=v, ...)\n```` and its result an
+//!   `<|observation|>` message ([`parse_chatglm3_tool_call`] reads the call back).
+//! - **GLM-4** (its chat template): `[gMASK]<sop>`, then `<|role|>\ncontent` per message, then
+//!   `<|assistant|>`.
 //! - **Plain** (GPT-2 and other base models): the messages' text, one paragraph each.
 
 /// A family's prompt format.
@@ -28,6 +39,11 @@ pub enum BuiltinFormat {
         user_token: String,
         assistant_token: String,
     },
+    /// ChatGLM-6B.
+    ChatGlm,
+    ChatGlm2,
+    ChatGlm3,
+    Glm4,
     Plain,
 }
 
@@ -43,6 +59,10 @@ impl BuiltinFormat {
             BuiltinFormat::Llama3 => "llama-3",
             BuiltinFormat::ChatMl { .. } => "chatml",
             BuiltinFormat::Baichuan { .. } => "baichuan",
+            BuiltinFormat::ChatGlm => "chatglm",
+            BuiltinFormat::ChatGlm2 => "chatglm2",
+            BuiltinFormat::ChatGlm3 => "chatglm3",
+            BuiltinFormat::Glm4 => "glm4",
             BuiltinFormat::Plain => "plain",
         }
     }
@@ -100,10 +120,122 @@ impl BuiltinFormat {
                 user = literal(user_token),
                 assistant = literal(assistant_token)
             ),
+            BuiltinFormat::ChatGlm => concat!(
+                "{%- set users = messages | selectattr('role', 'equalto', 'user') | list -%}",
+                "{%- set single = users | length == 1 and messages[-1]['role'] == 'user' -%}",
+                "{%- set ns = namespace(round=0) -%}",
+                "{%- for message in messages -%}",
+                "{%- if message['role'] == 'system' -%}{{ message['content'] }}{{ '\\n' }}",
+                "{%- elif message['role'] == 'user' and single -%}{{ message['content'] }}",
+                "{%- elif message['role'] == 'user' -%}",
+                "[Round {{ ns.round }}]{{ '\\n' }}问：{{ message['content'] }}{{ '\\n' }}答：",
+                "{%- set ns.round = ns.round + 1 -%}",
+                "{%- elif message['role'] == 'assistant' -%}{{ message['content'] }}{{ '\\n' }}",
+                "{%- endif -%}{%- endfor -%}",
+                // The tokenizer appends [gMASK] and <sop>: the answer is the span after them.
+                "{%- if add_generation_prompt -%}[gMASK]<sop>{%- endif -%}"
+            )
+            .to_string(),
+            BuiltinFormat::ChatGlm2 => concat!(
+                "[gMASK]sop{%- set ns = namespace(round=1) -%}",
+                "{%- for message in messages -%}",
+                "{%- if message['role'] == 'system' -%}{{ message['content'] }}{{ '\\n\\n' }}",
+                "{%- elif message['role'] == 'user' -%}",
+                "[Round {{ ns.round }}]{{ '\\n\\n' }}问：{{ message['content'] }}{{ '\\n\\n' }}答：",
+                "{%- set ns.round = ns.round + 1 -%}",
+                "{%- elif message['role'] == 'assistant' -%}{{ message['content'] }}{{ '\\n\\n' }}",
+                "{%- endif -%}{%- endfor -%}"
+            )
+            .to_string(),
+            BuiltinFormat::ChatGlm3 => concat!(
+                "[gMASK]sop",
+                "{%- if tools -%}<|system|>{{ '\\n' }} Answer the following questions as best as you can. ",
+                "You have access to the following tools:{{ '\\n' }}{{ tools | tojson(indent=4) }}{%- endif -%}",
+                "{%- for message in messages -%}",
+                "{%- if message['role'] == 'assistant' and message['tool_calls'] -%}",
+                "{%- for call in message['tool_calls'] -%}",
+                "<|assistant|>{{ call['function']['name'] }}{{ '\\n' }} ```python{{ '\\n' }}tool_call(",
+                "{%- for key, value in call['function']['arguments'] | items -%}",
+                "{{ key }}={{ value | tojson }}{% if not loop.last %}, {% endif %}",
+                "{%- endfor -%}){{ '\\n' }}```",
+                "{%- endfor -%}",
+                "{%- else -%}",
+                "{%- set role = 'observation' if message['role'] == 'tool' else message['role'] -%}",
+                "<|{{ role }}|>{{ message['metadata'] or '' }}{{ '\\n' }} {{ message['content'] }}",
+                "{%- endif -%}{%- endfor -%}",
+                "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+            )
+            .to_string(),
+            BuiltinFormat::Glm4 => concat!(
+                "[gMASK]<sop>{%- for message in messages -%}",
+                "{%- set role = 'observation' if message['role'] == 'tool' else message['role'] -%}",
+                "<|{{ role }}|>{{ '\\n' }}{{ message['content'] }}",
+                "{%- endfor -%}{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+            )
+            .to_string(),
             BuiltinFormat::Plain => {
                 "{% for message in messages %}{{ message['content'] }}{% if not loop.last %}{{ '\\n\\n' }}{% endif %}{% endfor %}"
                     .to_string()
             }
         }
     }
+}
+
+/// A tool call as ChatGLM3 writes it after `<|assistant|>`: the tool's name on the first line,
+/// then a fenced block `tool_call(key=value, ...)` with JSON-literal (or Python-literal) values.
+/// Returns the name and the arguments as a JSON object, or `None` when the text is no call.
+pub fn parse_chatglm3_tool_call(text: &str) -> Option<(String, serde_json::Map<String, serde_json::Value>)> {
+    let (name, rest) = text.trim_start().split_once('\n')?;
+    let name = name.trim();
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return None;
+    }
+    let body = rest.trim().strip_prefix("```python")?.trim_end().strip_suffix("```")?.trim();
+    let inner = body.strip_prefix("tool_call(")?.strip_suffix(')')?;
+    let mut args = serde_json::Map::new();
+    for part in split_top_level(inner) {
+        let (key, value) = part.split_once('=')?;
+        let value = value.trim();
+        // Python spellings of JSON literals.
+        let json = match value {
+            "True" => "true",
+            "False" => "false",
+            "None" => "null",
+            other => other,
+        };
+        let parsed = serde_json::from_str(json).ok().or_else(|| {
+            // 'single-quoted' Python strings
+            let s = value.strip_prefix('\'')?.strip_suffix('\'')?;
+            Some(serde_json::Value::String(s.replace("\\'", "'")))
+        })?;
+        args.insert(key.trim().to_string(), parsed);
+    }
+    Some((name.to_string(), args))
+}
+
+/// Splits `a=1, b="x, y", c=[1, 2]` at the commas outside strings and brackets.
+fn split_top_level(text: &str) -> Vec<&str> {
+    let (mut parts, mut depth, mut quote, mut start, mut escaped) = (Vec::new(), 0i32, None, 0, false);
+    for (i, c) in text.char_indices() {
+        match (quote, c) {
+            (Some(_), '\\') if !escaped => {
+                escaped = true;
+                continue;
+            }
+            (Some(q), c) if c == q && !escaped => quote = None,
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '[' | '{' | '(') => depth += 1,
+            (None, ']' | '}' | ')') => depth -= 1,
+            (None, ',') if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        escaped = false;
+    }
+    if !text[start..].trim().is_empty() {
+        parts.push(&text[start..]);
+    }
+    parts.into_iter().map(str::trim).filter(|p| !p.is_empty()).collect()
 }

@@ -48,6 +48,6 @@ mod rewrite;
 mod strftime;
 mod template;
 
-pub use builtin::BuiltinFormat;
+pub use builtin::{BuiltinFormat, parse_chatglm3_tool_call};
 pub use message::ChatMessage;
 pub use template::{ChatError, ChatTemplate, RenderRequest};

@@ -108,9 +108,8 @@ impl LoadedModel {
         let token_str = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or("").to_string();
         let (bos, eos) = (token_str(tokenizer.bos_id()), token_str(tokenizer.eos_id()));
         let own = template.is_some();
-        let model_type = folder.config.get("model_type").and_then(|t| t.as_str()).unwrap_or_default();
         let template = template
-            .or_else(|| builtin_format(model_type, &tokenizer).map(|f| f.template_source()))
+            .or_else(|| builtin_format(&info.architecture, &tokenizer).map(|f| f.template_source()))
             .unwrap_or_else(|| FALLBACK_CHAT_TEMPLATE.to_string());
         let chat_template = ChatTemplate::new(&template, &bos, &eos)?;
         let name = dir.file_name().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
@@ -151,8 +150,8 @@ impl LoadedModel {
     }
 }
 
-/// The prompt format of a family whose files carry no template (`general.architecture` or
-/// `model_type`); `None` where ChatML is the best guess.
+/// The prompt format of a family whose files carry no template (by the loaded model's
+/// architecture); `None` where ChatML is the best guess.
 pub fn builtin_format(family: &str, tokenizer: &Tokenizer) -> Option<BuiltinFormat> {
     Some(match family {
         "llama" if tokenizer.token_id("<|start_header_id|>").is_some() => BuiltinFormat::Llama3,
@@ -167,6 +166,12 @@ pub fn builtin_format(family: &str, tokenizer: &Tokenizer) -> Option<BuiltinForm
             },
             _ => BuiltinFormat::Plain,
         },
+        "chatglm-6b" => BuiltinFormat::ChatGlm,
+        // ChatGLM3 added role tokens to ChatGLM2's vocabulary; GLM-4 spells its start token <sop>.
+        "chatglm" | "glm" if tokenizer.token_id("<|user|>").is_some() => {
+            if tokenizer.token_id("<sop>").is_some() { BuiltinFormat::Glm4 } else { BuiltinFormat::ChatGlm3 }
+        }
+        "chatglm" | "glm" => BuiltinFormat::ChatGlm2,
         "gpt2" => BuiltinFormat::Plain,
         _ => return None,
     })

@@ -180,7 +180,7 @@ impl Model {
                 weight_bytes: m.weight_bytes(),
             },
             Model::Glm(m) => ModelInfo {
-                architecture: "glm".into(),
+                architecture: "chatglm-6b".into(),
                 vocab_size: m.config.vocab_size,
                 context_length: m.config.max_sequence_length,
                 n_layers: m.config.num_layers,
