@@ -19,6 +19,7 @@ root: python3 scripts/make_tokenizer_fixtures.py
 import base64
 import json
 import os
+import re
 import shutil
 
 import sentencepiece as spm
@@ -126,6 +127,52 @@ def tokenizer_json():
     return {"plain": plain, "special": special}
 
 
+CHATGLM3_SPECIALS = ["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
+GLM4_SPECIALS = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>", "<|assistant|>",
+                 "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>"]
+LLAMA3_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+GLM_CORPUS_EXTRA = ["[gMASK]sop<|user|>\n 你好<|assistant|>", "[gMASK]<sop><|user|>\n你好<|assistant|>", "sop and eop are words"]
+
+
+def chatglm_spm():
+    """ChatGLM3's tokenizer (tokenization_chatglm.py): the SentencePiece model's pieces, then
+    its special tokens; text is cut at the special tokens (when they are parsed) and every other
+    piece encoded by SentencePiece on its own."""
+    name = "chatglm-spm"
+    train_spm(name, False)
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(OUT, name + ".model"))
+    n = sp.get_piece_size()
+    ids = {t: n + i for i, t in enumerate(CHATGLM3_SPECIALS)}
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(CHATGLM3_SPECIALS, key=len, reverse=True)))
+
+    def encode(text, special):
+        if not special:
+            return sp.encode(text) if text else []
+        out, last = [], 0
+        for m in pattern.finditer(text):
+            if m.start() > last:
+                out += sp.encode(text[last : m.start()])
+            out.append(ids[m.group()])
+            last = m.end()
+        if last < len(text):
+            out += sp.encode(text[last:])
+        return out
+
+    corpus = CORPUS + GLM_CORPUS_EXTRA
+    return {"plain": [encode(t, False) for t in corpus], "special": [encode(t, True) for t in corpus]}
+
+
+def glm4_tiktoken():
+    ranks = {}
+    for line in open(os.path.join(OUT, "tiny.tiktoken")):
+        b, r = line.split()
+        ranks[base64.b64decode(b)] = int(r)
+    enc = tiktoken.Encoding("glm4-tiny", pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks,
+                            special_tokens={s: len(ranks) + i for i, s in enumerate(GLM4_SPECIALS)})
+    corpus = CORPUS + GLM_CORPUS_EXTRA
+    return {"plain": [enc.encode_ordinary(t) for t in corpus], "special": [enc.encode(t, allowed_special="all") for t in corpus]}
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     expected = {"corpus": CORPUS}
@@ -133,10 +180,13 @@ def main():
     expected["spm-bpe-collapse.model"] = train_spm("spm-bpe-collapse", True)
     expected["tiny.tiktoken"] = make_tiktoken()
     expected["tokenizer.json"] = tokenizer_json()
+    expected["glm_corpus"] = CORPUS + GLM_CORPUS_EXTRA
+    expected["chatglm-spm.model"] = chatglm_spm()
+    expected["tiny.tiktoken (GLM-4)"] = glm4_tiktoken()
     with open(os.path.join(OUT, "expected.json"), "w") as f:
         json.dump(expected, f, ensure_ascii=False, indent=1)
     for k, v in expected.items():
-        if k != "corpus":
+        if k not in ("corpus", "glm_corpus"):
             print(k, sum(len(x) for x in v["plain"]), "ids")
 
 

@@ -23,8 +23,12 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 /// Compares both encodings (special tokens as text, and recognised) for every corpus text, and
 /// that decoding gives the text back where the tokenizer keeps it intact.
 fn check(name: &str, tok: &Tokenizer, round_trip: bool) {
+    check_corpus("corpus", name, tok, round_trip)
+}
+
+fn check_corpus(corpus_key: &str, name: &str, tok: &Tokenizer, round_trip: bool) {
     let e = expected();
-    let corpus = e["corpus"].as_array().unwrap();
+    let corpus = e[corpus_key].as_array().unwrap();
     let mut mismatches = Vec::new();
     for (mode, parse_special) in [("plain", false), ("special", true)] {
         for (i, text) in corpus.iter().enumerate() {
@@ -70,6 +74,29 @@ fn tiktoken_ranks_match_tiktoken() {
 fn tokenizer_json_matches_tokenizers() {
     let tok = Tokenizer::from_hf_folder(&dir()).unwrap();
     check("tokenizer.json", &tok, true);
+}
+
+/// ChatGLM2/3: their SentencePiece model plus the special tokens appended after it, the text cut
+/// at special tokens and each piece encoded on its own (tokenization_chatglm.py).
+#[test]
+fn chatglm_sentencepiece_with_appended_specials_matches_its_tokenizer() {
+    let tok = Tokenizer::from_sentencepiece_with_specials(
+        &dir().join("chatglm-spm.model"),
+        baimo_tokenizer::CHATGLM3_SPECIALS,
+    )
+    .unwrap();
+    check_corpus("glm_corpus", "chatglm-spm.model", &tok, false);
+    // The role tokens end generation, as ChatGLM3's chat() stops at them.
+    let user = tok.token_id("<|user|>").unwrap();
+    assert!(tok.is_eog(user) && tok.is_eog(tok.token_id("<|observation|>").unwrap()));
+}
+
+/// GLM-4's tiktoken `tokenizer.model`: Llama 3's split and GLM-4's special tokens.
+#[test]
+fn glm4_tiktoken_matches_tiktoken() {
+    let text = std::fs::read_to_string(dir().join("tiny.tiktoken")).unwrap();
+    let tok = Tokenizer::from_tiktoken_text(&text, baimo_tokenizer::RankFlavor::Glm4).unwrap();
+    check_corpus("glm_corpus", "tiny.tiktoken (GLM-4)", &tok, false);
 }
 
 #[test]

@@ -240,7 +240,7 @@ pub(crate) fn tokenizer_from_gguf(gguf: &Gguf) -> Result<Tokenizer, TokenizerErr
             Model::Bpe(BpeModel::new(merges, pre.rules.to_vec(), pre.ignore_merges))
         }
     };
-    Ok(Tokenizer { vocab, model, collapse_whitespace: false, prefix_once: false })
+    Ok(Tokenizer { vocab, model, collapse_whitespace: false, prefix_once: false, cut_at_control: false })
 }
 
 fn read_tokens(gguf: &Gguf) -> Result<Vec<String>, TokenizerError> {

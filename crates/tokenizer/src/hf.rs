@@ -126,6 +126,7 @@ pub(crate) fn tokenizer_from_folder(dir: &Path) -> Result<Tokenizer, TokenizerEr
         model: Model::Hf(Box::new(HfModel { with_special, plain })),
         collapse_whitespace: false,
         prefix_once: false,
+        cut_at_control: false,
     })
 }
 
@@ -138,4 +139,14 @@ pub(crate) fn config_flag(dir: &Path, key: &str) -> Result<Option<bool>, Tokeniz
     let text = std::fs::read(&path).map_err(|e| bad(&path, e))?;
     let json: serde_json::Value = serde_json::from_slice(&text).map_err(|e| bad(&path, e))?;
     Ok(json.get(key).and_then(|v| v.as_bool()))
+}
+
+/// The folder's `config.json` (`null` when it has none).
+pub(crate) fn folder_config(dir: &Path) -> Result<serde_json::Value, TokenizerError> {
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Ok(serde_json::Value::Null);
+    }
+    let text = std::fs::read(&path).map_err(|e| bad(&path, e))?;
+    serde_json::from_slice(&text).map_err(|e| bad(&path, e))
 }

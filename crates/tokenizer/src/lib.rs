@@ -26,6 +26,7 @@ use std::borrow::Cow;
 use baimo_formats::{FormatError, Gguf};
 
 pub use decode::StreamDecoder;
+pub use tiktoken::RankFlavor;
 
 use bpe::BpeModel;
 use special::Fragment;
@@ -75,6 +76,9 @@ pub struct Tokenizer {
     /// SentencePiece's own rule for its dummy prefix: one `▁` in front of the whole text (the
     /// library's), not again after every special token (llama.cpp's, for GGUF files).
     prefix_once: bool,
+    /// ChatGLM's rule: with special tokens parsed, the text is cut at its control tokens and each
+    /// piece encoded on its own (each with the dummy prefix).
+    cut_at_control: bool,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -103,14 +107,22 @@ impl Tokenizer {
     }
 
     /// Builds the tokenizer of a Hugging Face model folder: `tokenizer.json` when there is one
-    /// (with `tokenizer_config.json`), else a SentencePiece `tokenizer.model`.
+    /// (with `tokenizer_config.json`), else the family's own files: a SentencePiece
+    /// `tokenizer.model` (LLaMA, Baichuan; ChatGLM2/3 with their special tokens after it), GLM-4's
+    /// tiktoken `tokenizer.model`, or Qwen v1's `qwen.tiktoken`.
     pub fn from_hf_folder(dir: &std::path::Path) -> Result<Tokenizer, TokenizerError> {
         if dir.join("tokenizer.json").is_file() {
             return hf::tokenizer_from_folder(dir);
         }
-        if dir.join("tokenizer.model").is_file() {
+        let model_file = dir.join("tokenizer.model");
+        if model_file.is_file() {
+            let config = hf::folder_config(dir)?;
+            let model_type = config.get("model_type").and_then(|v| v.as_str()).unwrap_or_default();
+            if matches!(model_type, "chatglm" | "glm") {
+                return glm_tokenizer(&model_file, &config);
+            }
             let add_bos = hf::config_flag(dir, "add_bos_token")?;
-            return sentencepiece::tokenizer_from_model_file(&dir.join("tokenizer.model"), add_bos);
+            return sentencepiece::tokenizer_from_model_file(&model_file, add_bos, &[]);
         }
         if dir.join("qwen.tiktoken").is_file() {
             return tiktoken::tokenizer_from_qwen_tiktoken(&dir.join("qwen.tiktoken"));
@@ -121,6 +133,19 @@ impl Tokenizer {
         })
     }
 
+    /// A tiktoken rank file's text with a family's split and special tokens.
+    pub fn from_tiktoken_text(text: &str, flavor: RankFlavor) -> Result<Tokenizer, TokenizerError> {
+        tiktoken::tokenizer_from_tiktoken_text(text, flavor)
+    }
+
+    /// A SentencePiece model with special tokens appended after its pieces (ChatGLM2/3).
+    pub fn from_sentencepiece_with_specials(
+        path: &std::path::Path,
+        appended: &[&str],
+    ) -> Result<Tokenizer, TokenizerError> {
+        sentencepiece::tokenizer_from_model_file(path, Some(false), appended)
+    }
+
     /// Qwen v1's `qwen.tiktoken` rank file on its own, with Qwen's special tokens.
     pub fn from_qwen_tiktoken(path: &std::path::Path) -> Result<Tokenizer, TokenizerError> {
         tiktoken::tokenizer_from_qwen_tiktoken(path)
@@ -128,23 +153,26 @@ impl Tokenizer {
 
     /// A SentencePiece model from its bytes (what [`Tokenizer::from_sentencepiece`] reads).
     pub fn from_sentencepiece_bytes(data: &[u8]) -> Result<Tokenizer, TokenizerError> {
-        sentencepiece::tokenizer_from_model_bytes(data, None)
+        sentencepiece::tokenizer_from_model_bytes(data, None, &[])
     }
 
     /// A tiktoken rank file from its text (what [`Tokenizer::from_qwen_tiktoken`] reads).
     pub fn from_qwen_tiktoken_text(text: &str) -> Result<Tokenizer, TokenizerError> {
-        tiktoken::tokenizer_from_qwen_tiktoken_text(text)
+        tiktoken::tokenizer_from_tiktoken_text(text, RankFlavor::Qwen)
     }
 
     /// A SentencePiece `tokenizer.model` on its own (BOS added to prompts, as the model asks).
     pub fn from_sentencepiece(path: &std::path::Path) -> Result<Tokenizer, TokenizerError> {
-        sentencepiece::tokenizer_from_model_file(path, None)
+        sentencepiece::tokenizer_from_model_file(path, None, &[])
     }
 
     /// Like `llama_tokenize(add_special = false, parse_special)`: never adds BOS or EOS. With
     /// `parse_special`, control tokens written in the text (`<|im_start|>`) become their ids;
     /// user-defined tokens are always recognised.
     pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
+        if self.cut_at_control && parse_special {
+            return self.encode_cut_at_control(text);
+        }
         let mut out = Vec::new();
         let normalized;
         let text = if self.collapse_whitespace || (self.prefix_once && self.vocab.add_space_prefix) {
@@ -212,6 +240,41 @@ impl Tokenizer {
             Model::Hf(_) => {}
         }
         out
+    }
+
+    /// Encodes the pieces between control tokens separately (see `cut_at_control`): the
+    /// earliest control token is cut first, the longest where several start at the same place.
+    fn encode_cut_at_control(&self, text: &str) -> Vec<u32> {
+        let controls: Vec<(u32, &str)> = self
+            .vocab
+            .special_by_length
+            .iter()
+            .filter(|&&id| {
+                self.vocab.attr(id).any(Attr::CONTROL) && !self.vocab.attr(id).any(Attr::USER_DEFINED)
+            })
+            .map(|&id| (id, self.vocab.texts[id as usize].as_str()))
+            .filter(|(_, t)| !t.is_empty())
+            .collect();
+        let mut out = Vec::new();
+        let mut rest = text;
+        loop {
+            // special_by_length is longest first, so the first hit at a position is the longest.
+            let next = controls
+                .iter()
+                .filter_map(|&(id, t)| rest.find(t).map(|at| (at, std::cmp::Reverse(t.len()), id)))
+                .min();
+            match next {
+                Some((at, std::cmp::Reverse(len), id)) => {
+                    out.extend(self.encode(&rest[..at], false));
+                    out.push(id);
+                    rest = &rest[at + len..];
+                }
+                None => {
+                    out.extend(self.encode(rest, false));
+                    return out;
+                }
+            }
+        }
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -293,3 +356,47 @@ impl Tokenizer {
 
 #[cfg(test)]
 mod tests;
+
+/// ChatGLM2's special tokens, after its SentencePiece pieces (`tokenization_chatglm.py`).
+pub const CHATGLM2_SPECIALS: &[&str] = &["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop"];
+/// ChatGLM3's: ChatGLM2's and the role tokens.
+pub const CHATGLM3_SPECIALS: &[&str] = &[
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "sop",
+    "eop",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+];
+
+/// The tokenizer of a GLM folder's `tokenizer.model`: GLM-4's is a tiktoken rank file (text),
+/// ChatGLM2/3's a SentencePiece model with the special tokens after it. ChatGLM3 is told from
+/// ChatGLM2 by its name (`_name_or_path`, as llama.cpp's converter does) or by a `<|user|>` entry
+/// in `tokenizer_config.json`.
+fn glm_tokenizer(
+    model_file: &std::path::Path,
+    config: &serde_json::Value,
+) -> Result<Tokenizer, TokenizerError> {
+    let bad = |message: String| TokenizerError::File { path: model_file.to_path_buf(), message };
+    let bytes = std::fs::read(model_file).map_err(|e| bad(e.to_string()))?;
+    if let Ok(text) = std::str::from_utf8(&bytes)
+        && text.lines().next().is_some_and(|l| l.split(' ').count() == 2)
+    {
+        return tiktoken::tokenizer_from_tiktoken_text(text, RankFlavor::Glm4).map_err(|e| match e {
+            TokenizerError::File { message, .. } => bad(message),
+            other => other,
+        });
+    }
+    let dir = model_file.parent().unwrap_or(std::path::Path::new("."));
+    let name = config.get("_name_or_path").and_then(|v| v.as_str()).unwrap_or_default().to_lowercase();
+    let tokenizer_config = std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap_or_default();
+    let v3 = name.contains("chatglm3") || tokenizer_config.contains("<|user|>");
+    let specials = if v3 { CHATGLM3_SPECIALS } else { CHATGLM2_SPECIALS };
+    sentencepiece::tokenizer_from_model_bytes(&bytes, Some(false), specials).map_err(|e| match e {
+        TokenizerError::File { message, .. } => bad(message),
+        other => other,
+    })
+}

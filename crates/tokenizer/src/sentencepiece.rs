@@ -172,6 +172,7 @@ pub(crate) fn collapse_spaces(text: &str) -> String {
 pub(crate) fn tokenizer_from_model_file(
     path: &Path,
     add_bos: Option<bool>,
+    appended: &[&str],
 ) -> Result<Tokenizer, TokenizerError> {
     let bad = |message: String| TokenizerError::File { path: path.to_path_buf(), message };
     let len = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?.len();
@@ -179,16 +180,18 @@ pub(crate) fn tokenizer_from_model_file(
         return Err(bad(format!("{len} bytes is too large for a SentencePiece model")));
     }
     let data = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    tokenizer_from_model_bytes(&data, add_bos).map_err(|e| match e {
+    tokenizer_from_model_bytes(&data, add_bos, appended).map_err(|e| match e {
         TokenizerError::File { message, .. } => bad(message),
         other => other,
     })
 }
 
-/// The same from the file's bytes (errors name no path).
+/// The same from the file's bytes (errors name no path). `appended`: special tokens that follow
+/// the model's pieces (ChatGLM2/3 keep theirs outside the SentencePiece model).
 pub(crate) fn tokenizer_from_model_bytes(
     data: &[u8],
     add_bos: Option<bool>,
+    appended: &[&str],
 ) -> Result<Tokenizer, TokenizerError> {
     let bad = |message: String| TokenizerError::File { path: "tokenizer.model".into(), message };
     let proto = parse_model(data).map_err(|e| bad(format!("not a SentencePiece model: {e}")))?;
@@ -212,11 +215,15 @@ pub(crate) fn tokenizer_from_model_bytes(
     }
     let n = proto.pieces.len();
     let id = |v: i64| u32::try_from(v).ok().filter(|&i| (i as usize) < n);
+    let appended_id = |t: &str| appended.iter().position(|a| *a == t).map(|i| (n + i) as u32);
     let special = SpecialIds {
         unk: id(proto.unk_id),
         bos: id(proto.bos_id),
         eos: id(proto.eos_id),
         pad: id(proto.pad_id),
+        // ChatGLM3 stops at the next user turn and at a tool result's turn.
+        eot: appended_id("<|user|>"),
+        eom: appended_id("<|observation|>"),
         ..SpecialIds::default()
     };
     let flags = VocabFlags {
@@ -230,6 +237,11 @@ pub(crate) fn tokenizer_from_model_bytes(
         texts.push(text);
         scores.push(score);
         attrs.push(Attr::from_token_type(kind));
+    }
+    for token in appended {
+        texts.push(token.to_string());
+        scores.push(0.0);
+        attrs.push(Attr::CONTROL);
     }
     let user_defined: Vec<usize> =
         attrs.iter().enumerate().filter(|(_, a)| **a == Attr::USER_DEFINED).map(|(i, _)| i).collect();
@@ -246,7 +258,10 @@ pub(crate) fn tokenizer_from_model_bytes(
         vocab,
         model: Model::Spm(model),
         collapse_whitespace: proto.remove_extra_whitespaces,
+        // The library puts its dummy prefix once in front of the text; ChatGLM's tokenizer cuts
+        // the text at its special tokens and encodes each piece on its own, each with a prefix.
         prefix_once: true,
+        cut_at_control: !appended.is_empty(),
     })
 }
 

@@ -1,7 +1,7 @@
-//! tiktoken-style BPE from a rank file (Qwen v1's `qwen.tiktoken`: one `base64(bytes) rank` per
-//! line). Encoding is tiktoken's own: within each pre-tokenized word, repeatedly merge the
+//! tiktoken-style BPE from a rank file (Qwen v1's `qwen.tiktoken`, GLM-4's `tokenizer.model`:
+//! one `base64(bytes) rank` per line). Encoding is tiktoken's own: within each pre-tokenized word, repeatedly merge the
 //! adjacent pair whose concatenation has the lowest rank (leftmost on ties) until no pair is a
-//! token; the ids are the ranks. Qwen v1's special tokens follow the ranks.
+//! token; the ids are the ranks. The family's special tokens follow the ranks.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -52,12 +52,55 @@ impl TiktokenModel {
     }
 }
 
-/// Qwen v1's special tokens, in id order after the ranks (`tokenization_qwen.py`).
-fn qwen_specials() -> Vec<String> {
-    let mut specials: Vec<String> =
-        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from).to_vec();
-    specials.extend((0..205).map(|i| format!("<|extra_{i}|>")));
-    specials
+/// Which family's tiktoken file: it fixes the pre-tokenizer and the special tokens that follow
+/// the ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RankFlavor {
+    /// Qwen v1 `qwen.tiktoken`: Qwen's split (single digits), `<|endoftext|>`, `<|im_start|>`,
+    /// `<|im_end|>`, `<|extra_0..204|>` (`tokenization_qwen.py`).
+    Qwen,
+    /// GLM-4 `tokenizer.model`: Llama 3's split (up to three digits), then `<|endoftext|>`,
+    /// `[MASK]`, `[gMASK]`, `[sMASK]`, `<sop>`, `<eop>`, the role tokens and the image/video
+    /// markers (`tokenization_chatglm.py` of GLM-4-9B).
+    Glm4,
+}
+
+impl RankFlavor {
+    fn specials(self) -> Vec<String> {
+        match self {
+            RankFlavor::Qwen => {
+                let mut specials: Vec<String> =
+                    ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from).to_vec();
+                specials.extend((0..205).map(|i| format!("<|extra_{i}|>")));
+                specials
+            }
+            RankFlavor::Glm4 => [
+                "<|endoftext|>",
+                "[MASK]",
+                "[gMASK]",
+                "[sMASK]",
+                "<sop>",
+                "<eop>",
+                "<|system|>",
+                "<|user|>",
+                "<|assistant|>",
+                "<|observation|>",
+                "<|begin_of_image|>",
+                "<|end_of_image|>",
+                "<|begin_of_video|>",
+                "<|end_of_video|>",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+
+    fn rules(self) -> Vec<SplitRule> {
+        match self {
+            RankFlavor::Qwen => vec![SplitRule::Qwen2],
+            RankFlavor::Glm4 => vec![SplitRule::Llama3],
+        }
+    }
 }
 
 /// Largest rank file read (Qwen's is 2.5 MB).
@@ -70,15 +113,18 @@ pub(crate) fn tokenizer_from_qwen_tiktoken(path: &Path) -> Result<Tokenizer, Tok
         return Err(bad(format!("{len} bytes is too large for a rank file")));
     }
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    tokenizer_from_qwen_tiktoken_text(&text).map_err(|e| match e {
+    tokenizer_from_tiktoken_text(&text, RankFlavor::Qwen).map_err(|e| match e {
         TokenizerError::File { message, .. } => bad(message),
         other => other,
     })
 }
 
-/// The same from the file's text (errors name no path).
-pub(crate) fn tokenizer_from_qwen_tiktoken_text(text: &str) -> Result<Tokenizer, TokenizerError> {
-    let bad = |message: String| TokenizerError::File { path: "qwen.tiktoken".into(), message };
+/// A rank file's text with the given family's split and special tokens (errors name no path).
+pub(crate) fn tokenizer_from_tiktoken_text(
+    text: &str,
+    flavor: RankFlavor,
+) -> Result<Tokenizer, TokenizerError> {
+    let bad = |message: String| TokenizerError::File { path: "rank file".into(), message };
     let mut by_rank: Vec<Option<Vec<u8>>> = Vec::new();
     let mut ranks = HashMap::new();
     for (line_no, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -103,7 +149,7 @@ pub(crate) fn tokenizer_from_qwen_tiktoken_text(text: &str) -> Result<Tokenizer,
     if by_rank.is_empty() {
         return Err(TokenizerError::EmptyVocab);
     }
-    let specials = qwen_specials();
+    let specials = flavor.specials();
     let n = by_rank.len() + specials.len();
     let mut texts = Vec::with_capacity(n);
     let mut attrs = Vec::with_capacity(n);
@@ -124,11 +170,25 @@ pub(crate) fn tokenizer_from_qwen_tiktoken_text(text: &str) -> Result<Tokenizer,
         attrs.push(Attr::CONTROL);
     }
     let eod = by_rank.len() as u32;
-    // Qwen v1 has no BOS; <|endoftext|> ends documents, <|im_end|> ends chat turns.
-    let special = SpecialIds { eos: Some(eod), pad: Some(eod), ..SpecialIds::default() };
+    let special_id = |t: &str| specials.iter().position(|s| s == t).map(|i| eod + i as u32);
+    // Neither family has a BOS; <|endoftext|> ends documents. Qwen's chat turns end with
+    // <|im_end|> (an end token by its name); GLM-4 stops at <|user|> and <|observation|>.
+    let special = SpecialIds {
+        eos: Some(eod),
+        pad: Some(eod),
+        eot: special_id("<|user|>"),
+        eom: special_id("<|observation|>"),
+        ..SpecialIds::default()
+    };
     let flags = VocabFlags { add_bos: false, add_space_prefix: false, clean_spaces: false };
     let vocab =
         Vocab::new(texts, vec![0.0; n], attrs, special, flags, PieceStyle::ByteLevel, &ModelNames::default());
-    let model = TiktokenModel { ranks, rules: vec![SplitRule::Qwen2] };
-    Ok(Tokenizer { vocab, model: Model::Tiktoken(model), collapse_whitespace: false, prefix_once: false })
+    let model = TiktokenModel { ranks, rules: flavor.rules() };
+    Ok(Tokenizer {
+        vocab,
+        model: Model::Tiktoken(model),
+        collapse_whitespace: false,
+        prefix_once: false,
+        cut_at_control: false,
+    })
 }
