@@ -60,7 +60,7 @@ QWEN_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|extra_{i}|>" for i in range(205)]
 
 
-def train_spm(name, remove_extra_whitespaces):
+def train_spm(name, remove_extra_whitespaces, user_defined=("<|im_start|>", "<|im_end|>"), vocab_size=600):
     text = os.path.join(OUT, "train.txt")
     with open(text, "w") as f:
         f.write("\n".join(TRAIN))
@@ -68,13 +68,13 @@ def train_spm(name, remove_extra_whitespaces):
         input=text,
         model_prefix=os.path.join(OUT, name),
         model_type="bpe",
-        vocab_size=600,
+        vocab_size=vocab_size,
         byte_fallback=True,
         normalization_rule_name="identity",
         remove_extra_whitespaces=remove_extra_whitespaces,
         character_coverage=1.0,
         split_digits=True,
-        user_defined_symbols=["<|im_start|>", "<|im_end|>"],
+        user_defined_symbols=list(user_defined),
         minloglevel=2,
     )
     os.remove(text)
@@ -173,6 +173,26 @@ def glm4_tiktoken():
     return {"plain": [enc.encode_ordinary(t) for t in corpus], "special": [enc.encode(t, allowed_special="all") for t in corpus]}
 
 
+GLM_V1_SYMBOLS = ["<n>", "<|tab|>"] + [f"<|blank_{i}|>" for i in range(2, 81)] + ["[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>"]
+
+
+def glm_preprocess(text):
+    """ChatGLM-6B's tokenization_chatglm.py _preprocess."""
+    text = text.replace("\n", "<n>").replace("\t", "<|tab|>")
+    for i in range(80, 1, -1):
+        text = text.replace(" " * i, f"<|blank_{i}|>")
+    return text
+
+
+def ice_text():
+    """ChatGLM-6B's ice_text.model kind: its symbols are pieces of the SentencePiece model."""
+    train_spm("ice_text", False, GLM_V1_SYMBOLS, 700)
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(OUT, "ice_text.model"))
+    corpus = CORPUS + GLM_CORPUS_EXTRA
+    ids = [sp.encode(glm_preprocess(t)) if t else [] for t in corpus]
+    return {"plain": ids, "special": ids}
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     expected = {"corpus": CORPUS}
@@ -183,6 +203,7 @@ def main():
     expected["glm_corpus"] = CORPUS + GLM_CORPUS_EXTRA
     expected["chatglm-spm.model"] = chatglm_spm()
     expected["tiny.tiktoken (GLM-4)"] = glm4_tiktoken()
+    expected["ice_text.model"] = ice_text()
     with open(os.path.join(OUT, "expected.json"), "w") as f:
         json.dump(expected, f, ensure_ascii=False, indent=1)
     for k, v in expected.items():

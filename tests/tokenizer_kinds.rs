@@ -99,6 +99,20 @@ fn glm4_tiktoken_matches_tiktoken() {
     check_corpus("glm_corpus", "tiny.tiktoken (GLM-4)", &tok, false);
 }
 
+/// ChatGLM-6B's `ice_text.model`, found in a folder: line breaks, tabs and space runs rewritten
+/// to `<n>`, `<|tab|>`, `<|blank_N|>` before SentencePiece (tokenization_chatglm.py), and decoded
+/// back to what they stand for.
+#[test]
+fn chatglm_6b_ice_text_matches_its_tokenizer_and_decodes_back() {
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::copy(dir().join("ice_text.model"), folder.path().join("ice_text.model")).unwrap();
+    let tok = Tokenizer::from_hf_folder(folder.path()).unwrap();
+    check_corpus("glm_corpus", "ice_text.model", &tok, true);
+    assert!(!tok.add_bos());
+    let eop = tok.token_id("<eop>").unwrap();
+    assert!(tok.is_eog(eop));
+}
+
 #[test]
 fn broken_tokenizer_files_are_errors() {
     let tmp = tempfile::tempdir().unwrap();

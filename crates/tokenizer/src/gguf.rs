@@ -240,7 +240,14 @@ pub(crate) fn tokenizer_from_gguf(gguf: &Gguf) -> Result<Tokenizer, TokenizerErr
             Model::Bpe(BpeModel::new(merges, pre.rules.to_vec(), pre.ignore_merges))
         }
     };
-    Ok(Tokenizer { vocab, model, collapse_whitespace: false, prefix_once: false, cut_at_control: false })
+    Ok(Tokenizer {
+        vocab,
+        model,
+        collapse_whitespace: false,
+        prefix_once: false,
+        cut_at_control: false,
+        glm_rewrite: false,
+    })
 }
 
 fn read_tokens(gguf: &Gguf) -> Result<Vec<String>, TokenizerError> {

@@ -127,6 +127,7 @@ pub(crate) fn tokenizer_from_folder(dir: &Path) -> Result<Tokenizer, TokenizerEr
         collapse_whitespace: false,
         prefix_once: false,
         cut_at_control: false,
+        glm_rewrite: false,
     })
 }
 

@@ -79,6 +79,8 @@ pub struct Tokenizer {
     /// ChatGLM's rule: with special tokens parsed, the text is cut at its control tokens and each
     /// piece encoded on its own (each with the dummy prefix).
     cut_at_control: bool,
+    /// ChatGLM-6B's rewriting of line breaks, tabs and space runs before encoding.
+    glm_rewrite: bool,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -123,6 +125,9 @@ impl Tokenizer {
             }
             let add_bos = hf::config_flag(dir, "add_bos_token")?;
             return sentencepiece::tokenizer_from_model_file(&model_file, add_bos, &[]);
+        }
+        if dir.join("ice_text.model").is_file() {
+            return sentencepiece::glm_v1_tokenizer(&dir.join("ice_text.model"));
         }
         if dir.join("qwen.tiktoken").is_file() {
             return tiktoken::tokenizer_from_qwen_tiktoken(&dir.join("qwen.tiktoken"));
@@ -170,6 +175,14 @@ impl Tokenizer {
     /// `parse_special`, control tokens written in the text (`<|im_start|>`) become their ids;
     /// user-defined tokens are always recognised.
     pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
+        if self.glm_rewrite {
+            return self.encode_rewritten(&sentencepiece::glm_preprocess(text), parse_special);
+        }
+        self.encode_rewritten(text, parse_special)
+    }
+
+    /// [`Tokenizer::encode`] after any family-specific rewriting of the text.
+    fn encode_rewritten(&self, text: &str, parse_special: bool) -> Vec<u32> {
         if self.cut_at_control && parse_special {
             return self.encode_cut_at_control(text);
         }
@@ -265,12 +278,12 @@ impl Tokenizer {
                 .min();
             match next {
                 Some((at, std::cmp::Reverse(len), id)) => {
-                    out.extend(self.encode(&rest[..at], false));
+                    out.extend(self.encode_rewritten(&rest[..at], false));
                     out.push(id);
                     rest = &rest[at + len..];
                 }
                 None => {
-                    out.extend(self.encode(rest, false));
+                    out.extend(self.encode_rewritten(rest, false));
                     return out;
                 }
             }

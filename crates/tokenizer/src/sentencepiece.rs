@@ -262,6 +262,7 @@ pub(crate) fn tokenizer_from_model_bytes(
         // the text at its special tokens and encodes each piece on its own, each with a prefix.
         prefix_once: true,
         cut_at_control: !appended.is_empty(),
+        glm_rewrite: false,
     })
 }
 
@@ -287,8 +288,81 @@ mod tests {
     }
 
     #[test]
+    fn glm_rewrites_line_breaks_tabs_and_space_runs() {
+        assert_eq!(glm_preprocess("a\nb\tc  d e"), "a<n>b<|tab|>c<|blank_2|>d e");
+        let hundred = " ".repeat(100);
+        assert_eq!(glm_preprocess(&hundred), "<|blank_80|><|blank_20|>");
+        assert_eq!(glm_preprocess(&" ".repeat(81)), "<|blank_80|> ");
+        assert_eq!(glm_token_text("<|blank_3|>"), Some(b"   ".to_vec()));
+        assert_eq!(glm_token_text("<|blank_81|>"), None);
+    }
+
+    #[test]
     fn extra_whitespace_is_collapsed() {
         assert_eq!(collapse_spaces("  a   b c  "), "a b c");
         assert_eq!(collapse_spaces(""), "");
+    }
+}
+
+/// ChatGLM-6B's `ice_text.model`: a SentencePiece model whose pieces include `<n>`, `<|tab|>`,
+/// `<|blank_N|>` and GLM's `[MASK]`, `[gMASK]`, `<sop>`, `<eop>`; the text is rewritten
+/// ([`glm_preprocess`]) before encoding, and the rewritten tokens decode to what they stand for.
+/// Prompts get no BOS (the chat format appends `[gMASK]<sop>`).
+pub(crate) fn glm_v1_tokenizer(path: &Path) -> Result<Tokenizer, TokenizerError> {
+    let mut tok = tokenizer_from_model_file(path, Some(false), &[])?;
+    tok.glm_rewrite = true;
+    tok.vocab.override_pieces(glm_token_text);
+    // <sop> starts the answer span and <eop> ends it.
+    if let Some(eop) = tok.vocab.id("<eop>") {
+        tok.vocab.special.eos = Some(eop);
+        tok.vocab.eog.push(eop);
+        tok.vocab.eog.sort_unstable();
+        tok.vocab.eog.dedup();
+    }
+    tok.vocab.special.bos = tok.vocab.id("<sop>");
+    Ok(tok)
+}
+
+/// ChatGLM-6B's text rewriting before SentencePiece (`tokenization_chatglm.py`,
+/// `_preprocess`): line breaks become `<n>`, tabs `<|tab|>`, and runs of 2 to 80 spaces
+/// `<|blank_N|>` (longest first, so a run of 100 is `<|blank_80|>` and `<|blank_20|>`).
+pub(crate) fn glm_preprocess(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => out.push_str("<n>"),
+            '\t' => out.push_str("<|tab|>"),
+            ' ' => {
+                let mut run = 1;
+                while chars.peek() == Some(&' ') {
+                    chars.next();
+                    run += 1;
+                }
+                while run > 0 {
+                    let n = run.min(80);
+                    if n == 1 {
+                        out.push(' ');
+                    } else {
+                        out.push_str(&format!("<|blank_{n}|>"));
+                    }
+                    run -= n;
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The text a rewritten token stands for (the inverse of [`glm_preprocess`]).
+pub(crate) fn glm_token_text(token: &str) -> Option<Vec<u8>> {
+    match token {
+        "<n>" => Some(b"\n".to_vec()),
+        "<|tab|>" => Some(b"\t".to_vec()),
+        _ => {
+            let n: usize = token.strip_prefix("<|blank_")?.strip_suffix("|>")?.parse().ok()?;
+            (2..=80).contains(&n).then(|| vec![b' '; n])
+        }
     }
 }

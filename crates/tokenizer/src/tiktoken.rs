@@ -190,5 +190,6 @@ pub(crate) fn tokenizer_from_tiktoken_text(
         collapse_whitespace: false,
         prefix_once: false,
         cut_at_control: false,
+        glm_rewrite: false,
     })
 }

@@ -314,6 +314,20 @@ impl Vocab {
         self.attrs.get(id as usize).copied().unwrap_or_default()
     }
 
+    /// Gives some tokens other output bytes than their text (ChatGLM-6B's `<n>` is a line
+    /// break): the pieces are rebuilt with `replace(id)` where it returns bytes.
+    pub(crate) fn override_pieces(&mut self, replace: impl Fn(&str) -> Option<Vec<u8>>) {
+        let mut pieces = Pieces { bytes: Vec::new(), ends: Vec::with_capacity(self.texts.len()) };
+        for (id, text) in self.texts.iter().enumerate() {
+            match replace(text) {
+                Some(bytes) => pieces.bytes.extend_from_slice(&bytes),
+                None => pieces.bytes.extend_from_slice(self.piece(id as u32)),
+            }
+            pieces.ends.push(pieces.bytes.len());
+        }
+        self.pieces = pieces;
+    }
+
     /// The piece with `special = true`; empty for an id out of range.
     pub(crate) fn piece(&self, id: u32) -> &[u8] {
         let id = id as usize;
