@@ -266,44 +266,6 @@ pub(crate) fn tokenizer_from_model_bytes(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn malformed_protobufs_are_errors_not_panics() {
-        for bad in [
-            &b"\x0a"[..],
-            b"\x0a\xff\xff\xff\xff\x0f",
-            b"\x0b",
-            b"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80",
-        ] {
-            assert!(parse_model(bad).is_err(), "{bad:?}");
-        }
-        // A piece with its text, score and type.
-        let piece = [b"\x0a\x01a".as_slice(), b"\x15\x00\x00\x80\xbf", b"\x18\x01"].concat();
-        let model = [vec![0x0a, piece.len() as u8], piece].concat();
-        let m = parse_model(&model).unwrap();
-        assert_eq!(m.pieces, vec![("a".to_string(), -1.0, 1)]);
-    }
-
-    #[test]
-    fn glm_rewrites_line_breaks_tabs_and_space_runs() {
-        assert_eq!(glm_preprocess("a\nb\tc  d e"), "a<n>b<|tab|>c<|blank_2|>d e");
-        let hundred = " ".repeat(100);
-        assert_eq!(glm_preprocess(&hundred), "<|blank_80|><|blank_20|>");
-        assert_eq!(glm_preprocess(&" ".repeat(81)), "<|blank_80|> ");
-        assert_eq!(glm_token_text("<|blank_3|>"), Some(b"   ".to_vec()));
-        assert_eq!(glm_token_text("<|blank_81|>"), None);
-    }
-
-    #[test]
-    fn extra_whitespace_is_collapsed() {
-        assert_eq!(collapse_spaces("  a   b c  "), "a b c");
-        assert_eq!(collapse_spaces(""), "");
-    }
-}
-
 /// ChatGLM-6B's `ice_text.model`: a SentencePiece model whose pieces include `<n>`, `<|tab|>`,
 /// `<|blank_N|>` and GLM's `[MASK]`, `[gMASK]`, `<sop>`, `<eop>`; the text is rewritten
 /// ([`glm_preprocess`]) before encoding, and the rewritten tokens decode to what they stand for.
@@ -364,5 +326,43 @@ pub(crate) fn glm_token_text(token: &str) -> Option<Vec<u8>> {
             let n: usize = token.strip_prefix("<|blank_")?.strip_suffix("|>")?.parse().ok()?;
             (2..=80).contains(&n).then(|| vec![b' '; n])
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_protobufs_are_errors_not_panics() {
+        for bad in [
+            &b"\x0a"[..],
+            b"\x0a\xff\xff\xff\xff\x0f",
+            b"\x0b",
+            b"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80",
+        ] {
+            assert!(parse_model(bad).is_err(), "{bad:?}");
+        }
+        // A piece with its text, score and type.
+        let piece = [b"\x0a\x01a".as_slice(), b"\x15\x00\x00\x80\xbf", b"\x18\x01"].concat();
+        let model = [vec![0x0a, piece.len() as u8], piece].concat();
+        let m = parse_model(&model).unwrap();
+        assert_eq!(m.pieces, vec![("a".to_string(), -1.0, 1)]);
+    }
+
+    #[test]
+    fn glm_rewrites_line_breaks_tabs_and_space_runs() {
+        assert_eq!(glm_preprocess("a\nb\tc  d e"), "a<n>b<|tab|>c<|blank_2|>d e");
+        let hundred = " ".repeat(100);
+        assert_eq!(glm_preprocess(&hundred), "<|blank_80|><|blank_20|>");
+        assert_eq!(glm_preprocess(&" ".repeat(81)), "<|blank_80|> ");
+        assert_eq!(glm_token_text("<|blank_3|>"), Some(b"   ".to_vec()));
+        assert_eq!(glm_token_text("<|blank_81|>"), None);
+    }
+
+    #[test]
+    fn extra_whitespace_is_collapsed() {
+        assert_eq!(collapse_spaces("  a   b c  "), "a b c");
+        assert_eq!(collapse_spaces(""), "");
     }
 }
