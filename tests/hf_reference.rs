@@ -394,3 +394,34 @@ fn glm_infill_matches_the_reference_greedy_infill() {
     let err = baimo_engine::infill(&llama, &pool, "a [MASK] b", 4).unwrap_err().to_string();
     assert!(err.contains("no blank infilling"), "{err}");
 }
+
+/// A GLM chat's second turn, in the same session as the first, gives what a fresh session
+/// gives: the first prompt's cached state is not reused, since GLM's context attends both ways
+/// and the new prompt moves `[gMASK]<sop>`.
+#[test]
+fn glm_sessions_read_each_prompt_whole() {
+    use baimo_chat::ChatMessage;
+    use baimo_engine::{GenerateOptions, SamplingParams, Session};
+    let model = std::sync::Arc::new(baimo_engine::LoadedModel::load(&fixture("chatglm-6b")).unwrap());
+    let pool = std::sync::Arc::new(ThreadPool::new(2));
+    let options = GenerateOptions {
+        sampling: SamplingParams { temperature: 0.0, ..Default::default() },
+        max_tokens: 4,
+        ..Default::default()
+    };
+    let first = model.chat_prompt(&[ChatMessage::user("你好")]).unwrap();
+    let mut session = Session::new(model.clone(), pool.clone(), 128);
+    let answer = session.generate(&first, &options, &mut |_| {}, None).unwrap();
+    let second = model
+        .chat_prompt(&[
+            ChatMessage::user("你好"),
+            ChatMessage::assistant(answer.text.clone()),
+            ChatMessage::user("再见"),
+        ])
+        .unwrap();
+    let continued = session.generate(&second, &options, &mut |_| {}, None).unwrap();
+    let fresh =
+        Session::new(model.clone(), pool, 128).generate(&second, &options, &mut |_| {}, None).unwrap();
+    assert_eq!(continued.tokens, fresh.tokens);
+    assert_eq!(continued.cached_tokens, 0);
+}

@@ -143,9 +143,13 @@ impl Session {
         if prompt.len() >= max_len {
             return Err(EngineError::PromptTooLong { prompt: prompt.len(), max: max_len });
         }
-        // Reuse the cached prefix; at least one token must be read to get logits.
+        // Reuse the cached prefix; at least one token must be read to get logits. A model whose
+        // context attends both ways (GLM) must read a new prompt whole.
         let mut reused = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
         reused = reused.min(prompt.len() - 1);
+        if !self.model.model.causal_prefix() {
+            reused = 0;
+        }
         self.seq.kv.truncate(reused);
         self.tokens.truncate(reused);
 

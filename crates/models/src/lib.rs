@@ -198,6 +198,12 @@ impl Model {
         }
     }
 
+    /// Whether the cached state of a prompt's first tokens stays valid when other tokens follow
+    /// them (true for causal models; GLM's context attends both ways).
+    pub fn causal_prefix(&self) -> bool {
+        !matches!(self, Model::Glm(_))
+    }
+
     /// GLM's blank-infilling tokens, for the models that have them.
     pub fn infill_tokens(&self) -> Option<InfillTokens> {
         match self {
