@@ -470,6 +470,8 @@ GLM = {
     "glm-hf": (1.0, 0, True),
     "chatglm2-int8": (1.0, 8, False),
     "chatglm2-int4": (1.0, 4, False),
+    # ChatGLM3-6B: ChatGLM2's architecture (its tokenizer and chat format differ).
+    "chatglm3": (1.0, 0, False),
 }
 
 
@@ -569,6 +571,9 @@ def build_glm(name, tok, vocab, seed):
     }
     if bits:
         cfg["quantization_bit"] = bits
+    if name == "chatglm3":
+        cfg["_name_or_path"] = "THUDM/chatglm3-6b"
+        cfg["seq_length"] = 8192
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
     save_file({k: v.contiguous().clone() for k, v in sd.items()}, os.path.join(out, "model.safetensors"))

@@ -80,6 +80,7 @@ const FAMILIES: &[&str] = &[
     "glm-hf",
     "chatglm2-int8",
     "chatglm2-int4",
+    "chatglm3",
     "chatglm-6b",
 ];
 
