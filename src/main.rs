@@ -10,6 +10,7 @@ mod infill;
 mod models;
 mod perplexity;
 mod run;
+mod serve;
 mod tokenize;
 
 use std::process::ExitCode;
@@ -37,6 +38,8 @@ enum Command {
     Perplexity(perplexity::Args),
     /// Fill the [MASK] spans of a text with a GLM model (blank infilling).
     Infill(infill::Args),
+    /// Serve a model over an OpenAI-compatible HTTP API.
+    Serve(serve::Args),
     /// Download a known model into the cache.
     Pull(models::PullArgs),
     /// List the known models and whether they are in the cache.
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::main(args),
         Command::Perplexity(args) => perplexity::main(args),
         Command::Infill(args) => infill::main(args),
+        Command::Serve(args) => serve::main(args),
         Command::Pull(args) => models::pull(args),
         Command::List(args) => models::list(args),
     };

@@ -1,0 +1,120 @@
+//! `baimo serve`: the engine behind an OpenAI-compatible HTTP API (axum on tokio; the engine on
+//! its own thread).
+//!
+//! So far: one model, requests answered one after another, `POST /v1/chat/completions` (whole or
+//! streamed), `GET /v1/models`, `GET /health`, `GET /metrics`. Still to come (see the serving
+//! issue): continuous batching, the Anthropic API, more models, keys and limits, the web page.
+
+mod error;
+mod openai;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use baimo_engine::LoadedModel;
+use baimo_threads::ThreadPool;
+
+pub use error::ApiError;
+pub use worker::{Counters, Worker};
+
+/// Reported as `system_fingerprint`.
+pub const FINGERPRINT: &str = concat!("baimo-", env!("CARGO_PKG_VERSION"));
+
+/// Largest request body accepted.
+const MAX_BODY_BYTES: usize = 8 << 20;
+
+/// What the handlers share.
+pub struct App {
+    pub model: Arc<LoadedModel>,
+    /// Names the model answers to in requests (the first is the one `/v1/models` lists first).
+    pub names: Vec<String>,
+    pub context: usize,
+    pub worker: Worker,
+    pub started: u64,
+}
+
+impl App {
+    pub fn new(model: Arc<LoadedModel>, pool: Arc<ThreadPool>, names: Vec<String>, context: usize) -> App {
+        let worker = Worker::start(model.clone(), pool, context);
+        let started =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        App { model, names, context, worker, started }
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .fallback(|| async {
+            ApiError {
+                status: axum::http::StatusCode::NOT_FOUND,
+                kind: "invalid_request_error",
+                code: Some("unknown_url"),
+                param: None,
+                message: "Unknown request URL.".into(),
+            }
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(app)
+}
+
+/// Prometheus text format.
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let c = &app.worker.counters;
+    let line = |name: &str, help: &str, kind: &str, value: usize| {
+        format!("# HELP baimo_{name} {help}\n# TYPE baimo_{name} {kind}\nbaimo_{name} {value}\n")
+    };
+    [
+        line("requests_total", "Chat requests accepted.", "counter", c.requests.load(Ordering::Relaxed)),
+        line(
+            "requests_queued",
+            "Requests waiting for the engine.",
+            "gauge",
+            c.queued.load(Ordering::Relaxed),
+        ),
+        line("requests_running", "Requests being generated.", "gauge", c.running.load(Ordering::Relaxed)),
+        line(
+            "requests_cancelled_total",
+            "Requests whose client went away.",
+            "counter",
+            c.cancelled.load(Ordering::Relaxed),
+        ),
+        line(
+            "prompt_tokens_total",
+            "Prompt tokens read.",
+            "counter",
+            c.prompt_tokens.load(Ordering::Relaxed),
+        ),
+        line(
+            "completion_tokens_total",
+            "Tokens generated.",
+            "counter",
+            c.completion_tokens.load(Ordering::Relaxed),
+        ),
+    ]
+    .concat()
+}
+
+/// Serves until Ctrl-C; `on_listening` gets the bound address (the port may have been 0).
+pub async fn serve(
+    app: Arc<App>,
+    addr: SocketAddr,
+    on_listening: impl FnOnce(SocketAddr),
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    on_listening(listener.local_addr()?);
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}

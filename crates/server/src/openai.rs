@@ -1,0 +1,259 @@
+//! The OpenAI-compatible endpoints: `POST /v1/chat/completions` (whole or streamed as
+//! server-sent events in OpenAI's chunk format) and `GET /v1/models`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use baimo_chat::ChatMessage;
+use baimo_engine::{FinishReason, GenerateOptions, Generation, SamplingParams};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::App;
+use crate::error::ApiError;
+use crate::worker::{Event, Job};
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The fields of a chat completion request baimo reads; others are accepted and ignored.
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub max_tokens: Option<u64>,
+    pub max_completion_tokens: Option<u64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Option<Stop>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub n: Option<u64>,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `chatcmpl-` and 24 hex digits, unique within the process and unlikely across processes.
+fn completion_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    format!(
+        "chatcmpl-{:016x}{:08x}",
+        nanos ^ 0x9e37_79b9_7f4a_7c15,
+        NEXT.fetch_add(1, Ordering::Relaxed) as u32
+    )
+}
+
+/// Checks the request and turns it into the engine's prompt and options.
+fn prepare(app: &App, request: &ChatRequest) -> Result<(Vec<u32>, GenerateOptions), ApiError> {
+    if !app.names.iter().any(|n| n == &request.model) {
+        return Err(ApiError::model_not_found(&request.model, &app.names[0]));
+    }
+    if request.messages.is_empty() {
+        return Err(ApiError::bad_request("`messages` must not be empty"));
+    }
+    if request.n.unwrap_or(1) != 1 {
+        return Err(ApiError::bad_request("only n = 1 is supported"));
+    }
+    let temperature = request.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::bad_request(format!("temperature {temperature} is outside [0, 2]")));
+    }
+    let top_p = request.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::bad_request(format!("top_p {top_p} is outside (0, 1]")));
+    }
+    for (name, value) in
+        [("presence_penalty", request.presence_penalty), ("frequency_penalty", request.frequency_penalty)]
+    {
+        if value.is_some_and(|v| !(-2.0..=2.0).contains(&v)) {
+            return Err(ApiError::bad_request(format!("{name} is outside [-2, 2]")));
+        }
+    }
+    let prompt =
+        app.model.chat_prompt(&request.messages).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if prompt.len() >= app.context {
+        return Err(ApiError::context_length(app.context, prompt.len()));
+    }
+    let room = (app.context - prompt.len()) as u64;
+    let max_tokens = request.max_completion_tokens.or(request.max_tokens).unwrap_or(room);
+    if max_tokens == 0 {
+        return Err(ApiError::bad_request("max_tokens must be at least 1"));
+    }
+    let stop = match &request.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) if v.len() <= 4 => v.clone(),
+        Some(Stop::Many(_)) => return Err(ApiError::bad_request("at most 4 stop sequences")),
+    };
+    let options = GenerateOptions {
+        sampling: SamplingParams {
+            temperature,
+            top_k: 0,
+            top_p,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            presence_penalty: request.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: request.frequency_penalty.unwrap_or(0.0),
+            seed: request.seed.unwrap_or_else(|| {
+                SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+            }),
+        },
+        max_tokens: max_tokens.min(room) as usize,
+        stop,
+        stop_at_eog: true,
+    };
+    Ok((prompt, options))
+}
+
+fn finish_reason(g: &Generation) -> &'static str {
+    match g.finish_reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length | FinishReason::Cancelled => "length",
+    }
+}
+
+fn usage(g: &Generation) -> Value {
+    let completion = g.tokens.len();
+    json!({
+        "prompt_tokens": g.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": g.prompt_tokens + completion,
+        "prompt_tokens_details": {"cached_tokens": g.cached_tokens},
+    })
+}
+
+pub async fn chat_completions(
+    State(app): State<Arc<App>>,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Response {
+    let request = match body {
+        Ok(Json(r)) => r,
+        Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
+    };
+    let (prompt, options) = match prepare(&app, &request) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let (events, mut rx) = mpsc::unbounded_channel();
+    if !app.worker.submit(Job { prompt, options, events }) {
+        return ApiError::unavailable("the engine stopped").into_response();
+    }
+    let (id, created, model) = (completion_id(), now(), request.model.clone());
+    if !request.stream {
+        let mut text = String::new();
+        while let Some(event) = rx.recv().await {
+            match event {
+                Event::Text(piece) => text.push_str(&piece),
+                Event::Done(Ok(g)) => {
+                    return Json(json!({
+                        "id": id,
+                        "object": "chat.completion",
+                        "created": created,
+                        "model": model,
+                        "system_fingerprint": crate::FINGERPRINT,
+                        "choices": [{
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text, "refusal": null},
+                            "logprobs": null,
+                            "finish_reason": finish_reason(&g),
+                        }],
+                        "usage": usage(&g),
+                    }))
+                    .into_response();
+                }
+                Event::Done(Err(e)) => return ApiError::unavailable(e).into_response(),
+            }
+        }
+        return ApiError::unavailable("the engine stopped").into_response();
+    }
+
+    let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let (sse, sse_rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    tokio::spawn(async move {
+        let chunk = |delta: Value, finish: Option<&str>| {
+            let mut c = json!({
+                "id": id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": crate::FINGERPRINT,
+                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+            });
+            if include_usage {
+                c["usage"] = Value::Null;
+            }
+            Ok(SseEvent::default().data(c.to_string()))
+        };
+        // Every send below fails once the client is gone: returning drops `rx`, which the
+        // engine notices before its next token.
+        if sse.send(chunk(json!({"role": "assistant", "content": ""}), None)).await.is_err() {
+            return;
+        }
+        while let Some(event) = rx.recv().await {
+            match event {
+                Event::Text(piece) => {
+                    if sse.send(chunk(json!({"content": piece}), None)).await.is_err() {
+                        return;
+                    }
+                }
+                Event::Done(Ok(g)) => {
+                    let _ = sse.send(chunk(json!({}), Some(finish_reason(&g)))).await;
+                    if include_usage {
+                        let u = json!({
+                            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                            "system_fingerprint": crate::FINGERPRINT, "choices": [], "usage": usage(&g),
+                        });
+                        let _ = sse.send(Ok(SseEvent::default().data(u.to_string()))).await;
+                    }
+                    let _ = sse.send(Ok(SseEvent::default().data("[DONE]"))).await;
+                    return;
+                }
+                Event::Done(Err(e)) => {
+                    // After the stream started, an error is an event of its own (as OpenAI does).
+                    let _ = sse
+                        .send(Ok(SseEvent::default().data(ApiError::unavailable(e).body().to_string())))
+                        .await;
+                    let _ = sse.send(Ok(SseEvent::default().data("[DONE]"))).await;
+                    return;
+                }
+            }
+        }
+    });
+    Sse::new(ReceiverStream::new(sse_rx)).keep_alive(KeepAlive::default()).into_response()
+}
+
+pub async fn models(State(app): State<Arc<App>>) -> Json<Value> {
+    let data: Vec<Value> = app
+        .names
+        .iter()
+        .map(|n| json!({"id": n, "object": "model", "created": app.started, "owned_by": "baimo"}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}

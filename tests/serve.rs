@@ -1,0 +1,209 @@
+//! `baimo serve` over real HTTP on loopback: OpenAI's response and chunk formats, errors with
+//! their statuses, and a client that leaves mid-stream cancelling its generation.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `baimo serve MODEL --port 0` and reads the address it prints.
+fn start(model: &str, extra: &[&str]) -> Server {
+    let mut child = common::baimo()
+        .args(["serve", model, "--port", "0", "-q"])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = lines.next().expect("the server says where it listens").unwrap();
+    let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line}")).to_string();
+    // Keep draining stderr so the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, base }
+}
+
+fn client() -> reqwest::blocking::Client {
+    // reqwest is built without a default TLS provider (the hub installs ring's); plain HTTP here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+fn chat(server: &Server, body: Value) -> (u16, Value) {
+    let r = client().post(format!("{}/v1/chat/completions", server.base)).json(&body).send().unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().unwrap())
+}
+
+fn fixture(path: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn metric(server: &Server, name: &str) -> f64 {
+    let text = client().get(format!("{}/metrics", server.base)).send().unwrap().text().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn openai_chat_completions_whole_and_streamed() {
+    let server = start(&fixture("hf/llama-trained"), &[]);
+    let request = json!({
+        "model": "llama-trained",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}],
+        "max_tokens": 12,
+        "temperature": 0,
+    });
+    let (status, whole) = chat(&server, request.clone());
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(whole["object"], "chat.completion");
+    assert!(whole["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    let choice = &whole["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert!(matches!(choice["finish_reason"].as_str(), Some("stop" | "length")));
+    let usage = &whole["usage"];
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+
+    // The same request streamed: chunks in OpenAI's format that add up to the same answer.
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let r = client().post(format!("{}/v1/chat/completions", server.base)).json(&streamed).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let body = r.text().unwrap();
+    let events: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    let chunks: Vec<Value> =
+        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let id = &chunks[0]["id"];
+    assert!(chunks.iter().all(|c| &c["id"] == id && c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect::<Vec<_>>()
+        .concat();
+    assert_eq!(text, choice["message"]["content"].as_str().unwrap());
+    let last_choice = &chunks[chunks.len() - 2]["choices"][0];
+    assert_eq!(last_choice["finish_reason"], choice["finish_reason"]);
+    let usage_chunk = chunks.last().unwrap();
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_eq!(usage_chunk["usage"]["completion_tokens"], usage["completion_tokens"]);
+    assert!(chunks[..chunks.len() - 1].iter().all(|c| c["usage"].is_null()));
+
+    // The model list.
+    let models: Value = client().get(format!("{}/v1/models", server.base)).send().unwrap().json().unwrap();
+    assert_eq!(models["object"], "list");
+    assert!(models["data"].as_array().unwrap().iter().any(|m| m["id"] == "llama-trained"));
+    assert_eq!(client().get(format!("{}/health", server.base)).send().unwrap().status().as_u16(), 200);
+}
+
+#[test]
+fn bad_requests_get_openai_errors_with_their_status() {
+    let server = start(&fixture("hf/llama-trained"), &[]);
+    let error = |status: u16, body: &Value, code: Option<&str>| {
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        if let Some(code) = code {
+            assert_eq!(body["error"]["code"], code, "{status} {body}");
+        }
+    };
+    let (status, body) =
+        chat(&server, json!({"model": "gpt-17", "messages": [{"role": "user", "content": "x"}]}));
+    assert_eq!(status, 404);
+    error(status, &body, Some("model_not_found"));
+    let long = "word ".repeat(2000);
+    let (status, body) =
+        chat(&server, json!({"model": "llama-trained", "messages": [{"role": "user", "content": long}]}));
+    assert_eq!(status, 400);
+    error(status, &body, Some("context_length_exceeded"));
+    for bad in [
+        json!({"model": "llama-trained", "messages": []}),
+        json!({"model": "llama-trained", "messages": [{"role": "user", "content": "x"}], "temperature": 5}),
+        json!({"model": "llama-trained", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}),
+        json!({"model": "llama-trained", "messages": [{"role": "user", "content": "x"}], "n": 3}),
+        json!({"messages": [{"role": "user", "content": "x"}]}),
+    ] {
+        let (status, body) = chat(&server, bad.clone());
+        assert_eq!(status, 400, "{bad}: {body}");
+        error(status, &body, None);
+    }
+    // Malformed JSON.
+    let r = client()
+        .post(format!("{}/v1/chat/completions", server.base))
+        .header("content-type", "application/json")
+        .body("{\"model\": ")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    error(400, &r.json().unwrap(), None);
+    // An unknown path.
+    let r = client().get(format!("{}/v2/whatever", server.base)).send().unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+}
+
+/// A client that reads the first chunk and hangs up: its generation stops at once and the
+/// engine is free again (metrics: running back to 0, one cancelled request).
+#[test]
+fn a_client_that_leaves_mid_stream_cancels_its_generation() {
+    let server = start(&common::model(common::SMOLLM2).to_string_lossy(), &["--ctx", "2048"]);
+    let models: Value = client().get(format!("{}/v1/models", server.base)).send().unwrap().json().unwrap();
+    let name = models["data"][0]["id"].as_str().unwrap().to_string();
+    let body = json!({
+        "model": name,
+        "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}],
+        "max_tokens": 1500,
+        "temperature": 0.8,
+        "seed": 7,
+        "stream": true,
+    });
+    let mut r = client().post(format!("{}/v1/chat/completions", server.base)).json(&body).send().unwrap();
+    let mut first = [0u8; 64];
+    r.read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"data: "));
+    drop(r);
+    let started = Instant::now();
+    loop {
+        if metric(&server, "baimo_requests_cancelled_total") == 1.0
+            && metric(&server, "baimo_requests_running") == 0.0
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the generation kept running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Far fewer tokens than asked for were generated.
+    assert!(metric(&server, "baimo_completion_tokens_total") < 1000.0);
+    // And the server answers the next request.
+    let (status, _) = chat(
+        &server,
+        json!({"model": name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+    );
+    assert_eq!(status, 200);
+}
