@@ -207,3 +207,56 @@ fn a_client_that_leaves_mid_stream_cancels_its_generation() {
     );
     assert_eq!(status, 200);
 }
+
+#[test]
+fn anthropic_messages_whole_streamed_and_errors() {
+    let server = start(&fixture("hf/llama-trained"), &[]);
+    let url = format!("{}/v1/messages", server.base);
+    let request = json!({
+        "model": "llama-trained",
+        "max_tokens": 6,
+        "temperature": 0,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}],
+    });
+    let whole: Value = client().post(&url).json(&request).send().unwrap().json().unwrap();
+    assert_eq!(whole["type"], "message");
+    assert_eq!(whole["role"], "assistant");
+    assert_eq!(whole["content"][0]["type"], "text");
+    assert!(matches!(whole["stop_reason"].as_str(), Some("end_turn" | "max_tokens")));
+
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    let body = client().post(&url).json(&streamed).send().unwrap().text().unwrap();
+    let names: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    let datas: Vec<Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(&names[..3], ["message_start", "content_block_start", "ping"]);
+    assert_eq!(&names[names.len() - 3..], ["content_block_stop", "message_delta", "message_stop"]);
+    assert!(names[3..names.len() - 3].iter().all(|n| *n == "content_block_delta"));
+    // Every event's data repeats its name as `type`.
+    assert!(names.iter().zip(&datas).all(|(n, d)| d["type"] == *n));
+    let text: String = datas.iter().filter_map(|d| d["delta"]["text"].as_str()).collect::<Vec<_>>().concat();
+    assert_eq!(text, whole["content"][0]["text"].as_str().unwrap());
+    assert_eq!(datas[datas.len() - 2]["usage"]["output_tokens"], whole["usage"]["output_tokens"]);
+
+    // Errors in Anthropic's envelope.
+    let r = client()
+        .post(&url)
+        .json(&json!({"model": "claude-2", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let e: Value = r.json().unwrap();
+    assert_eq!((e["type"].as_str(), e["error"]["type"].as_str()), (Some("error"), Some("not_found_error")));
+    let r = client()
+        .post(&url)
+        .json(&json!({"model": "llama-trained", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(r.json::<Value>().unwrap()["error"]["type"], "invalid_request_error");
+}

@@ -1,10 +1,12 @@
 //! `baimo serve`: the engine behind an OpenAI-compatible HTTP API (axum on tokio; the engine on
 //! its own thread).
 //!
-//! So far: one model, requests answered one after another, `POST /v1/chat/completions` (whole or
-//! streamed), `GET /v1/models`, `GET /health`, `GET /metrics`. Still to come (see the serving
-//! issue): continuous batching, the Anthropic API, more models, keys and limits, the web page.
+//! So far: one model, requests answered one after another, `POST /v1/chat/completions` and
+//! Anthropic's `POST /v1/messages` (whole or streamed), `GET /v1/models`, `GET /health`,
+//! `GET /metrics`. Still to come (see the serving issue): continuous batching, more models, keys
+//! and limits, the web page.
 
+mod anthropic;
 mod error;
 mod openai;
 mod worker;
@@ -54,6 +56,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/models", get(openai::models))
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/messages", post(anthropic::messages))
         .fallback(|| async {
             ApiError {
                 status: axum::http::StatusCode::NOT_FOUND,

@@ -53,12 +53,12 @@ pub struct ChatRequest {
     pub n: Option<u64>,
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// `chatcmpl-` and 24 hex digits, unique within the process and unlikely across processes.
-fn completion_id() -> String {
+pub(crate) fn completion_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
@@ -70,7 +70,7 @@ fn completion_id() -> String {
 }
 
 /// Checks the request and turns it into the engine's prompt and options.
-fn prepare(app: &App, request: &ChatRequest) -> Result<(Vec<u32>, GenerateOptions), ApiError> {
+pub(crate) fn prepare(app: &App, request: &ChatRequest) -> Result<(Vec<u32>, GenerateOptions), ApiError> {
     if !app.names.iter().any(|n| n == &request.model) {
         return Err(ApiError::model_not_found(&request.model, &app.names[0]));
     }
@@ -139,7 +139,7 @@ fn finish_reason(g: &Generation) -> &'static str {
     }
 }
 
-fn usage(g: &Generation) -> Value {
+pub(crate) fn usage(g: &Generation) -> Value {
     let completion = g.tokens.len();
     json!({
         "prompt_tokens": g.prompt_tokens,
