@@ -408,3 +408,141 @@ mod tests {
         assert!((s[32] - 2f32.powf(-1.0 / 8.0)).abs() < 1e-6);
     }
 }
+
+/// One query row of a batch of sequences (continuous batching): the layer's part of its own
+/// cache and the position of its token.
+pub(crate) struct RowCache<'a, 'b> {
+    pub cache: LayerCache<'a, 'b>,
+    pub pos: usize,
+}
+
+/// [`rope_and_cache`] for rows that each belong to another sequence: row `t`'s query and key
+/// heads are rotated by its own angles, its key and value go into its own cache at `pos`.
+pub(crate) fn rope_and_cache_rows(
+    ctx: &Ctx<'_>,
+    heads: Heads,
+    qkv: &SharedMut<'_, f32>,
+    rows: &[RowCache<'_, '_>],
+    cos_sin: &[f32],
+    rope_style: RopeStyle,
+) {
+    let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
+    let stride = q_dim + 2 * kv_dim;
+    let rope_dims = cos_sin.len() / rows.len().max(1);
+    let per_token = heads.n_heads + heads.n_kv_heads;
+    ctx.for_each_chunk(rows.len() * per_token, 8, |items| {
+        for item in items {
+            let (t, h) = (item / per_token, item % per_token);
+            let cs = &cos_sin[t * rope_dims..(t + 1) * rope_dims];
+            let row = t * stride;
+            if h < heads.n_heads {
+                // SAFETY: query head h of row t belongs to this item alone.
+                rope_apply(unsafe { qkv.slice_mut(row + h * hd..row + (h + 1) * hd) }, cs, rope_style);
+                continue;
+            }
+            let kvh = h - heads.n_heads;
+            let (k_at, v_at) = (row + q_dim + kvh * hd, row + q_dim + kv_dim + kvh * hd);
+            // SAFETY: key/value head kvh of row t and its slot in row t's own cache belong to
+            // this item alone.
+            unsafe {
+                let k = qkv.slice_mut(k_at..k_at + hd);
+                rope_apply(k, cs, rope_style);
+                let v = qkv.slice_mut(v_at..v_at + hd);
+                let slot = rows[t].pos * kv_dim + kvh * hd;
+                match &rows[t].cache {
+                    LayerCache::F16 { k: keys, v: values, start } => {
+                        store(keys, start + slot, k);
+                        store(values, start + slot, v);
+                    }
+                    LayerCache::F32 { k: keys, v: values, start } => {
+                        store(keys, start + slot, k);
+                        store(values, start + slot, v);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Attention for rows of different sequences, each over its own cache up to its position: as
+/// ggml computes a single query row (f16 running sums) for f16 caches, in f32 otherwise — so a
+/// sequence decoded in a batch gets the logits it would get alone.
+pub(crate) fn attend_rows(
+    ctx: &Ctx<'_>,
+    heads: Heads,
+    qkv: &SharedMut<'_, f32>,
+    rows: &[RowCache<'_, '_>],
+    out: &SharedMut<'_, f32>,
+) {
+    let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
+    let stride = q_dim + 2 * kv_dim;
+    let group = heads.n_heads / heads.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    // SAFETY: qkv and the caches are not written during this step.
+    let qkv = unsafe { qkv.get() };
+    ctx.for_each_chunk(rows.len() * heads.n_heads, 1, |items| {
+        let mut q16_row = [f16::ZERO; MAX_HEAD_DIM];
+        let mut acc16 = [f16::ZERO; MAX_HEAD_DIM];
+        let (mut k32, mut acc32) = ([0f32; MAX_HEAD_DIM], [0f32; MAX_HEAD_DIM]);
+        for item in items {
+            let (t, h) = (item / heads.n_heads, item % heads.n_heads);
+            let (kvh, last) = (h / group, rows[t].pos);
+            let q = &qkv[t * stride + h * hd..t * stride + (h + 1) * hd];
+            let at = |p: usize| p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd;
+            // SAFETY: head h of row t's output belongs to this item alone.
+            let o = unsafe { out.slice_mut(t * q_dim + h * hd..t * q_dim + (h + 1) * hd) };
+            let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+            match rows[t].cache {
+                LayerCache::F16 { k, v, start } => {
+                    // SAFETY: see above.
+                    let (keys, values) = unsafe { (&k.get()[start..], &v.get()[start..]) };
+                    let q16 = &mut q16_row[..hd];
+                    q16.convert_from_f32_slice(q);
+                    let acc = &mut acc16[..hd];
+                    acc.fill(f16::ZERO);
+                    for p in 0..=last {
+                        let s = dot_f16(&keys[at(p)], q16) * scale;
+                        let (mut rescale, mut weight) = (1f32, 1f32);
+                        if s > max {
+                            rescale = (max - s).exp();
+                            max = s;
+                        } else {
+                            weight = (s - max).exp();
+                        }
+                        if rescale != 1.0 {
+                            scale_f16(acc, rescale);
+                        }
+                        mad_f16(acc, &values[at(p)], weight);
+                        sum = sum.mul_add(rescale, weight);
+                    }
+                    acc.convert_to_f32_slice(o);
+                }
+                LayerCache::F32 { k, v, start } => {
+                    // SAFETY: see above.
+                    let (keys, values) = unsafe { (&k.get()[start..], &v.get()[start..]) };
+                    let acc = &mut acc32[..hd];
+                    acc.fill(0.0);
+                    for p in 0..=last {
+                        let kp = &mut k32[..hd];
+                        kp.copy_from_slice(&keys[at(p)]);
+                        let s = q.iter().zip(kp.iter()).map(|(a, b)| a * b).sum::<f32>() * scale;
+                        let (mut rescale, mut weight) = (1f32, 1f32);
+                        if s > max {
+                            rescale = (max - s).exp();
+                            max = s;
+                        } else {
+                            weight = (s - max).exp();
+                        }
+                        acc.iter_mut()
+                            .zip(&values[at(p)])
+                            .for_each(|(a, &x)| *a = a.mul_add(rescale, weight * x));
+                        sum = sum.mul_add(rescale, weight);
+                    }
+                    o.copy_from_slice(acc);
+                }
+            }
+            let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+            o.iter_mut().for_each(|x| *x *= inv);
+        }
+    });
+}

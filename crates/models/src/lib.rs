@@ -198,6 +198,29 @@ impl Model {
         }
     }
 
+    /// One decoding step for several sequences at once (continuous batching): `tokens[i]` is
+    /// the next token of `seqs[i]`. Returns the logits, one row of `vocab_size` per sequence,
+    /// as each sequence would get them alone. Families without a batched path say so
+    /// (`ModelError::Unsupported`); callers then step the sequences one by one.
+    pub fn decode_batch(
+        &self,
+        pool: &ThreadPool,
+        seqs: &mut [&mut Sequence],
+        tokens: &[u32],
+    ) -> Result<Vec<f32>, ModelError> {
+        let Model::Llama(m) = self else {
+            return Err(ModelError::Unsupported("batched decoding of this family".into()));
+        };
+        let Some((first, rest)) = seqs.split_first_mut() else { return Ok(Vec::new()) };
+        let arithmetic = first.arithmetic;
+        let Scratch::Llama(scratch) = &mut first.scratch else {
+            return Err(ModelError::Unsupported("a sequence of another model family".into()));
+        };
+        let mut caches: Vec<&mut KvCache> =
+            std::iter::once(&mut first.kv).chain(rest.iter_mut().map(|s| &mut s.kv)).collect();
+        Ok(m.decode_rows(pool, &mut caches, scratch, tokens, arithmetic)?.to_vec())
+    }
+
     /// Whether the cached state of a prompt's first tokens stays valid when other tokens follow
     /// them (true for causal models; GLM's context attends both ways).
     pub fn causal_prefix(&self) -> bool {

@@ -19,10 +19,13 @@ use baimo_kernels::GgmlType;
 use baimo_kernels::ops::{RopeStyle, rms_norm, rope_angles};
 use baimo_threads::{SharedMut, ThreadPool};
 
-use crate::attention::{Accumulate, Heads, MAX_HEAD_DIM, alibi_slopes, attend, attend_alibi, rope_and_cache};
+use crate::attention::{
+    Accumulate, Heads, MAX_HEAD_DIM, RowCache, alibi_slopes, attend, attend_alibi, attend_rows,
+    rope_and_cache, rope_and_cache_rows,
+};
 use crate::hf::{HfSource, JsonConfig};
 use crate::parallel::{SharedActs, Store, fill_rows, matmul, matmul_swiglu, needs, requantize};
-use crate::state::{Activations, KvCache, KvPrecision};
+use crate::state::{Activations, KvCache, KvPrecision, SharedKv};
 use crate::weights::{GgufTensors, SplitRows, TensorSource, Weight};
 use crate::{Arithmetic, LogitsFor, ModelError};
 
@@ -607,6 +610,110 @@ impl Llama {
             written += batch.len();
         }
         Ok(&scratch.logits)
+    }
+
+    /// One decoding step for several sequences at once (continuous batching): token `t` goes to
+    /// the next position of `caches[t]`. The matrix products read each weight once for all the
+    /// rows; positions, caches and attention stay each sequence's own, so every row gets the
+    /// logits its sequence would get alone (f16 caches: the same arithmetic; f32 caches: within
+    /// rounding). Returns one row of logits per sequence.
+    pub fn decode_rows<'s>(
+        &self,
+        pool: &ThreadPool,
+        caches: &mut [&mut KvCache],
+        s: &'s mut Scratch,
+        tokens: &[u32],
+        arithmetic: Arithmetic,
+    ) -> Result<&'s [f32], ModelError> {
+        let c = &self.config;
+        let n = tokens.len();
+        if n != caches.len() || n > s.batch {
+            return Err(ModelError::Shape(format!(
+                "{n} tokens for {} sequences (at most {})",
+                caches.len(),
+                s.batch
+            )));
+        }
+        if c.positions != Positions::Rope || c.rope_dynamic.is_some() || c.logn_seq_length.is_some() {
+            return Err(ModelError::Unsupported("batched decoding of this architecture".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(ModelError::TokenOutOfRange { token: bad, vocab_size: c.vocab_size });
+        }
+        if let Some(full) = caches.iter().find(|kv| kv.len() + 1 > kv.max_len()) {
+            return Err(ModelError::ContextFull { needed: full.len() + 1, max: full.max_len() });
+        }
+        let heads = c.heads();
+        let (hidden, vocab, eps) = (c.hidden_size, c.vocab_size, c.rms_norm_eps);
+        let (q_dim, kv_dim) = (heads.q_dim(), heads.kv_dim());
+        let exact = arithmetic == Arithmetic::LlamaCpp;
+        s.logits.resize(n * vocab, 0.0);
+        let mut positions = Vec::with_capacity(n);
+        for (t, kv) in caches.iter_mut().enumerate() {
+            let pos = kv.len();
+            kv.grow(1);
+            positions.push(pos);
+            let cs = &mut s.cos_sin[t * c.rope_dims..(t + 1) * c.rope_dims];
+            let angle = pos as f32 / c.rope_linear_factor;
+            rope_angles(angle, c.rope_dims, c.rope_theta, self.rope_freq_factors.as_deref(), cs);
+        }
+        let strides: Vec<usize> = caches.iter().map(|kv| kv.layer_start(1)).collect();
+        let shared: Vec<SharedKv<'_>> = caches.iter_mut().map(|kv| kv.shared()).collect();
+        let cos_sin = &s.cos_sin[..n * c.rope_dims];
+        let x = SharedMut::new(&mut s.x);
+        let attn_in = SharedActs::new(&mut s.attn_in, exact);
+        let qkv = SharedMut::new(&mut s.qkv);
+        let attn_out = SharedActs::new(&mut s.attn_out, exact);
+        let ffn_in = SharedActs::new(&mut s.ffn_in, exact);
+        let ffn_mid = SharedActs::new(&mut s.ffn_mid, exact);
+        let head_in = SharedActs::new(&mut s.head_in, exact);
+        let logits = SharedMut::new(&mut s.logits[..n * vocab]);
+        pool.run(|ctx| {
+            ctx.for_each_chunk(n, 1, |rows| {
+                for t in rows {
+                    // SAFETY: row t of x is written by the thread that claimed it.
+                    self.embed_tokens.dequantize_row(tokens[t] as usize, unsafe {
+                        x.slice_mut(t * hidden..(t + 1) * hidden)
+                    });
+                }
+            });
+            // SAFETY (here and below): x is only read while other buffers are written.
+            let x_row = |t: usize| unsafe { &x.get()[t * hidden..(t + 1) * hidden] };
+            for (l, layer) in self.layers.iter().enumerate() {
+                let rows: Vec<RowCache<'_, '_>> = shared
+                    .iter()
+                    .zip(&strides)
+                    .zip(&positions)
+                    .map(|((kv, &stride), &pos)| RowCache { cache: kv.layer(l * stride), pos })
+                    .collect();
+                fill_rows(ctx, &attn_in, n, |t, out| rms_norm(x_row(t), &layer.attn_norm, eps, out));
+                let bias = layer.qkv_bias.as_deref();
+                let parts = [&layer.q_proj, &layer.k_proj, &layer.v_proj];
+                matmul(ctx, &parts, &attn_in, n, &qkv, q_dim + 2 * kv_dim, Store::Write { bias });
+                if let (Some(q_norm), Some(k_norm)) = (&layer.q_norm, &layer.k_norm) {
+                    head_norms(ctx, heads, &qkv, n, q_norm, k_norm, eps);
+                }
+                rope_and_cache_rows(ctx, heads, &qkv, &rows, cos_sin, c.rope_style);
+                attend_rows(ctx, heads, &qkv, &rows, attn_out.f32_shared());
+                requantize(ctx, &attn_out, n);
+                matmul(ctx, &[&layer.o_proj], &attn_out, n, &x, hidden, Store::Add { bias: None });
+                fill_rows(ctx, &ffn_in, n, |t, out| rms_norm(x_row(t), &layer.ffn_norm, eps, out));
+                matmul_swiglu(
+                    ctx,
+                    &layer.gate_proj,
+                    &layer.up_proj,
+                    &ffn_in,
+                    n,
+                    ffn_mid.f32_shared(),
+                    c.intermediate_size,
+                );
+                requantize(ctx, &ffn_mid, n);
+                matmul(ctx, &[&layer.down_proj], &ffn_mid, n, &x, hidden, Store::Add { bias: None });
+            }
+            fill_rows(ctx, &head_in, n, |t, out| rms_norm(x_row(t), &self.norm, eps, out));
+            matmul(ctx, &[&self.lm_head], &head_in, n, &logits, vocab, Store::Write { bias: None });
+        });
+        Ok(&s.logits[..n * vocab])
     }
 
     /// One batch of at most `scratch.batch` tokens. `logit_rows` says where in `scratch.logits`

@@ -1,0 +1,62 @@
+//! Continuous batching's model step: several sequences, each at its own position with its own
+//! cache, decoded in one pass (one read of the weights for all). Every sequence must get the
+//! logits it gets when decoded alone.
+
+mod common;
+
+use baimo_models::{LogitsFor, Model};
+use baimo_threads::ThreadPool;
+
+/// Prefills each prompt alone, then decodes `steps` greedy tokens twice: all sequences batched,
+/// and each alone. Returns the largest logit difference seen and whether the tokens agreed.
+fn batched_vs_alone(model: &Model, prompts: &[Vec<u32>], steps: usize) -> (f32, bool) {
+    let pool = ThreadPool::new(2);
+    let vocab = model.info().vocab_size;
+    let argmax = |row: &[f32]| {
+        row.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32
+    };
+    let prefill = |p: &Vec<u32>| {
+        let mut seq = model.new_sequence(p.len() + steps + 1);
+        let logits = model.forward(&pool, &mut seq, p, LogitsFor::Last).unwrap().to_vec();
+        (seq, argmax(&logits))
+    };
+    let (mut batched, mut next): (Vec<_>, Vec<_>) = prompts.iter().map(prefill).unzip();
+    let (mut alone, mut next_alone): (Vec<_>, Vec<_>) = prompts.iter().map(prefill).unzip();
+    let (mut worst, mut same) = (0f32, true);
+    for _ in 0..steps {
+        let mut refs: Vec<_> = batched.iter_mut().collect();
+        let rows = model.decode_batch(&pool, &mut refs, &next).unwrap();
+        for (i, seq) in alone.iter_mut().enumerate() {
+            let single = model.forward(&pool, seq, &[next_alone[i]], LogitsFor::Last).unwrap().to_vec();
+            let row = &rows[i * vocab..(i + 1) * vocab];
+            worst = row.iter().zip(&single).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
+            next[i] = argmax(row);
+            next_alone[i] = argmax(&single);
+            same &= next[i] == next_alone[i];
+        }
+    }
+    (worst, same)
+}
+
+#[test]
+fn a_batch_of_sequences_decodes_as_each_alone_on_smollm2() {
+    let gguf = baimo_formats::Gguf::open(&common::model(common::SMOLLM2)).unwrap();
+    let model = Model::from_gguf(&gguf).unwrap();
+    let prompts = vec![vec![1, 504, 3458, 314], vec![1, 9690, 198], (1..40).collect::<Vec<u32>>()];
+    let (worst, same) = batched_vs_alone(&model, &prompts, 8);
+    eprintln!("SmolLM2: max |Δlogit| batched vs alone {worst:.2e}");
+    assert!(same, "greedy tokens differ");
+    assert!(worst <= 1e-3, "{worst}");
+}
+
+#[test]
+fn a_batch_of_sequences_decodes_as_each_alone_on_hf_fixtures() {
+    for name in ["qwen2", "qwen3", "llama3"] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf").join(name);
+        let model = Model::from_hf(&baimo_formats::HfFolder::open(&dir).unwrap(), None).unwrap();
+        let prompts = vec![vec![5, 6, 7], vec![100, 200, 30, 40, 50, 60, 70], vec![9]];
+        let (worst, same) = batched_vs_alone(&model, &prompts, 6);
+        eprintln!("{name}: max |Δlogit| batched vs alone {worst:.2e}");
+        assert!(same && worst <= 1e-4, "{name}: {worst}");
+    }
+}
