@@ -24,6 +24,10 @@ pub struct Args {
     /// Measured repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 3)]
     repetitions: usize,
+    /// Also measure generation with this many sequences decoded together (continuous
+    /// batching's step; comma-separated; reported as aggregate tokens/s, `tgN@P`).
+    #[arg(long, value_delimiter = ',')]
+    parallel: Vec<usize>,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
@@ -46,6 +50,11 @@ pub fn main(args: Args) -> Result<()> {
     }
     for &n in args.n_gen.iter().filter(|&&n| n > 0) {
         results.push(measure(&args, &format!("tg{n}"), || generation_speed(&model, &pool, n, arithmetic))?);
+        for &p in args.parallel.iter().filter(|&&p| p > 0) {
+            results.push(measure(&args, &format!("tg{n}@{p}"), || {
+                parallel_generation_speed(&model, &pool, n, p, arithmetic)
+            })?);
+        }
     }
     let size = format!(
         "{:.1} MiB",
@@ -115,6 +124,33 @@ fn generation_speed(model: &LoadedModel, pool: &ThreadPool, n: usize, arithmetic
         model.model.forward(pool, &mut seq, &[t], LogitsFor::Last)?;
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// `parallel` sequences of `n` tokens each, decoded together one step at a time (each starts
+/// from its own one-token prompt); aggregate tokens/s.
+fn parallel_generation_speed(
+    model: &LoadedModel,
+    pool: &ThreadPool,
+    n: usize,
+    parallel: usize,
+    arithmetic: Arithmetic,
+) -> Result<f64> {
+    let tokens = bench_tokens(model, n + parallel);
+    let mut seqs: Vec<_> = (0..parallel)
+        .map(|i| {
+            let mut seq = model.model.new_sequence(n + 2);
+            seq.arithmetic = arithmetic;
+            model.model.forward(pool, &mut seq, &tokens[i..i + 1], LogitsFor::Last)?;
+            Ok::<_, baimo_models::ModelError>(seq)
+        })
+        .collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    for step in 0..n {
+        let batch: Vec<u32> = (0..parallel).map(|i| tokens[(step + i) % tokens.len()]).collect();
+        let mut refs: Vec<_> = seqs.iter_mut().collect();
+        model.model.decode_batch(pool, &mut refs, &batch)?;
+    }
+    Ok((n * parallel) as f64 / started.elapsed().as_secs_f64())
 }
 
 fn mean_std(values: &[f64]) -> (f64, f64) {

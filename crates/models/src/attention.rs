@@ -393,22 +393,6 @@ fn alibi_rows<T: KvElement>(
     });
 }
 
-#[cfg(test)]
-mod tests {
-    use super::alibi_slopes;
-
-    #[test]
-    fn alibi_slopes_follow_baichuan() {
-        // Eight heads: 2^-1 … 2^-8.
-        let s = alibi_slopes(8);
-        assert_eq!(s, (1..=8).map(|k| 2f32.powi(-k)).collect::<Vec<_>>());
-        // Baichuan-13B's 40 heads: 2^(-k/4) for k = 1..32, then 2^(-(2j+1)/8) (notes §1.4).
-        let s = alibi_slopes(40);
-        assert!((s[0] - 0.8409).abs() < 1e-4 && (s[39] - 0.2726).abs() < 1e-4, "{} {}", s[0], s[39]);
-        assert!((s[32] - 2f32.powf(-1.0 / 8.0)).abs() < 1e-6);
-    }
-}
-
 /// One query row of a batch of sequences (continuous batching): the layer's part of its own
 /// cache and the position of its token.
 pub(crate) struct RowCache<'a, 'b> {
@@ -545,4 +529,20 @@ pub(crate) fn attend_rows(
             o.iter_mut().for_each(|x| *x *= inv);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::alibi_slopes;
+
+    #[test]
+    fn alibi_slopes_follow_baichuan() {
+        // Eight heads: 2^-1 … 2^-8.
+        let s = alibi_slopes(8);
+        assert_eq!(s, (1..=8).map(|k| 2f32.powi(-k)).collect::<Vec<_>>());
+        // Baichuan-13B's 40 heads: 2^(-k/4) for k = 1..32, then 2^(-(2j+1)/8) (notes §1.4).
+        let s = alibi_slopes(40);
+        assert!((s[0] - 0.8409).abs() < 1e-4 && (s[39] - 0.2726).abs() < 1e-4, "{} {}", s[0], s[39]);
+        assert!((s[32] - 2f32.powf(-1.0 / 8.0)).abs() < 1e-6);
+    }
 }
