@@ -20,6 +20,9 @@ pub struct Args {
     /// Port to listen on (0: any free port, printed on stderr).
     #[arg(long, default_value_t = 8080)]
     port: u16,
+    /// Requests decoded together at most (continuous batching); later ones wait.
+    #[arg(long, default_value_t = 16)]
+    parallel: usize,
 }
 
 pub fn main(args: Args) -> Result<()> {
@@ -41,7 +44,12 @@ pub fn main(args: Args) -> Result<()> {
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("listen address {}:{}", args.host, args.port))?;
-    let app = Arc::new(App::new(model, pool, names.clone(), context));
+    let config = baimo_server::WorkerConfig {
+        context,
+        max_active: args.parallel.clamp(1, 64),
+        arithmetic: args.model.arithmetic.into(),
+    };
+    let app = Arc::new(App::new(model, pool, names.clone(), config));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -10,6 +10,15 @@ use baimo_threads::ThreadPool;
 /// Prefills each prompt alone, then decodes `steps` greedy tokens twice: all sequences batched,
 /// and each alone. Returns the largest logit difference seen and whether the tokens agreed.
 fn batched_vs_alone(model: &Model, prompts: &[Vec<u32>], steps: usize) -> (f32, bool) {
+    batched_vs_alone_with(model, prompts, steps, baimo_models::Arithmetic::LlamaCpp)
+}
+
+fn batched_vs_alone_with(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    steps: usize,
+    arithmetic: baimo_models::Arithmetic,
+) -> (f32, bool) {
     let pool = ThreadPool::new(2);
     let vocab = model.info().vocab_size;
     let argmax = |row: &[f32]| {
@@ -17,6 +26,7 @@ fn batched_vs_alone(model: &Model, prompts: &[Vec<u32>], steps: usize) -> (f32, 
     };
     let prefill = |p: &Vec<u32>| {
         let mut seq = model.new_sequence(p.len() + steps + 1);
+        seq.arithmetic = arithmetic;
         let logits = model.forward(&pool, &mut seq, p, LogitsFor::Last).unwrap().to_vec();
         (seq, argmax(&logits))
     };
@@ -47,6 +57,10 @@ fn a_batch_of_sequences_decodes_as_each_alone_on_smollm2() {
     eprintln!("SmolLM2: max |Δlogit| batched vs alone {worst:.2e}");
     assert!(same, "greedy tokens differ");
     assert!(worst <= 1e-3, "{worst}");
+    // With the fast kernels too (what a server decoding many sequences wants).
+    let (worst, same) = batched_vs_alone_with(&model, &prompts, 8, baimo_models::Arithmetic::Fast);
+    eprintln!("SmolLM2 (fast arithmetic): max |Δlogit| batched vs alone {worst:.2e}");
+    assert!(same && worst <= 1e-3, "{worst}");
 }
 
 #[test]

@@ -7,12 +7,14 @@ pub mod perplexity;
 pub mod sampler;
 mod session;
 pub mod stop;
+mod stream;
 
 pub use infill::{Infill, InfillSpan, infill, infill_span};
 pub use loaded::{FALLBACK_CHAT_TEMPLATE, LoadedModel, builtin_format};
 pub use perplexity::{Perplexity, perplexity};
 pub use sampler::{Sampler, SamplingParams};
 pub use session::{FinishReason, GenerateOptions, Generation, Session};
+pub use stream::{StreamEnd, TokenStream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use baimo_models::{Arithmetic, LogitsFor, Sequence};
 use baimo_threads::ThreadPool;
-use baimo_tokenizer::StreamDecoder;
 
-use crate::sampler::{Sampler, SamplingParams};
-use crate::stop::{StopCheck, StopStrings};
+use crate::sampler::SamplingParams;
+use crate::stream::TokenStream;
 use crate::{EngineError, LoadedModel};
 
 #[derive(Clone, Debug)]
@@ -155,64 +154,25 @@ impl Session {
 
         let (model, pool) = (&self.model.model, &*self.pool);
         let tokenizer = &self.model.tokenizer;
-        let mut sampler = Sampler::new(options.sampling.clone());
-        let stops = StopStrings::new(options.stop.iter().cloned());
-        let mut decoder = StreamDecoder::new();
-        let (mut text, mut pending) = (String::new(), String::new());
-        let mut generated = Vec::new();
-        let mut finish = FinishReason::Length;
-        let mut time_to_first_token = Duration::ZERO;
-
+        let mut stream = TokenStream::new(options);
         let mut logits = model.forward(pool, &mut self.seq, &prompt[reused..], LogitsFor::Last)?;
         self.tokens.extend_from_slice(&prompt[reused..]);
         let prompt_time = started.elapsed();
         let generation_started = Instant::now();
-        let mut emit = |piece: &str, text: &mut String| {
-            if !piece.is_empty() {
-                on_text(piece);
-                text.push_str(piece);
-            }
-        };
         loop {
-            if generated.len() >= options.max_tokens {
-                break;
-            }
             if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-                finish = FinishReason::Cancelled;
+                stream.cancel();
                 break;
             }
-            let token = sampler.sample(logits, &self.tokens);
-            if options.stop_at_eog && tokenizer.is_eog(token) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            generated.push(token);
-            if generated.len() == 1 {
-                time_to_first_token = started.elapsed();
-            }
-            pending.push_str(&decoder.push(tokenizer, token));
-            match stops.check(&pending) {
-                StopCheck::Stop(at) => {
-                    emit(&pending[..at], &mut text);
-                    pending.clear();
-                    finish = FinishReason::Stop;
-                    break;
-                }
-                StopCheck::Emit(n) => {
-                    emit(&pending[..n], &mut text);
-                    pending.drain(..n);
-                }
-            }
-            if generated.len() >= options.max_tokens || self.tokens.len() + 1 >= max_len {
-                break;
-            }
+            let room = self.tokens.len() + 1 < max_len;
+            let Some(token) = stream.next(tokenizer, logits, &self.tokens, room, on_text) else { break };
             logits = model.forward(pool, &mut self.seq, &[token], LogitsFor::Last)?;
             self.tokens.push(token);
         }
-        if finish != FinishReason::Stop {
-            pending.push_str(&decoder.finish());
-            emit(&pending, &mut text);
-        }
+        let end = stream.finish(on_text);
+        // The stream's clock started before the prompt was read.
+        let time_to_first_token = end.time_to_first_token;
+        let (text, generated, finish) = (end.text, end.tokens, end.finish_reason);
         Ok(Generation {
             text,
             tokens: generated,

@@ -1,7 +1,7 @@
 //! `baimo serve`: the engine behind an OpenAI-compatible HTTP API (axum on tokio; the engine on
 //! its own thread).
 //!
-//! So far: one model, requests answered one after another, `POST /v1/chat/completions` and
+//! So far: one model, concurrent requests decoded together (continuous batching), `POST /v1/chat/completions` and
 //! Anthropic's `POST /v1/messages` (whole or streamed), `GET /v1/models`, `GET /health`,
 //! `GET /metrics`. Still to come (see the serving issue): continuous batching, more models, keys
 //! and limits, the web page.
@@ -23,7 +23,7 @@ use baimo_engine::LoadedModel;
 use baimo_threads::ThreadPool;
 
 pub use error::ApiError;
-pub use worker::{Counters, Worker};
+pub use worker::{Counters, Worker, WorkerConfig};
 
 /// Reported as `system_fingerprint`.
 pub const FINGERPRINT: &str = concat!("baimo-", env!("CARGO_PKG_VERSION"));
@@ -42,8 +42,14 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(model: Arc<LoadedModel>, pool: Arc<ThreadPool>, names: Vec<String>, context: usize) -> App {
-        let worker = Worker::start(model.clone(), pool, context);
+    pub fn new(
+        model: Arc<LoadedModel>,
+        pool: Arc<ThreadPool>,
+        names: Vec<String>,
+        config: WorkerConfig,
+    ) -> App {
+        let context = config.context;
+        let worker = Worker::start(model.clone(), pool, config);
         let started =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         App { model, names, context, worker, started }
@@ -102,6 +108,18 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
             "Tokens generated.",
             "counter",
             c.completion_tokens.load(Ordering::Relaxed),
+        ),
+        line(
+            "decode_steps_total",
+            "Decoding steps (one token of every active request).",
+            "counter",
+            c.steps.load(Ordering::Relaxed),
+        ),
+        line(
+            "decode_step_rows_total",
+            "Sequences the decoding steps carried.",
+            "counter",
+            c.step_rows.load(Ordering::Relaxed),
         ),
     ]
     .concat()

@@ -1,12 +1,17 @@
 //! The engine runs on its own thread, not on the async workers: requests reach it as jobs over
-//! a channel, and their text comes back piece by piece. A job whose client went away is
-//! cancelled between two tokens (the event channel's receiver is gone).
+//! a channel, and their text goes back piece by piece. It batches continuously: every step it
+//! reads the prompts of newly arrived requests, then decodes one token of every active
+//! sequence in a single pass over the weights (`Model::decode_batch`), so concurrent requests
+//! share the cost of reading the model. A request whose client went away is dropped before the
+//! next step and its memory freed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use baimo_engine::{GenerateOptions, Generation, LoadedModel, Session};
+use baimo_engine::{FinishReason, GenerateOptions, Generation, LoadedModel, TokenStream};
+use baimo_models::{Arithmetic, LogitsFor, ModelError, Sequence};
 use baimo_threads::ThreadPool;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -34,6 +39,19 @@ pub struct Counters {
     pub prompt_tokens: AtomicUsize,
     pub completion_tokens: AtomicUsize,
     pub cancelled: AtomicUsize,
+    /// Decoding steps, and the sequences they carried (their ratio is the mean batch).
+    pub steps: AtomicUsize,
+    pub step_rows: AtomicUsize,
+}
+
+/// How the engine thread runs.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerConfig {
+    /// Positions per sequence.
+    pub context: usize,
+    /// Sequences decoded together at most; later requests wait.
+    pub max_active: usize,
+    pub arithmetic: Arithmetic,
 }
 
 #[derive(Clone)]
@@ -42,45 +60,28 @@ pub struct Worker {
     pub counters: Arc<Counters>,
 }
 
+/// A request being generated.
+struct Active {
+    seq: Sequence,
+    /// Every token the sequence holds (prompt and answer so far), for the penalties.
+    history: Vec<u32>,
+    stream: TokenStream,
+    /// The token to read in the next step.
+    next: u32,
+    events: UnboundedSender<Event>,
+    prompt_tokens: usize,
+    prompt_time: Duration,
+    started: Instant,
+}
+
 impl Worker {
-    /// Starts the engine thread for `model`, with sessions of at most `context` positions.
-    pub fn start(model: Arc<LoadedModel>, pool: Arc<ThreadPool>, context: usize) -> Worker {
+    pub fn start(model: Arc<LoadedModel>, pool: Arc<ThreadPool>, config: WorkerConfig) -> Worker {
         let (jobs, inbox) = mpsc::channel::<Job>();
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
         std::thread::Builder::new()
             .name("baimo-engine".into())
-            .spawn(move || {
-                for job in inbox {
-                    c.queued.fetch_sub(1, Ordering::Relaxed);
-                    if job.events.is_closed() {
-                        c.cancelled.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    c.running.fetch_add(1, Ordering::Relaxed);
-                    let cancel = AtomicBool::new(false);
-                    let mut session = Session::new(model.clone(), pool.clone(), context);
-                    let result = session.generate(
-                        &job.prompt,
-                        &job.options,
-                        &mut |piece| {
-                            if job.events.send(Event::Text(piece.to_string())).is_err() {
-                                cancel.store(true, Ordering::Relaxed);
-                            }
-                        },
-                        Some(&cancel),
-                    );
-                    if cancel.load(Ordering::Relaxed) {
-                        c.cancelled.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if let Ok(g) = &result {
-                        c.prompt_tokens.fetch_add(g.prompt_tokens, Ordering::Relaxed);
-                        c.completion_tokens.fetch_add(g.tokens.len(), Ordering::Relaxed);
-                    }
-                    c.running.fetch_sub(1, Ordering::Relaxed);
-                    let _ = job.events.send(Event::Done(result.map_err(|e| e.to_string())));
-                }
-            })
+            .spawn(move || run(&model, &pool, config, &inbox, &c))
             .expect("spawn the engine thread");
         Worker { jobs, counters }
     }
@@ -95,4 +96,186 @@ impl Worker {
         }
         ok
     }
+}
+
+fn run(
+    model: &LoadedModel,
+    pool: &ThreadPool,
+    config: WorkerConfig,
+    inbox: &mpsc::Receiver<Job>,
+    c: &Counters,
+) {
+    let mut active: Vec<Active> = Vec::new();
+    loop {
+        // New requests: wait for one when idle, else take what has arrived (up to the limit).
+        let mut arrived = Vec::new();
+        if active.is_empty() {
+            match inbox.recv() {
+                Ok(job) => arrived.push(job),
+                Err(_) => return, // the server is gone
+            }
+        }
+        while active.len() + arrived.len() < config.max_active {
+            match inbox.try_recv() {
+                Ok(job) => arrived.push(job),
+                Err(_) => break,
+            }
+        }
+        for job in arrived {
+            c.queued.fetch_sub(1, Ordering::Relaxed);
+            if let Some(a) = admit(model, pool, config, job, c) {
+                active.push(a);
+            }
+        }
+        // Requests whose client left: dropped now, their cache with them.
+        active.retain_mut(|a| {
+            if a.events.is_closed() {
+                a.stream.cancel();
+                c.cancelled.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            true
+        });
+        c.running.store(active.len(), Ordering::Relaxed);
+        if active.is_empty() {
+            continue;
+        }
+        // One token for every active sequence.
+        let tokens: Vec<u32> = active.iter().map(|a| a.next).collect();
+        let logits = {
+            let mut seqs: Vec<&mut Sequence> = active.iter_mut().map(|a| &mut a.seq).collect();
+            match model.model.decode_batch(pool, &mut seqs, &tokens) {
+                Err(ModelError::Unsupported(_)) => one_by_one(model, pool, &mut seqs, &tokens),
+                other => other.map_err(|e| e.to_string()),
+            }
+        };
+        c.steps.fetch_add(1, Ordering::Relaxed);
+        c.step_rows.fetch_add(active.len(), Ordering::Relaxed);
+        let vocab = model.info.vocab_size;
+        let mut finished = Vec::new();
+        for (row, a) in active.iter_mut().enumerate() {
+            a.history.push(a.next);
+            let next = match &logits {
+                Ok(l) => {
+                    let room = a.seq.len() + 1 < a.seq.kv.max_len();
+                    let events = &a.events;
+                    let mut send = |piece: &str| {
+                        let _ = events.send(Event::Text(piece.to_string()));
+                    };
+                    a.stream.next(
+                        &model.tokenizer,
+                        &l[row * vocab..(row + 1) * vocab],
+                        &a.history,
+                        room,
+                        &mut send,
+                    )
+                }
+                Err(_) => None,
+            };
+            match next {
+                Some(t) => a.next = t,
+                None => finished.push(row),
+            }
+        }
+        // Finished requests report and leave (from the back, so the indices stay valid).
+        for &row in finished.iter().rev() {
+            let a = active.swap_remove(row);
+            report(a, logits.as_ref().err().cloned(), c);
+        }
+        c.running.store(active.len(), Ordering::Relaxed);
+    }
+}
+
+/// Steps sequences one at a time (families without a batched path).
+fn one_by_one(
+    model: &LoadedModel,
+    pool: &ThreadPool,
+    seqs: &mut [&mut Sequence],
+    tokens: &[u32],
+) -> Result<Vec<f32>, String> {
+    let mut out = Vec::with_capacity(seqs.len() * model.info.vocab_size);
+    for (seq, &t) in seqs.iter_mut().zip(tokens) {
+        out.extend_from_slice(
+            model.model.forward(pool, seq, &[t], LogitsFor::Last).map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(out)
+}
+
+/// Reads a new request's prompt and picks its first token; `None` when it is already done.
+fn admit(
+    model: &LoadedModel,
+    pool: &ThreadPool,
+    config: WorkerConfig,
+    job: Job,
+    c: &Counters,
+) -> Option<Active> {
+    if job.events.is_closed() {
+        c.cancelled.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    let started = Instant::now();
+    let mut seq = model.model.new_sequence(config.context);
+    seq.arithmetic = config.arithmetic;
+    let mut stream = TokenStream::new(&job.options);
+    let logits = match model.model.forward(pool, &mut seq, &job.prompt, LogitsFor::Last) {
+        Ok(l) => l.to_vec(),
+        Err(e) => {
+            let _ = job.events.send(Event::Done(Err(e.to_string())));
+            return None;
+        }
+    };
+    c.prompt_tokens.fetch_add(job.prompt.len(), Ordering::Relaxed);
+    let prompt_time = started.elapsed();
+    let room = seq.len() + 1 < seq.kv.max_len();
+    let events = job.events.clone();
+    let mut send = |piece: &str| {
+        let _ = events.send(Event::Text(piece.to_string()));
+    };
+    let next = stream.next(&model.tokenizer, &logits, &job.prompt, room, &mut send);
+    let a = Active {
+        seq,
+        history: job.prompt.clone(),
+        stream,
+        next: next.unwrap_or(0),
+        events: job.events,
+        prompt_tokens: job.prompt.len(),
+        prompt_time,
+        started,
+    };
+    match next {
+        Some(_) => Some(a),
+        None => {
+            report(a, None, c);
+            None
+        }
+    }
+}
+
+/// Sends a finished request its result.
+fn report(a: Active, error: Option<String>, c: &Counters) {
+    let events = a.events.clone();
+    let mut send = |piece: &str| {
+        let _ = events.send(Event::Text(piece.to_string()));
+    };
+    let end = a.stream.finish(&mut send);
+    c.completion_tokens.fetch_add(end.tokens.len(), Ordering::Relaxed);
+    let result = match error {
+        Some(e) => Err(e),
+        None => Ok(Generation {
+            text: end.text,
+            tokens: end.tokens,
+            finish_reason: if end.finish_reason == FinishReason::Cancelled {
+                FinishReason::Length
+            } else {
+                end.finish_reason
+            },
+            prompt_tokens: a.prompt_tokens,
+            cached_tokens: 0,
+            prompt_time: a.prompt_time,
+            generation_time: a.started.elapsed().saturating_sub(a.prompt_time),
+            time_to_first_token: end.time_to_first_token,
+        }),
+    };
+    let _ = a.events.send(Event::Done(result));
 }

@@ -1,0 +1,136 @@
+//! Turning one sequence's logits into tokens and text, step by step: sampling, end tokens, stop
+//! strings, the token limit and UTF-8-safe streaming. Separate from the forward passes, so one
+//! loop can drive a single session and another a batch of sequences decoded together.
+
+use std::time::{Duration, Instant};
+
+use baimo_tokenizer::{StreamDecoder, Tokenizer};
+
+use crate::sampler::Sampler;
+use crate::session::{FinishReason, GenerateOptions};
+use crate::stop::{StopCheck, StopStrings};
+
+pub struct TokenStream {
+    options: GenerateOptions,
+    sampler: Sampler,
+    stops: StopStrings,
+    decoder: StreamDecoder,
+    /// Text held back because it may be the start of a stop string.
+    pending: String,
+    text: String,
+    generated: Vec<u32>,
+    finish: Option<FinishReason>,
+    started: Instant,
+    first_token: Option<Duration>,
+}
+
+/// What a finished stream produced.
+pub struct StreamEnd {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub finish_reason: FinishReason,
+    /// From the stream's start to its first token.
+    pub time_to_first_token: Duration,
+}
+
+impl TokenStream {
+    /// A stream whose clock starts now (time to first token counts from here).
+    pub fn new(options: &GenerateOptions) -> TokenStream {
+        TokenStream {
+            sampler: Sampler::new(options.sampling.clone()),
+            stops: StopStrings::new(options.stop.iter().cloned()),
+            options: options.clone(),
+            decoder: StreamDecoder::new(),
+            pending: String::new(),
+            text: String::new(),
+            generated: Vec::new(),
+            finish: None,
+            started: Instant::now(),
+            first_token: None,
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    pub fn generated(&self) -> &[u32] {
+        &self.generated
+    }
+
+    /// Ends the stream early (the caller cancelled).
+    pub fn cancel(&mut self) {
+        self.finish.get_or_insert(FinishReason::Cancelled);
+    }
+
+    /// Picks the next token from `logits` (with `history`, the sequence so far, for the
+    /// penalties) and streams its text to `on_text`. Returns the token the model must read next,
+    /// or `None` when the stream ended (end token, stop string, token limit, or no `room` for
+    /// another position).
+    pub fn next(
+        &mut self,
+        tokenizer: &Tokenizer,
+        logits: &[f32],
+        history: &[u32],
+        room: bool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Option<u32> {
+        if self.finish.is_some() {
+            return None;
+        }
+        if self.generated.len() >= self.options.max_tokens {
+            self.finish = Some(FinishReason::Length);
+            return None;
+        }
+        let token = self.sampler.sample(logits, history);
+        if self.options.stop_at_eog && tokenizer.is_eog(token) {
+            self.finish = Some(FinishReason::Stop);
+            return None;
+        }
+        self.generated.push(token);
+        self.first_token.get_or_insert_with(|| self.started.elapsed());
+        self.pending.push_str(&self.decoder.push(tokenizer, token));
+        match self.stops.check(&self.pending) {
+            StopCheck::Stop(at) => {
+                emit(&self.pending[..at], &mut self.text, on_text);
+                self.pending.clear();
+                self.finish = Some(FinishReason::Stop);
+                return None;
+            }
+            StopCheck::Emit(n) => {
+                emit(&self.pending[..n], &mut self.text, on_text);
+                self.pending.drain(..n);
+            }
+        }
+        if self.generated.len() >= self.options.max_tokens || !room {
+            self.finish = Some(FinishReason::Length);
+            return None;
+        }
+        Some(token)
+    }
+
+    /// Flushes what was held back (unless a stop string ended the stream) and returns the
+    /// result.
+    pub fn finish(mut self, on_text: &mut dyn FnMut(&str)) -> StreamEnd {
+        let finish_reason = self.finish.unwrap_or(FinishReason::Length);
+        if finish_reason != FinishReason::Stop {
+            let rest = self.decoder.finish();
+            self.pending.push_str(&rest);
+            let pending = std::mem::take(&mut self.pending);
+            emit(&pending, &mut self.text, on_text);
+        }
+        StreamEnd {
+            text: self.text,
+            tokens: self.generated,
+            finish_reason,
+            time_to_first_token: self.first_token.unwrap_or_default(),
+        }
+    }
+}
+
+fn emit(piece: &str, text: &mut String, on_text: &mut dyn FnMut(&str)) {
+    if !piece.is_empty() {
+        on_text(piece);
+        text.push_str(piece);
+    }
+}
