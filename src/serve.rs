@@ -23,6 +23,22 @@ pub struct Args {
     /// Requests decoded together at most (continuous batching); later ones wait.
     #[arg(long, default_value_t = 16)]
     parallel: usize,
+    /// Requests allowed to wait for the engine; beyond, 429 with Retry-After (0: no limit).
+    #[arg(long, default_value_t = 256)]
+    queue: usize,
+    /// Accept only requests with this key (repeatable; `Authorization: Bearer` or `x-api-key`).
+    /// Keys are kept as SHA-256 digests and compared in constant time. Also read, one per line,
+    /// from the file named by --api-keys-file.
+    #[arg(long = "api-key", value_name = "KEY")]
+    api_keys: Vec<String>,
+    #[arg(long, value_name = "FILE")]
+    api_keys_file: Option<std::path::PathBuf>,
+    /// Largest max_tokens a request may ask for (default: the context's room).
+    #[arg(long, value_name = "N")]
+    max_tokens_limit: Option<usize>,
+    /// Allow browsers on this origin to call the API (repeatable; `*` for any).
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
 }
 
 pub fn main(args: Args) -> Result<()> {
@@ -49,7 +65,20 @@ pub fn main(args: Args) -> Result<()> {
         max_active: args.parallel.clamp(1, 64),
         arithmetic: args.model.arithmetic.into(),
     };
-    let app = Arc::new(App::new(model, pool, names.clone(), config));
+    let mut keys = args.api_keys.clone();
+    if let Some(file) = &args.api_keys_file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        keys.extend(
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
+        );
+    }
+    let limits = baimo_server::Limits {
+        keys: baimo_server::ApiKeys::new(&keys),
+        max_tokens: args.max_tokens_limit,
+        queue: args.queue,
+        cors_origins: args.cors_origins.clone(),
+    };
+    let app = Arc::new(App::new(model, pool, names.clone(), config, limits));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -321,3 +321,92 @@ fn concurrent_requests_are_batched_and_answer_as_alone() {
     eprintln!("{rows} sequence-steps in {steps} decoding steps: {:.1} sequences per step", rows / steps);
     assert!(rows > 2.0 * steps, "requests were not decoded together ({rows} rows in {steps} steps)");
 }
+
+#[test]
+fn keys_limits_cors_and_overload() {
+    let keys_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(keys_file.path(), "# one per line\nsk-from-file\n").unwrap();
+    let server = start(
+        &fixture("hf/llama-trained"),
+        &[
+            "--api-key",
+            "sk-test",
+            "--api-keys-file",
+            keys_file.path().to_str().unwrap(),
+            "--max-tokens-limit",
+            "32",
+            "--cors-origin",
+            "*",
+            "--parallel",
+            "1",
+            "--queue",
+            "1",
+        ],
+    );
+    let body =
+        json!({"model": "llama-trained", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4});
+    let post = |path: &str, auth: Option<(&str, &str)>, body: &Value| {
+        let mut r = client().post(format!("{}{path}", server.base)).json(body);
+        if let Some((h, v)) = auth {
+            r = r.header(h, v);
+        }
+        r.send().unwrap()
+    };
+    // No key, a wrong key: 401 in each API's format.
+    let r = post("/v1/chat/completions", None, &body);
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(r.json::<Value>().unwrap()["error"]["code"], "invalid_api_key");
+    let r = post("/v1/chat/completions", Some(("authorization", "Bearer sk-wrong")), &body);
+    assert_eq!(r.status().as_u16(), 401);
+    let anthropic =
+        json!({"model": "llama-trained", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]});
+    let r = post("/v1/messages", None, &anthropic);
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(r.json::<Value>().unwrap()["error"]["type"], "authentication_error");
+    assert_eq!(client().get(format!("{}/v1/models", server.base)).send().unwrap().status().as_u16(), 401);
+    // Either header, either key.
+    assert_eq!(
+        post("/v1/chat/completions", Some(("authorization", "Bearer sk-test")), &body).status().as_u16(),
+        200
+    );
+    assert_eq!(post("/v1/messages", Some(("x-api-key", "sk-from-file")), &anthropic).status().as_u16(), 200);
+    // max_tokens over the limit.
+    let mut big = body.clone();
+    big["max_tokens"] = json!(100);
+    let r = post("/v1/chat/completions", Some(("authorization", "Bearer sk-test")), &big);
+    assert_eq!(r.status().as_u16(), 400);
+    // CORS: a browser's preflight is answered.
+    let r = client()
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/chat/completions", server.base))
+        .header("origin", "http://example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .unwrap();
+    assert_eq!(r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap()), Some("*"));
+    // Overload: one request decoding, one waiting, the rest get 429 with Retry-After.
+    let mut long = body.clone();
+    long["max_tokens"] = json!(32);
+    // A burst of 12 at once; repeated (at most 5 times) in case a slow machine spreads it out.
+    let mut all = Vec::new();
+    for _ in 0..5 {
+        let statuses: Vec<(u16, bool)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..12)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let r =
+                            post("/v1/chat/completions", Some(("authorization", "Bearer sk-test")), &long);
+                        (r.status().as_u16(), r.headers().contains_key("retry-after"))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        all.extend(statuses);
+        if all.iter().any(|&(s, _)| s == 429) {
+            break;
+        }
+    }
+    assert!(all.iter().all(|&(s, retry)| s == 200 || (s == 429 && retry)), "{all:?}");
+    assert!(all.iter().any(|&(s, _)| s == 429), "no request was turned away: {all:?}");
+    assert!(all.iter().any(|&(s, _)| s == 200));
+}

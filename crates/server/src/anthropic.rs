@@ -77,6 +77,7 @@ pub struct MessagesRequest {
 /// The error as Anthropic's API writes it: `{"type": "error", "error": {"type", "message"}}`.
 fn error_response(e: ApiError) -> Response {
     let (status, kind) = match e.status {
+        StatusCode::UNAUTHORIZED => (e.status, "authentication_error"),
         StatusCode::NOT_FOUND => (e.status, "not_found_error"),
         StatusCode::BAD_REQUEST => (e.status, "invalid_request_error"),
         StatusCode::TOO_MANY_REQUESTS => (e.status, "rate_limit_error"),
@@ -86,7 +87,13 @@ fn error_response(e: ApiError) -> Response {
         }
         _ => (e.status, "api_error"),
     };
-    (status, Json(json!({"type": "error", "error": {"type": kind, "message": e.message}}))).into_response()
+    let mut response =
+        (status, Json(json!({"type": "error", "error": {"type": kind, "message": e.message}})))
+            .into_response();
+    if matches!(e.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+        response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    }
+    response
 }
 
 fn stop_reason(g: &Generation) -> &'static str {
@@ -102,8 +109,12 @@ fn message_id() -> String {
 
 pub async fn messages(
     State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<MessagesRequest>, JsonRejection>,
 ) -> Response {
+    if let Err(e) = crate::openai::admit(&app, &headers) {
+        return error_response(e);
+    }
     let request = match body {
         Ok(Json(r)) => r,
         Err(rejection) => return error_response(ApiError::bad_request(rejection.body_text())),

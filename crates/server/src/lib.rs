@@ -7,6 +7,7 @@
 //! and limits, the web page.
 
 mod anthropic;
+mod auth;
 mod error;
 mod openai;
 mod worker;
@@ -22,6 +23,7 @@ use axum::routing::{get, post};
 use baimo_engine::LoadedModel;
 use baimo_threads::ThreadPool;
 
+pub use auth::ApiKeys;
 pub use error::ApiError;
 pub use worker::{Counters, Worker, WorkerConfig};
 
@@ -31,9 +33,22 @@ pub const FINGERPRINT: &str = concat!("baimo-", env!("CARGO_PKG_VERSION"));
 /// Largest request body accepted.
 const MAX_BODY_BYTES: usize = 8 << 20;
 
+/// Limits and access settings of the server.
+#[derive(Clone, Debug, Default)]
+pub struct Limits {
+    pub keys: ApiKeys,
+    /// Largest `max_tokens` a request may ask for (`None`: the context's room).
+    pub max_tokens: Option<usize>,
+    /// Requests waiting for the engine at most; more get 429 with `Retry-After`.
+    pub queue: usize,
+    /// Origins browsers may call the API from (`*` for any); none: no CORS headers.
+    pub cors_origins: Vec<String>,
+}
+
 /// What the handlers share.
 pub struct App {
     pub model: Arc<LoadedModel>,
+    pub limits: Limits,
     /// Names the model answers to in requests (the first is the one `/v1/models` lists first).
     pub names: Vec<String>,
     pub context: usize,
@@ -47,17 +62,19 @@ impl App {
         pool: Arc<ThreadPool>,
         names: Vec<String>,
         config: WorkerConfig,
+        limits: Limits,
     ) -> App {
         let context = config.context;
         let worker = Worker::start(model.clone(), pool, config);
         let started =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        App { model, names, context, worker, started }
+        App { model, limits, names, context, worker, started }
     }
 }
 
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let cors = cors_layer(&app.limits.cors_origins);
+    let router = Router::new()
         .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(openai::models))
@@ -73,7 +90,24 @@ pub fn router(app: Arc<App>) -> Router {
             }
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(app)
+        .with_state(app);
+    match cors {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
+}
+
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let layer = CorsLayer::new().allow_methods(Any).allow_headers(Any);
+    if origins.iter().any(|o| o == "*") {
+        return Some(layer.allow_origin(Any));
+    }
+    let list: Vec<_> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    Some(layer.allow_origin(AllowOrigin::list(list)))
 }
 
 /// Prometheus text format.

@@ -101,9 +101,17 @@ pub(crate) fn prepare(app: &App, request: &ChatRequest) -> Result<(Vec<u32>, Gen
         return Err(ApiError::context_length(app.context, prompt.len()));
     }
     let room = (app.context - prompt.len()) as u64;
-    let max_tokens = request.max_completion_tokens.or(request.max_tokens).unwrap_or(room);
+    let limit = app.limits.max_tokens.map_or(room, |l| (l as u64).min(room));
+    let max_tokens = request.max_completion_tokens.or(request.max_tokens).unwrap_or(limit);
     if max_tokens == 0 {
         return Err(ApiError::bad_request("max_tokens must be at least 1"));
+    }
+    if let Some(l) = app.limits.max_tokens
+        && max_tokens > l as u64
+    {
+        return Err(ApiError::bad_request(format!(
+            "max_tokens is {max_tokens}; this server allows at most {l}"
+        )));
     }
     let stop = match &request.stop {
         None => Vec::new(),
@@ -149,10 +157,26 @@ pub(crate) fn usage(g: &Generation) -> Value {
     })
 }
 
+/// The checks every generation request passes first: the key, then room in the queue.
+pub(crate) fn admit(app: &App, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    if !app.limits.keys.allows(headers) {
+        return Err(ApiError::unauthorized());
+    }
+    let queued = app.worker.counters.queued.load(std::sync::atomic::Ordering::Relaxed);
+    if app.limits.queue > 0 && queued >= app.limits.queue {
+        return Err(ApiError::overloaded(queued));
+    }
+    Ok(())
+}
+
 pub async fn chat_completions(
     State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Response {
+    if let Err(e) = admit(&app, &headers) {
+        return e.into_response();
+    }
     let request = match body {
         Ok(Json(r)) => r,
         Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
@@ -249,11 +273,14 @@ pub async fn chat_completions(
     Sse::new(ReceiverStream::new(sse_rx)).keep_alive(KeepAlive::default()).into_response()
 }
 
-pub async fn models(State(app): State<Arc<App>>) -> Json<Value> {
+pub async fn models(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> Response {
+    if !app.limits.keys.allows(&headers) {
+        return ApiError::unauthorized().into_response();
+    }
     let data: Vec<Value> = app
         .names
         .iter()
         .map(|n| json!({"id": n, "object": "model", "created": app.started, "owned_by": "baimo"}))
         .collect();
-    Json(json!({"object": "list", "data": data}))
+    Json(json!({"object": "list", "data": data})).into_response()
 }
