@@ -3,8 +3,8 @@
 //!
 //! So far: one model, concurrent requests decoded together (continuous batching), `POST /v1/chat/completions` and
 //! Anthropic's `POST /v1/messages` (whole or streamed), `GET /v1/models`, `GET /health`,
-//! `GET /metrics`. Still to come (see the serving issue): continuous batching, more models, keys
-//! and limits, the web page.
+//! `GET /metrics`, API keys and limits, and the chat page at `/`. Still to come (see the serving
+//! issue): several models, a prefix cache across requests, a TOML config.
 
 mod anthropic;
 mod auth;
@@ -75,6 +75,7 @@ impl App {
 pub fn router(app: Arc<App>) -> Router {
     let cors = cors_layer(&app.limits.cors_origins);
     let router = Router::new()
+        .route("/", get(page))
         .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(openai::models))
@@ -108,6 +109,11 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     }
     let list: Vec<_> = origins.iter().filter_map(|o| o.parse().ok()).collect();
     Some(layer.allow_origin(AllowOrigin::list(list)))
+}
+
+/// The chat page: one self-contained file (no CDN), built into the binary.
+async fn page() -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("page/index.html"))
 }
 
 /// Prometheus text format.
