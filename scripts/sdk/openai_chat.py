@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The official `openai` Python SDK, unmodified, against `baimo serve`: a chat completion whole
-and streamed (with include_usage), the model list, and the SDK's errors for an unknown model and
-an over-long prompt. Exits non-zero on any mismatch.
+and streamed (with include_usage), a legacy text completion whole and streamed, the model list,
+and the SDK's errors for an unknown model and an over-long prompt. Exits non-zero on any
+mismatch.
 
     python3 scripts/sdk/openai_chat.py http://127.0.0.1:8080/v1 MODEL
 """
@@ -38,6 +39,15 @@ streamed = "".join(pieces)
 assert streamed == whole.choices[0].message.content, (streamed, whole.choices[0].message.content)
 assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens and finish == whole.choices[0].finish_reason
 
+legacy = client.completions.create(model=model, prompt="The GNU General Public License", max_tokens=6, temperature=0)
+assert legacy.object == "text_completion" and legacy.usage.completion_tokens <= 6
+legacy_streamed = "".join(
+    c.choices[0].text for c in client.completions.create(
+        model=model, prompt="The GNU General Public License", max_tokens=6, temperature=0, stream=True
+    ) if c.choices
+)
+assert legacy_streamed == legacy.choices[0].text, (legacy_streamed, legacy.choices[0].text)
+
 try:
     client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
     raise SystemExit("unknown model accepted")
@@ -50,4 +60,4 @@ try:
 except openai.BadRequestError as e:
     assert e.code == "context_length_exceeded"
 
-print(f"openai SDK {openai.__version__}: whole and streamed answers equal ({streamed!r}), usage, errors: ok")
+print(f"openai SDK {openai.__version__}: chat and legacy completions, whole = streamed ({streamed!r}), usage, errors: ok")

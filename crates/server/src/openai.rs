@@ -57,6 +57,24 @@ pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// The legacy text completion request (`POST /v1/completions`).
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: Value,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Option<Stop>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub n: Option<u64>,
+}
+
 /// `chatcmpl-` and 24 hex digits, unique within the process and unlikely across processes.
 pub(crate) fn completion_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +95,17 @@ pub(crate) fn prepare(app: &App, request: &ChatRequest) -> Result<(Vec<u32>, Gen
     if request.messages.is_empty() {
         return Err(ApiError::bad_request("`messages` must not be empty"));
     }
+    let prompt =
+        app.model.chat_prompt(&request.messages).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    prepare_prompt(app, request, prompt)
+}
+
+/// The sampling and length checks, for a prompt already made into tokens.
+pub(crate) fn prepare_prompt(
+    app: &App,
+    request: &ChatRequest,
+    prompt: Vec<u32>,
+) -> Result<(Vec<u32>, GenerateOptions), ApiError> {
     if request.n.unwrap_or(1) != 1 {
         return Err(ApiError::bad_request("only n = 1 is supported"));
     }
@@ -95,8 +124,9 @@ pub(crate) fn prepare(app: &App, request: &ChatRequest) -> Result<(Vec<u32>, Gen
             return Err(ApiError::bad_request(format!("{name} is outside [-2, 2]")));
         }
     }
-    let prompt =
-        app.model.chat_prompt(&request.messages).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if prompt.is_empty() {
+        return Err(ApiError::bad_request("the prompt is empty"));
+    }
     if prompt.len() >= app.context {
         return Err(ApiError::context_length(app.context, prompt.len()));
     }
@@ -283,4 +313,117 @@ pub async fn models(State(app): State<Arc<App>>, headers: axum::http::HeaderMap)
         .map(|n| json!({"id": n, "object": "model", "created": app.started, "owned_by": "baimo"}))
         .collect();
     Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// `POST /v1/completions`: the prompt as raw text (no chat template; BOS first when the model
+/// wants it), 16 tokens unless `max_tokens` says otherwise, as OpenAI's legacy endpoint.
+pub async fn completions(
+    State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
+    body: Result<Json<CompletionRequest>, JsonRejection>,
+) -> Response {
+    if let Err(e) = admit(&app, &headers) {
+        return e.into_response();
+    }
+    let request = match body {
+        Ok(Json(r)) => r,
+        Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
+    };
+    if !app.names.iter().any(|n| n == &request.model) {
+        return ApiError::model_not_found(&request.model, &app.names[0]).into_response();
+    }
+    let text = match &request.prompt {
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.len() == 1 && items[0].is_string() => {
+            items[0].as_str().unwrap_or("").to_string()
+        }
+        _ => {
+            return ApiError::bad_request("`prompt` must be a string (one prompt per request)")
+                .into_response();
+        }
+    };
+    let as_chat = ChatRequest {
+        model: request.model.clone(),
+        messages: Vec::new(),
+        stream: request.stream,
+        stream_options: None,
+        max_tokens: Some(request.max_tokens.unwrap_or(16)),
+        max_completion_tokens: None,
+        temperature: request.temperature,
+        top_p: request.top_p,
+        seed: request.seed,
+        stop: request.stop,
+        presence_penalty: request.presence_penalty,
+        frequency_penalty: request.frequency_penalty,
+        n: request.n,
+    };
+    let prompt = app.model.tokenize_prompt(&text);
+    let (prompt, options) = match prepare_prompt(&app, &as_chat, prompt) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let (events, mut rx) = mpsc::unbounded_channel();
+    if !app.worker.submit(Job { prompt, options, events }) {
+        return ApiError::unavailable("the engine stopped").into_response();
+    }
+    let id = completion_id().replacen("chatcmpl-", "cmpl-", 1);
+    let (created, model) = (now(), request.model.clone());
+    let choice = |text: &str, finish: Option<&str>| json!([{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]);
+    if !request.stream {
+        let mut text = String::new();
+        while let Some(event) = rx.recv().await {
+            match event {
+                Event::Text(piece) => text.push_str(&piece),
+                Event::Done(Ok(g)) => {
+                    return Json(json!({
+                        "id": id, "object": "text_completion", "created": created, "model": model,
+                        "system_fingerprint": crate::FINGERPRINT,
+                        "choices": choice(&text, Some(finish_reason(&g))), "usage": usage(&g),
+                    }))
+                    .into_response();
+                }
+                Event::Done(Err(e)) => return ApiError::unavailable(e).into_response(),
+            }
+        }
+        return ApiError::unavailable("the engine stopped").into_response();
+    }
+    let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let (sse, sse_rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    tokio::spawn(async move {
+        let chunk = |choices: Value, usage: Value| {
+            let mut c = json!({
+                "id": id, "object": "text_completion", "created": created, "model": model,
+                "system_fingerprint": crate::FINGERPRINT, "choices": choices,
+            });
+            if include_usage {
+                c["usage"] = usage;
+            }
+            Ok(SseEvent::default().data(c.to_string()))
+        };
+        while let Some(event) = rx.recv().await {
+            match event {
+                Event::Text(piece) => {
+                    if sse.send(chunk(choice(&piece, None), Value::Null)).await.is_err() {
+                        return;
+                    }
+                }
+                Event::Done(Ok(g)) => {
+                    let _ = sse.send(chunk(choice("", Some(finish_reason(&g))), Value::Null)).await;
+                    if include_usage {
+                        let _ = sse.send(chunk(json!([]), usage(&g))).await;
+                    }
+                    let _ = sse.send(Ok(SseEvent::default().data("[DONE]"))).await;
+                    return;
+                }
+                Event::Done(Err(e)) => {
+                    let _ = sse
+                        .send(Ok(SseEvent::default().data(ApiError::unavailable(e).body().to_string())))
+                        .await;
+                    let _ = sse.send(Ok(SseEvent::default().data("[DONE]"))).await;
+                    return;
+                }
+            }
+        }
+    });
+    Sse::new(ReceiverStream::new(sse_rx)).keep_alive(KeepAlive::default()).into_response()
 }
