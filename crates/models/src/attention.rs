@@ -456,8 +456,13 @@ pub(crate) fn attend_rows(
     heads: Heads,
     qkv: &SharedMut<'_, f32>,
     rows: &[RowCache<'_, '_>],
+    accumulate: Accumulate,
     out: &SharedMut<'_, f32>,
 ) {
+    // A full-precision cache takes the tiled path alone too (see `attend`).
+    if accumulate == Accumulate::F32 || rows.iter().any(|r| matches!(r.cache, LayerCache::F32 { .. })) {
+        return attend_rows_tiled(ctx, heads, qkv, rows, out);
+    }
     let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
     let stride = q_dim + 2 * kv_dim;
     let group = heads.n_heads / heads.n_kv_heads;
@@ -527,6 +532,76 @@ pub(crate) fn attend_rows(
             }
             let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
             o.iter_mut().for_each(|x| *x *= inv);
+        }
+    });
+}
+
+/// [`attend_rows`] on the f32 path: per (row, key/value head), the row's query heads of that
+/// group against blocks of 64 keys of its own cache ([`flash_step`], as `attend_tiled` does for
+/// a single token), so a row gets what the tiled path gives its sequence alone.
+fn attend_rows_tiled(
+    ctx: &Ctx<'_>,
+    heads: Heads,
+    qkv: &SharedMut<'_, f32>,
+    rows: &[RowCache<'_, '_>],
+    out: &SharedMut<'_, f32>,
+) {
+    let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
+    let stride = q_dim + 2 * kv_dim;
+    let group = heads.n_heads / heads.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    // SAFETY: qkv and the caches are not written during this step.
+    let qkv = unsafe { qkv.get() };
+    let n_items = rows.len() * heads.n_kv_heads;
+    ctx.for_each_chunk(n_items, 1, |items| {
+        let (mut q, mut acc) = (vec![0f32; group * hd], vec![0f32; group * hd]);
+        let (mut max, mut sum, mut visible) = (vec![0f32; group], vec![0f32; group], vec![0usize; group]);
+        let mut block = KvBlock::new(hd);
+        for item in items {
+            let (t, kvh) = (item / heads.n_kv_heads, item % heads.n_kv_heads);
+            for r in 0..group {
+                let h = kvh * group + r;
+                let src = &qkv[t * stride + h * hd..t * stride + (h + 1) * hd];
+                q[r * hd..(r + 1) * hd].iter_mut().zip(src).for_each(|(d, &s)| *d = s * scale);
+            }
+            acc.fill(0.0);
+            max.fill(f32::NEG_INFINITY);
+            sum.fill(0.0);
+            let n_keys = rows[t].pos + 1;
+            let at = |p: usize| p * kv_dim + kvh * hd;
+            for p0 in (0..n_keys).step_by(KEY_BLOCK) {
+                let nk = (n_keys - p0).min(KEY_BLOCK);
+                // SAFETY: see above.
+                match rows[t].cache {
+                    LayerCache::F16 { k, v, start } => unsafe {
+                        let (keys, values) = (&k.get()[start..], &v.get()[start..]);
+                        block.load(
+                            nk,
+                            |j| &keys[at(p0 + j)..at(p0 + j) + hd],
+                            |j| &values[at(p0 + j)..at(p0 + j) + hd],
+                        );
+                    },
+                    LayerCache::F32 { k, v, start } => unsafe {
+                        let (keys, values) = (&k.get()[start..], &v.get()[start..]);
+                        block.load(
+                            nk,
+                            |j| &keys[at(p0 + j)..at(p0 + j) + hd],
+                            |j| &values[at(p0 + j)..at(p0 + j) + hd],
+                        );
+                    },
+                }
+                visible.fill(nk);
+                let mut flash =
+                    FlashRows { q: &q, visible: &visible, out: &mut acc, max: &mut max, sum: &mut sum };
+                flash_step(&mut flash, &block);
+            }
+            for r in 0..group {
+                let h = kvh * group + r;
+                // SAFETY: head h of row t's output belongs to this item alone.
+                let o = unsafe { out.slice_mut(t * q_dim + h * hd..t * q_dim + (h + 1) * hd) };
+                let inv = if sum[r] == 0.0 { 0.0 } else { 1.0 / sum[r] };
+                o.iter_mut().zip(&acc[r * hd..(r + 1) * hd]).for_each(|(o, &a)| *o = a * inv);
+            }
         }
     });
 }

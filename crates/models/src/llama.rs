@@ -585,7 +585,11 @@ impl Llama {
         let rounding = Rounding {
             exact: arithmetic == Arithmetic::LlamaCpp,
             // llama.cpp decides its attention path by the rows of the whole prompt (one batch there).
-            accumulate: Accumulate::for_batch(tokens.len()),
+            // Fast arithmetic always takes the tiled f32 path (also for one token).
+            accumulate: match arithmetic {
+                Arithmetic::Fast => Accumulate::F32,
+                Arithmetic::LlamaCpp => Accumulate::for_batch(tokens.len()),
+            },
         };
         // Dynamic NTK scaling takes the base from the length this call reaches, as transformers
         // does for one forward pass over the whole sequence.
@@ -647,6 +651,8 @@ impl Llama {
         let (hidden, vocab, eps) = (c.hidden_size, c.vocab_size, c.rms_norm_eps);
         let (q_dim, kv_dim) = (heads.q_dim(), heads.kv_dim());
         let exact = arithmetic == Arithmetic::LlamaCpp;
+        // As a single sequence's decoding step would take it (see `forward`).
+        let accumulate = if exact { Accumulate::for_batch(1) } else { Accumulate::F32 };
         s.logits.resize(n * vocab, 0.0);
         let mut positions = Vec::with_capacity(n);
         for (t, kv) in caches.iter_mut().enumerate() {
@@ -694,7 +700,7 @@ impl Llama {
                     head_norms(ctx, heads, &qkv, n, q_norm, k_norm, eps);
                 }
                 rope_and_cache_rows(ctx, heads, &qkv, &rows, cos_sin, c.rope_style);
-                attend_rows(ctx, heads, &qkv, &rows, attn_out.f32_shared());
+                attend_rows(ctx, heads, &qkv, &rows, accumulate, attn_out.f32_shared());
                 requantize(ctx, &attn_out, n);
                 matmul(ctx, &[&layer.o_proj], &attn_out, n, &x, hidden, Store::Add { bias: None });
                 fill_rows(ctx, &ffn_in, n, |t, out| rms_norm(x_row(t), &layer.ffn_norm, eps, out));
