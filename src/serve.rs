@@ -23,6 +23,13 @@ pub struct Args {
     /// Requests decoded together at most (continuous batching); later ones wait.
     #[arg(long, default_value_t = 16)]
     parallel: usize,
+    /// Finished conversations kept for the prefix cache (their KV caches), so the next turn reads
+    /// only what is new (0: off).
+    #[arg(long, default_value_t = 32)]
+    cache_entries: usize,
+    /// Memory the prefix cache may take, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    cache_mib: usize,
     /// Requests allowed to wait for the engine; beyond, 429 with Retry-After (0: no limit).
     #[arg(long, default_value_t = 256)]
     queue: usize,
@@ -64,6 +71,8 @@ pub fn main(args: Args) -> Result<()> {
         context,
         max_active: args.parallel.clamp(1, 64),
         arithmetic: args.model.arithmetic.into(),
+        cache_entries: args.cache_entries,
+        cache_bytes: args.cache_mib.saturating_mul(1 << 20),
     };
     let mut keys = args.api_keys.clone();
     if let Some(file) = &args.api_keys_file {

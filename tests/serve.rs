@@ -410,3 +410,36 @@ fn keys_limits_cors_and_overload() {
     assert!(all.iter().any(|&(s, _)| s == 429), "no request was turned away: {all:?}");
     assert!(all.iter().any(|&(s, _)| s == 200));
 }
+
+/// The second turn of a conversation reuses the first turn's cached keys and values (usage
+/// reports them as cached) and answers exactly as a server without the cache.
+#[test]
+fn the_next_turn_of_a_conversation_reads_only_what_is_new() {
+    let cached = start(&fixture("hf/llama-trained"), &[]);
+    let uncached = start(&fixture("hf/llama-trained"), &["--cache-entries", "0"]);
+    let turn = |server: &Server, messages: &Value| {
+        let (status, body) = chat(
+            server,
+            json!({"model": "llama-trained", "messages": messages, "max_tokens": 8, "temperature": 0}),
+        );
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let first = json!([{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "What is free software?"}]);
+    let a = turn(&cached, &first);
+    assert_eq!(a["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let answer = a["choices"][0]["message"]["content"].as_str().unwrap();
+    let second = json!([
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": "What is free software?"},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "And copyleft?"},
+    ]);
+    let b = turn(&cached, &second);
+    let reused = b["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    assert!(reused >= 8, "nothing reused: {b}");
+    assert!(metric(&cached, "baimo_prompt_tokens_cached_total") >= 8.0);
+    let fresh = turn(&uncached, &second);
+    assert_eq!(fresh["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    assert_eq!(b["choices"][0]["message"]["content"], fresh["choices"][0]["message"]["content"]);
+}

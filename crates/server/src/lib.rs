@@ -4,7 +4,7 @@
 //! So far: one model, concurrent requests decoded together (continuous batching), `POST /v1/chat/completions` and
 //! Anthropic's `POST /v1/messages` (whole or streamed), `GET /v1/models`, `GET /health`,
 //! `GET /metrics`, API keys and limits, and the chat page at `/`. Still to come (see the serving
-//! issue): several models, a prefix cache across requests, a TOML config.
+//! issue): several models, a TOML config.
 
 mod anthropic;
 mod auth;
@@ -149,6 +149,12 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
             "Tokens generated.",
             "counter",
             c.completion_tokens.load(Ordering::Relaxed),
+        ),
+        line(
+            "prompt_tokens_cached_total",
+            "Prompt tokens taken from the prefix cache instead of being read.",
+            "counter",
+            c.cached_tokens.load(Ordering::Relaxed),
         ),
         line(
             "decode_steps_total",

@@ -42,6 +42,8 @@ pub struct Counters {
     /// Decoding steps, and the sequences they carried (their ratio is the mean batch).
     pub steps: AtomicUsize,
     pub step_rows: AtomicUsize,
+    /// Prompt tokens whose keys and values came from an earlier request (prefix cache).
+    pub cached_tokens: AtomicUsize,
 }
 
 /// How the engine thread runs.
@@ -52,6 +54,55 @@ pub struct WorkerConfig {
     /// Sequences decoded together at most; later requests wait.
     pub max_active: usize,
     pub arithmetic: Arithmetic,
+    /// Finished sequences kept for the prefix cache, and the memory their caches may take.
+    pub cache_entries: usize,
+    pub cache_bytes: usize,
+}
+
+/// Finished sequences kept with their KV caches: a new prompt that starts like one of them (the
+/// next turn of a conversation, the same system prompt) continues from the shared part instead
+/// of reading it again. Least recently used first out, by count and by memory.
+struct PrefixCache {
+    entries: Vec<(Vec<u32>, Sequence)>,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+/// Shorter shared prefixes are not worth taking an entry for.
+const MIN_SHARED: usize = 8;
+
+impl PrefixCache {
+    /// The entry sharing the longest prefix with `prompt` (at least [`MIN_SHARED`] tokens), cut
+    /// back to what it shares (at least one prompt token is left to read).
+    fn take(&mut self, prompt: &[u32]) -> Option<(Sequence, usize)> {
+        let shared = |tokens: &[u32]| tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let (best, n) = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, (tokens, _))| (i, shared(tokens)))
+            .max_by_key(|&(_, n)| n)?;
+        let n = n.min(prompt.len().saturating_sub(1));
+        if n < MIN_SHARED {
+            return None;
+        }
+        let (_, mut seq) = self.entries.remove(best);
+        seq.kv.truncate(n);
+        Some((seq, n))
+    }
+
+    fn put(&mut self, tokens: Vec<u32>, seq: Sequence) {
+        if self.max_entries == 0 {
+            return;
+        }
+        self.entries.insert(0, (tokens, seq));
+        self.entries.truncate(self.max_entries);
+        let mut total = 0;
+        self.entries.retain(|(_, seq)| {
+            total += seq.kv.n_bytes();
+            total <= self.max_bytes
+        });
+    }
 }
 
 #[derive(Clone)]
@@ -70,6 +121,7 @@ struct Active {
     next: u32,
     events: UnboundedSender<Event>,
     prompt_tokens: usize,
+    cached_tokens: usize,
     prompt_time: Duration,
     started: Instant,
 }
@@ -106,6 +158,12 @@ fn run(
     c: &Counters,
 ) {
     let mut active: Vec<Active> = Vec::new();
+    let mut cache =
+        PrefixCache { entries: Vec::new(), max_entries: config.cache_entries, max_bytes: config.cache_bytes };
+    // A model whose context attends both ways (GLM) cannot reuse a prefix.
+    if !model.model.causal_prefix() {
+        cache.max_entries = 0;
+    }
     loop {
         // New requests: wait for one when idle, else take what has arrived (up to the limit).
         let mut arrived = Vec::new();
@@ -123,7 +181,7 @@ fn run(
         }
         for job in arrived {
             c.queued.fetch_sub(1, Ordering::Relaxed);
-            if let Some(a) = admit(model, pool, config, job, c) {
+            if let Some(a) = admit(model, pool, config, job, c, &mut cache) {
                 active.push(a);
             }
         }
@@ -180,7 +238,9 @@ fn run(
         // Finished requests report and leave (from the back, so the indices stay valid).
         for &row in finished.iter().rev() {
             let a = active.swap_remove(row);
-            report(a, logits.as_ref().err().cloned(), c);
+            if let Some((tokens, seq)) = report(a, logits.as_ref().err().cloned(), c) {
+                cache.put(tokens, seq);
+            }
         }
         c.running.store(active.len(), Ordering::Relaxed);
     }
@@ -209,16 +269,19 @@ fn admit(
     config: WorkerConfig,
     job: Job,
     c: &Counters,
+    cache: &mut PrefixCache,
 ) -> Option<Active> {
     if job.events.is_closed() {
         c.cancelled.fetch_add(1, Ordering::Relaxed);
         return None;
     }
     let started = Instant::now();
-    let mut seq = model.model.new_sequence(config.context);
+    let (mut seq, reused) =
+        cache.take(&job.prompt).unwrap_or_else(|| (model.model.new_sequence(config.context), 0));
     seq.arithmetic = config.arithmetic;
+    c.cached_tokens.fetch_add(reused, Ordering::Relaxed);
     let mut stream = TokenStream::new(&job.options);
-    let logits = match model.model.forward(pool, &mut seq, &job.prompt, LogitsFor::Last) {
+    let logits = match model.model.forward(pool, &mut seq, &job.prompt[reused..], LogitsFor::Last) {
         Ok(l) => l.to_vec(),
         Err(e) => {
             let _ = job.events.send(Event::Done(Err(e.to_string())));
@@ -240,26 +303,31 @@ fn admit(
         next: next.unwrap_or(0),
         events: job.events,
         prompt_tokens: job.prompt.len(),
+        cached_tokens: reused,
         prompt_time,
         started,
     };
     match next {
         Some(_) => Some(a),
         None => {
-            report(a, None, c);
+            if let Some((tokens, seq)) = report(a, None, c) {
+                cache.put(tokens, seq);
+            }
             None
         }
     }
 }
 
-/// Sends a finished request its result.
-fn report(a: Active, error: Option<String>, c: &Counters) {
+/// Sends a finished request its result; hands back its tokens and sequence for the prefix cache
+/// when it ended well.
+fn report(a: Active, error: Option<String>, c: &Counters) -> Option<(Vec<u32>, Sequence)> {
     let events = a.events.clone();
     let mut send = |piece: &str| {
         let _ = events.send(Event::Text(piece.to_string()));
     };
     let end = a.stream.finish(&mut send);
     c.completion_tokens.fetch_add(end.tokens.len(), Ordering::Relaxed);
+    let ok = error.is_none();
     let result = match error {
         Some(e) => Err(e),
         None => Ok(Generation {
@@ -271,11 +339,13 @@ fn report(a: Active, error: Option<String>, c: &Counters) {
                 end.finish_reason
             },
             prompt_tokens: a.prompt_tokens,
-            cached_tokens: 0,
+            cached_tokens: a.cached_tokens,
             prompt_time: a.prompt_time,
             generation_time: a.started.elapsed().saturating_sub(a.prompt_time),
             time_to_first_token: end.time_to_first_token,
         }),
     };
     let _ = a.events.send(Event::Done(result));
+    // The cache holds exactly the tokens of `history`.
+    ok.then_some((a.history, a.seq))
 }
