@@ -1,46 +1,56 @@
-//! `baimo serve`: an OpenAI-compatible HTTP API for one model.
+//! `baimo serve`: an OpenAI- and Anthropic-compatible HTTP API for one model.
+//!
+//! Settings come from flags, or from a TOML file (`--config FILE`) whose keys are the flags'
+//! long names with underscores; a flag given on the command line wins over the file.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use baimo_server::App;
+use serde::Deserialize;
 
 use crate::common::{self, ModelOptions};
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = CONFIG_HELP)]
 pub struct Args {
     /// A GGUF path, a Hugging Face model folder, or a known model name (default smollm2-135m).
     model_spec: Option<String>,
     #[command(flatten)]
     model: ModelOptions,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    /// Port to listen on (0: any free port, printed on stderr).
-    #[arg(long, default_value_t = 8080)]
-    port: u16,
-    /// Requests decoded together at most (continuous batching); later ones wait.
-    #[arg(long, default_value_t = 16)]
-    parallel: usize,
+    /// A TOML file with any of the settings below (see the end of this help).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long)]
+    host: Option<String>,
+    /// Port to listen on; 0: any free port, printed on stderr [default: 8080].
+    #[arg(long)]
+    port: Option<u16>,
+    /// Requests decoded together at most (continuous batching); later ones wait [default: 16].
+    #[arg(long)]
+    parallel: Option<usize>,
     /// Finished conversations kept for the prefix cache (their KV caches), so the next turn reads
-    /// only what is new (0: off).
-    #[arg(long, default_value_t = 32)]
-    cache_entries: usize,
-    /// Memory the prefix cache may take, in MiB.
-    #[arg(long, default_value_t = 1024)]
-    cache_mib: usize,
-    /// Requests allowed to wait for the engine; beyond, 429 with Retry-After (0: no limit).
-    #[arg(long, default_value_t = 256)]
-    queue: usize,
+    /// only what is new; 0: off [default: 32].
+    #[arg(long)]
+    cache_entries: Option<usize>,
+    /// Memory the prefix cache may take, in MiB [default: 1024].
+    #[arg(long)]
+    cache_mib: Option<usize>,
+    /// Requests allowed to wait for the engine; beyond, 429 with Retry-After; 0: no limit
+    /// [default: 256].
+    #[arg(long)]
+    queue: Option<usize>,
     /// Accept only requests with this key (repeatable; `Authorization: Bearer` or `x-api-key`).
-    /// Keys are kept as SHA-256 digests and compared in constant time. Also read, one per line,
-    /// from the file named by --api-keys-file.
+    /// Keys are kept as SHA-256 digests and compared in constant time.
     #[arg(long = "api-key", value_name = "KEY")]
     api_keys: Vec<String>,
+    /// A file of API keys, one per line (`#` starts a comment).
     #[arg(long, value_name = "FILE")]
-    api_keys_file: Option<std::path::PathBuf>,
-    /// Largest max_tokens a request may ask for (default: the context's room).
+    api_keys_file: Option<PathBuf>,
+    /// Largest max_tokens a request may ask for [default: the context's room].
     #[arg(long, value_name = "N")]
     max_tokens_limit: Option<usize>,
     /// Allow browsers on this origin to call the API (repeatable; `*` for any).
@@ -48,44 +58,95 @@ pub struct Args {
     cors_origins: Vec<String>,
 }
 
-pub fn main(args: Args) -> Result<()> {
-    let model = common::load_model(args.model_spec.as_deref(), &args.model)?;
+const CONFIG_HELP: &str = "\
+Config file (--config FILE, TOML; flags win):
+  model = \"qwen2.5-coder-0.5b\"    # as MODEL_SPEC
+  host = \"0.0.0.0\"
+  port = 8080
+  parallel = 16
+  queue = 256
+  cache_entries = 32
+  cache_mib = 1024
+  ctx = 4096
+  threads = 2
+  api_keys = [\"sk-...\"]           # added to --api-key
+  api_keys_file = \"/etc/baimo/keys\"
+  max_tokens_limit = 2048
+  cors_origins = [\"http://localhost:3000\"]";
+
+/// The config file's settings (all optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    model: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    parallel: Option<usize>,
+    queue: Option<usize>,
+    cache_entries: Option<usize>,
+    cache_mib: Option<usize>,
+    ctx: Option<usize>,
+    threads: Option<usize>,
+    #[serde(default)]
+    api_keys: Vec<String>,
+    api_keys_file: Option<PathBuf>,
+    max_tokens_limit: Option<usize>,
+    #[serde(default)]
+    cors_origins: Vec<String>,
+}
+
+fn read_config(path: &PathBuf) -> Result<ConfigFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{} is not a valid baimo serve config", path.display()))
+}
+
+pub fn main(mut args: Args) -> Result<()> {
+    let file = match &args.config {
+        Some(path) => read_config(path)?,
+        None => ConfigFile::default(),
+    };
+    args.model.ctx = args.model.ctx.or(file.ctx);
+    args.model.threads = args.model.threads.or(file.threads);
+    let model_spec = args.model_spec.clone().or(file.model.clone());
+    let model = common::load_model(model_spec.as_deref(), &args.model)?;
     let pool = common::thread_pool(&args.model);
     let context = common::context_len(&model, &args.model);
     // Requests may name the model as given on the command line, by its own name or by its
     // file or folder name.
     let mut names = vec![model.name.clone()];
-    let spec = args.model_spec.clone().unwrap_or_else(|| baimo_hub::DEFAULT_MODEL.to_string());
-    for alias in [
-        spec.clone(),
-        std::path::Path::new(&spec).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
-    ] {
+    let spec = model_spec.unwrap_or_else(|| baimo_hub::DEFAULT_MODEL.to_string());
+    let file_name = std::path::Path::new(&spec).file_name().map(|f| f.to_string_lossy().into_owned());
+    for alias in [Some(spec.clone()), file_name].into_iter().flatten() {
         if !alias.is_empty() && !names.contains(&alias) {
             names.push(alias);
         }
     }
-    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
-        .parse()
-        .with_context(|| format!("listen address {}:{}", args.host, args.port))?;
+    let host = args.host.or(file.host).unwrap_or_else(|| "127.0.0.1".into());
+    let port = args.port.or(file.port).unwrap_or(8080);
+    let addr: SocketAddr =
+        format!("{host}:{port}").parse().with_context(|| format!("listen address {host}:{port}"))?;
     let config = baimo_server::WorkerConfig {
         context,
-        max_active: args.parallel.clamp(1, 64),
+        max_active: args.parallel.or(file.parallel).unwrap_or(16).clamp(1, 64),
         arithmetic: args.model.arithmetic.into(),
-        cache_entries: args.cache_entries,
-        cache_bytes: args.cache_mib.saturating_mul(1 << 20),
+        cache_entries: args.cache_entries.or(file.cache_entries).unwrap_or(32),
+        cache_bytes: args.cache_mib.or(file.cache_mib).unwrap_or(1024).saturating_mul(1 << 20),
     };
     let mut keys = args.api_keys.clone();
-    if let Some(file) = &args.api_keys_file {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    keys.extend(file.api_keys.iter().cloned());
+    for path in [&args.api_keys_file, &file.api_keys_file].into_iter().flatten() {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         keys.extend(
             text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
         );
     }
+    let mut cors_origins = args.cors_origins.clone();
+    cors_origins.extend(file.cors_origins.iter().cloned());
     let limits = baimo_server::Limits {
         keys: baimo_server::ApiKeys::new(&keys),
-        max_tokens: args.max_tokens_limit,
-        queue: args.queue,
-        cors_origins: args.cors_origins.clone(),
+        max_tokens: args.max_tokens_limit.or(file.max_tokens_limit),
+        queue: args.queue.or(file.queue).unwrap_or(256),
+        cors_origins,
     };
     let app = Arc::new(App::new(model, pool, names.clone(), config, limits));
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -96,7 +157,10 @@ pub fn main(args: Args) -> Result<()> {
     let quiet = args.model.quiet;
     runtime.block_on(baimo_server::serve(app, addr, |bound| {
         if !quiet {
-            eprintln!("serving {} at http://{bound} (OpenAI API under /v1)", names.join(", "));
+            eprintln!(
+                "serving {} at http://{bound} (OpenAI API under /v1, chat page at /)",
+                names.join(", ")
+            );
         } else {
             eprintln!("listening on http://{bound}");
         }

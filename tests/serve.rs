@@ -23,13 +23,14 @@ impl Drop for Server {
 
 /// Starts `baimo serve MODEL --port 0` and reads the address it prints.
 fn start(model: &str, extra: &[&str]) -> Server {
-    let mut child = common::baimo()
-        .args(["serve", model, "--port", "0", "-q"])
-        .args(extra)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut args = vec!["serve", model, "--port", "0", "-q"];
+    args.extend_from_slice(extra);
+    start_with(&args)
+}
+
+/// Starts `baimo ARGS` (a `serve` command that prints where it listens).
+fn start_with(args: &[&str]) -> Server {
+    let mut child = common::baimo().args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let line = lines.next().expect("the server says where it listens").unwrap();
     let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line}")).to_string();
@@ -122,6 +123,14 @@ fn openai_chat_completions_whole_and_streamed() {
     assert_eq!(models["object"], "list");
     assert!(models["data"].as_array().unwrap().iter().any(|m| m["id"] == "llama-trained"));
     assert_eq!(client().get(format!("{}/health", server.base)).send().unwrap().status().as_u16(), 200);
+    // The two requests show in the time-to-first-token and generation-time summaries.
+    assert_eq!(metric(&server, "baimo_time_to_first_token_seconds_count"), 2.0);
+    assert!(metric(&server, "baimo_time_to_first_token_seconds_sum") > 0.0);
+    assert!(metric(&server, "baimo_generation_seconds_sum") > 0.0);
+    assert_eq!(
+        metric(&server, "baimo_completion_tokens_total"),
+        2.0 * usage["completion_tokens"].as_f64().unwrap()
+    );
 }
 
 #[test]
@@ -442,4 +451,48 @@ fn the_next_turn_of_a_conversation_reads_only_what_is_new() {
     let fresh = turn(&uncached, &second);
     assert_eq!(fresh["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
     assert_eq!(b["choices"][0]["message"]["content"], fresh["choices"][0]["message"]["content"]);
+}
+
+/// Settings from a TOML file (`--config`), a flag winning over the file; a bad key is a clean
+/// error.
+#[test]
+fn a_config_file_sets_the_server_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("baimo.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = {:?}\nport = 1\napi_keys = [\"sk-toml\"]\nmax_tokens_limit = 8\ncache_entries = 0\n",
+            fixture("hf/llama-trained")
+        ),
+    )
+    .unwrap();
+    // --port 0 on the command line wins over the file's port 1.
+    let server = start_with(&["serve", "--config", config.to_str().unwrap(), "--port", "0", "-q"]);
+    let body =
+        json!({"model": "llama-trained", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4});
+    let r = client().post(format!("{}/v1/chat/completions", server.base)).json(&body).send().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = client()
+        .post(format!("{}/v1/chat/completions", server.base))
+        .bearer_auth("sk-toml")
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut big = body.clone();
+    big["max_tokens"] = json!(9);
+    let r = client()
+        .post(format!("{}/v1/chat/completions", server.base))
+        .bearer_auth("sk-toml")
+        .json(&big)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+
+    std::fs::write(&config, "prot = 8080\n").unwrap();
+    let out = common::baimo().args(["serve", "--config", config.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a valid baimo serve config") && err.contains("prot"), "{err}");
 }

@@ -170,6 +170,26 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
         ),
     ]
     .concat()
+        + &summary(
+            "time_to_first_token_seconds",
+            "Time from a request's arrival at the engine to its first token.",
+            c.ttft_micros.load(Ordering::Relaxed),
+            c.finished.load(Ordering::Relaxed),
+        )
+        + &summary(
+            "generation_seconds",
+            "Time spent generating after the first token (tokens/s = completion tokens / this sum).",
+            c.generation_micros.load(Ordering::Relaxed),
+            c.finished.load(Ordering::Relaxed),
+        )
+}
+
+/// A Prometheus summary without quantiles: `_sum` (seconds) and `_count`.
+fn summary(name: &str, help: &str, sum_micros: usize, count: usize) -> String {
+    format!(
+        "# HELP baimo_{name} {help}\n# TYPE baimo_{name} summary\nbaimo_{name}_sum {}\nbaimo_{name}_count {count}\n",
+        sum_micros as f64 / 1e6
+    )
 }
 
 /// Serves until Ctrl-C; `on_listening` gets the bound address (the port may have been 0).

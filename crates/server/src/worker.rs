@@ -44,6 +44,11 @@ pub struct Counters {
     pub step_rows: AtomicUsize,
     /// Prompt tokens whose keys and values came from an earlier request (prefix cache).
     pub cached_tokens: AtomicUsize,
+    /// Finished requests, the sum of their times to first token and of their generation times
+    /// (after the first token), in microseconds.
+    pub finished: AtomicUsize,
+    pub ttft_micros: AtomicUsize,
+    pub generation_micros: AtomicUsize,
 }
 
 /// How the engine thread runs.
@@ -345,6 +350,11 @@ fn report(a: Active, error: Option<String>, c: &Counters) -> Option<(Vec<u32>, S
             time_to_first_token: end.time_to_first_token,
         }),
     };
+    if let Ok(g) = &result {
+        c.finished.fetch_add(1, Ordering::Relaxed);
+        c.ttft_micros.fetch_add(g.time_to_first_token.as_micros() as usize, Ordering::Relaxed);
+        c.generation_micros.fetch_add(g.generation_time.as_micros() as usize, Ordering::Relaxed);
+    }
     let _ = a.events.send(Event::Done(result));
     // The cache holds exactly the tokens of `history`.
     ok.then_some((a.history, a.seq))
