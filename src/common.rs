@@ -164,6 +164,7 @@ impl SamplingOptions {
                 .map_or(0, |d| d.as_nanos() as u64)
         });
         GenerateOptions {
+            logprobs: None,
             sampling: SamplingParams {
                 temperature: self.temperature,
                 top_k: self.top_k,

@@ -496,3 +496,61 @@ fn a_config_file_sets_the_server_up() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a valid baimo serve config") && err.contains("prot"), "{err}");
 }
+
+/// `logprobs` / `top_logprobs`: one entry per generated token, in OpenAI's form, the same whole
+/// and streamed; under greedy decoding every chosen token is the most likely one.
+#[test]
+fn token_logprobs_whole_and_streamed() {
+    let server = start(&fixture("hf/llama-trained"), &[]);
+    let request = json!({
+        "model": "llama-trained",
+        "messages": [{"role": "user", "content": "Hello"}],
+        "max_tokens": 6,
+        "temperature": 0,
+        "logprobs": true,
+        "top_logprobs": 3,
+    });
+    let (status, whole) = chat(&server, request.clone());
+    assert_eq!(status, 200, "{whole}");
+    let content = whole["choices"][0]["logprobs"]["content"].as_array().unwrap().clone();
+    assert_eq!(content.len() as u64, whole["usage"]["completion_tokens"].as_u64().unwrap());
+    for entry in &content {
+        let lp = entry["logprob"].as_f64().unwrap();
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert!(lp <= 0.0);
+        assert_eq!(top[0]["token"], entry["token"], "greedy picks the most likely token");
+        assert!((top[0]["logprob"].as_f64().unwrap() - lp).abs() < 1e-6);
+        assert!(top.windows(2).all(|w| w[0]["logprob"].as_f64() >= w[1]["logprob"].as_f64()));
+        assert_eq!(entry["bytes"].as_array().unwrap().len(), entry["token"].as_str().unwrap().len());
+    }
+    let text: String = content.iter().map(|e| e["token"].as_str().unwrap()).collect();
+    assert_eq!(text, whole["choices"][0]["message"]["content"].as_str().unwrap());
+
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    let body = client()
+        .post(format!("{}/v1/chat/completions", server.base))
+        .json(&streamed)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let entries: Vec<Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .flat_map(|d| {
+            let v: Value = serde_json::from_str(d).unwrap();
+            v["choices"][0]["logprobs"]["content"].as_array().cloned().unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(entries, content);
+    // top_logprobs without logprobs, or over 20: 400.
+    let mut bad = request.clone();
+    bad["logprobs"] = json!(false);
+    assert_eq!(chat(&server, bad).0, 400);
+    let mut bad = request.clone();
+    bad["top_logprobs"] = json!(21);
+    assert_eq!(chat(&server, bad).0, 400);
+}

@@ -14,7 +14,7 @@ pub use loaded::{FALLBACK_CHAT_TEMPLATE, LoadedModel, builtin_format};
 pub use perplexity::{Perplexity, perplexity};
 pub use sampler::{Sampler, SamplingParams};
 pub use session::{FinishReason, GenerateOptions, Generation, Session};
-pub use stream::{StreamEnd, TokenStream};
+pub use stream::{StreamEnd, TokenLogprob, TokenStream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -16,6 +16,9 @@ use crate::{EngineError, LoadedModel};
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
     pub sampling: SamplingParams,
+    /// Record each generated token's log-probability and this many most likely alternatives
+    /// (`None`: record nothing).
+    pub logprobs: Option<usize>,
     /// At most this many new tokens.
     pub max_tokens: usize,
     /// Stop before any of these strings; it is not part of the output.
@@ -28,6 +31,7 @@ impl Default for GenerateOptions {
     fn default() -> Self {
         GenerateOptions {
             sampling: SamplingParams::default(),
+            logprobs: None,
             max_tokens: 512,
             stop: Vec::new(),
             stop_at_eog: true,
@@ -60,6 +64,8 @@ impl FinishReason {
 pub struct Generation {
     pub text: String,
     pub tokens: Vec<u32>,
+    /// One entry per generated token when asked for (`GenerateOptions::logprobs`).
+    pub logprobs: Vec<crate::stream::TokenLogprob>,
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,
     /// Prompt tokens whose cached state was reused.
@@ -172,10 +178,11 @@ impl Session {
         let end = stream.finish(on_text);
         // The stream's clock started before the prompt was read.
         let time_to_first_token = end.time_to_first_token;
-        let (text, generated, finish) = (end.text, end.tokens, end.finish_reason);
+        let (text, generated, finish) = (end.text.clone(), end.tokens.clone(), end.finish_reason);
         Ok(Generation {
             text,
             tokens: generated,
+            logprobs: end.logprobs,
             finish_reason: finish,
             prompt_tokens: prompt.len(),
             cached_tokens: reused,

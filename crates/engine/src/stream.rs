@@ -10,8 +10,43 @@ use crate::sampler::Sampler;
 use crate::session::{FinishReason, GenerateOptions};
 use crate::stop::{StopCheck, StopStrings};
 
+/// A generated token's log-probability under the model (log-softmax of the logits, before any
+/// sampling transform), with the most likely alternatives at that step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Log-softmax of `logits` at `token`, and the `k` most likely tokens with theirs.
+fn logprobs_of(logits: &[f32], token: u32, k: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let log_z = max as f64 + sum.ln();
+    let lp = |l: f32| (l as f64 - log_z) as f32;
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    if k > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if top.len() < k || l > top[top.len() - 1].1 {
+                let at = top.partition_point(|&(_, v)| v >= l);
+                top.insert(at, (i as u32, l));
+                top.truncate(k);
+            }
+        }
+    }
+    TokenLogprob {
+        token,
+        logprob: logits.get(token as usize).map_or(f32::NEG_INFINITY, |&l| lp(l)),
+        top: top.into_iter().map(|(t, l)| (t, lp(l))).collect(),
+    }
+}
+
 pub struct TokenStream {
     options: GenerateOptions,
+    logprobs: Vec<TokenLogprob>,
+    /// Entries not yet taken by [`TokenStream::take_logprobs`].
+    logprobs_taken: usize,
     sampler: Sampler,
     stops: StopStrings,
     decoder: StreamDecoder,
@@ -28,6 +63,7 @@ pub struct TokenStream {
 pub struct StreamEnd {
     pub text: String,
     pub tokens: Vec<u32>,
+    pub logprobs: Vec<TokenLogprob>,
     pub finish_reason: FinishReason,
     /// From the stream's start to its first token.
     pub time_to_first_token: Duration,
@@ -40,6 +76,8 @@ impl TokenStream {
             sampler: Sampler::new(options.sampling.clone()),
             stops: StopStrings::new(options.stop.iter().cloned()),
             options: options.clone(),
+            logprobs: Vec::new(),
+            logprobs_taken: 0,
             decoder: StreamDecoder::new(),
             pending: String::new(),
             text: String::new(),
@@ -88,6 +126,9 @@ impl TokenStream {
             return None;
         }
         self.generated.push(token);
+        if let Some(k) = self.options.logprobs {
+            self.logprobs.push(logprobs_of(logits, token, k.min(20)));
+        }
         self.first_token.get_or_insert_with(|| self.started.elapsed());
         self.pending.push_str(&self.decoder.push(tokenizer, token));
         match self.stops.check(&self.pending) {
@@ -109,6 +150,13 @@ impl TokenStream {
         Some(token)
     }
 
+    /// The log-probability entries recorded since the last call (for streaming them).
+    pub fn take_logprobs(&mut self) -> &[TokenLogprob] {
+        let from = self.logprobs_taken;
+        self.logprobs_taken = self.logprobs.len();
+        &self.logprobs[from..]
+    }
+
     /// Flushes what was held back (unless a stop string ended the stream) and returns the
     /// result.
     pub fn finish(mut self, on_text: &mut dyn FnMut(&str)) -> StreamEnd {
@@ -122,6 +170,7 @@ impl TokenStream {
         StreamEnd {
             text: self.text,
             tokens: self.generated,
+            logprobs: self.logprobs,
             finish_reason,
             time_to_first_token: self.first_token.unwrap_or_default(),
         }
@@ -132,5 +181,20 @@ fn emit(piece: &str, text: &mut String, on_text: &mut dyn FnMut(&str)) {
     if !piece.is_empty() {
         on_text(piece);
         text.push_str(piece);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logprobs_of;
+
+    #[test]
+    fn logprobs_are_a_log_softmax_with_the_top_alternatives() {
+        let logits = [1.0f32, 3.0, 2.0, 0.5];
+        let lp = logprobs_of(&logits, 2, 2);
+        let z: f32 = logits.iter().map(|l| l.exp()).sum::<f32>().ln();
+        assert!((lp.logprob - (2.0 - z)).abs() < 1e-6);
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2]);
+        assert!((lp.top[0].1 - (3.0 - z)).abs() < 1e-6);
     }
 }

@@ -159,6 +159,8 @@ pub async fn messages(
         presence_penalty: None,
         frequency_penalty: None,
         n: None,
+        logprobs: None,
+        top_logprobs: None,
     };
     let (prompt, options) = match prepare(&app, &as_openai) {
         Ok(p) => p,
@@ -173,6 +175,8 @@ pub async fn messages(
         let mut text = String::new();
         while let Some(event) = rx.recv().await {
             match event {
+                // Log-probabilities are only reported by the chat endpoint.
+                Event::Logprobs(_) => {}
                 Event::Text(piece) => text.push_str(&piece),
                 Event::Done(Ok(g)) => {
                     return Json(json!({
@@ -218,6 +222,8 @@ pub async fn messages(
         }
         while let Some(ev) = rx.recv().await {
             match ev {
+                // Log-probabilities are only reported by the chat endpoint.
+                Event::Logprobs(_) => {}
                 Event::Text(piece) => {
                     let delta = json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}});
                     if sse.send(event("content_block_delta", delta)).await.is_err() {

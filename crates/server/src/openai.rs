@@ -11,7 +11,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use baimo_chat::ChatMessage;
-use baimo_engine::{FinishReason, GenerateOptions, Generation, SamplingParams};
+use baimo_engine::{FinishReason, GenerateOptions, Generation, SamplingParams, TokenLogprob};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -51,6 +51,9 @@ pub struct ChatRequest {
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub n: Option<u64>,
+    /// Return each token's log-probability, and `top_logprobs` (0–20) alternatives.
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<usize>,
 }
 
 pub(crate) fn now() -> u64 {
@@ -149,7 +152,14 @@ pub(crate) fn prepare_prompt(
         Some(Stop::Many(v)) if v.len() <= 4 => v.clone(),
         Some(Stop::Many(_)) => return Err(ApiError::bad_request("at most 4 stop sequences")),
     };
+    if request.top_logprobs.is_some_and(|k| k > 20) {
+        return Err(ApiError::bad_request("top_logprobs must be between 0 and 20"));
+    }
+    if request.top_logprobs.is_some() && request.logprobs != Some(true) {
+        return Err(ApiError::bad_request("top_logprobs needs logprobs set to true"));
+    }
     let options = GenerateOptions {
+        logprobs: (request.logprobs == Some(true)).then(|| request.top_logprobs.unwrap_or(0)),
         sampling: SamplingParams {
             temperature,
             top_k: 0,
@@ -168,6 +178,25 @@ pub(crate) fn prepare_prompt(
         stop_at_eog: true,
     };
     Ok((prompt, options))
+}
+
+/// One token in OpenAI's `logprobs.content` form: its text, log-probability, UTF-8 bytes and
+/// the alternatives.
+fn logprob_entry(app: &App, lp: &TokenLogprob) -> Value {
+    let piece = |t: u32| {
+        let bytes = app.model.tokenizer.token_bytes(t, true).into_owned();
+        (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+    };
+    let (token, bytes) = piece(lp.token);
+    let top: Vec<Value> = lp
+        .top
+        .iter()
+        .map(|&(t, l)| {
+            let (token, bytes) = piece(t);
+            json!({"token": token, "logprob": l, "bytes": bytes})
+        })
+        .collect();
+    json!({"token": token, "logprob": lp.logprob, "bytes": bytes, "top_logprobs": top})
 }
 
 fn finish_reason(g: &Generation) -> &'static str {
@@ -225,7 +254,14 @@ pub async fn chat_completions(
         while let Some(event) = rx.recv().await {
             match event {
                 Event::Text(piece) => text.push_str(&piece),
+                Event::Logprobs(_) => {}
                 Event::Done(Ok(g)) => {
+                    let logprobs = match request.logprobs {
+                        Some(true) => {
+                            json!({"content": g.logprobs.iter().map(|lp| logprob_entry(&app, lp)).collect::<Vec<_>>()})
+                        }
+                        _ => Value::Null,
+                    };
                     return Json(json!({
                         "id": id,
                         "object": "chat.completion",
@@ -235,7 +271,7 @@ pub async fn chat_completions(
                         "choices": [{
                             "index": 0,
                             "message": {"role": "assistant", "content": text, "refusal": null},
-                            "logprobs": null,
+                            "logprobs": logprobs,
                             "finish_reason": finish_reason(&g),
                         }],
                         "usage": usage(&g),
@@ -249,16 +285,22 @@ pub async fn chat_completions(
     }
 
     let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let want_logprobs = request.logprobs == Some(true);
     let (sse, sse_rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
     tokio::spawn(async move {
-        let chunk = |delta: Value, finish: Option<&str>| {
+        // Token log-probabilities ride on the next content chunk (text pieces and tokens need
+        // not line up one to one); what is left goes with the last chunk.
+        let mut pending: Vec<Value> = Vec::new();
+        let chunk = |delta: Value, finish: Option<&str>, pending: &mut Vec<Value>| {
+            let logprobs =
+                if want_logprobs { json!({"content": std::mem::take(pending)}) } else { Value::Null };
             let mut c = json!({
                 "id": id,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
                 "system_fingerprint": crate::FINGERPRINT,
-                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+                "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
             });
             if include_usage {
                 c["usage"] = Value::Null;
@@ -267,18 +309,20 @@ pub async fn chat_completions(
         };
         // Every send below fails once the client is gone: returning drops `rx`, which the
         // engine notices before its next token.
-        if sse.send(chunk(json!({"role": "assistant", "content": ""}), None)).await.is_err() {
+        if sse.send(chunk(json!({"role": "assistant", "content": ""}), None, &mut Vec::new())).await.is_err()
+        {
             return;
         }
         while let Some(event) = rx.recv().await {
             match event {
+                Event::Logprobs(lps) => pending.extend(lps.iter().map(|lp| logprob_entry(&app, lp))),
                 Event::Text(piece) => {
-                    if sse.send(chunk(json!({"content": piece}), None)).await.is_err() {
+                    if sse.send(chunk(json!({"content": piece}), None, &mut pending)).await.is_err() {
                         return;
                     }
                 }
                 Event::Done(Ok(g)) => {
-                    let _ = sse.send(chunk(json!({}), Some(finish_reason(&g)))).await;
+                    let _ = sse.send(chunk(json!({}), Some(finish_reason(&g)), &mut pending)).await;
                     if include_usage {
                         let u = json!({
                             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -356,6 +400,8 @@ pub async fn completions(
         presence_penalty: request.presence_penalty,
         frequency_penalty: request.frequency_penalty,
         n: request.n,
+        logprobs: None,
+        top_logprobs: None,
     };
     let prompt = app.model.tokenize_prompt(&text);
     let (prompt, options) = match prepare_prompt(&app, &as_chat, prompt) {
@@ -373,6 +419,8 @@ pub async fn completions(
         let mut text = String::new();
         while let Some(event) = rx.recv().await {
             match event {
+                // Log-probabilities are only reported by the chat endpoint.
+                Event::Logprobs(_) => {}
                 Event::Text(piece) => text.push_str(&piece),
                 Event::Done(Ok(g)) => {
                     return Json(json!({
@@ -402,6 +450,8 @@ pub async fn completions(
         };
         while let Some(event) = rx.recv().await {
             match event {
+                // Log-probabilities are only reported by the chat endpoint.
+                Event::Logprobs(_) => {}
                 Event::Text(piece) => {
                     if sse.send(chunk(choice(&piece, None), Value::Null)).await.is_err() {
                         return;

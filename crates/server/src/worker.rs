@@ -20,6 +20,8 @@ use tokio::sync::mpsc::UnboundedSender;
 pub enum Event {
     /// A piece of the answer's text.
     Text(String),
+    /// Log-probabilities of the tokens generated since the last such event (when asked for).
+    Logprobs(Vec<baimo_engine::TokenLogprob>),
     /// The generation ended (its figures), or failed.
     Done(Result<Generation, String>),
 }
@@ -225,13 +227,18 @@ fn run(
                     let mut send = |piece: &str| {
                         let _ = events.send(Event::Text(piece.to_string()));
                     };
-                    a.stream.next(
+                    let next = a.stream.next(
                         &model.tokenizer,
                         &l[row * vocab..(row + 1) * vocab],
                         &a.history,
                         room,
                         &mut send,
-                    )
+                    );
+                    let lps = a.stream.take_logprobs();
+                    if !lps.is_empty() {
+                        let _ = a.events.send(Event::Logprobs(lps.to_vec()));
+                    }
+                    next
                 }
                 Err(_) => None,
             };
@@ -301,6 +308,10 @@ fn admit(
         let _ = events.send(Event::Text(piece.to_string()));
     };
     let next = stream.next(&model.tokenizer, &logits, &job.prompt, room, &mut send);
+    let lps = stream.take_logprobs();
+    if !lps.is_empty() {
+        let _ = job.events.send(Event::Logprobs(lps.to_vec()));
+    }
     let a = Active {
         seq,
         history: job.prompt.clone(),
@@ -338,6 +349,7 @@ fn report(a: Active, error: Option<String>, c: &Counters) -> Option<(Vec<u32>, S
         None => Ok(Generation {
             text: end.text,
             tokens: end.tokens,
+            logprobs: end.logprobs,
             finish_reason: if end.finish_reason == FinishReason::Cancelled {
                 FinishReason::Length
             } else {
