@@ -156,7 +156,7 @@ fn bad_requests_get_openai_errors_with_their_status() {
         json!({"model": "llama-trained", "messages": []}),
         json!({"model": "llama-trained", "messages": [{"role": "user", "content": "x"}], "temperature": 5}),
         json!({"model": "llama-trained", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}),
-        json!({"model": "llama-trained", "messages": [{"role": "user", "content": "x"}], "n": 3}),
+        json!({"model": "llama-trained", "messages": [{"role": "user", "content": "x"}], "n": 9}),
         json!({"messages": [{"role": "user", "content": "x"}]}),
     ] {
         let (status, body) = chat(&server, bad.clone());
@@ -553,4 +553,51 @@ fn token_logprobs_whole_and_streamed() {
     let mut bad = request.clone();
     bad["top_logprobs"] = json!(21);
     assert_eq!(chat(&server, bad).0, 400);
+}
+
+/// `n` choices: as many sequences decoded together with seeds seed, seed + 1, …; the same
+/// choices whole and streamed (chunks carry their choice's index), usage summed.
+#[test]
+fn several_choices_whole_and_streamed() {
+    let server = start(&fixture("hf/llama-trained"), &[]);
+    let request = json!({
+        "model": "llama-trained",
+        "messages": [{"role": "user", "content": "Tell me about freedom."}],
+        "max_tokens": 10,
+        "temperature": 1.0,
+        "seed": 42,
+        "n": 3,
+    });
+    let (status, whole) = chat(&server, request.clone());
+    assert_eq!(status, 200, "{whole}");
+    let choices = whole["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    let texts: Vec<&str> = choices.iter().map(|c| c["message"]["content"].as_str().unwrap()).collect();
+    assert!(choices.iter().enumerate().all(|(i, c)| c["index"] == i));
+    assert!(texts[0] != texts[1] || texts[1] != texts[2], "three seeds gave one answer: {texts:?}");
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let body = client()
+        .post(format!("{}/v1/chat/completions", server.base))
+        .json(&streamed)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let mut by_index = vec![String::new(); 3];
+    let mut usage = Value::Null;
+    for data in body.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]") {
+        let v: Value = serde_json::from_str(data).unwrap();
+        if let Some(c) = v["choices"].as_array().and_then(|c| c.first()) {
+            if let Some(piece) = c["delta"]["content"].as_str() {
+                by_index[c["index"].as_u64().unwrap() as usize].push_str(piece);
+            }
+        } else {
+            usage = v["usage"].clone();
+        }
+    }
+    assert_eq!(by_index, texts);
+    assert_eq!(usage["completion_tokens"], whole["usage"]["completion_tokens"]);
+    assert!(body.trim_end().ends_with("data: [DONE]"));
 }

@@ -110,7 +110,7 @@ pub(crate) fn prepare_prompt(
     prompt: Vec<u32>,
 ) -> Result<(Vec<u32>, GenerateOptions), ApiError> {
     if request.n.unwrap_or(1) != 1 {
-        return Err(ApiError::bad_request("only n = 1 is supported"));
+        return Err(ApiError::bad_request("n > 1 is supported by /v1/chat/completions only"));
     }
     let temperature = request.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
@@ -228,6 +228,9 @@ pub(crate) fn admit(app: &App, headers: &axum::http::HeaderMap) -> Result<(), Ap
     Ok(())
 }
 
+/// Choices per request at most (`n`).
+const MAX_CHOICES: u64 = 8;
+
 pub async fn chat_completions(
     State(app): State<Arc<App>>,
     headers: axum::http::HeaderMap,
@@ -236,113 +239,171 @@ pub async fn chat_completions(
     if let Err(e) = admit(&app, &headers) {
         return e.into_response();
     }
-    let request = match body {
+    let mut request = match body {
         Ok(Json(r)) => r,
         Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
     };
+    // `n` choices are `n` sequences decoded together, with seeds seed, seed + 1, …
+    let n = request.n.unwrap_or(1);
+    if !(1..=MAX_CHOICES).contains(&n) {
+        return ApiError::bad_request(format!("n must be between 1 and {MAX_CHOICES}")).into_response();
+    }
+    request.n = None;
     let (prompt, options) = match prepare(&app, &request) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let (events, mut rx) = mpsc::unbounded_channel();
-    if !app.worker.submit(Job { prompt, options, events }) {
-        return ApiError::unavailable("the engine stopped").into_response();
+    let mut receivers = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let mut options = options.clone();
+        options.sampling.seed = options.sampling.seed.wrapping_add(i);
+        let (events, rx) = mpsc::unbounded_channel();
+        if !app.worker.submit(Job { prompt: prompt.clone(), options, events }) {
+            return ApiError::unavailable("the engine stopped").into_response();
+        }
+        receivers.push(rx);
     }
     let (id, created, model) = (completion_id(), now(), request.model.clone());
+    let want_logprobs = request.logprobs == Some(true);
     if !request.stream {
-        let mut text = String::new();
-        while let Some(event) = rx.recv().await {
-            match event {
-                Event::Text(piece) => text.push_str(&piece),
-                Event::Logprobs(_) => {}
-                Event::Done(Ok(g)) => {
-                    let logprobs = match request.logprobs {
-                        Some(true) => {
-                            json!({"content": g.logprobs.iter().map(|lp| logprob_entry(&app, lp)).collect::<Vec<_>>()})
-                        }
-                        _ => Value::Null,
-                    };
-                    return Json(json!({
-                        "id": id,
-                        "object": "chat.completion",
-                        "created": created,
-                        "model": model,
-                        "system_fingerprint": crate::FINGERPRINT,
-                        "choices": [{
-                            "index": 0,
-                            "message": {"role": "assistant", "content": text, "refusal": null},
-                            "logprobs": logprobs,
-                            "finish_reason": finish_reason(&g),
-                        }],
-                        "usage": usage(&g),
-                    }))
-                    .into_response();
+        let mut choices = Vec::with_capacity(receivers.len());
+        let (mut prompt_tokens, mut completion_tokens, mut cached) = (0, 0, 0);
+        for (index, mut rx) in receivers.into_iter().enumerate() {
+            let mut text = String::new();
+            let g = loop {
+                match rx.recv().await {
+                    Some(Event::Text(piece)) => text.push_str(&piece),
+                    Some(Event::Logprobs(_)) => {}
+                    Some(Event::Done(Ok(g))) => break g,
+                    Some(Event::Done(Err(e))) => return ApiError::unavailable(e).into_response(),
+                    None => return ApiError::unavailable("the engine stopped").into_response(),
                 }
-                Event::Done(Err(e)) => return ApiError::unavailable(e).into_response(),
-            }
+            };
+            let logprobs = if want_logprobs {
+                json!({"content": g.logprobs.iter().map(|lp| logprob_entry(&app, lp)).collect::<Vec<_>>()})
+            } else {
+                Value::Null
+            };
+            prompt_tokens = g.prompt_tokens;
+            cached = cached.max(g.cached_tokens);
+            completion_tokens += g.tokens.len();
+            choices.push(json!({
+                "index": index,
+                "message": {"role": "assistant", "content": text, "refusal": null},
+                "logprobs": logprobs,
+                "finish_reason": finish_reason(&g),
+            }));
         }
-        return ApiError::unavailable("the engine stopped").into_response();
+        return Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": crate::FINGERPRINT,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": cached},
+            },
+        }))
+        .into_response();
     }
 
     let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let want_logprobs = request.logprobs == Some(true);
     let (sse, sse_rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
-    tokio::spawn(async move {
-        // Token log-probabilities ride on the next content chunk (text pieces and tokens need
-        // not line up one to one); what is left goes with the last chunk.
-        let mut pending: Vec<Value> = Vec::new();
-        let chunk = |delta: Value, finish: Option<&str>, pending: &mut Vec<Value>| {
-            let logprobs =
-                if want_logprobs { json!({"content": std::mem::take(pending)}) } else { Value::Null };
+    let chunk = {
+        let (id, model) = (id.clone(), model.clone());
+        move |index: usize, delta: Value, finish: Option<&str>, logprobs: Value| {
             let mut c = json!({
                 "id": id,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
                 "system_fingerprint": crate::FINGERPRINT,
-                "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+                "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
             });
             if include_usage {
                 c["usage"] = Value::Null;
             }
-            Ok(SseEvent::default().data(c.to_string()))
-        };
-        // Every send below fails once the client is gone: returning drops `rx`, which the
-        // engine notices before its next token.
-        if sse.send(chunk(json!({"role": "assistant", "content": ""}), None, &mut Vec::new())).await.is_err()
-        {
-            return;
+            c.to_string()
         }
-        while let Some(event) = rx.recv().await {
-            match event {
-                Event::Logprobs(lps) => pending.extend(lps.iter().map(|lp| logprob_entry(&app, lp))),
-                Event::Text(piece) => {
-                    if sse.send(chunk(json!({"content": piece}), None, &mut pending)).await.is_err() {
+    };
+    // One task per choice streams its chunks; the last one to finish sends the usage and [DONE].
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Generation, String>>();
+    let total = receivers.len();
+    for (index, mut rx) in receivers.into_iter().enumerate() {
+        let (sse, chunk, done_tx, app) = (sse.clone(), chunk.clone(), done_tx.clone(), app.clone());
+        tokio::spawn(async move {
+            // Token log-probabilities ride on the next content chunk (text pieces and tokens
+            // need not line up one to one); what is left goes with the last chunk.
+            let mut pending: Vec<Value> = Vec::new();
+            let lp = |pending: &mut Vec<Value>| {
+                if want_logprobs { json!({"content": std::mem::take(pending)}) } else { Value::Null }
+            };
+            let first = chunk(index, json!({"role": "assistant", "content": ""}), None, lp(&mut Vec::new()));
+            // Every send fails once the client is gone: returning drops `rx`, which the engine
+            // notices before its next token.
+            if sse.send(Ok(SseEvent::default().data(first))).await.is_err() {
+                return;
+            }
+            while let Some(event) = rx.recv().await {
+                match event {
+                    Event::Logprobs(lps) => pending.extend(lps.iter().map(|l| logprob_entry(&app, l))),
+                    Event::Text(piece) => {
+                        let c = chunk(index, json!({"content": piece}), None, lp(&mut pending));
+                        if sse.send(Ok(SseEvent::default().data(c))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Event::Done(Ok(g)) => {
+                        let c = chunk(index, json!({}), Some(finish_reason(&g)), lp(&mut pending));
+                        let _ = sse.send(Ok(SseEvent::default().data(c))).await;
+                        let _ = done_tx.send(Ok(g));
+                        return;
+                    }
+                    Event::Done(Err(e)) => {
+                        let _ = done_tx.send(Err(e));
                         return;
                     }
                 }
-                Event::Done(Ok(g)) => {
-                    let _ = sse.send(chunk(json!({}), Some(finish_reason(&g)), &mut pending)).await;
-                    if include_usage {
-                        let u = json!({
-                            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                            "system_fingerprint": crate::FINGERPRINT, "choices": [], "usage": usage(&g),
-                        });
-                        let _ = sse.send(Ok(SseEvent::default().data(u.to_string()))).await;
-                    }
-                    let _ = sse.send(Ok(SseEvent::default().data("[DONE]"))).await;
-                    return;
+            }
+        });
+    }
+    drop(done_tx);
+    tokio::spawn(async move {
+        let (mut finished, mut prompt_tokens, mut completion_tokens, mut cached) = (0, 0, 0, 0);
+        while let Some(result) = done_rx.recv().await {
+            match result {
+                Ok(g) => {
+                    finished += 1;
+                    prompt_tokens = g.prompt_tokens;
+                    cached = cached.max(g.cached_tokens);
+                    completion_tokens += g.tokens.len();
                 }
-                Event::Done(Err(e)) => {
+                Err(e) => {
                     // After the stream started, an error is an event of its own (as OpenAI does).
-                    let _ = sse
-                        .send(Ok(SseEvent::default().data(ApiError::unavailable(e).body().to_string())))
-                        .await;
-                    let _ = sse.send(Ok(SseEvent::default().data("[DONE]"))).await;
-                    return;
+                    let body = ApiError::unavailable(e).body().to_string();
+                    let _ = sse.send(Ok(SseEvent::default().data(body))).await;
+                    break;
                 }
             }
         }
+        if finished == total && include_usage {
+            let u = json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "system_fingerprint": crate::FINGERPRINT, "choices": [],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                    "prompt_tokens_details": {"cached_tokens": cached},
+                },
+            });
+            let _ = sse.send(Ok(SseEvent::default().data(u.to_string()))).await;
+        }
+        let _ = sse.send(Ok(SseEvent::default().data("[DONE]"))).await;
     });
     Sse::new(ReceiverStream::new(sse_rx)).keep_alive(KeepAlive::default()).into_response()
 }
