@@ -23,6 +23,14 @@ pub struct Args {
     /// A TOML file with any of the settings below (see the end of this help).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Another model to serve, loaded on its first request (repeatable; a GGUF path, a model
+    /// folder or a known name). Requests choose by `model`.
+    #[arg(long = "extra-model", value_name = "MODEL")]
+    extra_models: Vec<String>,
+    /// Weights the loaded models may take together, in MiB; beyond, the least recently used
+    /// extra models are unloaded [default: 8192].
+    #[arg(long, value_name = "MIB")]
+    memory_budget_mib: Option<usize>,
     /// Address to listen on [default: 127.0.0.1].
     #[arg(long)]
     host: Option<String>,
@@ -61,6 +69,8 @@ pub struct Args {
 const CONFIG_HELP: &str = "\
 Config file (--config FILE, TOML; flags win):
   model = \"qwen2.5-coder-0.5b\"    # as MODEL_SPEC
+  extra_models = [\"smollm2-135m\"] # as --extra-model
+  memory_budget_mib = 8192
   host = \"0.0.0.0\"
   port = 8080
   parallel = 16
@@ -79,6 +89,9 @@ Config file (--config FILE, TOML; flags win):
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     model: Option<String>,
+    #[serde(default)]
+    extra_models: Vec<String>,
+    memory_budget_mib: Option<usize>,
     host: Option<String>,
     port: Option<u16>,
     parallel: Option<usize>,
@@ -148,7 +161,29 @@ pub fn main(mut args: Args) -> Result<()> {
         queue: args.queue.or(file.queue).unwrap_or(256),
         cors_origins,
     };
-    let app = Arc::new(App::new(model, pool, names.clone(), config, limits));
+    // Extra models: fetched now if they are known names, loaded on their first request.
+    let mut others: Vec<(Vec<String>, baimo_server::Loader)> = Vec::new();
+    for spec in args.extra_models.iter().chain(&file.extra_models) {
+        let path = common::resolve_model(Some(spec), args.model.quiet)?;
+        let mut aliases = vec![spec.clone()];
+        if let Some(f) = path.file_name().map(|f| f.to_string_lossy().into_owned())
+            && !aliases.contains(&f)
+        {
+            aliases.push(f);
+        }
+        let quantize = args.model.quantize.map(Into::into);
+        others.push((
+            aliases,
+            Box::new(move || {
+                baimo_engine::LoadedModel::load_with(&path, quantize).map_err(|e| e.to_string())
+            }),
+        ));
+    }
+    let budget = args.memory_budget_mib.or(file.memory_budget_mib).unwrap_or(8192).saturating_mul(1 << 20);
+    let all_names: Vec<String> =
+        names.iter().chain(others.iter().flat_map(|o| o.0.iter())).cloned().collect();
+    let app = Arc::new(App::with_models(model, names, others, pool, config, limits, budget));
+    let names = all_names;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -601,3 +601,44 @@ fn several_choices_whole_and_streamed() {
     assert_eq!(usage["completion_tokens"], whole["usage"]["completion_tokens"]);
     assert!(body.trim_end().ends_with("data: [DONE]"));
 }
+
+/// Several models: extras load on their first request and the least recently used extra is
+/// unloaded when the memory budget is exceeded (the default model stays).
+#[test]
+fn several_models_load_on_demand_within_a_memory_budget() {
+    let server = start(
+        &fixture("hf/llama-trained"),
+        &[
+            "--extra-model",
+            &fixture("hf/qwen3"),
+            "--extra-model",
+            &fixture("hf/gpt2"),
+            "--memory-budget-mib",
+            "1",
+        ],
+    );
+    let loaded = || -> Vec<(String, bool)> {
+        let v: Value = client().get(format!("{}/v1/models", server.base)).send().unwrap().json().unwrap();
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["id"].as_str().unwrap().to_string(), m["loaded"].as_bool().unwrap()))
+            .collect()
+    };
+    let is_loaded = |name: &str| loaded().iter().any(|(n, l)| n == name && *l);
+    assert!(is_loaded("llama-trained") && !is_loaded("qwen3") && !is_loaded("gpt2"), "{:?}", loaded());
+    let ask = |model: &str| {
+        chat(
+            &server,
+            json!({"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}),
+        )
+    };
+    assert_eq!(ask("qwen3").0, 200);
+    assert!(is_loaded("qwen3"));
+    assert_eq!(ask("gpt2").0, 200);
+    assert!(is_loaded("gpt2") && !is_loaded("qwen3") && is_loaded("llama-trained"), "{:?}", loaded());
+    assert_eq!(ask("qwen3").0, 200, "reloaded after eviction");
+    assert_eq!(ask("llama-trained").0, 200);
+    assert_eq!(ask("gpt-5").0, 404);
+}

@@ -162,12 +162,16 @@ pub async fn messages(
         logprobs: None,
         top_logprobs: None,
     };
-    let (prompt, options) = match prepare(&app, &as_openai) {
+    let served = match app.served(&request.model).await {
+        Ok(s) => s,
+        Err(e) => return error_response(e),
+    };
+    let (prompt, options) = match prepare(&app, &served, &as_openai) {
         Ok(p) => p,
         Err(e) => return error_response(e),
     };
     let (events, mut rx) = mpsc::unbounded_channel();
-    if !app.worker.submit(Job { prompt: prompt.clone(), options, events }) {
+    if !served.worker.submit(Job { prompt: prompt.clone(), options, events }) {
         return error_response(ApiError::unavailable("the engine stopped"));
     }
     let (id, model) = (message_id(), request.model.clone());

@@ -1,10 +1,11 @@
 //! `baimo serve`: the engine behind an OpenAI-compatible HTTP API (axum on tokio; the engine on
 //! its own thread).
 //!
-//! So far: one model, concurrent requests decoded together (continuous batching), `POST /v1/chat/completions` and
+//! So far: several models (extras loaded on demand within a memory budget), concurrent requests
+//! decoded together (continuous batching), `POST /v1/chat/completions` and
 //! Anthropic's `POST /v1/messages` (whole or streamed), `GET /v1/models`, `GET /health`,
 //! `GET /metrics`, API keys and limits, and the chat page at `/`. Still to come (see the serving
-//! issue): several models, a TOML config.
+//! issue): a faster batched step (≥ 3× at 8 streams).
 
 mod anthropic;
 mod auth;
@@ -14,7 +15,8 @@ mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -45,18 +47,40 @@ pub struct Limits {
     pub cors_origins: Vec<String>,
 }
 
+/// A model being served: its engine thread and the context its sequences get.
+pub struct Served {
+    pub model: Arc<LoadedModel>,
+    pub worker: Worker,
+    pub context: usize,
+}
+
+/// How a model's file is opened (lazily, on its first request, when it is not the default).
+pub type Loader = Box<dyn Fn() -> Result<LoadedModel, String> + Send + Sync>;
+
+/// A configured model: the names requests may use, how to load it, and whether it is loaded.
+pub struct ModelEntry {
+    pub names: Vec<String>,
+    loader: Loader,
+    loaded: Mutex<Option<Arc<Served>>>,
+    last_used: AtomicU64,
+}
+
 /// What the handlers share.
 pub struct App {
-    pub model: Arc<LoadedModel>,
+    pub entries: Vec<ModelEntry>,
     pub limits: Limits,
-    /// Names the model answers to in requests (the first is the one `/v1/models` lists first).
-    pub names: Vec<String>,
-    pub context: usize,
-    pub worker: Worker,
+    pool: Arc<ThreadPool>,
+    config: WorkerConfig,
+    /// Weight bytes the loaded models may take together; the least recently used other models
+    /// are unloaded to make room.
+    budget_bytes: usize,
+    pub counters: Arc<Counters>,
     pub started: u64,
+    clock: AtomicU64,
 }
 
 impl App {
+    /// Serves `model` (loaded already) under `names`, plus `others` loaded on first use.
     pub fn new(
         model: Arc<LoadedModel>,
         pool: Arc<ThreadPool>,
@@ -64,11 +88,113 @@ impl App {
         config: WorkerConfig,
         limits: Limits,
     ) -> App {
-        let context = config.context;
-        let worker = Worker::start(model.clone(), pool, config);
+        App::with_models(model, names, Vec::new(), pool, config, limits, usize::MAX)
+    }
+
+    pub fn with_models(
+        model: Arc<LoadedModel>,
+        names: Vec<String>,
+        others: Vec<(Vec<String>, Loader)>,
+        pool: Arc<ThreadPool>,
+        config: WorkerConfig,
+        limits: Limits,
+        budget_bytes: usize,
+    ) -> App {
+        let counters = Arc::new(Counters::default());
         let started =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        App { model, limits, names, context, worker, started }
+        let served = App::start_model(model.clone(), &pool, config, &counters);
+        let first = ModelEntry {
+            names,
+            // The default model stays loaded; this loader is only a fallback.
+            loader: Box::new(move || Err("the default model cannot be reloaded".into())),
+            loaded: Mutex::new(Some(served)),
+            last_used: AtomicU64::new(0),
+        };
+        let mut entries = vec![first];
+        for (names, loader) in others {
+            entries.push(ModelEntry {
+                names,
+                loader,
+                loaded: Mutex::new(None),
+                last_used: AtomicU64::new(0),
+            });
+        }
+        App { entries, limits, pool, config, budget_bytes, counters, started, clock: AtomicU64::new(1) }
+    }
+
+    fn start_model(
+        model: Arc<LoadedModel>,
+        pool: &Arc<ThreadPool>,
+        config: WorkerConfig,
+        counters: &Arc<Counters>,
+    ) -> Arc<Served> {
+        let context = config.context.min(model.info.context_length).max(2);
+        let config = WorkerConfig { context, ..config };
+        let worker = Worker::start(model.clone(), pool.clone(), config, counters.clone());
+        Arc::new(Served { model, worker, context })
+    }
+
+    /// The first name of the default model.
+    pub fn default_name(&self) -> &str {
+        &self.entries[0].names[0]
+    }
+
+    /// The served model a request names, loading it if needed (and unloading others to stay
+    /// within the memory budget).
+    pub async fn served(self: &Arc<Self>, name: &str) -> Result<Arc<Served>, ApiError> {
+        let Some(index) = self.entries.iter().position(|e| e.names.iter().any(|n| n == name)) else {
+            return Err(ApiError::model_not_found(name, self.default_name()));
+        };
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || app.served_blocking(index))
+            .await
+            .map_err(|e| ApiError::unavailable(format!("loading the model: {e}")))?
+    }
+
+    fn served_blocking(&self, index: usize) -> Result<Arc<Served>, ApiError> {
+        let entry = &self.entries[index];
+        entry.last_used.store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        let mut slot = entry.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(served) = &*slot {
+            return Ok(served.clone());
+        }
+        let model = (entry.loader)().map_err(ApiError::unavailable)?;
+        let served = App::start_model(Arc::new(model), &self.pool, self.config, &self.counters);
+        *slot = Some(served.clone());
+        drop(slot);
+        self.evict(index);
+        Ok(served)
+    }
+
+    /// Unloads the least recently used models (never `keep`, never the default) while the
+    /// loaded ones exceed the budget. Requests in flight keep theirs until they finish.
+    fn evict(&self, keep: usize) {
+        loop {
+            let loaded: Vec<(usize, usize, u64)> = self
+                .entries
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| {
+                    let slot = e.loaded.lock().unwrap_or_else(|p| p.into_inner());
+                    slot.as_ref().map(|s| (i, s.model.info.weight_bytes, e.last_used.load(Ordering::Relaxed)))
+                })
+                .collect();
+            let total: usize = loaded.iter().map(|l| l.1).sum();
+            if total <= self.budget_bytes {
+                return;
+            }
+            let Some(&(victim, _, _)) = loaded.iter().filter(|l| l.0 != keep && l.0 != 0).min_by_key(|l| l.2)
+            else {
+                return;
+            };
+            *self.entries[victim].loaded.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
+    /// Whether a model is loaded now (for the model list).
+    pub fn is_loaded(&self, index: usize) -> bool {
+        self.entries[index].loaded.lock().map(|s| s.is_some()).unwrap_or(false)
     }
 }
 
@@ -119,7 +245,7 @@ async fn page() -> impl IntoResponse {
 
 /// Prometheus text format.
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
-    let c = &app.worker.counters;
+    let c = &app.counters;
     let line = |name: &str, help: &str, kind: &str, value: usize| {
         format!("# HELP baimo_{name} {help}\n# TYPE baimo_{name} {kind}\nbaimo_{name} {value}\n")
     };

@@ -17,9 +17,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::App;
 use crate::error::ApiError;
 use crate::worker::{Event, Job};
+use crate::{App, Served};
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -91,21 +91,23 @@ pub(crate) fn completion_id() -> String {
 }
 
 /// Checks the request and turns it into the engine's prompt and options.
-pub(crate) fn prepare(app: &App, request: &ChatRequest) -> Result<(Vec<u32>, GenerateOptions), ApiError> {
-    if !app.names.iter().any(|n| n == &request.model) {
-        return Err(ApiError::model_not_found(&request.model, &app.names[0]));
-    }
+pub(crate) fn prepare(
+    app: &App,
+    served: &Served,
+    request: &ChatRequest,
+) -> Result<(Vec<u32>, GenerateOptions), ApiError> {
     if request.messages.is_empty() {
         return Err(ApiError::bad_request("`messages` must not be empty"));
     }
     let prompt =
-        app.model.chat_prompt(&request.messages).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    prepare_prompt(app, request, prompt)
+        served.model.chat_prompt(&request.messages).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    prepare_prompt(app, served, request, prompt)
 }
 
 /// The sampling and length checks, for a prompt already made into tokens.
 pub(crate) fn prepare_prompt(
     app: &App,
+    served: &Served,
     request: &ChatRequest,
     prompt: Vec<u32>,
 ) -> Result<(Vec<u32>, GenerateOptions), ApiError> {
@@ -130,10 +132,10 @@ pub(crate) fn prepare_prompt(
     if prompt.is_empty() {
         return Err(ApiError::bad_request("the prompt is empty"));
     }
-    if prompt.len() >= app.context {
-        return Err(ApiError::context_length(app.context, prompt.len()));
+    if prompt.len() >= served.context {
+        return Err(ApiError::context_length(served.context, prompt.len()));
     }
-    let room = (app.context - prompt.len()) as u64;
+    let room = (served.context - prompt.len()) as u64;
     let limit = app.limits.max_tokens.map_or(room, |l| (l as u64).min(room));
     let max_tokens = request.max_completion_tokens.or(request.max_tokens).unwrap_or(limit);
     if max_tokens == 0 {
@@ -182,9 +184,9 @@ pub(crate) fn prepare_prompt(
 
 /// One token in OpenAI's `logprobs.content` form: its text, log-probability, UTF-8 bytes and
 /// the alternatives.
-fn logprob_entry(app: &App, lp: &TokenLogprob) -> Value {
+fn logprob_entry(served: &Served, lp: &TokenLogprob) -> Value {
     let piece = |t: u32| {
-        let bytes = app.model.tokenizer.token_bytes(t, true).into_owned();
+        let bytes = served.model.tokenizer.token_bytes(t, true).into_owned();
         (String::from_utf8_lossy(&bytes).into_owned(), bytes)
     };
     let (token, bytes) = piece(lp.token);
@@ -221,7 +223,7 @@ pub(crate) fn admit(app: &App, headers: &axum::http::HeaderMap) -> Result<(), Ap
     if !app.limits.keys.allows(headers) {
         return Err(ApiError::unauthorized());
     }
-    let queued = app.worker.counters.queued.load(std::sync::atomic::Ordering::Relaxed);
+    let queued = app.counters.queued.load(std::sync::atomic::Ordering::Relaxed);
     if app.limits.queue > 0 && queued >= app.limits.queue {
         return Err(ApiError::overloaded(queued));
     }
@@ -249,7 +251,11 @@ pub async fn chat_completions(
         return ApiError::bad_request(format!("n must be between 1 and {MAX_CHOICES}")).into_response();
     }
     request.n = None;
-    let (prompt, options) = match prepare(&app, &request) {
+    let served = match app.served(&request.model).await {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let (prompt, options) = match prepare(&app, &served, &request) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -258,7 +264,7 @@ pub async fn chat_completions(
         let mut options = options.clone();
         options.sampling.seed = options.sampling.seed.wrapping_add(i);
         let (events, rx) = mpsc::unbounded_channel();
-        if !app.worker.submit(Job { prompt: prompt.clone(), options, events }) {
+        if !served.worker.submit(Job { prompt: prompt.clone(), options, events }) {
             return ApiError::unavailable("the engine stopped").into_response();
         }
         receivers.push(rx);
@@ -280,7 +286,7 @@ pub async fn chat_completions(
                 }
             };
             let logprobs = if want_logprobs {
-                json!({"content": g.logprobs.iter().map(|lp| logprob_entry(&app, lp)).collect::<Vec<_>>()})
+                json!({"content": g.logprobs.iter().map(|lp| logprob_entry(&served, lp)).collect::<Vec<_>>()})
             } else {
                 Value::Null
             };
@@ -334,7 +340,7 @@ pub async fn chat_completions(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Generation, String>>();
     let total = receivers.len();
     for (index, mut rx) in receivers.into_iter().enumerate() {
-        let (sse, chunk, done_tx, app) = (sse.clone(), chunk.clone(), done_tx.clone(), app.clone());
+        let (sse, chunk, done_tx, served) = (sse.clone(), chunk.clone(), done_tx.clone(), served.clone());
         tokio::spawn(async move {
             // Token log-probabilities ride on the next content chunk (text pieces and tokens
             // need not line up one to one); what is left goes with the last chunk.
@@ -350,7 +356,7 @@ pub async fn chat_completions(
             }
             while let Some(event) = rx.recv().await {
                 match event {
-                    Event::Logprobs(lps) => pending.extend(lps.iter().map(|l| logprob_entry(&app, l))),
+                    Event::Logprobs(lps) => pending.extend(lps.iter().map(|l| logprob_entry(&served, l))),
                     Event::Text(piece) => {
                         let c = chunk(index, json!({"content": piece}), None, lp(&mut pending));
                         if sse.send(Ok(SseEvent::default().data(c))).await.is_err() {
@@ -412,10 +418,16 @@ pub async fn models(State(app): State<Arc<App>>, headers: axum::http::HeaderMap)
     if !app.limits.keys.allows(&headers) {
         return ApiError::unauthorized().into_response();
     }
+    // Every name of every configured model (loaded or not); `loaded` is baimo's addition.
     let data: Vec<Value> = app
-        .names
+        .entries
         .iter()
-        .map(|n| json!({"id": n, "object": "model", "created": app.started, "owned_by": "baimo"}))
+        .enumerate()
+        .flat_map(|(i, e)| {
+            let loaded = app.is_loaded(i);
+            e.names.iter().map(move |n| (n, loaded))
+        })
+        .map(|(n, loaded)| json!({"id": n, "object": "model", "created": app.started, "owned_by": "baimo", "loaded": loaded}))
         .collect();
     Json(json!({"object": "list", "data": data})).into_response()
 }
@@ -434,9 +446,10 @@ pub async fn completions(
         Ok(Json(r)) => r,
         Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
     };
-    if !app.names.iter().any(|n| n == &request.model) {
-        return ApiError::model_not_found(&request.model, &app.names[0]).into_response();
-    }
+    let served = match app.served(&request.model).await {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
     let text = match &request.prompt {
         Value::String(s) => s.clone(),
         Value::Array(items) if items.len() == 1 && items[0].is_string() => {
@@ -464,13 +477,13 @@ pub async fn completions(
         logprobs: None,
         top_logprobs: None,
     };
-    let prompt = app.model.tokenize_prompt(&text);
-    let (prompt, options) = match prepare_prompt(&app, &as_chat, prompt) {
+    let prompt = served.model.tokenize_prompt(&text);
+    let (prompt, options) = match prepare_prompt(&app, &served, &as_chat, prompt) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
     let (events, mut rx) = mpsc::unbounded_channel();
-    if !app.worker.submit(Job { prompt, options, events }) {
+    if !served.worker.submit(Job { prompt, options, events }) {
         return ApiError::unavailable("the engine stopped").into_response();
     }
     let id = completion_id().replacen("chatcmpl-", "cmpl-", 1);

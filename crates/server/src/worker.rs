@@ -134,9 +134,15 @@ struct Active {
 }
 
 impl Worker {
-    pub fn start(model: Arc<LoadedModel>, pool: Arc<ThreadPool>, config: WorkerConfig) -> Worker {
+    /// Starts the engine thread of `model`; it ends when the last `Worker` handle is dropped and
+    /// its requests are done.
+    pub fn start(
+        model: Arc<LoadedModel>,
+        pool: Arc<ThreadPool>,
+        config: WorkerConfig,
+        counters: Arc<Counters>,
+    ) -> Worker {
         let (jobs, inbox) = mpsc::channel::<Job>();
-        let counters = Arc::new(Counters::default());
         let c = counters.clone();
         std::thread::Builder::new()
             .name("baimo-engine".into())
@@ -165,6 +171,16 @@ fn run(
     c: &Counters,
 ) {
     let mut active: Vec<Active> = Vec::new();
+    // This engine's share of the shared `running` gauge (several models may be served).
+    let mut running = 0usize;
+    let mut set_running = |n: usize| {
+        if n >= running {
+            c.running.fetch_add(n - running, Ordering::Relaxed);
+        } else {
+            c.running.fetch_sub(running - n, Ordering::Relaxed);
+        }
+        running = n;
+    };
     let mut cache =
         PrefixCache { entries: Vec::new(), max_entries: config.cache_entries, max_bytes: config.cache_bytes };
     // A model whose context attends both ways (GLM) cannot reuse a prefix.
@@ -201,7 +217,7 @@ fn run(
             }
             true
         });
-        c.running.store(active.len(), Ordering::Relaxed);
+        set_running(active.len());
         if active.is_empty() {
             continue;
         }
@@ -254,7 +270,7 @@ fn run(
                 cache.put(tokens, seq);
             }
         }
-        c.running.store(active.len(), Ordering::Relaxed);
+        set_running(active.len());
     }
 }
 
