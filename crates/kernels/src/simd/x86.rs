@@ -698,3 +698,21 @@ pub unsafe fn scale_f16_avx2(acc: &mut [u16], scale: f32) {
         *a = half::f16::from_f32(half::f16::from_bits(*a).to_f32() * scale).to_bits();
     }
 }
+
+/// f16 → f32 for a whole row, sixteen values per instruction (exact; the tail one by one).
+#[target_feature(enable = "avx512f,avx2,f16c")]
+pub unsafe fn f16_to_f32_avx512(src: &[u16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 ≤ n for both slices.
+        unsafe {
+            let h = _mm256_loadu_si256(src.as_ptr().add(i).cast());
+            _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_cvtph_ps(h));
+        }
+        i += 16;
+    }
+    for j in i..n {
+        dst[j] = half::f16::from_bits(src[j]).to_f32();
+    }
+}
