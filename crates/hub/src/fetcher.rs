@@ -132,16 +132,74 @@ impl Fetcher {
     }
 
     /// A GGUF path or model folder that exists → itself. A known name → its cached file,
-    /// fetched first if missing. Otherwise an error listing the known names.
+    /// fetched first if missing. A hub repository id (`owner/name`, optionally `@revision`) →
+    /// its model folder, fetched into the cache. Otherwise an error listing the known names.
     pub fn resolve(&self, model: &str) -> Result<PathBuf, HubError> {
         let path = Path::new(model);
         if !model.is_empty() && path.exists() {
             return Ok(path.to_path_buf());
         }
-        match find_known(model) {
-            Some(known) => self.fetch(known),
-            None => Err(HubError::UnknownModel { name: model.to_owned(), known: known_names_summary() }),
+        if let Some(known) = find_known(model) {
+            return self.fetch(known);
         }
+        let (repo, revision) = model.split_once('@').unwrap_or((model, "main"));
+        if is_repo_id(repo) {
+            return self.fetch_repo(repo, revision);
+        }
+        Err(HubError::UnknownModel { name: model.to_owned(), known: known_names_summary() })
+    }
+
+    /// The folder of a hub repository (`owner/name`) at `revision`, in the cache: its file list
+    /// from `{endpoint}/api/models/{repo}/revision/{revision}`, then the files a model folder
+    /// needs (config, weights — safetensors, else PyTorch `.bin` —, tokenizer and template files).
+    /// A folder fetched completely before is used as it is.
+    pub fn fetch_repo(&self, repo: &str, revision: &str) -> Result<PathBuf, HubError> {
+        if !is_repo_id(repo) || revision.is_empty() || revision.contains("..") {
+            return Err(HubError::UnknownModel { name: repo.to_owned(), known: known_names_summary() });
+        }
+        let dir = self.cache_root.join("hf").join(repo).join(revision.replace('/', "--"));
+        let complete = dir.join(".baimo-complete");
+        if complete.is_file() {
+            return Ok(dir);
+        }
+        let url = format!(
+            "{}/api/models/{repo}/revision/{}",
+            self.endpoint.trim_end_matches('/'),
+            http::percent_encode(revision, false)
+        );
+        let mut request = self.client()?.get(&url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let network = |reason: String| HubError::Network { url: url.clone(), reason };
+        let response = request.send().map_err(|e| network(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(HubError::HttpStatus {
+                url: url.clone(),
+                status: response.status().to_string(),
+                detail: String::new(),
+            });
+        }
+        let body = response.text().map_err(|e| network(e.to_string()))?;
+        let info: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| network(format!("not the hub's JSON: {e}")))?;
+        let names: Vec<String> = info["siblings"]
+            .as_array()
+            .map(|s| s.iter().filter_map(|f| f["rfilename"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        let files = model_folder_files(&names);
+        if !files.iter().any(|f| f == "config.json") {
+            return Err(HubError::BadResponse {
+                url,
+                reason: "the repository has no config.json (not a model folder)".into(),
+            });
+        }
+        self.ui().status(&format!("fetching {repo} ({} files) from {}", files.len(), self.endpoint));
+        for file in &files {
+            self.download_hf_file(repo, revision, file, &dir.join(file), None)?;
+        }
+        fs::write(&complete, files.join("\n")).map_err(|error| HubError::io("write", &complete, error))?;
+        Ok(dir)
     }
 
     /// The cached file of `model`, fetched first if it is missing or does not verify.
@@ -280,5 +338,107 @@ impl Fetcher {
             }
         }
         Ok(lock)
+    }
+}
+
+/// `owner/name`: two plain path segments (the hub's repository ids).
+fn is_repo_id(text: &str) -> bool {
+    let mut parts = text.split('/');
+    let plain = |p: &str| {
+        !p.is_empty()
+            && p != "."
+            && p != ".."
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    matches!((parts.next(), parts.next(), parts.next()), (Some(a), Some(b), None) if plain(a) && plain(b))
+}
+
+/// The files of a repository listing that a model folder needs: safetensors weights (or
+/// PyTorch `.bin` ones when there are none), the config, tokenizer and template files. Names
+/// that would leave the folder are skipped.
+fn model_folder_files(names: &[String]) -> Vec<String> {
+    const SMALL: &[&str] = &[
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "tokenizer.model",
+        "ice_text.model",
+        "qwen.tiktoken",
+        "chat_template.jinja",
+        "vocab.json",
+        "merges.txt",
+    ];
+    let safe = |n: &&String| {
+        !n.is_empty()
+            && !n.starts_with('/')
+            && !n.split('/').any(|p| p.is_empty() || p == "." || p == "..")
+            && !n.contains('\\')
+    };
+    let top = |n: &&String| !n.contains('/');
+    let safetensors: Vec<&String> = names
+        .iter()
+        .filter(safe)
+        .filter(top)
+        .filter(|n| n.ends_with(".safetensors") || n.as_str() == "model.safetensors.index.json")
+        .collect();
+    let weights: Vec<&String> = if safetensors.iter().any(|n| n.ends_with(".safetensors")) {
+        safetensors
+    } else {
+        names
+            .iter()
+            .filter(safe)
+            .filter(top)
+            .filter(|n| {
+                (n.starts_with("pytorch_model") && n.ends_with(".bin"))
+                    || n.as_str() == "pytorch_model.bin.index.json"
+            })
+            .collect()
+    };
+    let mut files: Vec<String> =
+        names.iter().filter(safe).filter(|n| SMALL.contains(&n.as_str())).cloned().collect();
+    files.extend(weights.into_iter().cloned());
+    files.sort();
+    files.dedup();
+    files
+}
+
+#[cfg(test)]
+mod repo_tests {
+    use super::*;
+
+    #[test]
+    fn repository_ids_and_the_files_a_folder_needs() {
+        assert!(is_repo_id("Qwen/Qwen2.5-0.5B-Instruct"));
+        assert!(
+            !is_repo_id("smollm2-135m") && !is_repo_id("a/b/c") && !is_repo_id("../x") && !is_repo_id("a/..")
+        );
+        let names: Vec<String> = [
+            "config.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json",
+            "pytorch_model.bin",
+            "README.md",
+            "tokenizer.json",
+            "../escape.safetensors",
+            "onnx/model.onnx",
+            "sub/config.json",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            model_folder_files(&names),
+            [
+                "config.json",
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors",
+                "model.safetensors.index.json",
+                "tokenizer.json"
+            ]
+        );
+        let only_bin: Vec<String> = ["config.json", "pytorch_model.bin"].map(String::from).to_vec();
+        assert_eq!(model_folder_files(&only_bin), ["config.json", "pytorch_model.bin"]);
     }
 }

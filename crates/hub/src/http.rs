@@ -58,7 +58,7 @@ pub(crate) fn hf_file_url(
     ))
 }
 
-fn percent_encode(text: &str, keep_slashes: bool) -> String {
+pub(crate) fn percent_encode(text: &str, keep_slashes: bool) -> String {
     let mut encoded = String::with_capacity(text.len());
     for byte in text.bytes() {
         let unreserved = byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~');

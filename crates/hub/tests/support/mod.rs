@@ -145,6 +145,22 @@ fn handle(mut stream: TcpStream, port: u16, state: &Mutex<State>) {
             headers.get("range").filter(|_| honour_range),
             interrupt.then_some(interrupt_after),
         );
+    } else if let Some(rest) = path.strip_prefix("/api/models/") {
+        // The hub's model info: the repository's files as `siblings`.
+        let repo = rest.split("/revision/").next().unwrap_or("").to_owned();
+        let prefix = format!("{repo}/");
+        let siblings: Vec<String> = state
+            .files
+            .keys()
+            .filter_map(|k| k.strip_prefix(&prefix))
+            .map(|f| format!("{{\"rfilename\":{f:?}}}"))
+            .collect();
+        drop(state);
+        if siblings.is_empty() {
+            return respond(&mut stream, "404 Not Found", &[], b"{\"error\":\"Repository not found\"}");
+        }
+        let body = format!("{{\"id\":{repo:?},\"siblings\":[{}]}}", siblings.join(","));
+        respond(&mut stream, "200 OK", &[("Content-Type", "application/json")], body.as_bytes());
     } else if let Some((repo, rest)) = path.trim_start_matches('/').split_once("/resolve/") {
         let key = rest.strip_prefix("main/").map(|file| format!("{repo}/{file}"));
         match key.filter(|key| state.files.contains_key(key)) {
