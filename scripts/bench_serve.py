@@ -87,15 +87,18 @@ def main():
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--baimo", default="target/release/baimo")
-    ap.add_argument("--arithmetic", default="llama-cpp", choices=["llama-cpp", "fast"])
+    ap.add_argument("--arithmetic", default=None, choices=["llama-cpp", "fast"],
+                    help="passed to baimo serve (default: serve's own, fast)")
     ap.add_argument("--llama-venv", default=None, help="a venv with llama-cpp-python[server] (skipped if absent)")
     args = ap.parse_args()
     rows = []
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = [args.baimo, "serve", args.model, "--port", str(port), "-q", "-t", str(args.threads),
-           "--parallel", str(args.parallel), "--arithmetic", args.arithmetic, "--cache-entries", "0"]
-    rows.append((f"baimo serve ({args.arithmetic})",) + bench("baimo", cmd, base, args.tokens, args.parallel))
+           "--parallel", str(args.parallel), "--cache-entries", "0"]
+    if args.arithmetic:
+        cmd += ["--arithmetic", args.arithmetic]
+    rows.append((f"baimo serve ({args.arithmetic or 'fast, the default'})",) + bench("baimo", cmd, base, args.tokens, args.parallel))
     if args.llama_venv:
         port = free_port()
         base = f"http://127.0.0.1:{port}"

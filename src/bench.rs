@@ -43,7 +43,7 @@ struct Measurement {
 pub fn main(args: Args) -> Result<()> {
     let model = common::load_model(args.model_spec.as_deref(), &args.model)?;
     let pool = common::thread_pool(&args.model);
-    let arithmetic = args.model.arithmetic.into();
+    let arithmetic = args.model.arithmetic();
     let mut results = Vec::new();
     for &n in args.n_prompt.iter().filter(|&&n| n > 0) {
         results.push(measure(&args, &format!("pp{n}"), || prompt_speed(&model, &pool, n, arithmetic))?);

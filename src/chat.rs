@@ -31,7 +31,7 @@ pub fn main(args: Args) -> Result<()> {
     let model = common::load_model(args.model_spec.as_deref(), &args.model)?;
     let pool = common::thread_pool(&args.model);
     let mut session = Session::new(model.clone(), pool, common::context_len(&model, &args.model));
-    session.set_arithmetic(args.model.arithmetic.into());
+    session.set_arithmetic(args.model.arithmetic());
     let options = args.sampling.generate_options();
     let mut system = args.system.clone();
     let mut history: Vec<ChatMessage> = Vec::new();

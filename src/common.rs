@@ -31,9 +31,10 @@ pub struct ModelOptions {
     pub quiet: bool,
     /// Rounding order of the computation: `llama-cpp` reproduces llama.cpp's (identical logits
     /// on AVX-512 VNNI for prompts under 64 tokens and every generated token); `fast` takes
-    /// baimo's quickest kernels, whose results differ from llama.cpp's in the last bits.
-    #[arg(long, value_enum, default_value_t = ArithmeticArg::LlamaCpp)]
-    pub arithmetic: ArithmeticArg,
+    /// baimo's quickest kernels, whose results differ from llama.cpp's in the last bits
+    /// [default: llama-cpp; for `serve`, fast (batches of requests run ~1.5× faster)].
+    #[arg(long, value_enum)]
+    pub arithmetic: Option<ArithmeticArg>,
     /// Quantize a Hugging Face folder's float weights at load time (a GGUF file is used as it is).
     #[arg(long, value_enum, value_name = "TYPE")]
     pub quantize: Option<QuantizeArg>,
@@ -59,10 +60,18 @@ impl From<QuantizeArg> for baimo_kernels::GgmlType {
     }
 }
 
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ArithmeticArg {
     LlamaCpp,
     Fast,
+}
+
+impl ModelOptions {
+    /// The arithmetic asked for, else llama.cpp's (what every command but `serve` defaults to).
+    pub fn arithmetic(&self) -> baimo_models::Arithmetic {
+        self.arithmetic.unwrap_or(ArithmeticArg::LlamaCpp).into()
+    }
 }
 
 impl From<ArithmeticArg> for baimo_models::Arithmetic {

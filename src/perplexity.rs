@@ -31,8 +31,7 @@ pub fn main(args: Args) -> Result<()> {
             let _ = std::io::stderr().flush();
         }
     };
-    let result =
-        baimo_engine::perplexity(&model, &pool, &text, ctx, args.model.arithmetic.into(), &mut progress)?;
+    let result = baimo_engine::perplexity(&model, &pool, &text, ctx, args.model.arithmetic(), &mut progress)?;
     if !quiet {
         eprintln!();
         eprintln!(

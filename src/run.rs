@@ -51,7 +51,7 @@ pub fn main(args: Args) -> Result<()> {
         model.chat_prompt(&messages)?
     };
     let mut session = Session::new(model.clone(), pool, common::context_len(&model, &args.model));
-    session.set_arithmetic(args.model.arithmetic.into());
+    session.set_arithmetic(args.model.arithmetic());
     common::install_ctrlc();
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use baimo_server::App;
 use serde::Deserialize;
 
-use crate::common::{self, ModelOptions};
+use crate::common::{self, ArithmeticArg, ModelOptions};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = CONFIG_HELP)]
@@ -79,6 +79,7 @@ Config file (--config FILE, TOML; flags win):
   cache_mib = 1024
   ctx = 4096
   threads = 2
+  arithmetic = \"fast\"             # or \"llama-cpp\" (llama.cpp's rounding, as `baimo run`)
   api_keys = [\"sk-...\"]           # added to --api-key
   api_keys_file = \"/etc/baimo/keys\"
   max_tokens_limit = 2048
@@ -100,6 +101,7 @@ struct ConfigFile {
     cache_mib: Option<usize>,
     ctx: Option<usize>,
     threads: Option<usize>,
+    arithmetic: Option<ArithmeticArg>,
     #[serde(default)]
     api_keys: Vec<String>,
     api_keys_file: Option<PathBuf>,
@@ -141,7 +143,9 @@ pub fn main(mut args: Args) -> Result<()> {
     let config = baimo_server::WorkerConfig {
         context,
         max_active: args.parallel.or(file.parallel).unwrap_or(16).clamp(1, 64),
-        arithmetic: args.model.arithmetic.into(),
+        // Serving batches requests, where llama.cpp's rounding order costs the most (its kernels
+        // redo the float steps per token); answers still do not depend on the batch.
+        arithmetic: args.model.arithmetic.or(file.arithmetic).unwrap_or(ArithmeticArg::Fast).into(),
         cache_entries: args.cache_entries.or(file.cache_entries).unwrap_or(32),
         cache_bytes: args.cache_mib.or(file.cache_mib).unwrap_or(1024).saturating_mul(1 << 20),
     };

@@ -83,7 +83,9 @@ pub struct Sampler {
     candidates: Vec<(f32, u32)>,
     /// Occurrence counts of recent tokens, for the penalties.
     counts: Vec<(u32, u32)>,
-    probs: Vec<f64>,
+    /// The candidates' logits in a row, and their softmax weights (unnormalised).
+    logits: Vec<f32>,
+    weights: Vec<f32>,
 }
 
 impl Sampler {
@@ -93,7 +95,8 @@ impl Sampler {
             params,
             candidates: Vec::new(),
             counts: Vec::new(),
-            probs: Vec::new(),
+            logits: Vec::new(),
+            weights: Vec::new(),
         }
     }
 
@@ -109,6 +112,14 @@ impl Sampler {
         if !p.has_penalties() && p.temperature <= 0.0 {
             return argmax(logits);
         }
+        // Plain temperature sampling (what OpenAI-style requests ask for by default) draws from
+        // the logits themselves: no candidate list of the whole vocabulary to build.
+        let whole_vocabulary = p.top_k == 0 || p.top_k >= logits.len();
+        if !p.has_penalties() && whole_vocabulary && !self.needs_order() {
+            let temperature = self.params.temperature;
+            let total = weigh(logits, temperature, &mut self.weights);
+            return self.draw(total) as u32;
+        }
         self.candidates.clear();
         self.candidates.extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
         if p.has_penalties() {
@@ -120,7 +131,9 @@ impl Sampler {
         }
         self.truncate_top_k();
         self.truncate_top_p_min_p();
-        self.draw()
+        let total = self.weigh_candidates(self.params.temperature);
+        let i = self.draw(total);
+        self.candidates[i].1
     }
 
     fn apply_penalties(&mut self, history: &[u32]) {
@@ -169,13 +182,13 @@ impl Sampler {
         if !self.needs_order() {
             return;
         }
-        self.softmax(1.0);
+        let total = self.weigh_candidates(1.0);
         let (top_p, min_p) = (self.params.top_p as f64, self.params.min_p as f64);
         let mut keep = self.candidates.len();
         if top_p < 1.0 {
             let mut cumulative = 0.0;
-            for (i, &p) in self.probs.iter().enumerate() {
-                cumulative += p;
+            for (i, &w) in self.weights.iter().enumerate() {
+                cumulative += w as f64 / total;
                 if cumulative >= top_p {
                     keep = i + 1;
                     break;
@@ -183,32 +196,64 @@ impl Sampler {
             }
         }
         if min_p > 0.0 {
-            let threshold = self.probs[0] * min_p; // probs[0] is the largest: candidates are sorted
-            keep = keep.min(self.probs.iter().take_while(|&&p| p >= threshold).count().max(1));
+            // weights[0] is the largest (candidates are sorted); the ratio needs no normalising.
+            let threshold = self.weights[0] as f64 * min_p;
+            keep = keep.min(self.weights.iter().take_while(|&&w| w as f64 >= threshold).count().max(1));
         }
         self.candidates.truncate(keep.max(1));
     }
 
-    fn softmax(&mut self, temperature: f32) {
-        let max = self.candidates.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.0));
-        self.probs.clear();
-        self.probs.extend(self.candidates.iter().map(|c| (((c.0 - max) / temperature) as f64).exp()));
-        let sum: f64 = self.probs.iter().sum();
-        self.probs.iter_mut().for_each(|p| *p /= sum);
+    /// Softmax weights of the candidates at `temperature`, into `weights`; returns their sum.
+    fn weigh_candidates(&mut self, temperature: f32) -> f64 {
+        self.logits.clear();
+        self.logits.extend(self.candidates.iter().map(|c| c.0));
+        weigh(&self.logits, temperature, &mut self.weights)
     }
 
-    fn draw(&mut self) -> u32 {
-        self.softmax(self.params.temperature);
-        let r = self.rng.next_f64();
+    /// The index drawn from `weights` (summing to `total`) with one random number.
+    fn draw(&mut self, total: f64) -> usize {
+        let target = self.rng.next_f64() * total;
+        // Whole blocks are skipped by their sums, then the block that holds the target is walked.
+        const BLOCK: usize = 256;
         let mut cumulative = 0.0;
-        for (i, &p) in self.probs.iter().enumerate() {
-            cumulative += p;
-            if r < cumulative {
-                return self.candidates[i].1;
+        for (b, block) in self.weights.chunks(BLOCK).enumerate() {
+            let block_sum = sum_f64(block);
+            if cumulative + block_sum > target {
+                for (i, &w) in block.iter().enumerate() {
+                    cumulative += w as f64;
+                    if target < cumulative {
+                        return b * BLOCK + i;
+                    }
+                }
+            } else {
+                cumulative += block_sum;
             }
         }
-        self.candidates.last().map_or(0, |c| c.1)
+        // Rounding left the target past the end: the last token with any weight.
+        self.weights.iter().rposition(|&w| w > 0.0).unwrap_or(0)
     }
+}
+
+/// `weights[i] = e^((logits[i] − max) / temperature)`, the unnormalised softmax, with the
+/// vectorized exp; returns their sum (in f64, so a 150k vocabulary sums without drift).
+fn weigh(logits: &[f32], temperature: f32, weights: &mut Vec<f32>) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    weights.resize(logits.len(), 0.0);
+    baimo_kernels::ops::exp_shifted(logits, max, 1.0 / temperature, weights);
+    sum_f64(weights)
+}
+
+/// Sum in f64 over eight independent lanes (so it vectorizes), then the lanes in order.
+fn sum_f64(xs: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest: f64 = chunks.remainder().iter().map(|&x| x as f64).sum();
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += x as f64;
+        }
+    }
+    lanes.iter().sum::<f64>() + rest
 }
 
 /// Index of the largest logit (the first, on ties).
@@ -284,6 +329,44 @@ mod tests {
         let mut s = Sampler::new(params);
         for _ in 0..200 {
             assert!(matches!(s.sample(&logits(), &[]), 1 | 4));
+        }
+    }
+
+    /// Drawn frequencies follow the softmax at the temperature, on the whole-vocabulary path
+    /// and on the candidate path (top-k equal to the vocabulary keeps every token).
+    #[test]
+    fn draws_follow_the_softmax() {
+        let temperature = 0.7f64;
+        let l = logits();
+        let exps: Vec<f64> = l.iter().map(|&x| (x as f64 / temperature).exp()).collect();
+        let total: f64 = exps.iter().sum();
+        for top_k in [0, l.len() - 1] {
+            let params = SamplingParams {
+                temperature: 0.7,
+                top_k,
+                top_p: 1.0,
+                min_p: 0.0,
+                seed: 7,
+                ..Default::default()
+            };
+            let mut s = Sampler::new(params);
+            let n = 40_000;
+            let mut counts = vec![0usize; l.len()];
+            for _ in 0..n {
+                counts[s.sample(&l, &[]) as usize] += 1;
+            }
+            for (i, &c) in counts.iter().enumerate() {
+                let mut want = exps[i] / total;
+                if top_k == l.len() - 1 && i == 5 {
+                    want = 0.0; // the least likely token is cut
+                } else if top_k == l.len() - 1 {
+                    want = exps[i] / (total - exps[5]);
+                }
+                let got = c as f64 / n as f64;
+                // Four standard deviations of a binomial proportion.
+                let sd = (want * (1.0 - want) / n as f64).sqrt();
+                assert!((got - want).abs() <= 4.0 * sd + 1e-9, "top_k {top_k}, token {i}: {got} vs {want}");
+            }
         }
     }
 

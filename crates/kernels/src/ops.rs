@@ -109,6 +109,32 @@ pub fn swiglu_scalar(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `out[i] = e^((x[i] − shift) · scale)` with [`exp_approx::exp`]: the unnormalised weights of a
+/// softmax at temperature `1 / scale` (the sampler draws from them over a whole vocabulary every
+/// token, so this is vectorized where the CPU allows).
+pub fn exp_shifted(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
+    assert_eq!(x.len(), out.len(), "exp_shifted lengths");
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::Isa;
+        match Isa::best() {
+            // SAFETY: `best` checked AVX-512 F/BW/VL (+ AVX2, FMA).
+            Isa::Avx512Vnni => return unsafe { crate::simd::x86::exp_shifted_avx512(x, shift, scale, out) },
+            // SAFETY: `best` checked AVX2 and FMA.
+            Isa::Avx2 => return unsafe { crate::simd::x86::exp_shifted_avx2(x, shift, scale, out) },
+            _ => {}
+        }
+    }
+    exp_shifted_scalar(x, shift, scale, out);
+}
+
+/// The scalar reference of [`exp_shifted`].
+pub fn exp_shifted_scalar(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = exp_approx::exp((v - shift) * scale);
+    }
+}
+
 /// GELU, tanh approximation (GPT-2's `gelu_new`).
 #[inline]
 pub fn gelu(x: f32) -> f32 {
@@ -253,6 +279,36 @@ mod tests {
             *a = f16::from_f32(a.to_f32() * 0.37);
         }
         assert_eq!(simd, scalar);
+    }
+
+    #[test]
+    fn exp_shifted_paths_agree_bit_for_bit() {
+        let x: Vec<f32> = (0..1003).map(|i| ((i * 7919 % 4000) as f32 - 2000.0) / 13.0).collect();
+        let mut want = vec![0f32; x.len()];
+        exp_shifted_scalar(&x, 150.0, 1.25, &mut want);
+        assert!(want.iter().all(|w| w.is_finite() && *w >= 0.0));
+        assert!(want.contains(&0.0) && want.iter().any(|&w| w > 1.0));
+        let mut got = vec![0f32; x.len()];
+        exp_shifted(&x, 150.0, 1.25, &mut got);
+        assert_eq!(got, want);
+        #[cfg(target_arch = "x86_64")]
+        for isa in crate::Isa::available() {
+            got.fill(-1.0);
+            // SAFETY: each path is called only when the CPU has it.
+            match isa {
+                crate::Isa::Avx2 => unsafe { crate::simd::x86::exp_shifted_avx2(&x, 150.0, 1.25, &mut got) },
+                crate::Isa::Avx512Vnni => unsafe {
+                    crate::simd::x86::exp_shifted_avx512(&x, 150.0, 1.25, &mut got)
+                },
+                _ => continue,
+            }
+            assert_eq!(got, want, "{isa:?}");
+        }
+        // Close to the library exp where it matters (weights near the maximum).
+        for (&v, &w) in x.iter().zip(&want) {
+            let exact = ((v - 150.0) * 1.25).exp();
+            assert!((w - exact).abs() <= 1e-6 * exact.max(1e-30), "{v}: {w} vs {exact}");
+        }
     }
 
     #[test]

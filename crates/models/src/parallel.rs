@@ -233,15 +233,10 @@ const UNIT: usize = GROUP;
 /// decoding step's work on a small unit).
 type UnitOut = [[f32; GROUP]; MAX_TOKENS];
 
-/// `emit(t, r, (W·x_t)[r])` for the rows `r` of unit `u` of `weight` and every token.
+/// `out[t][r − first] = (W·x_t)[r]` for the rows `r` of unit `u` of `weight` (returned) and
+/// every token `t`.
 #[inline]
-fn unit_dots(
-    weight: &Weight,
-    u: usize,
-    x: &TokenRows<'_>,
-    out: &mut UnitOut,
-    mut emit: impl FnMut(usize, usize, f32),
-) {
+fn unit_dots(weight: &Weight, u: usize, x: &TokenRows<'_>, out: &mut UnitOut) -> Range<usize> {
     let rows = u * UNIT..((u + 1) * UNIT).min(weight.rows);
     let n = x.n_tokens;
     match &weight.tiles {
@@ -251,35 +246,34 @@ fn unit_dots(
                 Q8Kind::Blocks256 => &x.q256[..n],
             };
             tile.run(packed, u, xs, out, x.exact);
-            for (t, row) in out[..n].iter().enumerate() {
-                for r in rows.clone() {
-                    emit(t, r, row[r - rows.start]);
-                }
-            }
         }
         None => {
-            for r in rows {
+            for r in rows.clone() {
                 let w_row = weight.row(r);
-                for t in 0..n {
-                    emit(t, r, x.dot(weight, w_row, t));
+                for (t, o) in out[..n].iter_mut().enumerate() {
+                    o[r - rows.start] = x.dot(weight, w_row, t);
                 }
             }
         }
     }
+    rows
 }
 
-/// Units of 16 rows handed out per claim: fewer for batches (each unit then serves many tokens).
-/// Hands out the units of a matrix product: for a single token (decoding, which streams the
-/// weights once) long runs of contiguous rows first, so the hardware prefetcher stays ahead, then
-/// shorter ones so the threads finish together; for batches, fixed small chunks (each unit then
-/// serves many tokens).
+/// Hands out the units of a matrix product. Few tokens (decoding, alone or a batch of
+/// sequences) stream the weights with little arithmetic per byte: long runs of contiguous rows
+/// first, so the hardware prefetcher stays ahead and claims are rare, then shorter ones so the
+/// threads finish together. Prompts (many tokens per unit) take fixed small chunks.
 fn for_each_unit_chunk(ctx: &Ctx<'_>, n_tokens: usize, total_units: usize, f: impl FnMut(Range<usize>)) {
-    if n_tokens == 1 {
+    if n_tokens <= STREAMING_TOKENS {
         ctx.for_each_guided(total_units, 1, f)
     } else {
         ctx.for_each_chunk(total_units, BATCH_ROWS_PER_CHUNK / UNIT, f)
     }
 }
+
+/// Up to this many tokens a matrix product is paced by reading the weights (see
+/// [`for_each_unit_chunk`]).
+const STREAMING_TOKENS: usize = 16;
 
 /// `out[t·stride + r] = (W·x_t)[r]` for the rows of `parts` stacked in order (e.g. Q, K and V
 /// sharing one input) and every token `t < n_tokens`.
@@ -326,15 +320,33 @@ fn matmul_block(
                 first_row += parts[part].rows;
                 part += 1;
             }
-            unit_dots(parts[part], u - first_unit, &x, &mut out_buf, |t, r, v| {
-                let (t, r) = (t0 + t, first_row + r);
-                // SAFETY: row r of every token is written only by the thread that claimed its unit.
-                let slot = unsafe { &mut out.slice_mut(t * stride + r..t * stride + r + 1)[0] };
+            let rows = unit_dots(parts[part], u - first_unit, &x, &mut out_buf);
+            let first = first_row + rows.start;
+            for (t, values) in out_buf[..n_tokens].iter().enumerate() {
+                let at = (t0 + t) * stride + first;
+                // SAFETY: these rows of every token are written only by the thread that claimed
+                // their unit.
+                let dst = unsafe { out.slice_mut(at..at + rows.len()) };
+                let values = &values[..rows.len()];
                 match store {
-                    Store::Write { bias } => *slot = v + bias.map_or(0.0, |b| b[r]),
-                    Store::Add { bias } => *slot += v + bias.map_or(0.0, |b| b[r]),
+                    Store::Write { bias: None } => dst.copy_from_slice(values),
+                    Store::Write { bias: Some(b) } => {
+                        for ((d, &v), &b) in dst.iter_mut().zip(values).zip(&b[first..]) {
+                            *d = v + b;
+                        }
+                    }
+                    Store::Add { bias: None } => {
+                        for (d, &v) in dst.iter_mut().zip(values) {
+                            *d += v + 0.0;
+                        }
+                    }
+                    Store::Add { bias: Some(b) } => {
+                        for ((d, &v), &b) in dst.iter_mut().zip(values).zip(&b[first..]) {
+                            *d += v + b;
+                        }
+                    }
                 }
-            });
+            }
         }
     });
 }
@@ -350,23 +362,20 @@ pub(crate) fn matmul_swiglu(
     out: &SharedMut<'_, f32>,
     stride: usize,
 ) {
-    const TILE: usize = MAX_TOKENS * UNIT;
     debug_assert!(gate.rows == up.rows && gate.cols == x.n && up.cols == x.n);
     let x = x.token_rows(0, n_tokens);
     let total_units = gate.rows.div_ceil(UNIT);
     for_each_unit_chunk(ctx, n_tokens, total_units, |units| {
-        let mut out_buf: UnitOut = [[0.0; GROUP]; MAX_TOKENS];
-        let (mut g, mut v) = ([0f32; TILE], [0f32; TILE]);
+        let mut g: UnitOut = [[0.0; GROUP]; MAX_TOKENS];
+        let mut v: UnitOut = [[0.0; GROUP]; MAX_TOKENS];
         for u in units {
-            let rows = u * UNIT..((u + 1) * UNIT).min(gate.rows);
+            let rows = unit_dots(gate, u, &x, &mut g);
+            unit_dots(up, u, &x, &mut v);
             let width = rows.len();
-            unit_dots(gate, u, &x, &mut out_buf, |t, r, val| g[t * width + r - rows.start] = val);
-            unit_dots(up, u, &x, &mut out_buf, |t, r, val| v[t * width + r - rows.start] = val);
-            for t in 0..n_tokens {
-                let tile = t * width..(t + 1) * width;
+            for (t, (g, v)) in g[..n_tokens].iter().zip(&v[..n_tokens]).enumerate() {
                 // SAFETY: rows `rows` of every token are written only by the thread that claimed them.
                 let out = unsafe { out.slice_mut(t * stride + rows.start..t * stride + rows.end) };
-                swiglu(&g[tile.clone()], &v[tile], out);
+                swiglu(&g[..width], &v[..width], out);
             }
         }
     });

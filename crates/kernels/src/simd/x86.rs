@@ -631,6 +631,34 @@ pub unsafe fn swiglu_avx512(gate: &[f32], up: &[f32], out: &mut [f32]) {
     crate::ops::swiglu_scalar(&gate[i..], &up[i..], &mut out[i..]);
 }
 
+/// `out[i] = e^((x[i] − shift) · scale)`, bit-identical to `ops::exp_shifted_scalar`.
+#[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+pub unsafe fn exp_shifted_avx512(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
+    let n = out.len().min(x.len());
+    let (s, k) = (_mm512_set1_ps(shift), _mm512_set1_ps(scale));
+    let mut i = 0;
+    while i + 16 <= n {
+        let v = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x.as_ptr().add(i)), s), k);
+        _mm512_storeu_ps(out.as_mut_ptr().add(i), exp_avx512(v));
+        i += 16;
+    }
+    crate::ops::exp_shifted_scalar(&x[i..n], shift, scale, &mut out[i..n]);
+}
+
+/// `out[i] = e^((x[i] − shift) · scale)`, bit-identical to `ops::exp_shifted_scalar`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn exp_shifted_avx2(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
+    let n = out.len().min(x.len());
+    let (s, k) = (_mm256_set1_ps(shift), _mm256_set1_ps(scale));
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), s), k);
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), exp_avx2(v));
+        i += 8;
+    }
+    crate::ops::exp_shifted_scalar(&x[i..n], shift, scale, &mut out[i..n]);
+}
+
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn swiglu_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
     let n = out.len();

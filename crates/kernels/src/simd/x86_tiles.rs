@@ -176,6 +176,25 @@ pub unsafe fn legacy_exact<const TY: u8, const T: usize>(
     }
 }
 
+/// With this many tokens per call a kernel does enough arithmetic per weight byte that the
+/// hardware prefetcher falls behind (the loads showed as the stall): it fetches ahead itself.
+const PREFETCH_FROM_TOKENS: usize = 4;
+
+/// Blocks ahead that [`prefetch_ahead`] asks for.
+const PREFETCH_BLOCKS: usize = 6;
+
+/// Asks for the cache lines of the block `PREFETCH_BLOCKS` blocks after the one at `base` (the
+/// next group follows in memory; a hint past the end of the weights is harmless).
+#[inline(always)]
+unsafe fn prefetch_ahead(base: *const u8, block_bytes: usize) {
+    let ahead = base.wrapping_add(PREFETCH_BLOCKS * block_bytes);
+    let mut at = 0;
+    while at < block_bytes {
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(at).cast());
+        at += 64;
+    }
+}
+
 /// Legacy types, fast: per row and token one chain, `fma(d_w·d_x, f32(block sum), acc)` per
 /// block, with `m_w·s_x` folded into the same chain.
 #[inline(always)]
@@ -190,6 +209,9 @@ pub unsafe fn legacy_fast<const TY: u8, const T: usize>(
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..n_blocks {
         let base = group.as_ptr().add(b * block_bytes(TY));
+        if T >= PREFETCH_FROM_TOKENS {
+            prefetch_ahead(base, block_bytes(TY));
+        }
         let mut isum = [_mm512_setzero_si512(); T];
         if offset_shift(TY) != 0 {
             for t in 0..T {
