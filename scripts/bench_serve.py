@@ -6,8 +6,10 @@ GGUF (which serves requests one at a time: it has no parallel slots). Not a test
     python3 scripts/bench_serve.py --model ~/.cache/baimo/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf \\
         [--parallel 8] [--tokens 128] [--baimo target/release/baimo] [--llama-venv /tmp/llvenv] [--arithmetic fast]
 
-Each stream asks for `--tokens` tokens (temperature 0.8, its own seed) and is counted by the
-completion tokens the server reports; aggregate t/s = all completion tokens / wall time.
+Each of the P clients sends `--requests` requests back to back, each for `--tokens` tokens
+(temperature 0.8, its own seed), counted by the completion tokens the server reports; aggregate
+t/s = all completion tokens / wall time (prompt reading and the last stragglers included). The
+single stream is one such client.
 """
 
 import argparse
@@ -39,45 +41,57 @@ def wait_up(base, timeout=120):
     raise SystemExit(f"server at {base} did not come up")
 
 
-def one_request(base, model, tokens, seed, out, idx):
+def one_request(base, model, tokens, seed):
     body = json.dumps({
         "model": model, "messages": [{"role": "user", "content": f"Write a long story about lighthouse number {seed}."}],
         "max_tokens": tokens, "temperature": 0.8, "seed": seed,
     }).encode()
     req = urllib.request.Request(base + "/v1/chat/completions", body, {"content-type": "application/json"})
-    started = time.time()
     with urllib.request.urlopen(req, timeout=600) as r:
         reply = json.load(r)
-    out[idx] = (reply["usage"]["completion_tokens"], time.time() - started)
+    return reply["usage"]["completion_tokens"]
 
 
-def run_streams(base, model, tokens, streams, rounds=2):
-    best = 0.0
-    for r in range(rounds):
-        out = [None] * streams
-        threads = [threading.Thread(target=one_request, args=(base, model, tokens, 1000 * r + i, out, i)) for i in range(streams)]
-        started = time.time()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.time() - started
-        total = sum(o[0] for o in out)
-        best = max(best, total / wall)
-    return best
+def run_streams(base, model, tokens, streams, requests, round_no):
+    """`streams` clients, each sending `requests` requests back to back (a new one as soon as
+    its last answer is in, so `streams` requests are in flight nearly all the time); aggregate
+    t/s = completion tokens / wall time."""
+    counts = [0] * streams
+
+    def client(i):
+        for k in range(requests):
+            counts[i] += one_request(base, model, tokens, 1000 * round_no + 100 * i + k)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
+    started = time.time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.time() - started)
 
 
-def bench(name, cmd, base, tokens, parallel, env=None):
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+def bench(cmd, base, tokens, parallel, requests, rounds):
+    """Rounds of (1 stream, then `parallel` streams) on one server process; the machine's speed
+    drifts (shared memory bandwidth), so each ratio compares two runs taken back to back."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         model = wait_up(base)
-        run_streams(base, model, 16, 1, rounds=1)  # warm-up
-        single = run_streams(base, model, tokens, 1)
-        many = run_streams(base, model, tokens, parallel)
-        return single, many
+        run_streams(base, model, 16, 1, 1, 0)  # warm-up
+        pairs = []
+        for r in range(rounds):
+            single = run_streams(base, model, tokens, 1, requests, 2 * r + 1)
+            many = run_streams(base, model, tokens, parallel, requests, 2 * r + 2)
+            pairs.append((single, many))
+        return pairs
     finally:
         proc.terminate()
         proc.wait()
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
 def main():
@@ -85,11 +99,13 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--requests", type=int, default=4, help="requests each client sends back to back")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--baimo", default="target/release/baimo")
     ap.add_argument("--arithmetic", default=None, choices=["llama-cpp", "fast"],
                     help="passed to baimo serve (default: serve's own, fast)")
     ap.add_argument("--llama-venv", default=None, help="a venv with llama-cpp-python[server] (skipped if absent)")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     rows = []
     port = free_port()
@@ -98,7 +114,8 @@ def main():
            "--parallel", str(args.parallel), "--cache-entries", "0"]
     if args.arithmetic:
         cmd += ["--arithmetic", args.arithmetic]
-    rows.append((f"baimo serve ({args.arithmetic or 'fast, the default'})",) + bench("baimo", cmd, base, args.tokens, args.parallel))
+    name = f"baimo serve ({args.arithmetic or 'fast, the default'})"
+    rows.append((name, bench(cmd, base, args.tokens, args.parallel, args.requests, args.rounds)))
     if args.llama_venv:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -107,11 +124,14 @@ def main():
         # llama.cpp's own llama-server has --parallel, but is not part of the Python package).
         cmd = [py, "-m", "llama_cpp.server", "--model", args.model, "--port", str(port),
                "--n_threads", str(args.threads), "--n_ctx", "2048"]
-        rows.append(("llama-cpp-python 0.3.36 server (serial)",) + bench("llama.cpp", cmd, base, args.tokens, args.parallel))
-    print(f"| server | 1 stream (t/s) | {args.parallel} streams, aggregate (t/s) | ratio |")
+        rows.append(("llama-cpp-python 0.3.36 server (serial)",
+                     bench(cmd, base, args.tokens, args.parallel, 1, args.rounds)))
+    print(f"| server | 1 stream (t/s) | {args.parallel} streams, aggregate (t/s) | ratio, median (min–max) |")
     print("| --- | ---: | ---: | ---: |")
-    for name, single, many in rows:
-        print(f"| {name} | {single:.1f} | {many:.1f} | {many / single:.2f}x |")
+    for name, pairs in rows:
+        ratios = [m / s for s, m in pairs]
+        print(f"| {name} | {median([s for s, _ in pairs]):.1f} | {median([m for _, m in pairs]):.1f} "
+              f"| {median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f}) |")
 
 
 if __name__ == "__main__":

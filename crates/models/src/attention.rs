@@ -27,10 +27,52 @@ impl Heads {
 }
 
 /// One layer's part of the sequence's key and value buffers (see `KvCache`); `start` is the
-/// index of the layer's first value in `k` and `v`.
+/// index of the layer's first value in `k` and `v`, `head_stride` the distance between two
+/// key/value heads (the cache keeps each head's positions together).
 pub(crate) enum LayerCache<'a, 'b> {
-    F16 { k: &'a SharedMut<'b, f16>, v: &'a SharedMut<'b, f16>, start: usize },
-    F32 { k: &'a SharedMut<'b, f32>, v: &'a SharedMut<'b, f32>, start: usize },
+    F16 { k: &'a SharedMut<'b, f16>, v: &'a SharedMut<'b, f16>, start: usize, head_stride: usize },
+    F32 { k: &'a SharedMut<'b, f32>, v: &'a SharedMut<'b, f32>, start: usize, head_stride: usize },
+}
+
+impl LayerCache<'_, '_> {
+    fn head_stride(&self) -> usize {
+        match *self {
+            LayerCache::F16 { head_stride, .. } | LayerCache::F32 { head_stride, .. } => head_stride,
+        }
+    }
+}
+
+/// A layer's keys (or values) as the cache lays them out, `[kv_head][position][head_dim]`: one
+/// head's positions are one contiguous run, so attention reads them as a stream.
+#[derive(Clone, Copy)]
+struct HeadRows<'c, T> {
+    data: &'c [T],
+    head_stride: usize,
+    head_dim: usize,
+}
+
+impl<'c, T> HeadRows<'c, T> {
+    /// Where position `p` of key/value head `kvh` starts.
+    #[inline]
+    fn at(head_stride: usize, head_dim: usize, kvh: usize, p: usize) -> usize {
+        kvh * head_stride + p * head_dim
+    }
+
+    #[inline]
+    fn row(&self, kvh: usize, p: usize) -> &'c [T] {
+        let at = Self::at(self.head_stride, self.head_dim, kvh, p);
+        &self.data[at..at + self.head_dim]
+    }
+}
+
+/// The key and value runs of a layer (slices from the layer's start).
+fn head_rows<'c, T>(
+    k: &'c [T],
+    v: &'c [T],
+    head_stride: usize,
+    head_dim: usize,
+) -> (HeadRows<'c, T>, HeadRows<'c, T>) {
+    (HeadRows { data: k, head_stride, head_dim }, HeadRows { data: v, head_stride, head_dim })
 }
 
 /// Writes `src` into `buf[at..at + src.len()]`, rounded to the buffer's type.
@@ -81,13 +123,13 @@ pub(crate) fn rope_and_cache(
                     let k = qkv.slice_mut(k_at..k_at + hd);
                     rope_apply(k, cs, rope_style);
                     let v = qkv.slice_mut(v_at..v_at + hd);
-                    let slot = (pos0 + t) * kv_dim + kvh * hd;
+                    let slot = HeadRows::<f16>::at(cache.head_stride(), hd, kvh, pos0 + t);
                     match cache {
-                        LayerCache::F16 { k: keys, v: values, start } => {
+                        LayerCache::F16 { k: keys, v: values, start, .. } => {
                             store(keys, start + slot, k);
                             store(values, start + slot, v);
                         }
-                        LayerCache::F32 { k: keys, v: values, start } => {
+                        LayerCache::F32 { k: keys, v: values, start, .. } => {
                             store(keys, start + slot, k);
                             store(values, start + slot, v);
                         }
@@ -133,8 +175,9 @@ pub(crate) fn attend(
 ) {
     // SAFETY: the cache is not written during this step (rope_and_cache ended at a barrier).
     match (cache, accumulate) {
-        (&LayerCache::F16 { k, v, start }, Accumulate::F16) => unsafe {
-            attend_like_ggml(ctx, heads, qkv, n_tokens, pos0, &k.get()[start..], &v.get()[start..], out)
+        (&LayerCache::F16 { k, v, start, head_stride }, Accumulate::F16) => unsafe {
+            let (keys, values) = head_rows(&k.get()[start..], &v.get()[start..], head_stride, heads.head_dim);
+            attend_like_ggml(ctx, heads, qkv, n_tokens, pos0, keys, values, out)
         },
         (&LayerCache::F16 { .. }, Accumulate::F32) | (&LayerCache::F32 { .. }, _) => {
             // A full-precision cache has no llama.cpp order to follow: always the f32 path.
@@ -161,11 +204,13 @@ pub(crate) fn attend_prefix_lm(
     let prefix = prefix.min(pos0 + n_tokens);
     // SAFETY: the cache is not written during this step (rope_and_cache ended at a barrier).
     match *cache {
-        LayerCache::F16 { k, v, start } => unsafe {
-            attend_tiled(ctx, heads, qkv, n_tokens, pos0, &k.get()[start..], &v.get()[start..], prefix, out)
+        LayerCache::F16 { k, v, start, head_stride } => unsafe {
+            let (keys, values) = head_rows(&k.get()[start..], &v.get()[start..], head_stride, heads.head_dim);
+            attend_tiled(ctx, heads, qkv, n_tokens, pos0, keys, values, prefix, out)
         },
-        LayerCache::F32 { k, v, start } => unsafe {
-            attend_tiled(ctx, heads, qkv, n_tokens, pos0, &k.get()[start..], &v.get()[start..], prefix, out)
+        LayerCache::F32 { k, v, start, head_stride } => unsafe {
+            let (keys, values) = head_rows(&k.get()[start..], &v.get()[start..], head_stride, heads.head_dim);
+            attend_tiled(ctx, heads, qkv, n_tokens, pos0, keys, values, prefix, out)
         },
     }
 }
@@ -183,8 +228,8 @@ fn attend_tiled<T: KvElement>(
     qkv: &SharedMut<'_, f32>,
     n_tokens: usize,
     pos0: usize,
-    keys: &[T],
-    values: &[T],
+    keys: HeadRows<'_, T>,
+    values: HeadRows<'_, T>,
     prefix: usize,
     out: &SharedMut<'_, f32>,
 ) {
@@ -219,12 +264,7 @@ fn attend_tiled<T: KvElement>(
             let n_keys = (pos0 + tokens.end).max(prefix);
             for p0 in (0..n_keys).step_by(KEY_BLOCK) {
                 let nk = (n_keys - p0).min(KEY_BLOCK);
-                let at = |p: usize| p * kv_dim + kvh * hd;
-                block.load(
-                    nk,
-                    |j| &keys[at(p0 + j)..at(p0 + j) + hd],
-                    |j| &values[at(p0 + j)..at(p0 + j) + hd],
-                );
+                block.load(nk, |j| keys.row(kvh, p0 + j), |j| values.row(kvh, p0 + j));
                 for (r, visible) in visible[..m].iter_mut().enumerate() {
                     let sees = (pos0 + tokens.start + r / group + 1).max(prefix);
                     *visible = sees.saturating_sub(p0).min(nk);
@@ -258,8 +298,8 @@ fn attend_like_ggml(
     qkv: &SharedMut<'_, f32>,
     n_tokens: usize,
     pos0: usize,
-    keys: &[f16],
-    values: &[f16],
+    keys: HeadRows<'_, f16>,
+    values: HeadRows<'_, f16>,
     out: &SharedMut<'_, f32>,
 ) {
     let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
@@ -283,7 +323,7 @@ fn attend_like_ggml(
             acc16.fill(f16::ZERO);
             let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
             for p in 0..=pos0 + t {
-                let k = &keys[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                let k = keys.row(kvh, p);
                 let s = dot_f16(k, q16) * scale;
                 // Rescale what was summed so far when the maximum grows.
                 let (mut rescale, mut weight) = (1f32, 1f32);
@@ -293,7 +333,7 @@ fn attend_like_ggml(
                 } else {
                     weight = (s - max).exp();
                 }
-                let v = &values[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                let v = values.row(kvh, p);
                 if rescale != 1.0 {
                     scale_f16(acc16, rescale);
                 }
@@ -334,11 +374,13 @@ pub(crate) fn attend_alibi(
 ) {
     // SAFETY: the cache is not written during this step (rope_and_cache ended at a barrier).
     match *cache {
-        LayerCache::F16 { k, v, start } => unsafe {
-            alibi_rows(ctx, heads, qkv, n_tokens, pos0, &k.get()[start..], &v.get()[start..], slopes, out)
+        LayerCache::F16 { k, v, start, head_stride } => unsafe {
+            let (keys, values) = head_rows(&k.get()[start..], &v.get()[start..], head_stride, heads.head_dim);
+            alibi_rows(ctx, heads, qkv, n_tokens, pos0, keys, values, slopes, out)
         },
-        LayerCache::F32 { k, v, start } => unsafe {
-            alibi_rows(ctx, heads, qkv, n_tokens, pos0, &k.get()[start..], &v.get()[start..], slopes, out)
+        LayerCache::F32 { k, v, start, head_stride } => unsafe {
+            let (keys, values) = head_rows(&k.get()[start..], &v.get()[start..], head_stride, heads.head_dim);
+            alibi_rows(ctx, heads, qkv, n_tokens, pos0, keys, values, slopes, out)
         },
     }
 }
@@ -350,8 +392,8 @@ fn alibi_rows<T: KvElement>(
     qkv: &SharedMut<'_, f32>,
     n_tokens: usize,
     pos0: usize,
-    keys: &[T],
-    values: &[T],
+    keys: HeadRows<'_, T>,
+    values: HeadRows<'_, T>,
     slopes: &[f32],
     out: &SharedMut<'_, f32>,
 ) {
@@ -368,10 +410,9 @@ fn alibi_rows<T: KvElement>(
             let (t, h) = (item / heads.n_heads, item % heads.n_heads);
             let (kvh, i) = (h / group, pos0 + t);
             let q = &qkv[t * stride + h * hd..t * stride + (h + 1) * hd];
-            let at = |p: usize| p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd;
             let mut max = f32::NEG_INFINITY;
             for (j, s) in scores[..=i].iter_mut().enumerate() {
-                T::widen(&keys[at(j)], &mut k[..hd]);
+                T::widen(keys.row(kvh, j), &mut k[..hd]);
                 let dot: f32 = q.iter().zip(&k[..hd]).map(|(a, b)| a * b).sum();
                 *s = dot * scale + slopes[h] * (j as f32 - i as f32);
                 max = max.max(*s);
@@ -385,7 +426,7 @@ fn alibi_rows<T: KvElement>(
             let o = unsafe { out.slice_mut(t * q_dim + h * hd..t * q_dim + (h + 1) * hd) };
             o.fill(0.0);
             for (j, &w) in scores[..=i].iter().enumerate() {
-                T::widen(&values[at(j)], &mut v[..hd]);
+                T::widen(values.row(kvh, j), &mut v[..hd]);
                 o.iter_mut().zip(&v[..hd]).for_each(|(o, &x)| *o += w * x);
             }
             o.iter_mut().for_each(|x| *x /= sum);
@@ -432,13 +473,13 @@ pub(crate) fn rope_and_cache_rows(
                 let k = qkv.slice_mut(k_at..k_at + hd);
                 rope_apply(k, cs, rope_style);
                 let v = qkv.slice_mut(v_at..v_at + hd);
-                let slot = rows[t].pos * kv_dim + kvh * hd;
+                let slot = HeadRows::<f16>::at(rows[t].cache.head_stride(), hd, kvh, rows[t].pos);
                 match &rows[t].cache {
-                    LayerCache::F16 { k: keys, v: values, start } => {
+                    LayerCache::F16 { k: keys, v: values, start, .. } => {
                         store(keys, start + slot, k);
                         store(values, start + slot, v);
                     }
-                    LayerCache::F32 { k: keys, v: values, start } => {
+                    LayerCache::F32 { k: keys, v: values, start, .. } => {
                         store(keys, start + slot, k);
                         store(values, start + slot, v);
                     }
@@ -477,12 +518,16 @@ pub(crate) fn attend_rows(
             let (t, h) = (item / heads.n_heads, item % heads.n_heads);
             let (kvh, last) = (h / group, rows[t].pos);
             let q = &qkv[t * stride + h * hd..t * stride + (h + 1) * hd];
-            let at = |p: usize| p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd;
+            let hs = rows[t].cache.head_stride();
+            let at = |p: usize| {
+                let at = HeadRows::<f16>::at(hs, hd, kvh, p);
+                at..at + hd
+            };
             // SAFETY: head h of row t's output belongs to this item alone.
             let o = unsafe { out.slice_mut(t * q_dim + h * hd..t * q_dim + (h + 1) * hd) };
             let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
             match rows[t].cache {
-                LayerCache::F16 { k, v, start } => {
+                LayerCache::F16 { k, v, start, .. } => {
                     // SAFETY: see above.
                     let (keys, values) = unsafe { (&k.get()[start..], &v.get()[start..]) };
                     let q16 = &mut q16_row[..hd];
@@ -506,7 +551,7 @@ pub(crate) fn attend_rows(
                     }
                     acc.convert_to_f32_slice(o);
                 }
-                LayerCache::F32 { k, v, start } => {
+                LayerCache::F32 { k, v, start, .. } => {
                     // SAFETY: see above.
                     let (keys, values) = unsafe { (&k.get()[start..], &v.get()[start..]) };
                     let acc = &mut acc32[..hd];
@@ -568,26 +613,17 @@ fn attend_rows_tiled(
             max.fill(f32::NEG_INFINITY);
             sum.fill(0.0);
             let n_keys = rows[t].pos + 1;
-            let at = |p: usize| p * kv_dim + kvh * hd;
             for p0 in (0..n_keys).step_by(KEY_BLOCK) {
                 let nk = (n_keys - p0).min(KEY_BLOCK);
                 // SAFETY: see above.
                 match rows[t].cache {
-                    LayerCache::F16 { k, v, start } => unsafe {
-                        let (keys, values) = (&k.get()[start..], &v.get()[start..]);
-                        block.load(
-                            nk,
-                            |j| &keys[at(p0 + j)..at(p0 + j) + hd],
-                            |j| &values[at(p0 + j)..at(p0 + j) + hd],
-                        );
+                    LayerCache::F16 { k, v, start, head_stride } => unsafe {
+                        let (keys, values) = head_rows(&k.get()[start..], &v.get()[start..], head_stride, hd);
+                        block.load(nk, |j| keys.row(kvh, p0 + j), |j| values.row(kvh, p0 + j));
                     },
-                    LayerCache::F32 { k, v, start } => unsafe {
-                        let (keys, values) = (&k.get()[start..], &v.get()[start..]);
-                        block.load(
-                            nk,
-                            |j| &keys[at(p0 + j)..at(p0 + j) + hd],
-                            |j| &values[at(p0 + j)..at(p0 + j) + hd],
-                        );
+                    LayerCache::F32 { k, v, start, head_stride } => unsafe {
+                        let (keys, values) = head_rows(&k.get()[start..], &v.get()[start..], head_stride, hd);
+                        block.load(nk, |j| keys.row(kvh, p0 + j), |j| values.row(kvh, p0 + j));
                     },
                 }
                 visible.fill(nk);

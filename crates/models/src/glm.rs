@@ -229,7 +229,13 @@ impl Glm {
 
     pub fn new_cache(&self, max_len: usize) -> KvCache {
         let c = &self.config;
-        KvCache::new(c.num_layers, c.hidden_size, max_len.min(c.max_sequence_length), self.kv_precision)
+        KvCache::new(
+            c.num_layers,
+            c.heads().n_kv_heads,
+            c.hidden_size,
+            max_len.min(c.max_sequence_length),
+            self.kv_precision,
+        )
     }
 
     pub fn new_scratch(&self, batch: usize) -> Scratch {

@@ -254,6 +254,7 @@ impl Gpt2 {
     pub fn new_cache(&self, max_len: usize) -> KvCache {
         KvCache::new(
             self.config.n_layer,
+            self.config.n_head,
             self.config.n_embd,
             max_len.min(self.config.n_positions),
             self.kv_precision,

@@ -533,7 +533,13 @@ impl Llama {
     }
 
     pub fn new_cache(&self, max_len: usize) -> KvCache {
-        KvCache::new(self.config.num_hidden_layers, self.config.heads().kv_dim(), max_len, self.kv_precision)
+        KvCache::new(
+            self.config.num_hidden_layers,
+            self.config.heads().n_kv_heads,
+            self.config.heads().kv_dim(),
+            max_len,
+            self.kv_precision,
+        )
     }
 
     pub fn new_scratch(&self, batch: usize) -> Scratch {
