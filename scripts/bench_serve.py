@@ -111,7 +111,7 @@ def main():
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = [args.baimo, "serve", args.model, "--port", str(port), "-q", "-t", str(args.threads),
-           "--parallel", str(args.parallel), "--cache-entries", "0"]
+           "--parallel", str(args.parallel)]
     if args.arithmetic:
         cmd += ["--arithmetic", args.arithmetic]
     name = f"baimo serve ({args.arithmetic or 'fast, the default'})"

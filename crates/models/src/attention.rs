@@ -598,7 +598,9 @@ fn attend_rows_tiled(
     // SAFETY: qkv and the caches are not written during this step.
     let qkv = unsafe { qkv.get() };
     let n_items = rows.len() * heads.n_kv_heads;
-    ctx.for_each_chunk(n_items, 1, |items| {
+    // Guided hand-out: few claims, so the per-claim buffers (a 32 KiB key/value block among
+    // them) are set up a few times per layer, not once per (row, head).
+    ctx.for_each_guided(n_items, 1, |items| {
         let (mut q, mut acc) = (vec![0f32; group * hd], vec![0f32; group * hd]);
         let (mut max, mut sum, mut visible) = (vec![0f32; group], vec![0f32; group], vec![0usize; group]);
         let mut block = KvBlock::new(hd);
