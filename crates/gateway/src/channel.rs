@@ -1,0 +1,121 @@
+//! An upstream channel: one provider account (base URL, credentials) serving some models, with a
+//! weight and a priority for choosing among channels.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+/// A credential: kept out of `Debug`, logs and error messages.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value, for building a request (the only place it should go).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// Which wire protocol a channel speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI's chat completions (also every OpenAI-compatible service).
+    OpenAi,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
+impl ProviderKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
+        }
+    }
+
+    /// The provider's own endpoint, when a channel names none.
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "https://api.openai.com",
+            ProviderKind::Anthropic => "https://api.anthropic.com",
+        }
+    }
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+fn default_enabled() -> bool {
+    true
+}
+
+/// One upstream channel (as configured: TOML `[[channels]]` or the store).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Channel {
+    pub name: String,
+    pub provider: ProviderKind,
+    /// Without a path (`https://api.openai.com`); the provider module adds its own.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    pub api_key: Secret,
+    /// The model names clients use that this channel serves.
+    pub models: Vec<String>,
+    /// Client name → the provider's name, where they differ.
+    #[serde(default)]
+    pub model_map: HashMap<String, String>,
+    /// Share of traffic among the channels of the same priority.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Higher first; lower priorities are used when every higher channel failed or is cooling down.
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+}
+
+impl Channel {
+    pub fn base_url(&self) -> &str {
+        self.base_url.as_deref().unwrap_or(self.provider.default_base_url()).trim_end_matches('/')
+    }
+
+    pub fn serves(&self, model: &str) -> bool {
+        self.enabled && self.models.iter().any(|m| m == model)
+    }
+
+    /// The name to send upstream for a client's model name.
+    pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.model_map.get(model).map_or(model, String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_show_in_debug() {
+        let ch: Channel = serde_json::from_value(serde_json::json!({
+            "name": "main", "provider": "openai", "api_key": "sk-very-secret", "models": ["gpt-4"]
+        }))
+        .unwrap();
+        let shown = format!("{ch:?}");
+        assert!(!shown.contains("sk-very-secret") && shown.contains("redacted"), "{shown}");
+        assert_eq!((ch.weight, ch.priority, ch.enabled), (1, 0, true));
+        assert_eq!(ch.base_url(), "https://api.openai.com");
+    }
+}
