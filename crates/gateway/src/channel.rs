@@ -29,16 +29,25 @@ impl fmt::Debug for Secret {
 }
 
 /// Which wire protocol a channel speaks.
+/// Names (in configuration, in `baimo mock-provider`) are the lowercase ones in [`ProviderKind::ALL`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     /// OpenAI's chat completions (also every OpenAI-compatible service).
+    #[serde(rename = "openai")]
     OpenAi,
     /// Anthropic's Messages API.
+    #[serde(rename = "anthropic")]
     Anthropic,
 }
 
 impl ProviderKind {
+    pub const ALL: &'static [ProviderKind] = &[ProviderKind::OpenAi, ProviderKind::Anthropic];
+
+    /// The kind a configuration name stands for.
+    pub fn from_name(name: &str) -> Option<ProviderKind> {
+        ProviderKind::ALL.iter().copied().find(|k| k.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ProviderKind::OpenAi => "openai",
@@ -73,6 +82,13 @@ pub struct Channel {
     #[serde(default)]
     pub base_url: Option<String>,
     pub api_key: Secret,
+    /// The second credential of providers that sign with a pair: ERNIE's secret key, Spark's
+    /// API secret, Baichuan's legacy secret key.
+    #[serde(default)]
+    pub secret_key: Option<Secret>,
+    /// Spark's app id (not a secret; sent in every request).
+    #[serde(default)]
+    pub app_id: Option<String>,
     /// The model names clients use that this channel serves.
     pub models: Vec<String>,
     /// Client name → the provider's name, where they differ.
@@ -95,6 +111,13 @@ impl Channel {
 
     pub fn serves(&self, model: &str) -> bool {
         self.enabled && self.models.iter().any(|m| m == model)
+    }
+
+    /// Every credential of the channel, to keep them out of error text.
+    pub fn secrets(&self) -> Vec<&str> {
+        let mut out = vec![self.api_key.expose()];
+        out.extend(self.secret_key.as_ref().map(Secret::expose));
+        out
     }
 
     /// The name to send upstream for a client's model name.

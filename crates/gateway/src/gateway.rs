@@ -3,18 +3,14 @@
 //! transient (after the provider's hint, or an exponential backoff), failover to the next channel
 //! when the error may be the channel's; a circuit breaker that rests a failing channel.
 
-use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures_util::{Stream, StreamExt};
-
 use crate::channel::Channel;
-use crate::error::{ErrorKind, UpstreamError, redact};
-use crate::providers::{StreamTranslator, protocol};
-use crate::sse::SseDecoder;
-use crate::types::{ChatRequest, ChatResponse, StreamEvent};
+use crate::error::{ErrorKind, UpstreamError};
+pub use crate::providers::EventStream;
+use crate::providers::{TokenCache, Upstream, protocol};
+use crate::types::{ChatRequest, ChatResponse};
 
 /// How hard the gateway tries.
 #[derive(Clone, Debug)]
@@ -70,9 +66,6 @@ pub struct Failed {
     pub failed: Vec<Attempt>,
 }
 
-/// A translated stream: events in order; an error ends it.
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, UpstreamError>> + Send>>;
-
 #[derive(Clone, Copy, Default)]
 struct Health {
     consecutive_failures: u32,
@@ -92,7 +85,7 @@ pub enum GatewayError {
 pub struct Gateway {
     channels: Vec<Channel>,
     health: Mutex<Vec<Health>>,
-    http: reqwest::Client,
+    upstream: Upstream,
     policy: RetryPolicy,
 }
 
@@ -111,7 +104,13 @@ impl Gateway {
             .build()
             .map_err(|e| GatewayError::Http(e.to_string()))?;
         let health = Mutex::new(vec![Health::default(); channels.len()]);
-        Ok(Gateway { channels, health, http, policy })
+        let upstream = Upstream {
+            http,
+            tokens: TokenCache::default(),
+            timeout: policy.timeout,
+            idle_timeout: policy.idle_timeout,
+        };
+        Ok(Gateway { channels, health, upstream, policy })
     }
 
     /// Every model name some enabled channel serves, sorted.
@@ -166,6 +165,10 @@ impl Gateway {
             None => *h = Health::default(),
             Some(e) if !e.fails_over() => {} // the request's fault, not the channel's
             Some(e) => {
+                if e.kind == ErrorKind::Auth {
+                    // A token the provider no longer takes is fetched anew next time.
+                    self.upstream.tokens.invalidate(&self.channels[channel].name);
+                }
                 h.consecutive_failures += 1;
                 // Credit and credentials do not come back in seconds.
                 let rest = match e.kind {
@@ -188,56 +191,6 @@ impl Gateway {
         }
         let base = self.policy.base_backoff.saturating_mul(1 << retry.min(16)).min(self.policy.max_backoff);
         Some(base.mul_f64(0.75 + fastrand::f64() * 0.5))
-    }
-
-    /// Credentials of a channel, to keep them out of error text.
-    fn secrets(&self, channel: usize) -> [&str; 1] {
-        [self.channels[channel].api_key.expose()]
-    }
-
-    /// Sends the request to one channel; a non-2xx answer comes back as its error.
-    async fn send(
-        &self,
-        channel: usize,
-        req: &ChatRequest,
-        stream: bool,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        let ch = &self.channels[channel];
-        let proto = protocol(ch.provider);
-        let builder = proto.request(&self.http, ch, ch.upstream_model(&req.model), req, stream);
-        let response = tokio::time::timeout(self.policy.timeout, builder.send())
-            .await
-            .map_err(|_| UpstreamError::new(proto.name(), ErrorKind::Timeout, "no answer in time"))?
-            .map_err(|e| {
-                let kind = if e.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Connection };
-                UpstreamError::new(
-                    proto.name(),
-                    kind,
-                    redact(&e.without_url().to_string(), &self.secrets(channel)),
-                )
-            })?;
-        let status = response.status().as_u16();
-        if (200..300).contains(&status) {
-            return Ok(response);
-        }
-        let headers = response.headers().clone();
-        let body = read_limited(response, 1 << 20).await.unwrap_or_default();
-        let mut e = proto.classify(status, &headers, &body);
-        e.message = redact(&e.message, &self.secrets(channel));
-        Err(e)
-    }
-
-    async fn once(&self, channel: usize, req: &ChatRequest) -> Result<ChatResponse, UpstreamError> {
-        let proto = protocol(self.channels[channel].provider);
-        let response = self.send(channel, req, false).await?;
-        let body =
-            tokio::time::timeout(self.policy.timeout, read_limited(response, 64 << 20)).await.map_err(
-                |_| UpstreamError::new(proto.name(), ErrorKind::Timeout, "the answer stopped arriving"),
-            )??;
-        proto.parse_response(&body).map_err(|mut e| {
-            e.message = redact(&e.message, &self.secrets(channel));
-            e
-        })
     }
 
     /// Runs `attempt` on channels as the policy says until one succeeds or none is left.
@@ -292,132 +245,20 @@ impl Gateway {
 
     /// A whole answer.
     pub async fn chat(&self, req: &ChatRequest) -> Result<Served<ChatResponse>, Failed> {
-        self.route(&req.model, |channel| self.once(channel, req)).await
+        self.route(&req.model, |channel| async move {
+            let ch = &self.channels[channel];
+            protocol(ch.provider).chat(&self.upstream, ch, ch.upstream_model(&req.model), req).await
+        })
+        .await
     }
 
     /// A stream of the answer. Retries and failover happen until the provider's stream has
     /// begun; a failure after that ends the stream with the error (never a silent truncation).
     pub async fn chat_stream(&self, req: &ChatRequest) -> Result<Served<EventStream>, Failed> {
         self.route(&req.model, |channel| async move {
-            let response = self.send(channel, req, true).await?;
-            let proto = protocol(self.channels[channel].provider);
-            Ok(event_stream(
-                response,
-                proto.name(),
-                proto.stream(),
-                self.policy.idle_timeout,
-                self.secrets(channel)[0].to_string(),
-            ))
+            let ch = &self.channels[channel];
+            protocol(ch.provider).chat_stream(&self.upstream, ch, ch.upstream_model(&req.model), req).await
         })
         .await
     }
-}
-
-/// The body, refusing more than `limit` bytes.
-async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, UpstreamError> {
-    let mut body = Vec::new();
-    let mut chunks = response.bytes_stream();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk
-            .map_err(|e| UpstreamError::new("gateway", ErrorKind::Connection, e.without_url().to_string()))?;
-        if body.len() + chunk.len() > limit {
-            return Err(UpstreamError::new(
-                "gateway",
-                ErrorKind::Protocol,
-                format!("an answer over {limit} bytes"),
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-struct StreamState {
-    bytes: Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
-    decoder: SseDecoder,
-    translator: Box<dyn StreamTranslator>,
-    pending: VecDeque<StreamEvent>,
-    /// An error to report once the events before it are out.
-    error: Option<UpstreamError>,
-    provider: &'static str,
-    idle: Duration,
-    secret: String,
-    done: bool,
-}
-
-impl StreamState {
-    fn fail(&mut self, kind: ErrorKind, message: &str) {
-        self.done = true;
-        self.error = Some(UpstreamError::new(self.provider, kind, redact(message, &[&self.secret])));
-    }
-
-    /// Reads the next chunk of the body into `pending` (or records why not).
-    async fn read_more(&mut self) {
-        let chunk = match tokio::time::timeout(self.idle, self.bytes.next()).await {
-            Err(_) => return self.fail(ErrorKind::Timeout, "the stream stalled"),
-            Ok(None) => return self.fail(ErrorKind::Connection, "the stream ended before its last event"),
-            Ok(Some(Err(e))) => {
-                return self.fail(ErrorKind::Connection, &format!("the stream broke: {}", e.without_url()));
-            }
-            Ok(Some(Ok(chunk))) => chunk,
-        };
-        let mut events = Vec::new();
-        if let Err(e) = self.decoder.feed(&chunk, &mut events) {
-            return self.fail(ErrorKind::Protocol, &e.to_string());
-        }
-        for event in events {
-            let mut out = Vec::new();
-            let result = self.translator.on_event(&event, &mut out);
-            self.pending.extend(out);
-            match result {
-                Ok(false) => {}
-                Ok(true) => {
-                    self.done = true;
-                    return;
-                }
-                Err(mut e) => {
-                    e.message = redact(&e.message, &[&self.secret]);
-                    self.done = true;
-                    self.error = Some(e);
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// The provider's SSE body as translated events; a broken connection, a stall longer than `idle`
-/// or a stream that ends before its last event become a final error item.
-fn event_stream(
-    response: reqwest::Response,
-    provider: &'static str,
-    translator: Box<dyn StreamTranslator>,
-    idle: Duration,
-    secret: String,
-) -> EventStream {
-    let state = StreamState {
-        bytes: Box::pin(response.bytes_stream()),
-        decoder: SseDecoder::new(),
-        translator,
-        pending: VecDeque::new(),
-        error: None,
-        provider,
-        idle,
-        secret,
-        done: false,
-    };
-    Box::pin(futures_util::stream::unfold(state, |mut s| async move {
-        loop {
-            if let Some(event) = s.pending.pop_front() {
-                return Some((Ok(event), s));
-            }
-            if let Some(e) = s.error.take() {
-                return Some((Err(e), s));
-            }
-            if s.done {
-                return None;
-            }
-            s.read_more().await;
-        }
-    }))
 }

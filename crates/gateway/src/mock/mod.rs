@@ -51,6 +51,12 @@ pub enum Fault {
 pub struct MockState {
     pub provider: ProviderKind,
     key: String,
+    /// The second credential, for providers that sign with a pair (ERNIE, Spark, Baichuan's
+    /// legacy API).
+    pub secret: Option<String>,
+    pub app_id: Option<String>,
+    /// Access tokens the mock handed out, with when they expire (ERNIE's OAuth).
+    pub issued_tokens: Mutex<std::collections::HashMap<String, std::time::Instant>>,
     next: Mutex<VecDeque<Fault>>,
     always: Mutex<Option<Fault>>,
     requests: AtomicUsize,
@@ -58,9 +64,22 @@ pub struct MockState {
 
 impl MockState {
     pub fn new(provider: ProviderKind, key: impl Into<String>) -> Arc<MockState> {
+        MockState::with_credentials(provider, key, None, None)
+    }
+
+    /// A mock that also checks a secret (and, for Spark, an app id).
+    pub fn with_credentials(
+        provider: ProviderKind,
+        key: impl Into<String>,
+        secret: Option<String>,
+        app_id: Option<String>,
+    ) -> Arc<MockState> {
         Arc::new(MockState {
             provider,
             key: key.into(),
+            secret,
+            app_id,
+            issued_tokens: Mutex::new(std::collections::HashMap::new()),
             next: Mutex::new(VecDeque::new()),
             always: Mutex::new(None),
             requests: AtomicUsize::new(0),

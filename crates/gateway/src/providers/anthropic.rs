@@ -6,7 +6,7 @@
 use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
-use super::{Protocol, StreamTranslator, json_body};
+use super::{BoxFuture, Protocol, StreamTranslator, Upstream, json_body, ready};
 use crate::channel::Channel;
 use crate::error::{ErrorKind, UpstreamError, retry_after_from_headers};
 use crate::sse::SseEvent;
@@ -146,18 +146,20 @@ impl Protocol for Anthropic {
         NAME
     }
 
-    fn request(
-        &self,
-        http: &reqwest::Client,
-        channel: &Channel,
-        model: &str,
-        req: &ChatRequest,
+    fn request<'a>(
+        &'a self,
+        up: &'a Upstream,
+        channel: &'a Channel,
+        model: &'a str,
+        req: &'a ChatRequest,
         stream: bool,
-    ) -> reqwest::RequestBuilder {
-        http.post(format!("{}/v1/messages", channel.base_url()))
+    ) -> BoxFuture<'a, Result<reqwest::RequestBuilder, UpstreamError>> {
+        ready(Ok(up
+            .http
+            .post(format!("{}/v1/messages", channel.base_url()))
             .header("x-api-key", channel.api_key.expose())
             .header("anthropic-version", API_VERSION)
-            .json(&request_body(model, req, stream))
+            .json(&request_body(model, req, stream))))
     }
 
     fn parse_response(&self, body: &[u8]) -> Result<ChatResponse, UpstreamError> {

@@ -1,29 +1,98 @@
 //! One module per provider protocol: how to build its request from a [`ChatRequest`], read its
-//! answer, translate its stream event by event, and classify its errors.
+//! answer, translate its stream event by event, and classify its errors. Most providers are one
+//! HTTP request with a JSON or server-sent-event answer (`http` does the sending); a provider
+//! that is not (Spark's WebSocket) overrides [`Protocol::chat`] and [`Protocol::chat_stream`].
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::Stream;
 use reqwest::header::HeaderMap;
 
-use crate::channel::{Channel, ProviderKind};
+use crate::channel::{Channel, ProviderKind, Secret};
 use crate::error::UpstreamError;
 use crate::sse::SseEvent;
 use crate::types::{ChatRequest, ChatResponse, StreamEvent};
 
 pub mod anthropic;
+pub(crate) mod http;
 pub mod openai;
 
-/// A provider's wire protocol over HTTP with server-sent events.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A translated stream: events in order; an error ends it.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, UpstreamError>> + Send>>;
+
+/// A future already resolved (for providers whose request needs no waiting).
+pub fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, T> {
+    Box::pin(std::future::ready(value))
+}
+
+/// What every upstream call shares: the HTTP client, access tokens fetched for channels, and
+/// how long to wait.
+pub struct Upstream {
+    pub http: reqwest::Client,
+    pub tokens: TokenCache,
+    /// Until the answer (whole) or the response head (stream).
+    pub timeout: Duration,
+    /// Between two pieces of a stream.
+    pub idle_timeout: Duration,
+}
+
+/// Access tokens some providers hand out for a key (ERNIE's OAuth token): fetched once per
+/// channel, reused, fetched again before they expire or after the provider rejected one.
+#[derive(Default)]
+pub struct TokenCache {
+    tokens: Mutex<HashMap<String, (Secret, Instant)>>,
+}
+
+impl TokenCache {
+    /// The cached token for `key`, or a new one from `fetch` (which returns the token and how
+    /// long it lives). A token is renewed once less than a tenth of its life (at most a day)
+    /// is left, so no request goes out with one about to expire.
+    pub async fn get_or_fetch<F, Fut>(&self, key: &str, fetch: F) -> Result<Secret, UpstreamError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(Secret, Duration), UpstreamError>>,
+    {
+        if let Some((token, renew_at)) = self.lock().get(key)
+            && Instant::now() < *renew_at
+        {
+            return Ok(token.clone());
+        }
+        let (token, lifetime) = fetch().await?;
+        let margin = (lifetime / 10).min(Duration::from_secs(86_400));
+        self.lock().insert(key.to_string(), (token.clone(), Instant::now() + lifetime - margin));
+        Ok(token)
+    }
+
+    /// Forgets `key`'s token (the provider said it is no longer valid).
+    pub fn invalidate(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Secret, Instant)>> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A provider's wire protocol.
 pub trait Protocol: Send + Sync {
     fn name(&self) -> &'static str;
 
-    /// The upstream request for `req` (sent to `channel`, as `model`).
-    fn request(
-        &self,
-        http: &reqwest::Client,
-        channel: &Channel,
-        model: &str,
-        req: &ChatRequest,
+    /// The upstream HTTP request for `req` (sent to `channel`, as `model`). A future, because
+    /// some providers need a token fetched first.
+    fn request<'a>(
+        &'a self,
+        up: &'a Upstream,
+        channel: &'a Channel,
+        model: &'a str,
+        req: &'a ChatRequest,
         stream: bool,
-    ) -> reqwest::RequestBuilder;
+    ) -> BoxFuture<'a, Result<reqwest::RequestBuilder, UpstreamError>>;
 
     /// A successful whole answer. Some providers report errors inside a 200: those come back as
     /// errors here.
@@ -34,6 +103,28 @@ pub trait Protocol: Send + Sync {
 
     /// A fresh translator for one stream.
     fn stream(&self) -> Box<dyn StreamTranslator>;
+
+    /// A whole answer (by default: the request, then `parse_response`).
+    fn chat<'a>(
+        &'a self,
+        up: &'a Upstream,
+        channel: &'a Channel,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, UpstreamError>> {
+        Box::pin(http::chat(self, up, channel, model, req))
+    }
+
+    /// A streamed answer (by default: the request, then its SSE events through `stream`).
+    fn chat_stream<'a>(
+        &'a self,
+        up: &'a Upstream,
+        channel: &'a Channel,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<EventStream, UpstreamError>> {
+        Box::pin(http::chat_stream(self, up, channel, model, req))
+    }
 }
 
 /// Turns a provider's stream events into [`StreamEvent`]s, keeping what it must between events

@@ -5,7 +5,7 @@
 use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
-use super::{Protocol, StreamTranslator, json_body};
+use super::{BoxFuture, Protocol, StreamTranslator, Upstream, json_body, ready};
 use crate::channel::Channel;
 use crate::error::{ErrorKind, UpstreamError, retry_after_from_headers};
 use crate::sse::SseEvent;
@@ -138,17 +138,19 @@ impl Protocol for OpenAi {
         NAME
     }
 
-    fn request(
-        &self,
-        http: &reqwest::Client,
-        channel: &Channel,
-        model: &str,
-        req: &ChatRequest,
+    fn request<'a>(
+        &'a self,
+        up: &'a Upstream,
+        channel: &'a Channel,
+        model: &'a str,
+        req: &'a ChatRequest,
         stream: bool,
-    ) -> reqwest::RequestBuilder {
-        http.post(format!("{}/v1/chat/completions", channel.base_url()))
+    ) -> BoxFuture<'a, Result<reqwest::RequestBuilder, UpstreamError>> {
+        ready(Ok(up
+            .http
+            .post(format!("{}/v1/chat/completions", channel.base_url()))
             .bearer_auth(channel.api_key.expose())
-            .json(&request_body(model, req, stream))
+            .json(&request_body(model, req, stream))))
     }
 
     fn parse_response(&self, body: &[u8]) -> Result<ChatResponse, UpstreamError> {
