@@ -7,6 +7,7 @@ mod bench;
 mod chat;
 mod common;
 mod infill;
+mod mock_provider;
 mod models;
 mod perplexity;
 mod run;
@@ -44,6 +45,8 @@ enum Command {
     Pull(models::PullArgs),
     /// List the known models and whether they are in the cache.
     List(models::ListArgs),
+    /// Imitate a hosted provider's API on loopback (for demos and tests).
+    MockProvider(mock_provider::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::main(args),
         Command::Pull(args) => models::pull(args),
         Command::List(args) => models::list(args),
+        Command::MockProvider(args) => mock_provider::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -64,6 +64,9 @@ pub struct Args {
     /// Allow browsers on this origin to call the API (repeatable; `*` for any).
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     cors_origins: Vec<String>,
+    /// Serve no local model: only the hosted models of the configured channels.
+    #[arg(long)]
+    no_local: bool,
 }
 
 const CONFIG_HELP: &str = "\
@@ -83,7 +86,22 @@ Config file (--config FILE, TOML; flags win):
   api_keys = [\"sk-...\"]           # added to --api-key
   api_keys_file = \"/etc/baimo/keys\"
   max_tokens_limit = 2048
-  cors_origins = [\"http://localhost:3000\"]";
+  cors_origins = [\"http://localhost:3000\"]
+  local = false                     # as --no-local: hosted models only
+
+  [[channels]]                      # a hosted provider account (repeatable)
+  name = \"openai-main\"
+  provider = \"openai\"             # openai, anthropic, ...
+  base_url = \"https://api.openai.com\"   # optional
+  api_key = \"env:OPENAI_API_KEY\"  # a key, or env:VARIABLE to read it from the environment
+  models = [\"gpt-4\", \"gpt-3.5-turbo\"]
+  model_map = { \"gpt-4\" = \"gpt-4-0613\" }  # optional: client name -> provider's name
+  weight = 3                        # share among channels of the same priority
+  priority = 0                      # higher first; lower ones when those fail
+
+  [retry]                           # optional
+  retries_per_channel = 1
+  timeout_secs = 120";
 
 /// The config file's settings (all optional).
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +126,69 @@ struct ConfigFile {
     max_tokens_limit: Option<usize>,
     #[serde(default)]
     cors_origins: Vec<String>,
+    local: Option<bool>,
+    #[serde(default)]
+    channels: Vec<baimo_gateway::Channel>,
+    #[serde(default)]
+    retry: RetryConfig,
+}
+
+/// How hard the gateway tries (the `[retry]` table).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryConfig {
+    retries_per_channel: Option<u32>,
+    base_backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+    timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    failures_to_open: Option<u32>,
+    cool_down_secs: Option<u64>,
+}
+
+impl RetryConfig {
+    fn policy(&self) -> baimo_gateway::RetryPolicy {
+        use std::time::Duration;
+        let d = baimo_gateway::RetryPolicy::default();
+        baimo_gateway::RetryPolicy {
+            retries_per_channel: self.retries_per_channel.unwrap_or(d.retries_per_channel),
+            base_backoff: self.base_backoff_ms.map_or(d.base_backoff, Duration::from_millis),
+            max_backoff: self.max_backoff_ms.map_or(d.max_backoff, Duration::from_millis),
+            timeout: self.timeout_secs.map_or(d.timeout, Duration::from_secs),
+            idle_timeout: self.idle_timeout_secs.map_or(d.idle_timeout, Duration::from_secs),
+            failures_to_open: self.failures_to_open.unwrap_or(d.failures_to_open),
+            cool_down: self.cool_down_secs.map_or(d.cool_down, Duration::from_secs),
+        }
+    }
+}
+
+/// A credential written as `env:NAME` is read from the environment (so config files need not
+/// hold secrets).
+fn resolve_secret(secret: &mut baimo_gateway::Secret, channel: &str) -> Result<()> {
+    if let Some(var) = secret.expose().strip_prefix("env:") {
+        let value = std::env::var(var)
+            .with_context(|| format!("channel {channel:?}: the environment variable {var} is not set"))?;
+        *secret = baimo_gateway::Secret::new(value);
+    }
+    Ok(())
+}
+
+/// The gateway for the configured channels (none: no gateway).
+fn gateway(
+    mut channels: Vec<baimo_gateway::Channel>,
+    retry: &RetryConfig,
+) -> Result<Option<Arc<baimo_gateway::Gateway>>> {
+    if channels.is_empty() {
+        return Ok(None);
+    }
+    for c in &mut channels {
+        let name = c.name.clone();
+        resolve_secret(&mut c.api_key, &name)?;
+        if let Some(s) = &mut c.secret_key {
+            resolve_secret(s, &name)?;
+        }
+    }
+    Ok(Some(Arc::new(baimo_gateway::Gateway::new(channels, retry.policy()).context("the channels")?)))
 }
 
 fn read_config(path: &PathBuf) -> Result<ConfigFile> {
@@ -123,17 +204,29 @@ pub fn main(mut args: Args) -> Result<()> {
     args.model.ctx = args.model.ctx.or(file.ctx);
     args.model.threads = args.model.threads.or(file.threads);
     let model_spec = args.model_spec.clone().or(file.model.clone());
-    let model = common::load_model(model_spec.as_deref(), &args.model)?;
+    let local = !args.no_local && file.local.unwrap_or(true);
+    let gateway = gateway(file.channels, &file.retry)?;
+    if !local && gateway.is_none() {
+        anyhow::bail!("nothing to serve: no local model (--no-local) and no [[channels]] in the config");
+    }
+    if !local && model_spec.is_some() {
+        anyhow::bail!("a model was named but --no-local (or local = false) says to serve none");
+    }
+    let model = if local { Some(common::load_model(model_spec.as_deref(), &args.model)?) } else { None };
     let pool = common::thread_pool(&args.model);
-    let context = common::context_len(&model, &args.model);
+    let context =
+        model.as_ref().map_or(args.model.ctx.unwrap_or(4096), |m| common::context_len(m, &args.model));
     // Requests may name the model as given on the command line, by its own name or by its
     // file or folder name.
-    let mut names = vec![model.name.clone()];
-    let spec = model_spec.unwrap_or_else(|| baimo_hub::DEFAULT_MODEL.to_string());
-    let file_name = std::path::Path::new(&spec).file_name().map(|f| f.to_string_lossy().into_owned());
-    for alias in [Some(spec.clone()), file_name].into_iter().flatten() {
-        if !alias.is_empty() && !names.contains(&alias) {
-            names.push(alias);
+    let mut names = Vec::new();
+    if let Some(model) = &model {
+        names.push(model.name.clone());
+        let spec = model_spec.unwrap_or_else(|| baimo_hub::DEFAULT_MODEL.to_string());
+        let file_name = std::path::Path::new(&spec).file_name().map(|f| f.to_string_lossy().into_owned());
+        for alias in [Some(spec.clone()), file_name].into_iter().flatten() {
+            if !alias.is_empty() && !names.contains(&alias) {
+                names.push(alias);
+            }
         }
     }
     let host = args.host.or(file.host).unwrap_or_else(|| "127.0.0.1".into());
@@ -184,10 +277,12 @@ pub fn main(mut args: Args) -> Result<()> {
         ));
     }
     let budget = args.memory_budget_mib.or(file.memory_budget_mib).unwrap_or(8192).saturating_mul(1 << 20);
-    let all_names: Vec<String> =
-        names.iter().chain(others.iter().flat_map(|o| o.0.iter())).cloned().collect();
-    let app = Arc::new(App::with_models(model, names, others, pool, config, limits, budget));
-    let names = all_names;
+    let mut app = App::with_models(model, names, others, pool, config, limits, budget);
+    if let Some(gateway) = gateway {
+        app = app.with_gateway(gateway, None);
+    }
+    let app = Arc::new(app);
+    let names = app.model_names();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

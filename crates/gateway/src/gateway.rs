@@ -70,6 +70,8 @@ pub struct Failed {
 struct Health {
     consecutive_failures: u32,
     open_until: Option<Instant>,
+    /// Smooth weighted round robin's running credit.
+    credit: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +101,8 @@ impl Gateway {
                 return Err(GatewayError::ZeroWeight(c.name.clone()));
             }
         }
+        // reqwest is built without a default TLS provider (one for the whole program): ring's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()
@@ -131,38 +135,43 @@ impl Gateway {
     }
 
     /// The next channel to try: among those serving `model` and not tried yet, the healthy ones
-    /// of the highest priority, drawn by weight; when every one is resting, the one whose rest
+    /// of the highest priority, shared by weight; when every one is resting, the one whose rest
     /// ends first (a request is better tried than refused).
+    ///
+    /// The share is smooth weighted round robin (as nginx balances upstreams): each candidate's
+    /// credit grows by its weight, the richest is chosen and pays the total. Over any run of
+    /// requests each channel gets its weight's share to within one request, where a random draw
+    /// would stray by several in fifty.
     fn pick(&self, model: &str, tried: &[usize]) -> Option<usize> {
         let now = Instant::now();
-        let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        let open = |i: usize| health[i].open_until.is_some_and(|t| t > now);
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let open = |h: &[Health], i: usize| h[i].open_until.is_some_and(|t| t > now);
         let candidates: Vec<usize> = (0..self.channels.len())
             .filter(|&i| self.channels[i].serves(model) && !tried.contains(&i))
             .collect();
-        let healthy: Vec<usize> = candidates.iter().copied().filter(|&i| !open(i)).collect();
+        let healthy: Vec<usize> = candidates.iter().copied().filter(|&i| !open(&health, i)).collect();
         if healthy.is_empty() {
             return candidates.into_iter().min_by_key(|&i| health[i].open_until);
         }
         let top = healthy.iter().map(|&i| self.channels[i].priority).max()?;
         let tier: Vec<usize> = healthy.into_iter().filter(|&i| self.channels[i].priority == top).collect();
-        let total: u64 = tier.iter().map(|&i| self.channels[i].weight as u64).sum();
-        let mut ticket = fastrand::u64(0..total);
+        let total: i64 = tier.iter().map(|&i| self.channels[i].weight as i64).sum();
         for &i in &tier {
-            let w = self.channels[i].weight as u64;
-            if ticket < w {
-                return Some(i);
-            }
-            ticket -= w;
+            health[i].credit += self.channels[i].weight as i64;
         }
-        tier.last().copied()
+        let chosen = tier.iter().copied().max_by_key(|&i| (health[i].credit, std::cmp::Reverse(i)))?;
+        health[chosen].credit -= total;
+        Some(chosen)
     }
 
     fn record(&self, channel: usize, error: Option<&UpstreamError>) {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let h = &mut health[channel];
         match error {
-            None => *h = Health::default(),
+            None => {
+                h.consecutive_failures = 0;
+                h.open_until = None;
+            }
             Some(e) if !e.fails_over() => {} // the request's fault, not the channel's
             Some(e) => {
                 if e.kind == ErrorKind::Auth {
@@ -260,5 +269,62 @@ impl Gateway {
             protocol(ch.provider).chat_stream(&self.upstream, ch, ch.upstream_model(&req.model), req).await
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(name: &str, weight: u32, priority: i32) -> Channel {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "provider": "openai", "api_key": "k", "models": ["m"],
+            "weight": weight, "priority": priority,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn weights_share_the_traffic_and_priorities_come_first() {
+        let g = Gateway::new(
+            vec![channel("a", 3, 0), channel("b", 1, 0), channel("backup", 5, -1)],
+            RetryPolicy::default(),
+        )
+        .unwrap();
+        let mut counts = [0usize; 3];
+        for _ in 0..50 {
+            counts[g.pick("m", &[]).unwrap()] += 1;
+        }
+        // 3:1 of 50 is 37.5 : 12.5; round robin is off by at most one request.
+        assert!((37..=38).contains(&counts[0]) && counts[2] == 0, "{counts:?}");
+        // Within every four consecutive picks, three go to `a` and one to `b`.
+        let picks: Vec<usize> = (0..8).map(|_| g.pick("m", &[]).unwrap()).collect();
+        for window in picks.chunks(4) {
+            assert_eq!(window.iter().filter(|&&i| i == 0).count(), 3, "{picks:?}");
+        }
+        // Tried channels are skipped; the lower priority serves when the top tier is used up.
+        assert_eq!(g.pick("m", &[0, 1]), Some(2));
+        assert_eq!(g.pick("m", &[0, 1, 2]), None);
+        assert_eq!(g.pick("other", &[]), None);
+    }
+
+    #[test]
+    fn failing_channels_rest_and_quota_errors_rest_longer() {
+        let policy = RetryPolicy { failures_to_open: 2, ..RetryPolicy::default() };
+        let g = Gateway::new(vec![channel("a", 1, 0), channel("b", 1, 0)], policy).unwrap();
+        let server = UpstreamError::new("openai", ErrorKind::Server, "boom");
+        g.record(0, Some(&server));
+        assert!((0..4).any(|_| g.pick("m", &[]) == Some(0)), "one failure does not open the circuit");
+        g.record(0, Some(&server));
+        assert!((0..4).all(|_| g.pick("m", &[]) == Some(1)), "two failures rest channel a");
+        // A request's own fault says nothing about the channel.
+        let bad = UpstreamError::new("openai", ErrorKind::BadRequest, "bad");
+        g.record(1, Some(&bad));
+        assert!((0..4).all(|_| g.pick("m", &[]) == Some(1)));
+        // With every channel resting, the one whose rest ends first is still tried.
+        g.record(1, Some(&UpstreamError::new("openai", ErrorKind::QuotaExhausted, "no credit")));
+        assert_eq!(g.pick("m", &[]), Some(0));
+        g.record(0, None);
+        assert!((0..4).any(|_| g.pick("m", &[]) == Some(0)));
     }
 }

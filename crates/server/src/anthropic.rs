@@ -110,14 +110,25 @@ fn message_id() -> String {
 pub async fn messages(
     State(app): State<Arc<App>>,
     headers: axum::http::HeaderMap,
-    body: Result<Json<MessagesRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
-    if let Err(e) = crate::openai::admit(&app, &headers) {
+    let key_id = match crate::openai::authorize(&app, &headers) {
+        Ok(k) => k,
+        Err(e) => return error_response(e),
+    };
+    let body = match body {
+        Ok(Json(v)) => v,
+        Err(rejection) => return error_response(ApiError::bad_request(rejection.body_text())),
+    };
+    if app.is_remote(body.get("model").and_then(Value::as_str).unwrap_or("")) {
+        return crate::remote::anthropic::messages(app, key_id, body).await;
+    }
+    if let Err(e) = crate::openai::admit_local(&app) {
         return error_response(e);
     }
-    let request = match body {
-        Ok(Json(r)) => r,
-        Err(rejection) => return error_response(ApiError::bad_request(rejection.body_text())),
+    let request: MessagesRequest = match serde_json::from_value(body) {
+        Ok(r) => r,
+        Err(e) => return error_response(ApiError::bad_request(e.to_string())),
     };
     let Some(max_tokens) = request.max_tokens else {
         return error_response(ApiError::bad_request("max_tokens: Field required"));

@@ -11,6 +11,7 @@ mod anthropic;
 mod auth;
 mod error;
 mod openai;
+pub mod remote;
 mod worker;
 
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ use baimo_threads::ThreadPool;
 
 pub use auth::ApiKeys;
 pub use error::ApiError;
+pub use remote::{UsageLog, UsageRecord};
 pub use worker::{Counters, Worker, WorkerConfig};
 
 /// Reported as `system_fingerprint`.
@@ -77,6 +79,12 @@ pub struct App {
     pub counters: Arc<Counters>,
     pub started: u64,
     clock: AtomicU64,
+    /// Whether entry 0 is a model loaded at start that stays loaded.
+    pinned_default: bool,
+    /// Hosted models, reached through their channels.
+    pub gateway: Option<Arc<baimo_gateway::Gateway>>,
+    /// Where hosted requests' usage goes.
+    pub usage_log: Option<Arc<dyn UsageLog>>,
 }
 
 impl App {
@@ -88,11 +96,13 @@ impl App {
         config: WorkerConfig,
         limits: Limits,
     ) -> App {
-        App::with_models(model, names, Vec::new(), pool, config, limits, usize::MAX)
+        App::with_models(Some(model), names, Vec::new(), pool, config, limits, usize::MAX)
     }
 
+    /// Serves `model` (loaded already, if any) under `names`, plus `others` loaded on first
+    /// use within `budget_bytes` of weights.
     pub fn with_models(
-        model: Arc<LoadedModel>,
+        model: Option<Arc<LoadedModel>>,
         names: Vec<String>,
         others: Vec<(Vec<String>, Loader)>,
         pool: Arc<ThreadPool>,
@@ -103,15 +113,18 @@ impl App {
         let counters = Arc::new(Counters::default());
         let started =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let served = App::start_model(model.clone(), &pool, config, &counters);
-        let first = ModelEntry {
-            names,
-            // The default model stays loaded; this loader is only a fallback.
-            loader: Box::new(move || Err("the default model cannot be reloaded".into())),
-            loaded: Mutex::new(Some(served)),
-            last_used: AtomicU64::new(0),
-        };
-        let mut entries = vec![first];
+        let mut entries = Vec::new();
+        let pinned_default = model.is_some();
+        if let Some(model) = model {
+            let served = App::start_model(model, &pool, config, &counters);
+            entries.push(ModelEntry {
+                names,
+                // The default model stays loaded; this loader is only a fallback.
+                loader: Box::new(move || Err("the default model cannot be reloaded".into())),
+                loaded: Mutex::new(Some(served)),
+                last_used: AtomicU64::new(0),
+            });
+        }
         for (names, loader) in others {
             entries.push(ModelEntry {
                 names,
@@ -120,7 +133,47 @@ impl App {
                 last_used: AtomicU64::new(0),
             });
         }
-        App { entries, limits, pool, config, budget_bytes, counters, started, clock: AtomicU64::new(1) }
+        App {
+            entries,
+            limits,
+            pool,
+            config,
+            budget_bytes,
+            counters,
+            started,
+            clock: AtomicU64::new(1),
+            pinned_default,
+            gateway: None,
+            usage_log: None,
+        }
+    }
+
+    /// Adds hosted models (and where their usage goes).
+    pub fn with_gateway(
+        mut self,
+        gateway: Arc<baimo_gateway::Gateway>,
+        usage_log: Option<Arc<dyn UsageLog>>,
+    ) -> App {
+        self.gateway = Some(gateway);
+        self.usage_log = usage_log;
+        self
+    }
+
+    /// Whether `name` is a hosted model (a local model of the same name wins).
+    pub fn is_remote(&self, name: &str) -> bool {
+        !self.entries.iter().any(|e| e.names.iter().any(|n| n == name))
+            && self.gateway.as_ref().is_some_and(|g| g.serves(name))
+    }
+
+    /// Every model name requests may use, local then hosted.
+    pub fn model_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.entries.iter().flat_map(|e| e.names.iter().cloned()).collect();
+        for n in self.gateway.iter().flat_map(|g| g.models()) {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        names
     }
 
     fn start_model(
@@ -135,16 +188,11 @@ impl App {
         Arc::new(Served { model, worker, context })
     }
 
-    /// The first name of the default model.
-    pub fn default_name(&self) -> &str {
-        &self.entries[0].names[0]
-    }
-
     /// The served model a request names, loading it if needed (and unloading others to stay
     /// within the memory budget).
     pub async fn served(self: &Arc<Self>, name: &str) -> Result<Arc<Served>, ApiError> {
         let Some(index) = self.entries.iter().position(|e| e.names.iter().any(|n| n == name)) else {
-            return Err(ApiError::model_not_found(name, self.default_name()));
+            return Err(ApiError::model_not_found(name, &self.model_names().join("`, `")));
         };
         let app = self.clone();
         tokio::task::spawn_blocking(move || app.served_blocking(index))
@@ -184,7 +232,10 @@ impl App {
             if total <= self.budget_bytes {
                 return;
             }
-            let Some(&(victim, _, _)) = loaded.iter().filter(|l| l.0 != keep && l.0 != 0).min_by_key(|l| l.2)
+            let Some(&(victim, _, _)) = loaded
+                .iter()
+                .filter(|l| l.0 != keep && !(l.0 == 0 && self.pinned_default))
+                .min_by_key(|l| l.2)
             else {
                 return;
             };

@@ -220,9 +220,20 @@ pub(crate) fn usage(g: &Generation) -> Value {
 
 /// The checks every generation request passes first: the key, then room in the queue.
 pub(crate) fn admit(app: &App, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    authorize(app, headers)?;
+    admit_local(app)
+}
+
+/// The client's key (its id in the store, when keys are stored).
+pub(crate) fn authorize(app: &App, headers: &axum::http::HeaderMap) -> Result<Option<i64>, ApiError> {
     if !app.limits.keys.allows(headers) {
         return Err(ApiError::unauthorized());
     }
+    Ok(None)
+}
+
+/// Room in the local engine's queue.
+pub(crate) fn admit_local(app: &App) -> Result<(), ApiError> {
     let queued = app.counters.queued.load(std::sync::atomic::Ordering::Relaxed);
     if app.limits.queue > 0 && queued >= app.limits.queue {
         return Err(ApiError::overloaded(queued));
@@ -236,14 +247,27 @@ const MAX_CHOICES: u64 = 8;
 pub async fn chat_completions(
     State(app): State<Arc<App>>,
     headers: axum::http::HeaderMap,
-    body: Result<Json<ChatRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
-    if let Err(e) = admit(&app, &headers) {
+    let key_id = match authorize(&app, &headers) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let body = match body {
+        Ok(Json(v)) => v,
+        Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
+    };
+    if app.is_remote(body.get("model").and_then(Value::as_str).unwrap_or("")) {
+        return crate::remote::openai::chat_completions(app, key_id, body).await;
+    }
+    if let Err(e) = admit_local(&app) {
         return e.into_response();
     }
-    let mut request = match body {
-        Ok(Json(r)) => r,
-        Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
+    let mut request: ChatRequest = match serde_json::from_value(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return ApiError::bad_request(format!("Failed to deserialize the JSON body: {e}")).into_response();
+        }
     };
     // `n` choices are `n` sequences decoded together, with seeds seed, seed + 1, …
     let n = request.n.unwrap_or(1);
@@ -429,6 +453,18 @@ pub async fn models(State(app): State<Arc<App>>, headers: axum::http::HeaderMap)
         })
         .map(|(n, loaded)| json!({"id": n, "object": "model", "created": app.started, "owned_by": "baimo", "loaded": loaded}))
         .collect();
+    // Hosted models: owned by the provider of their first channel.
+    let mut data = data;
+    if let Some(gateway) = &app.gateway {
+        for name in gateway.models() {
+            if app.entries.iter().any(|e| e.names.contains(&name)) {
+                continue;
+            }
+            let owner =
+                gateway.channels().iter().find(|c| c.serves(&name)).map_or("gateway", |c| c.provider.name());
+            data.push(json!({"id": name, "object": "model", "created": app.started, "owned_by": owner, "loaded": true}));
+        }
+    }
     Json(json!({"object": "list", "data": data})).into_response()
 }
 

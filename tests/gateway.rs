@@ -1,0 +1,365 @@
+//! The gateway end to end: `baimo serve` with `[[channels]]` in front of `baimo mock-provider`
+//! processes, over real HTTP on loopback. Answers in OpenAI's and Anthropic's shapes whichever
+//! provider is behind a name, retries that honour the provider's hint, failover on 5xx and
+//! timeouts, a stream cut midway ending with an error event, weights really used, and no
+//! credential in any answer or log line.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// A child process killed when the test ends, with what it printed on stderr.
+struct Proc {
+    child: Child,
+    base: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `baimo ARGS` (a command that prints `listening on URL` first) with extra environment.
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut cmd = common::baimo();
+    cmd.args(args).stderr(Stdio::piped()).stdout(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let log = Arc::new(Mutex::new(String::new()));
+    let mut base = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        log.lock().unwrap().push_str(&line);
+        log.lock().unwrap().push('\n');
+        if let Some(url) = line.trim().strip_prefix("listening on ") {
+            base = Some(url.to_string());
+            break;
+        }
+    }
+    let base = base.unwrap_or_else(|| panic!("{args:?} did not start: {}", log.lock().unwrap()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    Proc { child, base, log }
+}
+
+fn mock(provider: &str, key: &str) -> Proc {
+    spawn(&["mock-provider", provider, "--port", "0", "--key", key], &[])
+}
+
+/// `baimo serve` for hosted models only, with this config (channels, retry settings).
+fn gateway(config: &str) -> Proc {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let path = dir.join("baimo.toml");
+    std::fs::write(&path, format!("local = false\n{config}")).unwrap();
+    spawn(
+        &["serve", "--config", path.to_str().unwrap(), "--port", "0", "-q"],
+        &[("BAIMO_LOG", "debug"), ("UPSTREAM_SECRET", "sk-from-env-7f3a")],
+    )
+}
+
+fn channel(name: &str, provider: &str, base: &str, key: &str, models: &[&str], extra: &str) -> String {
+    format!(
+        "[[channels]]\nname = \"{name}\"\nprovider = \"{provider}\"\nbase_url = \"{base}\"\napi_key = \"{key}\"\nmodels = {}\n{extra}\n",
+        json!(models)
+    )
+}
+
+/// Fast retries so the fault tests take milliseconds.
+const QUICK_RETRY: &str = "[retry]\nbase_backoff_ms = 10\ntimeout_secs = 1\nidle_timeout_secs = 2\n";
+
+fn client() -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+struct Answer {
+    status: u16,
+    channel: String,
+    retries: u64,
+    body: Value,
+}
+
+fn post(base: &str, path: &str, body: &Value) -> Answer {
+    let r = client().post(format!("{base}{path}")).json(body).send().unwrap();
+    let header = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let (status, channel, retries) =
+        (r.status().as_u16(), header("x-baimo-channel"), header("x-baimo-retries"));
+    Answer { status, channel, retries: retries.parse().unwrap_or(0), body: r.json().unwrap() }
+}
+
+/// The `data:` payloads of a streamed answer, in order.
+fn stream(base: &str, path: &str, body: &Value) -> (u16, Vec<String>) {
+    let r = client().post(format!("{base}{path}")).json(body).send().unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().unwrap();
+    (status, text.lines().filter_map(|l| l.strip_prefix("data: ")).map(String::from).collect())
+}
+
+fn faults(mock: &Proc, body: Value) {
+    let r = client().post(format!("{}/_mock/faults", mock.base)).json(&body).send().unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+fn mock_requests(mock: &Proc) -> u64 {
+    let v: Value = client().get(format!("{}/_mock/stats", mock.base)).send().unwrap().json().unwrap();
+    v["requests"].as_u64().unwrap()
+}
+
+/// The mocks say which provider answered ("mock-openai ..."); the rest must be the same.
+fn without_label(text: &str) -> String {
+    text.split_once(' ').map_or(text, |(_, rest)| rest).to_string()
+}
+
+fn chat_body(model: &str, stream: bool) -> Value {
+    json!({
+        "model": model,
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}],
+        "max_tokens": 50, "stream": stream, "stream_options": {"include_usage": true},
+    })
+}
+
+fn weather_tool() -> Value {
+    json!([{"type": "function", "function": {"name": "weather", "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}])
+}
+
+/// Text, finish reason, usage and tool calls gathered from OpenAI chunks.
+fn gather(chunks: &[String]) -> (String, String, Value, Vec<(String, String)>) {
+    let (mut text, mut finish, mut usage) = (String::new(), String::new(), Value::Null);
+    let mut calls: Vec<(String, String)> = Vec::new();
+    assert_eq!(chunks.last().map(String::as_str), Some("[DONE]"), "{chunks:?}");
+    for c in &chunks[..chunks.len() - 1] {
+        let v: Value = serde_json::from_str(c).unwrap();
+        assert!(v.get("error").is_none(), "{c}");
+        if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+            usage = u.clone();
+        }
+        let Some(choice) = v["choices"].get(0) else { continue };
+        text.push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+        for call in choice["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            let i = call["index"].as_u64().unwrap() as usize;
+            if calls.len() <= i {
+                calls.push((String::new(), String::new()));
+            }
+            calls[i].0.push_str(call["function"]["name"].as_str().unwrap_or(""));
+            calls[i].1.push_str(call["function"]["arguments"].as_str().unwrap_or(""));
+        }
+        if let Some(f) = choice["finish_reason"].as_str() {
+            finish = f.to_string();
+        }
+    }
+    (text, finish, usage, calls)
+}
+
+#[test]
+fn every_provider_answers_in_openai_and_anthropic_shapes_alike() {
+    let (openai, anthropic) = (mock("openai", "sk-up-openai-1"), mock("anthropic", "sk-ant-up-2"));
+    let server = gateway(&format!(
+        "{}{}",
+        channel("oa", "openai", &openai.base, "sk-up-openai-1", &["gpt-4", "via-openai"], ""),
+        channel("an", "anthropic", &anthropic.base, "sk-ant-up-2", &["claude-2", "via-anthropic"], ""),
+    ));
+    let models: Value = client().get(format!("{}/v1/models", server.base)).send().unwrap().json().unwrap();
+    let ids: Vec<&str> =
+        models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["claude-2", "gpt-4", "via-anthropic", "via-openai"]);
+
+    let mut seen = Vec::new();
+    for (model, expect_channel) in [("via-openai", "oa"), ("via-anthropic", "an")] {
+        // Whole.
+        let a = post(&server.base, "/v1/chat/completions", &chat_body(model, false));
+        assert_eq!((a.status, a.channel.as_str()), (200, expect_channel), "{}", a.body);
+        let message = &a.body["choices"][0]["message"];
+        let text = message["content"].as_str().unwrap().to_string();
+        assert_eq!(without_label(&text), format!("{model} heard: hello there"));
+        assert_eq!(a.body["choices"][0]["finish_reason"], "stop");
+        assert_eq!(a.body["object"], "chat.completion");
+        // Streamed: the same text, finish reason and usage.
+        let (status, chunks) = stream(&server.base, "/v1/chat/completions", &chat_body(model, true));
+        assert_eq!(status, 200);
+        let (streamed, finish, usage, _) = gather(&chunks);
+        assert_eq!((streamed.as_str(), finish.as_str()), (text.as_str(), "stop"));
+        assert_eq!(usage["completion_tokens"], a.body["usage"]["completion_tokens"]);
+        assert!(usage["prompt_tokens"].as_u64().unwrap() > 0);
+        // A tool call, whole and streamed.
+        let mut body = chat_body(model, false);
+        body["tools"] = weather_tool();
+        let a = post(&server.base, "/v1/chat/completions", &body);
+        let call = &a.body["choices"][0]["message"]["tool_calls"][0];
+        assert_eq!(a.body["choices"][0]["finish_reason"], "tool_calls", "{}", a.body);
+        assert_eq!(call["function"]["name"], "weather");
+        let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, json!({"query": "hello there"}));
+        assert!(call["id"].as_str().unwrap().len() > 4);
+        body["stream"] = json!(true);
+        let (_, chunks) = stream(&server.base, "/v1/chat/completions", &body);
+        let (_, finish, _, calls) = gather(&chunks);
+        assert_eq!(finish, "tool_calls");
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].0, "weather");
+        assert_eq!(serde_json::from_str::<Value>(&calls[0].1).unwrap(), args);
+        // The tool's result goes back and the answer quotes it.
+        let id = call["id"].as_str().unwrap();
+        let follow = json!({"model": model, "tools": weather_tool(), "messages": [
+            {"role": "user", "content": "hello there"},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": id, "content": "sunny"}]});
+        let a = post(&server.base, "/v1/chat/completions", &follow);
+        assert_eq!(a.body["choices"][0]["message"]["content"], "The tool answered: sunny", "{}", a.body);
+        // Anthropic's shape for the same model.
+        let body = json!({"model": model, "max_tokens": 50, "system": "Be brief.",
+                          "messages": [{"role": "user", "content": "hello there"}]});
+        let a = post(&server.base, "/v1/messages", &body);
+        assert_eq!(a.body["type"], "message", "{}", a.body);
+        assert_eq!(a.body["content"][0]["text"], text.as_str());
+        assert_eq!(a.body["stop_reason"], "end_turn");
+        seen.push((without_label(&text).replace(model, "M"), a.body["usage"].clone()));
+    }
+    assert_eq!(seen[0], seen[1], "the same answer whichever provider is behind the name");
+}
+
+#[test]
+fn upstream_auth_failures_are_reported_without_the_credential() {
+    let openai = mock("openai", "sk-right-key-0000");
+    let server = gateway(&channel("oa", "openai", &openai.base, "env:UPSTREAM_SECRET", &["gpt-4"], ""));
+    for stream in [false, true] {
+        let r = client()
+            .post(format!("{}/v1/chat/completions", server.base))
+            .json(&chat_body("gpt-4", stream))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 502);
+        let body = r.text().unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], "upstream_authentication_failed", "{body}");
+        assert!(!body.contains("sk-from-env-7f3a"), "{body}");
+    }
+    // A client's own bad request is a 400 and never reaches a provider.
+    let a = post(&server.base, "/v1/chat/completions", &json!({"model": "gpt-4", "messages": []}));
+    assert_eq!(a.status, 400);
+    let log = server.log.lock().unwrap().clone();
+    assert!(log.contains("upstream failed"), "the failure is logged: {log}");
+    assert!(!log.contains("sk-from-env-7f3a"), "{log}");
+}
+
+#[test]
+fn rate_limits_are_retried_after_the_hint_and_errors_fail_over() {
+    let (a, b) = (mock("openai", "sk-a-0001"), mock("anthropic", "sk-b-0002"));
+    let config = format!(
+        "{}{}{QUICK_RETRY}",
+        channel("first", "openai", &a.base, "sk-a-0001", &["gpt-4"], "priority = 1"),
+        channel("second", "anthropic", &b.base, "sk-b-0002", &["gpt-4"], ""),
+    );
+    // The circuit breaker would rest the first channel after its failures below.
+    let server = gateway(&format!("{config}failures_to_open = 1000\n"));
+    // 429 with a retry hint, then success on the same channel: one answer, one retry.
+    faults(&a, json!({"next": [{"type": "status", "status": 429, "retry_after_ms": 150}]}));
+    let started = std::time::Instant::now();
+    let r = post(&server.base, "/v1/chat/completions", &chat_body("gpt-4", false));
+    assert_eq!((r.status, r.channel.as_str(), r.retries), (200, "first", 1), "{}", r.body);
+    assert!(started.elapsed() >= Duration::from_millis(150), "the hint was honoured");
+    assert_eq!(mock_requests(&a), 2);
+    // 500s on the first channel: served by the second.
+    faults(&a, json!({"always": {"type": "status", "status": 500}}));
+    let r = post(&server.base, "/v1/chat/completions", &chat_body("gpt-4", false));
+    assert_eq!((r.status, r.channel.as_str()), (200, "second"), "{}", r.body);
+    assert_eq!(r.retries, 2, "one retry on the first channel, then failover");
+    // A timeout on the first channel: served by the second.
+    faults(&a, json!({"always": {"type": "delay", "ms": 3000}}));
+    let (status, chunks) = stream(&server.base, "/v1/chat/completions", &chat_body("gpt-4", true));
+    assert_eq!(status, 200);
+    assert!(gather(&chunks).0.ends_with("heard: hello there"), "{chunks:?}");
+    // Quota exhausted is not retried on the same channel (it fails over, once).
+    faults(
+        &a,
+        json!({"always": null, "next": [{"type": "status", "status": 429, "code": "insufficient_quota"}]}),
+    );
+    let before = mock_requests(&a);
+    faults(&b, json!({"next": [{"type": "status", "status": 400}]}));
+    let r = post(&server.base, "/v1/chat/completions", &chat_body("gpt-4", false));
+    assert_eq!(mock_requests(&a) - before, 1, "no retry of a quota error");
+    // ... and the client's 400 from the second channel is not retried either.
+    assert_eq!(r.status, 400, "{}", r.body);
+}
+
+#[test]
+fn the_timeout_fails_over() {
+    let (a, b) = (mock("openai", "sk-a-0001"), mock("openai", "sk-b-0002"));
+    let config = format!(
+        "{}{}{QUICK_RETRY}",
+        channel("slow", "openai", &a.base, "sk-a-0001", &["gpt-4"], "priority = 1"),
+        channel("quick", "openai", &b.base, "sk-b-0002", &["gpt-4"], ""),
+    );
+    let server = gateway(&config);
+    faults(&a, json!({"always": {"type": "delay", "ms": 3000}}));
+    let r = post(&server.base, "/v1/chat/completions", &chat_body("gpt-4", false));
+    assert_eq!((r.status, r.channel.as_str()), (200, "quick"), "{}", r.body);
+    assert!(r.retries >= 1);
+}
+
+#[test]
+fn a_stream_cut_midway_ends_with_an_error_event() {
+    for provider in ["openai", "anthropic"] {
+        let up = mock(provider, "sk-up-0003");
+        let server = gateway(&channel("only", provider, &up.base, "sk-up-0003", &["m"], ""));
+        faults(&up, json!({"next": [{"type": "drop_stream", "after_events": 3}]}));
+        let (status, chunks) = stream(&server.base, "/v1/chat/completions", &chat_body("m", true));
+        assert_eq!(status, 200, "the stream had begun");
+        let last: Value = serde_json::from_str(chunks.last().unwrap()).unwrap();
+        assert_eq!(last["error"]["type"], "upstream_error", "{provider}: {chunks:?}");
+        assert!(!chunks.iter().any(|c| c == "[DONE]"), "never a normal end");
+        // The provider's own error event midway, the same.
+        faults(&up, json!({"next": [{"type": "error_event", "after_events": 2}]}));
+        let (_, chunks) = stream(&server.base, "/v1/chat/completions", &chat_body("m", true));
+        let last: Value = serde_json::from_str(chunks.last().unwrap()).unwrap();
+        assert!(last.get("error").is_some(), "{provider}: {chunks:?}");
+        // In Anthropic's shape: an `error` event.
+        faults(&up, json!({"next": [{"type": "drop_stream", "after_events": 3}]}));
+        let body = json!({"model": "m", "max_tokens": 20, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+        let (_, events) = stream(&server.base, "/v1/messages", &body);
+        let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+        assert_eq!(last["type"], "error", "{provider}: {events:?}");
+    }
+}
+
+#[test]
+fn fifty_parallel_requests_follow_the_weights() {
+    let (a, b) = (mock("openai", "sk-a-0001"), mock("anthropic", "sk-b-0002"));
+    let config = format!(
+        "{}{}",
+        channel("heavy", "openai", &a.base, "sk-a-0001", &["gpt-4"], "weight = 3"),
+        channel("light", "anthropic", &b.base, "sk-b-0002", &["gpt-4"], "weight = 1"),
+    );
+    let server = gateway(&config);
+    let base = server.base.clone();
+    let handles: Vec<_> = (0..50)
+        .map(|_| {
+            let base = base.clone();
+            std::thread::spawn(move || post(&base, "/v1/chat/completions", &chat_body("gpt-4", false)))
+        })
+        .collect();
+    let answers: Vec<Answer> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(answers.iter().all(|a| a.status == 200));
+    let heavy = answers.iter().filter(|a| a.channel == "heavy").count();
+    // 75% of 50 is 37.5; ±10% of the requests is ±5.
+    assert!((33..=42).contains(&heavy), "heavy served {heavy} of 50");
+    assert_eq!(mock_requests(&a) + mock_requests(&b), 50);
+    assert_eq!(mock_requests(&a) as usize, heavy);
+}
