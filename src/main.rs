@@ -10,6 +10,7 @@ mod infill;
 mod mock_provider;
 mod models;
 mod perplexity;
+mod records;
 mod run;
 mod serve;
 mod tokenize;
@@ -47,6 +48,12 @@ enum Command {
     List(models::ListArgs),
     /// Imitate a hosted provider's API on loopback (for demos and tests).
     MockProvider(mock_provider::Args),
+    /// Client API keys, with quotas and per-minute limits, for `baimo serve`.
+    Keys(records::KeysArgs),
+    /// Upstream channels (hosted providers' accounts) for `baimo serve`.
+    Channels(records::ChannelsArgs),
+    /// Usage records of the requests `baimo serve` answered.
+    Usage(records::UsageArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +70,9 @@ fn main() -> ExitCode {
         Command::Pull(args) => models::pull(args),
         Command::List(args) => models::list(args),
         Command::MockProvider(args) => mock_provider::main(args),
+        Command::Keys(args) => records::keys(args),
+        Command::Channels(args) => records::channels(args),
+        Command::Usage(args) => records::usage(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

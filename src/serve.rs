@@ -67,6 +67,13 @@ pub struct Args {
     /// Serve no local model: only the hosted models of the configured channels.
     #[arg(long)]
     no_local: bool,
+    /// The database of keys, channels and usage (see `baimo keys`); used by default when
+    /// ~/.local/share/baimo/baimo.db exists.
+    #[arg(long, value_name = "FILE")]
+    db: Option<PathBuf>,
+    /// Turn on the admin API (/admin/...) for requests with this key (or env:VARIABLE).
+    #[arg(long, value_name = "KEY")]
+    admin_key: Option<String>,
 }
 
 const CONFIG_HELP: &str = "\
@@ -88,6 +95,8 @@ Config file (--config FILE, TOML; flags win):
   max_tokens_limit = 2048
   cors_origins = [\"http://localhost:3000\"]
   local = false                     # as --no-local: hosted models only
+  database = \"/var/lib/baimo/baimo.db\"  # as --db
+  admin_key = \"env:BAIMO_ADMIN_KEY\"     # as --admin-key
 
   [[channels]]                      # a hosted provider account (repeatable)
   name = \"openai-main\"
@@ -127,6 +136,8 @@ struct ConfigFile {
     #[serde(default)]
     cors_origins: Vec<String>,
     local: Option<bool>,
+    database: Option<PathBuf>,
+    admin_key: Option<String>,
     #[serde(default)]
     channels: Vec<baimo_gateway::Channel>,
     #[serde(default)]
@@ -174,13 +185,8 @@ fn resolve_secret(secret: &mut baimo_gateway::Secret, channel: &str) -> Result<(
 }
 
 /// The gateway for the configured channels (none: no gateway).
-fn gateway(
-    mut channels: Vec<baimo_gateway::Channel>,
-    retry: &RetryConfig,
-) -> Result<Option<Arc<baimo_gateway::Gateway>>> {
-    if channels.is_empty() {
-        return Ok(None);
-    }
+/// The config file's channels with their `env:` credentials read.
+fn resolve_channels(mut channels: Vec<baimo_gateway::Channel>) -> Result<Vec<baimo_gateway::Channel>> {
     for c in &mut channels {
         let name = c.name.clone();
         resolve_secret(&mut c.api_key, &name)?;
@@ -188,7 +194,7 @@ fn gateway(
             resolve_secret(s, &name)?;
         }
     }
-    Ok(Some(Arc::new(baimo_gateway::Gateway::new(channels, retry.policy()).context("the channels")?)))
+    Ok(channels)
 }
 
 fn read_config(path: &PathBuf) -> Result<ConfigFile> {
@@ -205,9 +211,40 @@ pub fn main(mut args: Args) -> Result<()> {
     args.model.threads = args.model.threads.or(file.threads);
     let model_spec = args.model_spec.clone().or(file.model.clone());
     let local = !args.no_local && file.local.unwrap_or(true);
-    let gateway = gateway(file.channels, &file.retry)?;
-    if !local && gateway.is_none() {
-        anyhow::bail!("nothing to serve: no local model (--no-local) and no [[channels]] in the config");
+    let channels = resolve_channels(file.channels)?;
+    // The database: named, or the default one when it exists.
+    let db_path = args.db.clone().or(file.database.clone()).or_else(|| {
+        let default = crate::records::default_db();
+        default.exists().then_some(default)
+    });
+    let store: Option<Arc<dyn baimo_store::Store>> = match &db_path {
+        Some(path) => Some(Arc::new(
+            baimo_store::SqliteStore::open(path).with_context(|| format!("opening {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let stored_channels = match &store {
+        Some(s) => s.channels()?.len(),
+        None => 0,
+    };
+    let admin_key = match args.admin_key.clone().or(file.admin_key.clone()) {
+        Some(k) => {
+            let mut secret = baimo_gateway::Secret::new(k);
+            resolve_secret(&mut secret, "admin_key")?;
+            if secret.expose().len() < 16 {
+                anyhow::bail!("the admin key must be at least 16 characters");
+            }
+            if store.is_none() {
+                anyhow::bail!("the admin API needs a database (--db)");
+            }
+            Some(secret.expose().to_string())
+        }
+        None => None,
+    };
+    if !local && channels.is_empty() && stored_channels == 0 && admin_key.is_none() {
+        anyhow::bail!(
+            "nothing to serve: no local model (--no-local) and no channels (config [[channels]] or `baimo channels add`)"
+        );
     }
     if !local && model_spec.is_some() {
         anyhow::bail!("a model was named but --no-local (or local = false) says to serve none");
@@ -277,10 +314,10 @@ pub fn main(mut args: Args) -> Result<()> {
         ));
     }
     let budget = args.memory_budget_mib.or(file.memory_budget_mib).unwrap_or(8192).saturating_mul(1 << 20);
-    let mut app = App::with_models(model, names, others, pool, config, limits, budget);
-    if let Some(gateway) = gateway {
-        app = app.with_gateway(gateway, None);
-    }
+    let hosted = baimo_server::Hosted { channels, policy: file.retry.policy(), store, admin_key };
+    let app = App::with_models(model, names, others, pool, config, limits, budget)
+        .with_hosted(hosted)
+        .map_err(|e| anyhow::anyhow!("the channels: {e}"))?;
     let app = Arc::new(app);
     let names = app.model_names();
     let runtime = tokio::runtime::Builder::new_multi_thread()

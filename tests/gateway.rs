@@ -67,6 +67,12 @@ fn mock(provider: &str, key: &str) -> Proc {
 fn gateway(config: &str) -> Proc {
     let dir = tempfile::tempdir().unwrap().keep();
     let path = dir.join("baimo.toml");
+    // Top-level keys must come before the first table.
+    let (top, tables) = match config.find("[[channels]]").or_else(|| config.find("[retry]")) {
+        Some(i) => config.split_at(i),
+        None => (config, ""),
+    };
+    let config = format!("{top}\n{tables}");
     std::fs::write(&path, format!("local = false\n{config}")).unwrap();
     spawn(
         &["serve", "--config", path.to_str().unwrap(), "--port", "0", "-q"],
@@ -362,4 +368,209 @@ fn fifty_parallel_requests_follow_the_weights() {
     assert!((33..=42).contains(&heavy), "heavy served {heavy} of 50");
     assert_eq!(mock_requests(&a) + mock_requests(&b), 50);
     assert_eq!(mock_requests(&a) as usize, heavy);
+}
+
+/// `baimo ARGS` to completion: its stdout.
+fn run(args: &[&str]) -> String {
+    let out = common::baimo().args(args).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn post_with_key(base: &str, key: &str, body: &Value) -> (u16, Option<String>, Value) {
+    let r = client().post(format!("{base}/v1/chat/completions")).bearer_auth(key).json(body).send().unwrap();
+    let status = r.status().as_u16();
+    let retry = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(String::from);
+    (status, retry, r.json().unwrap())
+}
+
+#[test]
+fn one_usage_record_per_request_with_its_retries() {
+    let up = mock("openai", "sk-up-0004");
+    let db = tempfile::tempdir().unwrap().keep().join("baimo.db");
+    let db = db.to_str().unwrap();
+    let config = format!(
+        "database = \"{db}\"\n{}{QUICK_RETRY}",
+        channel("oa", "openai", &up.base, "sk-up-0004", &["gpt-4"], "")
+    );
+    let server = gateway(&config);
+    faults(&up, json!({"next": [{"type": "status", "status": 429, "retry_after_ms": 20}]}));
+    let a = post(&server.base, "/v1/chat/completions", &chat_body("gpt-4", false));
+    assert_eq!((a.status, a.retries), (200, 1));
+    let (_, chunks) = stream(&server.base, "/v1/chat/completions", &chat_body("gpt-4", true));
+    let (_, _, usage, _) = gather(&chunks);
+    // The stream's record is written when it ends, just after the client saw [DONE].
+    std::thread::sleep(Duration::from_millis(200));
+    let v: Value = serde_json::from_str(&run(&["usage", "--db", db, "--json"])).unwrap();
+    let rows = v["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "one record per request, not per try: {v}");
+    let (streamed, whole) = (&rows[0], &rows[1]);
+    assert_eq!((whole["retries"].as_u64(), whole["status"].as_u64()), (Some(1), Some(200)));
+    assert_eq!(whole["completion_tokens"], a.body["usage"]["completion_tokens"]);
+    assert_eq!((streamed["stream"].as_bool(), streamed["retries"].as_u64()), (Some(true), Some(0)));
+    assert_eq!(streamed["completion_tokens"], usage["completion_tokens"]);
+    assert_eq!(v["totals"]["requests"], 2);
+}
+
+#[test]
+fn stored_keys_enforce_quotas_rate_limits_and_models() {
+    let up = mock("openai", "sk-up-0005");
+    let dir = tempfile::tempdir().unwrap().keep();
+    let db = dir.join("baimo.db");
+    let db = db.to_str().unwrap();
+    let create = |extra: &[&str]| {
+        let mut args = vec!["keys", "create", "--db", db];
+        args.extend_from_slice(extra);
+        run(&args).trim().to_string()
+    };
+    let limited = create(&["per-minute", "--rpm", "2"]);
+    let small = create(&["small", "--token-quota", "5"]);
+    let only_claude = create(&["claude-only", "--model", "claude-2"]);
+    let revoked = create(&["gone"]);
+    assert!(limited.starts_with("bm-") && limited != small);
+    let list = run(&["keys", "list", "--db", db]);
+    assert!(!list.contains(&limited) && list.contains(&limited[..10]), "{list}");
+    run(&["keys", "revoke", "4", "--db", db]);
+    let config = format!(
+        "database = \"{db}\"\n{}",
+        channel("oa", "openai", &up.base, "sk-up-0005", &["gpt-4", "claude-2"], "")
+    );
+    let server = gateway(&config);
+    let body = chat_body("gpt-4", false);
+    // No key, or a wrong or revoked one: 401.
+    assert_eq!(post(&server.base, "/v1/chat/completions", &body).status, 401);
+    assert_eq!(post_with_key(&server.base, "bm-not-a-key", &body).0, 401);
+    assert_eq!(post_with_key(&server.base, &revoked, &body).0, 401);
+    // Two requests a minute, the third waits.
+    assert_eq!(post_with_key(&server.base, &limited, &body).0, 200);
+    assert_eq!(post_with_key(&server.base, &limited, &body).0, 200);
+    let (status, retry, v) = post_with_key(&server.base, &limited, &body);
+    assert_eq!((status, v["error"]["code"].as_str()), (429, Some("rate_limit_exceeded")), "{v}");
+    let retry: u64 = retry.unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    // Five tokens in all: the first request uses them up (each takes nine).
+    assert_eq!(post_with_key(&server.base, &small, &body).0, 200);
+    let (status, _, v) = post_with_key(&server.base, &small, &body);
+    assert_eq!((status, v["error"]["code"].as_str()), (429, Some("insufficient_quota")), "{v}");
+    // A key for one model only.
+    assert_eq!(post_with_key(&server.base, &only_claude, &body).0, 403);
+    assert_eq!(post_with_key(&server.base, &only_claude, &chat_body("claude-2", false)).0, 200);
+    let v: Value = serde_json::from_str(&run(&["usage", "--db", db, "--json", "--key", "1"])).unwrap();
+    assert_eq!(v["totals"]["requests"], 2, "refused requests leave no usage: {v}");
+}
+
+#[test]
+fn the_admin_api_is_off_unless_a_key_is_set_and_manages_channels_and_keys() {
+    let up = mock("anthropic", "sk-ant-up-0006");
+    let dir = tempfile::tempdir().unwrap().keep();
+    let db = dir.join("baimo.db");
+    let db = db.to_str().unwrap();
+    let off =
+        gateway(&format!("database = \"{db}\"\n{}", channel("x", "anthropic", &up.base, "k", &["m"], "")));
+    let r = client().get(format!("{}/admin/channels", off.base)).bearer_auth("whatever").send().unwrap();
+    assert_eq!(r.status(), 404);
+    drop(off);
+    let admin = "adm-0123456789abcdef";
+    let server = gateway(&format!("database = \"{db}\"\nadmin_key = \"{admin}\"\n"));
+    let url = |p: &str| format!("{}{p}", server.base);
+    assert_eq!(
+        client().get(url("/admin/keys")).bearer_auth("adm-wrong-000000000").send().unwrap().status(),
+        401
+    );
+    // A channel added at run time serves at once.
+    assert_eq!(post(&server.base, "/v1/chat/completions", &chat_body("claude-2", false)).status, 404);
+    let channel = json!({"name": "claude", "provider": "anthropic", "base_url": up.base,
+                         "api_key": "sk-ant-up-0006", "models": ["claude-2"], "weight": 2});
+    let r = client().post(url("/admin/channels")).bearer_auth(admin).json(&channel).send().unwrap();
+    assert_eq!(r.status(), 201);
+    let a = post(&server.base, "/v1/chat/completions", &chat_body("claude-2", false));
+    assert_eq!((a.status, a.channel.as_str()), (200, "claude"), "{}", a.body);
+    let listed = client().get(url("/admin/channels")).bearer_auth(admin).send().unwrap().text().unwrap();
+    assert!(listed.contains("\"claude\"") && !listed.contains("sk-ant-up-0006"), "{listed}");
+    // A bad channel is refused before it is stored.
+    let bad = json!({"name": "bad", "provider": "nobody", "api_key": "k", "models": ["m"]});
+    assert_eq!(
+        client().post(url("/admin/channels")).bearer_auth(admin).json(&bad).send().unwrap().status(),
+        400
+    );
+    // Keys: created (shown once), then required.
+    let r: Value = client()
+        .post(url("/admin/keys"))
+        .bearer_auth(admin)
+        .json(&json!({"name": "app", "rpm": 100}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let key = r["key"].as_str().unwrap().to_string();
+    assert_eq!(post(&server.base, "/v1/chat/completions", &chat_body("claude-2", false)).status, 401);
+    assert_eq!(post_with_key(&server.base, &key, &chat_body("claude-2", false)).0, 200);
+    let usage: Value =
+        client().get(url("/admin/usage?key_id=1")).bearer_auth(admin).send().unwrap().json().unwrap();
+    assert_eq!(usage["totals"]["requests"], 1, "{usage}");
+    // Disabled, the channel no longer serves.
+    let r = client().post(url("/admin/channels/claude/disable")).bearer_auth(admin).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(post_with_key(&server.base, &key, &chat_body("claude-2", false)).0, 404);
+}
+
+#[test]
+fn no_credential_appears_in_any_log_line_or_answer() {
+    let (openai, anthropic) = (mock("openai", "sk-good-openai-51c2"), mock("anthropic", "sk-ant-good-8e0d"));
+    let dir = tempfile::tempdir().unwrap().keep();
+    let db = dir.join("baimo.db");
+    let db = db.to_str().unwrap();
+    let client_key = run(&["keys", "create", "app", "--db", db]).trim().to_string();
+    let admin = "adm-secret-4b1f9c2d7e";
+    let config = format!(
+        "database = \"{db}\"\nadmin_key = \"{admin}\"\n{}{}{}{QUICK_RETRY}",
+        // Tried first and refused: a wrong key, from the environment.
+        channel("wrong", "anthropic", &anthropic.base, "env:UPSTREAM_SECRET", &["m"], "priority = 2"),
+        channel("oa", "openai", &openai.base, "sk-good-openai-51c2", &["m"], "priority = 1"),
+        channel("an", "anthropic", &anthropic.base, "sk-ant-good-8e0d", &["m"], ""),
+    );
+    let server = gateway(&config);
+    let mut seen = String::new();
+    let mut send = |path: &str, body: Value| {
+        let r = client()
+            .post(format!("{}{path}", server.base))
+            .bearer_auth(&client_key)
+            .json(&body)
+            .send()
+            .unwrap();
+        seen.push_str(&format!("{:?}\n", r.headers()));
+        seen.push_str(&r.text().unwrap());
+    };
+    send("/v1/chat/completions", chat_body("m", false));
+    send("/v1/chat/completions", chat_body("m", true));
+    faults(
+        &openai,
+        json!({"next": [{"type": "status", "status": 429, "retry_after_ms": 10}, {"type": "status", "status": 401}]}),
+    );
+    send("/v1/chat/completions", chat_body("m", false));
+    faults(&openai, json!({"always": {"type": "status", "status": 500}}));
+    faults(&anthropic, json!({"always": {"type": "status", "status": 500}}));
+    send("/v1/chat/completions", chat_body("m", false));
+    send(
+        "/v1/messages",
+        json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
+    );
+    faults(&openai, json!({"always": null, "next": [{"type": "drop_stream", "after_events": 2}]}));
+    faults(&anthropic, json!({"always": null, "next": [{"type": "drop_stream", "after_events": 2}]}));
+    send("/v1/chat/completions", chat_body("m", true));
+    let admin_get = |p: &str| {
+        client().get(format!("{}{p}", server.base)).bearer_auth(admin).send().unwrap().text().unwrap()
+    };
+    seen.push_str(&admin_get("/admin/channels"));
+    seen.push_str(&admin_get("/admin/keys"));
+    seen.push_str(&admin_get("/admin/usage"));
+    seen.push_str(&run(&["channels", "list", "--db", db]));
+    seen.push_str(&run(&["keys", "list", "--db", db]));
+    std::thread::sleep(Duration::from_millis(200));
+    let log = server.log.lock().unwrap().clone();
+    assert!(log.contains("upstream failed") && log.contains("hosted request"), "debug logging is on: {log}");
+    for secret in ["sk-from-env-7f3a", "sk-good-openai-51c2", "sk-ant-good-8e0d", &client_key, admin] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+        assert!(!seen.contains(secret), "{secret} in an answer:\n{seen}");
+    }
 }

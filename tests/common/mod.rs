@@ -34,9 +34,12 @@ pub fn reference_lines(name: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The `baimo` binary built for this test run, with the cache of the current user.
+/// The `baimo` binary built for this test run, with the cache of the current user (the models)
+/// but its own data folder (a user's key database would otherwise lock `baimo serve` down).
 pub fn baimo() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_baimo"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_baimo"));
+    cmd.env("BAIMO_DATA", std::env::temp_dir().join(format!("baimo-test-data-{}", std::process::id())));
+    cmd
 }
 
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {

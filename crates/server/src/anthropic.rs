@@ -112,7 +112,7 @@ pub async fn messages(
     headers: axum::http::HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
-    let key_id = match crate::openai::authorize(&app, &headers) {
+    let caller = match crate::openai::authorize(&app, &headers) {
         Ok(k) => k,
         Err(e) => return error_response(e),
     };
@@ -120,8 +120,12 @@ pub async fn messages(
         Ok(Json(v)) => v,
         Err(rejection) => return error_response(ApiError::bad_request(rejection.body_text())),
     };
-    if app.is_remote(body.get("model").and_then(Value::as_str).unwrap_or("")) {
-        return crate::remote::anthropic::messages(app, key_id, body).await;
+    let model = body.get("model").and_then(Value::as_str).unwrap_or("");
+    if let Err(e) = caller.may_use(model) {
+        return error_response(e);
+    }
+    if app.is_remote(model) {
+        return crate::remote::anthropic::messages(app, caller.key_id(), body).await;
     }
     if let Err(e) = crate::openai::admit_local(&app) {
         return error_response(e);

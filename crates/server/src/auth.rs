@@ -23,6 +23,16 @@ fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
+/// The key a request carries: `Authorization: Bearer <key>` or `x-api-key: <key>`.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+}
+
 impl ApiKeys {
     pub fn new<S: AsRef<str>>(keys: impl IntoIterator<Item = S>) -> ApiKeys {
         ApiKeys { digests: keys.into_iter().map(|k| digest(k.as_ref())).collect() }
@@ -38,12 +48,7 @@ impl ApiKeys {
         if self.is_open() {
             return true;
         }
-        let presented = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
-        let Some(key) = presented else { return false };
+        let Some(key) = presented_key(headers) else { return false };
         let d = digest(key.trim());
         // Every digest is compared, whatever matched before.
         self.digests.iter().fold(0u8, |found, stored| found | stored.ct_eq(&d).unwrap_u8()) == 1

@@ -13,6 +13,8 @@ pub struct ApiError {
     pub code: Option<&'static str>,
     pub param: Option<&'static str>,
     pub message: String,
+    /// Seconds the client should wait (429 and 503 say 1 unless this says otherwise).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +25,7 @@ impl ApiError {
             code: None,
             param: None,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -33,6 +36,7 @@ impl ApiError {
             code: Some("model_not_found"),
             param: Some("model"),
             message: format!("The model `{model}` does not exist; this server serves `{served}`."),
+            retry_after: None,
         }
     }
 
@@ -45,6 +49,7 @@ impl ApiError {
             message: format!(
                 "This model's maximum context length is {max} tokens. However, your messages resulted in {prompt} tokens."
             ),
+            retry_after: None,
         }
     }
 
@@ -55,6 +60,7 @@ impl ApiError {
             code: Some("invalid_api_key"),
             param: None,
             message: "Incorrect API key provided.".into(),
+            retry_after: None,
         }
     }
 
@@ -65,6 +71,7 @@ impl ApiError {
             code: Some("rate_limit_exceeded"),
             param: None,
             message: format!("The server is busy ({queued} requests waiting). Please try again in 1s."),
+            retry_after: None,
         }
     }
 
@@ -75,6 +82,24 @@ impl ApiError {
             code: None,
             param: None,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn with_retry_after(mut self, seconds: Option<u64>) -> ApiError {
+        self.retry_after = seconds;
+        self
+    }
+
+    /// The key is good but may not use this model.
+    pub fn forbidden_model(model: &str) -> ApiError {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            kind: "invalid_request_error",
+            code: Some("model_not_allowed"),
+            param: Some("model"),
+            message: format!("This API key may not use the model `{model}`."),
+            retry_after: None,
         }
     }
 
@@ -88,7 +113,8 @@ impl IntoResponse for ApiError {
         let retry = matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE);
         let mut response = (self.status, Json(self.body())).into_response();
         if retry {
-            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            let seconds = self.retry_after.unwrap_or(1);
+            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from(seconds));
         }
         response
     }

@@ -7,6 +7,8 @@
 //! `GET /metrics`, API keys and limits, and the chat page at `/`. Still to come (see the serving
 //! issue): a faster batched step (≥ 3× at 8 streams).
 
+mod access;
+mod admin;
 mod anthropic;
 mod auth;
 mod error;
@@ -16,8 +18,8 @@ mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -26,6 +28,7 @@ use axum::routing::{get, post};
 use baimo_engine::LoadedModel;
 use baimo_threads::ThreadPool;
 
+pub use access::Access;
 pub use auth::ApiKeys;
 pub use error::ApiError;
 pub use remote::{UsageLog, UsageRecord};
@@ -81,10 +84,31 @@ pub struct App {
     clock: AtomicU64,
     /// Whether entry 0 is a model loaded at start that stays loaded.
     pinned_default: bool,
-    /// Hosted models, reached through their channels.
-    pub gateway: Option<Arc<baimo_gateway::Gateway>>,
-    /// Where hosted requests' usage goes.
+    /// Hosted models, reached through their channels (rebuilt when the stored channels change).
+    gateway: RwLock<Option<Arc<baimo_gateway::Gateway>>>,
+    hosted: Hosted,
+    /// Where requests' usage goes.
     pub usage_log: Option<Arc<dyn UsageLog>>,
+    /// Keys kept in the store, with their limits.
+    pub access: Option<Arc<Access>>,
+}
+
+/// Where hosted models come from: channels of the config file and of the store, and how hard
+/// the gateway tries.
+#[derive(Default)]
+pub struct Hosted {
+    pub channels: Vec<baimo_gateway::Channel>,
+    pub policy: baimo_gateway::RetryPolicy,
+    pub store: Option<Arc<dyn baimo_store::Store>>,
+    /// The admin API (`/admin/...`) answers only requests with this key; none: it is off.
+    pub admin_key: Option<String>,
+}
+
+/// A stored channel as the gateway's.
+pub fn channel_from_record(record: &baimo_store::ChannelRecord) -> Result<baimo_gateway::Channel, String> {
+    serde_json::to_value(record)
+        .and_then(serde_json::from_value)
+        .map_err(|e| format!("stored channel {:?}: {e}", record.name))
 }
 
 impl App {
@@ -143,32 +167,65 @@ impl App {
             started,
             clock: AtomicU64::new(1),
             pinned_default,
-            gateway: None,
+            gateway: RwLock::new(None),
+            hosted: Hosted::default(),
             usage_log: None,
+            access: None,
         }
     }
 
-    /// Adds hosted models (and where their usage goes).
-    pub fn with_gateway(
-        mut self,
-        gateway: Arc<baimo_gateway::Gateway>,
-        usage_log: Option<Arc<dyn UsageLog>>,
-    ) -> App {
-        self.gateway = Some(gateway);
-        self.usage_log = usage_log;
-        self
+    /// Adds hosted models, stored keys and usage records, and the admin API.
+    pub fn with_hosted(mut self, hosted: Hosted) -> Result<App, String> {
+        if let Some(store) = &hosted.store {
+            let access = Arc::new(Access::new(store.clone()));
+            self.usage_log = Some(access.clone());
+            self.access = Some(access);
+        }
+        self.hosted = hosted;
+        self.rebuild_gateway()?;
+        Ok(self)
+    }
+
+    /// The gateway as the channels are now (none when there are no channels).
+    pub fn gateway(&self) -> Option<Arc<baimo_gateway::Gateway>> {
+        self.gateway.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Builds the gateway again from the config's and the store's channels (after the admin API
+    /// changed them). Channels' health starts afresh.
+    pub fn rebuild_gateway(&self) -> Result<(), String> {
+        let mut channels = self.hosted.channels.clone();
+        if let Some(store) = &self.hosted.store {
+            for record in store.channels().map_err(|e| e.to_string())? {
+                channels.push(channel_from_record(&record)?);
+            }
+        }
+        let gateway = if channels.is_empty() {
+            None
+        } else {
+            Some(Arc::new(
+                baimo_gateway::Gateway::new(channels, self.hosted.policy.clone())
+                    .map_err(|e| e.to_string())?,
+            ))
+        };
+        *self.gateway.write().unwrap_or_else(|p| p.into_inner()) = gateway;
+        Ok(())
+    }
+
+    pub fn hosted(&self) -> &Hosted {
+        &self.hosted
     }
 
     /// Whether `name` is a hosted model (a local model of the same name wins).
     pub fn is_remote(&self, name: &str) -> bool {
         !self.entries.iter().any(|e| e.names.iter().any(|n| n == name))
-            && self.gateway.as_ref().is_some_and(|g| g.serves(name))
+            && self.gateway().is_some_and(|g| g.serves(name))
     }
 
     /// Every model name requests may use, local then hosted.
     pub fn model_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.entries.iter().flat_map(|e| e.names.iter().cloned()).collect();
-        for n in self.gateway.iter().flat_map(|g| g.models()) {
+        for n in self.gateway().iter().flat_map(|g| g.models()) {
             if !names.contains(&n) {
                 names.push(n);
             }
@@ -259,6 +316,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/messages", post(anthropic::messages))
+        .merge(admin::routes())
         .fallback(|| async {
             ApiError {
                 status: axum::http::StatusCode::NOT_FOUND,
@@ -266,6 +324,7 @@ pub fn router(app: Arc<App>) -> Router {
                 code: Some("unknown_url"),
                 param: None,
                 message: "Unknown request URL.".into(),
+                retry_after: None,
             }
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

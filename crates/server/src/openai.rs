@@ -219,17 +219,48 @@ pub(crate) fn usage(g: &Generation) -> Value {
 }
 
 /// The checks every generation request passes first: the key, then room in the queue.
-pub(crate) fn admit(app: &App, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    authorize(app, headers)?;
-    admit_local(app)
+pub(crate) fn admit(app: &App, headers: &axum::http::HeaderMap) -> Result<Caller, ApiError> {
+    let caller = authorize(app, headers)?;
+    admit_local(app)?;
+    Ok(caller)
 }
 
-/// The client's key (its id in the store, when keys are stored).
-pub(crate) fn authorize(app: &App, headers: &axum::http::HeaderMap) -> Result<Option<i64>, ApiError> {
-    if !app.limits.keys.allows(headers) {
-        return Err(ApiError::unauthorized());
+/// Who sent a request: a stored key (with its limits), or a key of the command line, or anyone
+/// when no key is configured.
+pub(crate) struct Caller {
+    pub key: Option<baimo_store::KeyRecord>,
+}
+
+impl Caller {
+    pub fn key_id(&self) -> Option<i64> {
+        self.key.as_ref().map(|k| k.id)
     }
-    Ok(None)
+
+    /// Whether the key may use `model`.
+    pub fn may_use(&self, model: &str) -> Result<(), ApiError> {
+        match &self.key {
+            Some(k) if !k.limits.models.is_empty() && !k.limits.models.iter().any(|m| m == model) => {
+                Err(ApiError::forbidden_model(model))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Checks the request's key: a key given on the command line or in the config, or a stored one
+/// within its quotas and per-minute limits. No keys anywhere: every request is allowed.
+pub(crate) fn authorize(app: &App, headers: &axum::http::HeaderMap) -> Result<Caller, ApiError> {
+    let static_keys = !app.limits.keys.is_open();
+    if static_keys && app.limits.keys.allows(headers) {
+        return Ok(Caller { key: None });
+    }
+    if let Some(access) = &app.access
+        && access.has_keys()?
+    {
+        let presented = crate::auth::presented_key(headers).ok_or_else(ApiError::unauthorized)?;
+        return Ok(Caller { key: Some(access.admit(presented)?) });
+    }
+    if static_keys { Err(ApiError::unauthorized()) } else { Ok(Caller { key: None }) }
 }
 
 /// Room in the local engine's queue.
@@ -249,7 +280,7 @@ pub async fn chat_completions(
     headers: axum::http::HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
-    let key_id = match authorize(&app, &headers) {
+    let caller = match authorize(&app, &headers) {
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
@@ -257,8 +288,12 @@ pub async fn chat_completions(
         Ok(Json(v)) => v,
         Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
     };
-    if app.is_remote(body.get("model").and_then(Value::as_str).unwrap_or("")) {
-        return crate::remote::openai::chat_completions(app, key_id, body).await;
+    let model = body.get("model").and_then(Value::as_str).unwrap_or("");
+    if let Err(e) = caller.may_use(model) {
+        return e.into_response();
+    }
+    if app.is_remote(model) {
+        return crate::remote::openai::chat_completions(app, caller.key_id(), body).await;
     }
     if let Err(e) = admit_local(&app) {
         return e.into_response();
@@ -266,7 +301,8 @@ pub async fn chat_completions(
     let mut request: ChatRequest = match serde_json::from_value(body) {
         Ok(r) => r,
         Err(e) => {
-            return ApiError::bad_request(format!("Failed to deserialize the JSON body: {e}")).into_response();
+            return ApiError::bad_request(format!("Failed to deserialize the JSON body: {e}"))
+                .into_response();
         }
     };
     // `n` choices are `n` sequences decoded together, with seeds seed, seed + 1, …
@@ -439,8 +475,8 @@ pub async fn chat_completions(
 }
 
 pub async fn models(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> Response {
-    if !app.limits.keys.allows(&headers) {
-        return ApiError::unauthorized().into_response();
+    if let Err(e) = authorize(&app, &headers) {
+        return e.into_response();
     }
     // Every name of every configured model (loaded or not); `loaded` is baimo's addition.
     let data: Vec<Value> = app
@@ -455,7 +491,7 @@ pub async fn models(State(app): State<Arc<App>>, headers: axum::http::HeaderMap)
         .collect();
     // Hosted models: owned by the provider of their first channel.
     let mut data = data;
-    if let Some(gateway) = &app.gateway {
+    if let Some(gateway) = &app.gateway() {
         for name in gateway.models() {
             if app.entries.iter().any(|e| e.names.contains(&name)) {
                 continue;
@@ -475,13 +511,24 @@ pub async fn completions(
     headers: axum::http::HeaderMap,
     body: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Response {
-    if let Err(e) = admit(&app, &headers) {
-        return e.into_response();
-    }
+    let caller = match admit(&app, &headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
     let request = match body {
         Ok(Json(r)) => r,
         Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
     };
+    if let Err(e) = caller.may_use(&request.model) {
+        return e.into_response();
+    }
+    if app.is_remote(&request.model) {
+        return ApiError::bad_request(format!(
+            "`{}` is a hosted chat model: use /v1/chat/completions",
+            request.model
+        ))
+        .into_response();
+    }
     let served = match app.served(&request.model).await {
         Ok(s) => s,
         Err(e) => return e.into_response(),

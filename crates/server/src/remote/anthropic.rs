@@ -227,7 +227,7 @@ enum Open {
 }
 
 pub(crate) async fn messages(app: Arc<App>, key_id: Option<i64>, body: Value) -> Response {
-    let Some(gateway) = app.gateway.clone() else {
+    let Some(gateway) = app.gateway() else {
         return bad_request("no gateway is configured");
     };
     let req = match request_from_anthropic(&body) {

@@ -108,7 +108,7 @@ fn delta_of(event: &StreamEvent, legacy: bool) -> Option<Value> {
 }
 
 pub(crate) async fn chat_completions(app: Arc<App>, key_id: Option<i64>, body: Value) -> Response {
-    let Some(gateway) = app.gateway.clone() else {
+    let Some(gateway) = app.gateway() else {
         return ApiError::unavailable("no gateway is configured").into_response();
     };
     let req = match ChatRequest::from_openai(&body) {
