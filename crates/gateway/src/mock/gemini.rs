@@ -178,6 +178,36 @@ fn function_result(response: &Value) -> String {
     }
 }
 
+/// A `functionResponse` must answer a `functionCall` of the model turn just before it, by name
+/// (there are no call ids): a response naming another function is refused.
+fn unmatched_function_response(contents: &[Value]) -> Option<Response> {
+    let names = |c: &Value, kind: &str| -> Vec<String> {
+        field(c, "parts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| field(p, kind)?.get("name")?.as_str().map(String::from))
+            .collect()
+    };
+    for (i, c) in contents.iter().enumerate() {
+        let answered = names(c, "functionResponse");
+        if answered.is_empty() {
+            continue;
+        }
+        let called = if i > 0 { names(&contents[i - 1], "functionCall") } else { Vec::new() };
+        if let Some(stray) = answered.iter().find(|n| !called.contains(n)) {
+            return Some(google_error(
+                400,
+                &format!(
+                    "* GenerateContentRequest.contents[{i}]: function response {stray:?} answers no function call of the previous turn.\n"
+                ),
+                vec![],
+            ));
+        }
+    }
+    None
+}
+
 async fn generate(
     State(state): State<Arc<MockState>>,
     Path(call): Path<String>,
@@ -219,6 +249,9 @@ async fn generate(
                 vec![],
             );
         }
+    }
+    if let Some(refused) = unmatched_function_response(contents) {
+        return refused;
     }
     let is_user = |c: &&Value| c.get("role").and_then(Value::as_str).is_none_or(|r| r == "user");
     let last_user =

@@ -47,7 +47,7 @@ async fn generate(
         return google_error(404, &format!("Method {method:?} of models/{model} is not found."), vec![]);
     }
     if let Some(Fault::Status { status, retry_after_ms, code }) = &fault {
-        if *status == 429 {
+        if *status == 429 && code.is_none() {
             // PaLM's quota errors: the status alone, a retry hint only when one is asked for.
             let details = retry_after_ms.map_or(vec![], |ms| {
                 vec![json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{}s", ms as f64 / 1000.0)})]
