@@ -38,10 +38,17 @@ pub enum ProviderKind {
     /// Anthropic's Messages API.
     #[serde(rename = "anthropic")]
     Anthropic,
+    /// Google's Gemini API (`generateContent`).
+    #[serde(rename = "gemini")]
+    Gemini,
+    /// Google's PaLM 2 API (`generateMessage`; decommissioned, kept for the 2023 model names).
+    #[serde(rename = "palm")]
+    Palm,
 }
 
 impl ProviderKind {
-    pub const ALL: &'static [ProviderKind] = &[ProviderKind::OpenAi, ProviderKind::Anthropic];
+    pub const ALL: &'static [ProviderKind] =
+        &[ProviderKind::OpenAi, ProviderKind::Anthropic, ProviderKind::Gemini, ProviderKind::Palm];
 
     /// The kind a configuration name stands for.
     pub fn from_name(name: &str) -> Option<ProviderKind> {
@@ -52,6 +59,8 @@ impl ProviderKind {
         match self {
             ProviderKind::OpenAi => "openai",
             ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Palm => "palm",
         }
     }
 
@@ -60,6 +69,7 @@ impl ProviderKind {
         match self {
             ProviderKind::OpenAi => "https://api.openai.com",
             ProviderKind::Anthropic => "https://api.anthropic.com",
+            ProviderKind::Gemini | ProviderKind::Palm => "https://generativelanguage.googleapis.com",
         }
     }
 }

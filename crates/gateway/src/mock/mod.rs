@@ -24,7 +24,9 @@ use serde_json::{Value, json};
 use crate::channel::ProviderKind;
 
 pub mod anthropic;
+pub mod gemini;
 pub mod openai;
+pub mod palm;
 
 /// Something to go wrong with a request.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -121,6 +123,8 @@ pub fn router(state: Arc<MockState>) -> Router {
     let api = match state.provider {
         ProviderKind::OpenAi => openai::router(),
         ProviderKind::Anthropic => anthropic::router(),
+        ProviderKind::Gemini => gemini::router(),
+        ProviderKind::Palm => palm::router(),
     };
     api.route("/_mock/faults", post(set_faults)).route("/_mock/stats", get(stats)).with_state(state)
 }

@@ -18,8 +18,10 @@ use crate::sse::SseEvent;
 use crate::types::{ChatRequest, ChatResponse, StreamEvent};
 
 pub mod anthropic;
+pub mod gemini;
 pub(crate) mod http;
 pub mod openai;
+pub mod palm;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -138,6 +140,8 @@ pub fn protocol(kind: ProviderKind) -> &'static dyn Protocol {
     match kind {
         ProviderKind::OpenAi => &openai::OpenAi,
         ProviderKind::Anthropic => &anthropic::Anthropic,
+        ProviderKind::Gemini => &gemini::Gemini,
+        ProviderKind::Palm => &palm::Palm,
     }
 }
 
