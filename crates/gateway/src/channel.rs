@@ -38,10 +38,21 @@ pub enum ProviderKind {
     /// Anthropic's Messages API.
     #[serde(rename = "anthropic")]
     Anthropic,
+    /// Alibaba DashScope's native text-generation API (hosted Qwen).
+    #[serde(rename = "dashscope")]
+    DashScope,
+    /// DashScope's OpenAI-compatible mode.
+    #[serde(rename = "dashscope-compatible")]
+    DashScopeCompatible,
 }
 
 impl ProviderKind {
-    pub const ALL: &'static [ProviderKind] = &[ProviderKind::OpenAi, ProviderKind::Anthropic];
+    pub const ALL: &'static [ProviderKind] = &[
+        ProviderKind::OpenAi,
+        ProviderKind::Anthropic,
+        ProviderKind::DashScope,
+        ProviderKind::DashScopeCompatible,
+    ];
 
     /// The kind a configuration name stands for.
     pub fn from_name(name: &str) -> Option<ProviderKind> {
@@ -52,6 +63,8 @@ impl ProviderKind {
         match self {
             ProviderKind::OpenAi => "openai",
             ProviderKind::Anthropic => "anthropic",
+            ProviderKind::DashScope => "dashscope",
+            ProviderKind::DashScopeCompatible => "dashscope-compatible",
         }
     }
 
@@ -60,6 +73,7 @@ impl ProviderKind {
         match self {
             ProviderKind::OpenAi => "https://api.openai.com",
             ProviderKind::Anthropic => "https://api.anthropic.com",
+            ProviderKind::DashScope | ProviderKind::DashScopeCompatible => "https://dashscope.aliyuncs.com",
         }
     }
 }
