@@ -44,6 +44,12 @@ pub enum ProviderKind {
     /// DashScope's OpenAI-compatible mode.
     #[serde(rename = "dashscope-compatible")]
     DashScopeCompatible,
+    /// Zhipu AI's v4 chat completions (GLM), JWT-signed.
+    #[serde(rename = "zhipu")]
+    Zhipu,
+    /// Zhipu AI's 2023 v3 model API (ChatGLM).
+    #[serde(rename = "zhipu-v3")]
+    ZhipuV3,
 }
 
 impl ProviderKind {
@@ -52,6 +58,8 @@ impl ProviderKind {
         ProviderKind::Anthropic,
         ProviderKind::DashScope,
         ProviderKind::DashScopeCompatible,
+        ProviderKind::Zhipu,
+        ProviderKind::ZhipuV3,
     ];
 
     /// The kind a configuration name stands for.
@@ -65,6 +73,8 @@ impl ProviderKind {
             ProviderKind::Anthropic => "anthropic",
             ProviderKind::DashScope => "dashscope",
             ProviderKind::DashScopeCompatible => "dashscope-compatible",
+            ProviderKind::Zhipu => "zhipu",
+            ProviderKind::ZhipuV3 => "zhipu-v3",
         }
     }
 
@@ -74,6 +84,7 @@ impl ProviderKind {
             ProviderKind::OpenAi => "https://api.openai.com",
             ProviderKind::Anthropic => "https://api.anthropic.com",
             ProviderKind::DashScope | ProviderKind::DashScopeCompatible => "https://dashscope.aliyuncs.com",
+            ProviderKind::Zhipu | ProviderKind::ZhipuV3 => "https://open.bigmodel.cn",
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod anthropic;
 pub mod dashscope;
 pub(crate) mod http;
 pub mod openai;
+pub mod zhipu;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -141,6 +142,8 @@ pub fn protocol(kind: ProviderKind) -> &'static dyn Protocol {
         ProviderKind::Anthropic => &anthropic::Anthropic,
         ProviderKind::DashScope => &dashscope::DashScope,
         ProviderKind::DashScopeCompatible => &dashscope::DashScopeCompatible,
+        ProviderKind::Zhipu => &zhipu::Zhipu,
+        ProviderKind::ZhipuV3 => &zhipu::ZhipuV3,
     }
 }
 
