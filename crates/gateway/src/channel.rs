@@ -50,6 +50,12 @@ pub enum ProviderKind {
     /// Zhipu AI's 2023 v3 model API (ChatGLM).
     #[serde(rename = "zhipu-v3")]
     ZhipuV3,
+    /// Baichuan's OpenAI-style chat completions.
+    #[serde(rename = "baichuan")]
+    Baichuan,
+    /// Baichuan's 2023 API, MD5-signed with a secret key.
+    #[serde(rename = "baichuan-legacy")]
+    BaichuanLegacy,
 }
 
 impl ProviderKind {
@@ -60,6 +66,8 @@ impl ProviderKind {
         ProviderKind::DashScopeCompatible,
         ProviderKind::Zhipu,
         ProviderKind::ZhipuV3,
+        ProviderKind::Baichuan,
+        ProviderKind::BaichuanLegacy,
     ];
 
     /// The kind a configuration name stands for.
@@ -75,6 +83,8 @@ impl ProviderKind {
             ProviderKind::DashScopeCompatible => "dashscope-compatible",
             ProviderKind::Zhipu => "zhipu",
             ProviderKind::ZhipuV3 => "zhipu-v3",
+            ProviderKind::Baichuan => "baichuan",
+            ProviderKind::BaichuanLegacy => "baichuan-legacy",
         }
     }
 
@@ -85,6 +95,7 @@ impl ProviderKind {
             ProviderKind::Anthropic => "https://api.anthropic.com",
             ProviderKind::DashScope | ProviderKind::DashScopeCompatible => "https://dashscope.aliyuncs.com",
             ProviderKind::Zhipu | ProviderKind::ZhipuV3 => "https://open.bigmodel.cn",
+            ProviderKind::Baichuan | ProviderKind::BaichuanLegacy => "https://api.baichuan-ai.com",
         }
     }
 }

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use crate::channel::ProviderKind;
 
 pub mod anthropic;
+pub mod baichuan;
 pub mod dashscope;
 pub mod openai;
 pub mod zhipu;
@@ -125,6 +126,7 @@ pub fn router(state: Arc<MockState>) -> Router {
         ProviderKind::Anthropic => anthropic::router(),
         ProviderKind::DashScope | ProviderKind::DashScopeCompatible => dashscope::router(),
         ProviderKind::Zhipu | ProviderKind::ZhipuV3 => zhipu::router(),
+        ProviderKind::Baichuan | ProviderKind::BaichuanLegacy => baichuan::router(),
     };
     api.route("/_mock/faults", post(set_faults)).route("/_mock/stats", get(stats)).with_state(state)
 }

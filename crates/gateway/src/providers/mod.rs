@@ -18,6 +18,7 @@ use crate::sse::SseEvent;
 use crate::types::{ChatRequest, ChatResponse, StreamEvent};
 
 pub mod anthropic;
+pub mod baichuan;
 pub mod dashscope;
 pub(crate) mod http;
 pub mod openai;
@@ -144,6 +145,8 @@ pub fn protocol(kind: ProviderKind) -> &'static dyn Protocol {
         ProviderKind::DashScopeCompatible => &dashscope::DashScopeCompatible,
         ProviderKind::Zhipu => &zhipu::Zhipu,
         ProviderKind::ZhipuV3 => &zhipu::ZhipuV3,
+        ProviderKind::Baichuan => &baichuan::Baichuan,
+        ProviderKind::BaichuanLegacy => &baichuan::BaichuanLegacy,
     }
 }
 
