@@ -44,11 +44,39 @@ pub enum ProviderKind {
     /// Google's PaLM 2 API (`generateMessage`; decommissioned, kept for the 2023 model names).
     #[serde(rename = "palm")]
     Palm,
+    /// Alibaba DashScope's native text-generation API (hosted Qwen).
+    #[serde(rename = "dashscope")]
+    DashScope,
+    /// DashScope's OpenAI-compatible mode.
+    #[serde(rename = "dashscope-compatible")]
+    DashScopeCompatible,
+    /// Zhipu AI's v4 chat completions (GLM), JWT-signed.
+    #[serde(rename = "zhipu")]
+    Zhipu,
+    /// Zhipu AI's 2023 v3 model API (ChatGLM).
+    #[serde(rename = "zhipu-v3")]
+    ZhipuV3,
+    /// Baichuan's OpenAI-style chat completions.
+    #[serde(rename = "baichuan")]
+    Baichuan,
+    /// Baichuan's 2023 API, MD5-signed with a secret key.
+    #[serde(rename = "baichuan-legacy")]
+    BaichuanLegacy,
 }
 
 impl ProviderKind {
-    pub const ALL: &'static [ProviderKind] =
-        &[ProviderKind::OpenAi, ProviderKind::Anthropic, ProviderKind::Gemini, ProviderKind::Palm];
+    pub const ALL: &'static [ProviderKind] = &[
+        ProviderKind::OpenAi,
+        ProviderKind::Anthropic,
+        ProviderKind::Gemini,
+        ProviderKind::Palm,
+        ProviderKind::DashScope,
+        ProviderKind::DashScopeCompatible,
+        ProviderKind::Zhipu,
+        ProviderKind::ZhipuV3,
+        ProviderKind::Baichuan,
+        ProviderKind::BaichuanLegacy,
+    ];
 
     /// The kind a configuration name stands for.
     pub fn from_name(name: &str) -> Option<ProviderKind> {
@@ -61,6 +89,12 @@ impl ProviderKind {
             ProviderKind::Anthropic => "anthropic",
             ProviderKind::Gemini => "gemini",
             ProviderKind::Palm => "palm",
+            ProviderKind::DashScope => "dashscope",
+            ProviderKind::DashScopeCompatible => "dashscope-compatible",
+            ProviderKind::Zhipu => "zhipu",
+            ProviderKind::ZhipuV3 => "zhipu-v3",
+            ProviderKind::Baichuan => "baichuan",
+            ProviderKind::BaichuanLegacy => "baichuan-legacy",
         }
     }
 
@@ -70,6 +104,9 @@ impl ProviderKind {
             ProviderKind::OpenAi => "https://api.openai.com",
             ProviderKind::Anthropic => "https://api.anthropic.com",
             ProviderKind::Gemini | ProviderKind::Palm => "https://generativelanguage.googleapis.com",
+            ProviderKind::DashScope | ProviderKind::DashScopeCompatible => "https://dashscope.aliyuncs.com",
+            ProviderKind::Zhipu | ProviderKind::ZhipuV3 => "https://open.bigmodel.cn",
+            ProviderKind::Baichuan | ProviderKind::BaichuanLegacy => "https://api.baichuan-ai.com",
         }
     }
 }

@@ -24,9 +24,12 @@ use serde_json::{Value, json};
 use crate::channel::ProviderKind;
 
 pub mod anthropic;
+pub mod baichuan;
+pub mod dashscope;
 pub mod gemini;
 pub mod openai;
 pub mod palm;
+pub mod zhipu;
 
 /// Something to go wrong with a request.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -125,6 +128,9 @@ pub fn router(state: Arc<MockState>) -> Router {
         ProviderKind::Anthropic => anthropic::router(),
         ProviderKind::Gemini => gemini::router(),
         ProviderKind::Palm => palm::router(),
+        ProviderKind::DashScope | ProviderKind::DashScopeCompatible => dashscope::router(),
+        ProviderKind::Zhipu | ProviderKind::ZhipuV3 => zhipu::router(),
+        ProviderKind::Baichuan | ProviderKind::BaichuanLegacy => baichuan::router(),
     };
     api.route("/_mock/faults", post(set_faults)).route("/_mock/stats", get(stats)).with_state(state)
 }

@@ -109,7 +109,7 @@ pub(crate) async fn read_limited(
     Ok(body)
 }
 
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+pub(crate) type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
 
 struct StreamState {
     bytes: ByteStream,
@@ -172,7 +172,7 @@ impl StreamState {
 
 /// An SSE body as translated events; a broken connection, a stall longer than `idle` or a
 /// stream that ends before its last event become a final error item.
-fn event_stream(
+pub(crate) fn event_stream(
     bytes: ByteStream,
     provider: &'static str,
     translator: Box<dyn StreamTranslator>,

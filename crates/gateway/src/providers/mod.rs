@@ -18,10 +18,13 @@ use crate::sse::SseEvent;
 use crate::types::{ChatRequest, ChatResponse, StreamEvent};
 
 pub mod anthropic;
+pub mod baichuan;
+pub mod dashscope;
 pub mod gemini;
 pub(crate) mod http;
 pub mod openai;
 pub mod palm;
+pub mod zhipu;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -142,6 +145,12 @@ pub fn protocol(kind: ProviderKind) -> &'static dyn Protocol {
         ProviderKind::Anthropic => &anthropic::Anthropic,
         ProviderKind::Gemini => &gemini::Gemini,
         ProviderKind::Palm => &palm::Palm,
+        ProviderKind::DashScope => &dashscope::DashScope,
+        ProviderKind::DashScopeCompatible => &dashscope::DashScopeCompatible,
+        ProviderKind::Zhipu => &zhipu::Zhipu,
+        ProviderKind::ZhipuV3 => &zhipu::ZhipuV3,
+        ProviderKind::Baichuan => &baichuan::Baichuan,
+        ProviderKind::BaichuanLegacy => &baichuan::BaichuanLegacy,
     }
 }
 
