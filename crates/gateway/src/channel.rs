@@ -38,10 +38,17 @@ pub enum ProviderKind {
     /// Anthropic's Messages API.
     #[serde(rename = "anthropic")]
     Anthropic,
+    /// Baidu ERNIE (Qianfan v1): OAuth token from API key + secret key, one endpoint per model.
+    #[serde(rename = "ernie")]
+    Ernie,
+    /// Baidu Qianfan v2: OpenAI-compatible with a `bce-v3` bearer key.
+    #[serde(rename = "ernie-v2")]
+    ErnieV2,
 }
 
 impl ProviderKind {
-    pub const ALL: &'static [ProviderKind] = &[ProviderKind::OpenAi, ProviderKind::Anthropic];
+    pub const ALL: &'static [ProviderKind] =
+        &[ProviderKind::OpenAi, ProviderKind::Anthropic, ProviderKind::Ernie, ProviderKind::ErnieV2];
 
     /// The kind a configuration name stands for.
     pub fn from_name(name: &str) -> Option<ProviderKind> {
@@ -52,6 +59,8 @@ impl ProviderKind {
         match self {
             ProviderKind::OpenAi => "openai",
             ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Ernie => "ernie",
+            ProviderKind::ErnieV2 => "ernie-v2",
         }
     }
 
@@ -60,6 +69,8 @@ impl ProviderKind {
         match self {
             ProviderKind::OpenAi => "https://api.openai.com",
             ProviderKind::Anthropic => "https://api.anthropic.com",
+            ProviderKind::Ernie => "https://aip.baidubce.com",
+            ProviderKind::ErnieV2 => "https://qianfan.baidubce.com",
         }
     }
 }

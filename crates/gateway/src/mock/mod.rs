@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use crate::channel::ProviderKind;
 
 pub mod anthropic;
+pub mod ernie;
 pub mod openai;
 
 /// Something to go wrong with a request.
@@ -121,6 +122,7 @@ pub fn router(state: Arc<MockState>) -> Router {
     let api = match state.provider {
         ProviderKind::OpenAi => openai::router(),
         ProviderKind::Anthropic => anthropic::router(),
+        ProviderKind::Ernie | ProviderKind::ErnieV2 => ernie::router(),
     };
     api.route("/_mock/faults", post(set_faults)).route("/_mock/stats", get(stats)).with_state(state)
 }

@@ -18,6 +18,7 @@ use crate::sse::SseEvent;
 use crate::types::{ChatRequest, ChatResponse, StreamEvent};
 
 pub mod anthropic;
+pub mod ernie;
 pub(crate) mod http;
 pub mod openai;
 
@@ -138,6 +139,8 @@ pub fn protocol(kind: ProviderKind) -> &'static dyn Protocol {
     match kind {
         ProviderKind::OpenAi => &openai::OpenAi,
         ProviderKind::Anthropic => &anthropic::Anthropic,
+        ProviderKind::Ernie => &ernie::Ernie,
+        ProviderKind::ErnieV2 => &ernie::ErnieV2,
     }
 }
 
