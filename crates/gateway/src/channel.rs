@@ -44,11 +44,23 @@ pub enum ProviderKind {
     /// Baidu Qianfan v2: OpenAI-compatible with a `bce-v3` bearer key.
     #[serde(rename = "ernie-v2")]
     ErnieV2,
+    /// iFlytek Spark's WebSocket API: signed URL (API key + API secret), app id in the frame.
+    #[serde(rename = "spark")]
+    Spark,
+    /// iFlytek Spark's OpenAI-compatible HTTP API (APIPassword as Bearer key).
+    #[serde(rename = "spark-http")]
+    SparkHttp,
 }
 
 impl ProviderKind {
-    pub const ALL: &'static [ProviderKind] =
-        &[ProviderKind::OpenAi, ProviderKind::Anthropic, ProviderKind::Ernie, ProviderKind::ErnieV2];
+    pub const ALL: &'static [ProviderKind] = &[
+        ProviderKind::OpenAi,
+        ProviderKind::Anthropic,
+        ProviderKind::Ernie,
+        ProviderKind::ErnieV2,
+        ProviderKind::Spark,
+        ProviderKind::SparkHttp,
+    ];
 
     /// The kind a configuration name stands for.
     pub fn from_name(name: &str) -> Option<ProviderKind> {
@@ -61,6 +73,8 @@ impl ProviderKind {
             ProviderKind::Anthropic => "anthropic",
             ProviderKind::Ernie => "ernie",
             ProviderKind::ErnieV2 => "ernie-v2",
+            ProviderKind::Spark => "spark",
+            ProviderKind::SparkHttp => "spark-http",
         }
     }
 
@@ -71,6 +85,8 @@ impl ProviderKind {
             ProviderKind::Anthropic => "https://api.anthropic.com",
             ProviderKind::Ernie => "https://aip.baidubce.com",
             ProviderKind::ErnieV2 => "https://qianfan.baidubce.com",
+            ProviderKind::Spark => "wss://spark-api.xf-yun.com",
+            ProviderKind::SparkHttp => "https://spark-api-open.xf-yun.com",
         }
     }
 }

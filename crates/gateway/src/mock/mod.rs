@@ -26,6 +26,7 @@ use crate::channel::ProviderKind;
 pub mod anthropic;
 pub mod ernie;
 pub mod openai;
+pub mod spark;
 
 /// Something to go wrong with a request.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -123,6 +124,7 @@ pub fn router(state: Arc<MockState>) -> Router {
         ProviderKind::OpenAi => openai::router(),
         ProviderKind::Anthropic => anthropic::router(),
         ProviderKind::Ernie | ProviderKind::ErnieV2 => ernie::router(),
+        ProviderKind::Spark | ProviderKind::SparkHttp => spark::router(),
     };
     api.route("/_mock/faults", post(set_faults)).route("/_mock/stats", get(stats)).with_state(state)
 }

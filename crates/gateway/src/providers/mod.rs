@@ -21,6 +21,7 @@ pub mod anthropic;
 pub mod ernie;
 pub(crate) mod http;
 pub mod openai;
+pub mod spark;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -141,6 +142,8 @@ pub fn protocol(kind: ProviderKind) -> &'static dyn Protocol {
         ProviderKind::Anthropic => &anthropic::Anthropic,
         ProviderKind::Ernie => &ernie::Ernie,
         ProviderKind::ErnieV2 => &ernie::ErnieV2,
+        ProviderKind::Spark => &spark::Spark,
+        ProviderKind::SparkHttp => &spark::SparkHttp,
     }
 }
 
