@@ -171,6 +171,16 @@ async fn ws_the_mock_checks_signature_and_clock() {
 }
 
 #[tokio::test]
+async fn wss_goes_through_tls() {
+    // The mock speaks plain ws: a wss:// client must fail the TLS handshake (not panic, not
+    // fall back to plain text).
+    let (_state, url) = start(ProviderKind::Spark, KEY).await;
+    let gw = ws_gateway(&url.replace("ws://", "wss://"));
+    let failed = gw.chat(&request("spark-3.5", json!({}))).await.err().unwrap();
+    assert_eq!(failed.error.kind, ErrorKind::Connection, "{}", failed.error);
+}
+
+#[tokio::test]
 async fn ws_throttling_is_retried_and_quota_is_not() {
     let (state, url) = start(ProviderKind::Spark, KEY).await;
     let gw = ws_gateway(&url);

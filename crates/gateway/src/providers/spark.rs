@@ -337,6 +337,28 @@ fn ws_error(e: WsError) -> UpstreamError {
     }
 }
 
+/// The TLS setup for `wss://`: rustls with ring (named, so no process-wide default is needed)
+/// and Mozilla's roots bundled (no system certificate store needed). Built once.
+fn tls() -> Result<tokio_tungstenite::Connector, UpstreamError> {
+    static CONFIG: std::sync::OnceLock<Option<std::sync::Arc<rustls::ClientConfig>>> =
+        std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .ok()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Some(std::sync::Arc::new(config))
+    });
+    config
+        .clone()
+        .map(tokio_tungstenite::Connector::Rustls)
+        .ok_or_else(|| UpstreamError::new(NAME, ErrorKind::Connection, "TLS could not be set up"))
+}
+
 /// Connects, signs, sends the request frame.
 async fn open(
     up: &Upstream,
@@ -359,7 +381,7 @@ async fn open(
     let config = WebSocketConfig::default().max_message_size(Some(MAX_FRAME)).max_frame_size(Some(MAX_FRAME));
     let (mut socket, _) = tokio::time::timeout(
         up.timeout,
-        tokio_tungstenite::connect_async_with_config(url, Some(config), true),
+        tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, Some(tls()?)),
     )
     .await
     .map_err(|_| UpstreamError::new(NAME, ErrorKind::Timeout, "no WebSocket connection in time"))?
