@@ -62,6 +62,18 @@ pub enum ProviderKind {
     /// Baichuan's 2023 API, MD5-signed with a secret key.
     #[serde(rename = "baichuan-legacy")]
     BaichuanLegacy,
+    /// Baidu ERNIE (Qianfan v1): OAuth token from API key + secret key, one endpoint per model.
+    #[serde(rename = "ernie")]
+    Ernie,
+    /// Baidu Qianfan v2: OpenAI-compatible with a `bce-v3` bearer key.
+    #[serde(rename = "ernie-v2")]
+    ErnieV2,
+    /// iFlytek Spark's WebSocket API: signed URL (API key + API secret), app id in the frame.
+    #[serde(rename = "spark")]
+    Spark,
+    /// iFlytek Spark's OpenAI-compatible HTTP API (APIPassword as Bearer key).
+    #[serde(rename = "spark-http")]
+    SparkHttp,
 }
 
 impl ProviderKind {
@@ -76,6 +88,10 @@ impl ProviderKind {
         ProviderKind::ZhipuV3,
         ProviderKind::Baichuan,
         ProviderKind::BaichuanLegacy,
+        ProviderKind::Ernie,
+        ProviderKind::ErnieV2,
+        ProviderKind::Spark,
+        ProviderKind::SparkHttp,
     ];
 
     /// The kind a configuration name stands for.
@@ -95,6 +111,10 @@ impl ProviderKind {
             ProviderKind::ZhipuV3 => "zhipu-v3",
             ProviderKind::Baichuan => "baichuan",
             ProviderKind::BaichuanLegacy => "baichuan-legacy",
+            ProviderKind::Ernie => "ernie",
+            ProviderKind::ErnieV2 => "ernie-v2",
+            ProviderKind::Spark => "spark",
+            ProviderKind::SparkHttp => "spark-http",
         }
     }
 
@@ -107,6 +127,10 @@ impl ProviderKind {
             ProviderKind::DashScope | ProviderKind::DashScopeCompatible => "https://dashscope.aliyuncs.com",
             ProviderKind::Zhipu | ProviderKind::ZhipuV3 => "https://open.bigmodel.cn",
             ProviderKind::Baichuan | ProviderKind::BaichuanLegacy => "https://api.baichuan-ai.com",
+            ProviderKind::Ernie => "https://aip.baidubce.com",
+            ProviderKind::ErnieV2 => "https://qianfan.baidubce.com",
+            ProviderKind::Spark => "wss://spark-api.xf-yun.com",
+            ProviderKind::SparkHttp => "https://spark-api-open.xf-yun.com",
         }
     }
 }

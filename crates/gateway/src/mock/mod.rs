@@ -26,9 +26,11 @@ use crate::channel::ProviderKind;
 pub mod anthropic;
 pub mod baichuan;
 pub mod dashscope;
+pub mod ernie;
 pub mod gemini;
 pub mod openai;
 pub mod palm;
+pub mod spark;
 pub mod zhipu;
 
 /// Something to go wrong with a request.
@@ -131,6 +133,8 @@ pub fn router(state: Arc<MockState>) -> Router {
         ProviderKind::DashScope | ProviderKind::DashScopeCompatible => dashscope::router(),
         ProviderKind::Zhipu | ProviderKind::ZhipuV3 => zhipu::router(),
         ProviderKind::Baichuan | ProviderKind::BaichuanLegacy => baichuan::router(),
+        ProviderKind::Ernie | ProviderKind::ErnieV2 => ernie::router(),
+        ProviderKind::Spark | ProviderKind::SparkHttp => spark::router(),
     };
     api.route("/_mock/faults", post(set_faults)).route("/_mock/stats", get(stats)).with_state(state)
 }

@@ -88,6 +88,23 @@ pub(crate) async fn chat_stream<P: Protocol + ?Sized>(
     ))
 }
 
+/// The SSE stream of a response already sent and looked at (for a provider that must inspect
+/// the response before streaming it: ERNIE answers a failed stream request with a JSON body).
+pub(crate) fn response_stream<P: Protocol + ?Sized>(
+    response: reqwest::Response,
+    proto: &P,
+    up: &Upstream,
+    channel: &Channel,
+) -> EventStream {
+    event_stream(
+        Box::pin(response.bytes_stream()),
+        proto.name(),
+        proto.stream(),
+        up.idle_timeout,
+        channel.secrets().into_iter().map(String::from).collect(),
+    )
+}
+
 /// The body, refusing more than `limit` bytes.
 pub(crate) async fn read_limited(
     response: reqwest::Response,

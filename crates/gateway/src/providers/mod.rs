@@ -20,10 +20,12 @@ use crate::types::{ChatRequest, ChatResponse, StreamEvent};
 pub mod anthropic;
 pub mod baichuan;
 pub mod dashscope;
+pub mod ernie;
 pub mod gemini;
 pub(crate) mod http;
 pub mod openai;
 pub mod palm;
+pub mod spark;
 pub mod zhipu;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -151,6 +153,10 @@ pub fn protocol(kind: ProviderKind) -> &'static dyn Protocol {
         ProviderKind::ZhipuV3 => &zhipu::ZhipuV3,
         ProviderKind::Baichuan => &baichuan::Baichuan,
         ProviderKind::BaichuanLegacy => &baichuan::BaichuanLegacy,
+        ProviderKind::Ernie => &ernie::Ernie,
+        ProviderKind::ErnieV2 => &ernie::ErnieV2,
+        ProviderKind::Spark => &spark::Spark,
+        ProviderKind::SparkHttp => &spark::SparkHttp,
     }
 }
 
