@@ -574,3 +574,224 @@ fn no_credential_appears_in_any_log_line_or_answer() {
         assert!(!seen.contains(secret), "{secret} in an answer:\n{seen}");
     }
 }
+
+/// One hosted provider as the tests set it up: its mock's credentials and a model of its own.
+struct Provider {
+    kind: &'static str,
+    key: &'static str,
+    secret: Option<&'static str>,
+    app_id: Option<&'static str>,
+    /// The provider's model name (clients use `via-<kind>`).
+    model: &'static str,
+    tools: bool,
+}
+
+const PROVIDERS: &[Provider] = &[
+    Provider { kind: "openai", key: "sk-oa-1111", secret: None, app_id: None, model: "gpt-4", tools: true },
+    Provider {
+        kind: "anthropic",
+        key: "sk-ant-2222",
+        secret: None,
+        app_id: None,
+        model: "claude-2",
+        tools: true,
+    },
+    Provider {
+        kind: "gemini",
+        key: "AIza-gem-3333",
+        secret: None,
+        app_id: None,
+        model: "gemini-pro",
+        tools: true,
+    },
+    Provider {
+        kind: "palm",
+        key: "AIza-palm-4444",
+        secret: None,
+        app_id: None,
+        model: "chat-bison-001",
+        tools: false,
+    },
+    Provider {
+        kind: "ernie",
+        key: "ak-ernie-5555",
+        secret: Some("sk-ernie-5555"),
+        app_id: None,
+        model: "ernie-bot-4",
+        tools: true,
+    },
+    Provider {
+        kind: "ernie-v2",
+        key: "bce-v3/ALTAK-6666/abcd",
+        secret: None,
+        app_id: None,
+        model: "ernie-4.0-8k",
+        tools: true,
+    },
+    Provider {
+        kind: "spark",
+        key: "spark-key-7777",
+        secret: Some("spark-secret-7777"),
+        app_id: Some("app7777"),
+        model: "spark-3.5",
+        tools: true,
+    },
+    Provider {
+        kind: "spark-http",
+        key: "spark-pass-8888",
+        secret: None,
+        app_id: None,
+        model: "generalv3.5",
+        tools: true,
+    },
+    Provider {
+        kind: "dashscope",
+        key: "sk-ds-9999",
+        secret: None,
+        app_id: None,
+        model: "qwen-max",
+        tools: true,
+    },
+    Provider {
+        kind: "dashscope-compatible",
+        key: "sk-dsc-1010",
+        secret: None,
+        app_id: None,
+        model: "qwen-plus",
+        tools: true,
+    },
+    Provider {
+        kind: "zhipu",
+        key: "zp1111.zhipusecret1111",
+        secret: None,
+        app_id: None,
+        model: "glm-4",
+        tools: true,
+    },
+    Provider {
+        kind: "zhipu-v3",
+        key: "zp1212.zhipusecret1212",
+        secret: None,
+        app_id: None,
+        model: "chatglm_turbo",
+        tools: false,
+    },
+    Provider {
+        kind: "baichuan",
+        key: "sk-bc-1313",
+        secret: None,
+        app_id: None,
+        model: "Baichuan2-Turbo",
+        tools: true,
+    },
+    Provider {
+        kind: "baichuan-legacy",
+        key: "bc-legacy-1414",
+        secret: Some("bc-legacy-secret-1414"),
+        app_id: None,
+        model: "Baichuan2-53B",
+        tools: false,
+    },
+];
+
+fn provider_mock(p: &Provider) -> Proc {
+    let mut args = vec!["mock-provider", p.kind, "--port", "0", "--key", p.key];
+    if let Some(s) = p.secret {
+        args.extend(["--secret", s]);
+    }
+    if let Some(a) = p.app_id {
+        args.extend(["--app-id", a]);
+    }
+    spawn(&args, &[])
+}
+
+/// A channel to `p`'s mock serving `via-<kind>` (good credentials) or `bad-<kind>` (every
+/// credential wrong).
+fn provider_channel(p: &Provider, mock: &Proc, good: bool) -> String {
+    let base = if p.kind == "spark" { mock.base.replacen("http://", "ws://", 1) } else { mock.base.clone() };
+    let spoil = |s: &str| if good { s.to_string() } else { format!("{s}-wrong") };
+    let client_name = format!("{}-{}", if good { "via" } else { "bad" }, p.kind);
+    let mut extra = format!("model_map = {{ \"{client_name}\" = \"{}\" }}\n", p.model);
+    if let Some(s) = p.secret {
+        extra.push_str(&format!("secret_key = \"{}\"\n", spoil(s)));
+    }
+    if let Some(a) = p.app_id {
+        extra.push_str(&format!("app_id = \"{a}\"\n"));
+    }
+    // Zhipu's key is `id.secret`: spoil the secret half so the signature is what is wrong.
+    let key = if good { p.key.to_string() } else { format!("{}x", p.key) };
+    channel(&client_name, p.kind, &base, &key, &[&client_name], &extra)
+}
+
+#[test]
+fn every_provider_end_to_end_through_baimo() {
+    let mocks: Vec<Proc> = PROVIDERS.iter().map(provider_mock).collect();
+    let mut config = String::new();
+    for (p, m) in PROVIDERS.iter().zip(&mocks) {
+        config.push_str(&provider_channel(p, m, true));
+        config.push_str(&provider_channel(p, m, false));
+    }
+    config.push_str(QUICK_RETRY);
+    let server = gateway(&config);
+    let mut normalised = Vec::new();
+    for (p, m) in PROVIDERS.iter().zip(&mocks) {
+        let model = format!("via-{}", p.kind);
+        let kind = p.kind;
+        // Whole, then streamed: the same text.
+        let a = post(&server.base, "/v1/chat/completions", &chat_body(&model, false));
+        assert_eq!((a.status, a.channel.as_str()), (200, model.as_str()), "{kind}: {}", a.body);
+        let text = a.body["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+        // (An API without a system role hears the system text before the user's.)
+        assert!(text.contains("heard: ") && text.ends_with("hello there"), "{kind}: {text}");
+        assert_eq!(a.body["choices"][0]["finish_reason"], "stop", "{kind}");
+        assert!(a.body["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{kind}: {}", a.body);
+        let (status, chunks) = stream(&server.base, "/v1/chat/completions", &chat_body(&model, true));
+        assert_eq!(status, 200, "{kind}");
+        let (streamed, finish, usage, _) = gather(&chunks);
+        assert_eq!((streamed.as_str(), finish.as_str()), (text.as_str(), "stop"), "{kind}");
+        assert!(usage["completion_tokens"].as_u64().unwrap() > 0, "{kind}: {usage}");
+        assert!(chunks.len() > 4, "{kind}: the answer arrives in pieces: {chunks:?}");
+        // A tool call (or a clear refusal where the API has none).
+        let mut body = chat_body(&model, false);
+        body["tools"] = weather_tool();
+        let a = post(&server.base, "/v1/chat/completions", &body);
+        let mut call_seen = Value::Null;
+        if p.tools {
+            let call = &a.body["choices"][0]["message"]["tool_calls"][0];
+            assert_eq!(a.body["choices"][0]["finish_reason"], "tool_calls", "{kind}: {}", a.body);
+            assert_eq!(call["function"]["name"], "weather", "{kind}");
+            let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+            assert_eq!(args, json!({"query": "hello there"}), "{kind}");
+            assert!(call["id"].as_str().is_some_and(|id| !id.is_empty()), "{kind}: {call}");
+            body["stream"] = json!(true);
+            let (_, chunks) = stream(&server.base, "/v1/chat/completions", &body);
+            let (_, finish, _, calls) = gather(&chunks);
+            assert_eq!(finish, "tool_calls", "{kind}: {chunks:?}");
+            assert_eq!((calls.len(), calls[0].0.as_str()), (1, "weather"), "{kind}");
+            assert_eq!(serde_json::from_str::<Value>(&calls[0].1).unwrap(), args, "{kind}");
+            call_seen = json!({"name": "weather", "arguments": args});
+        } else {
+            assert_eq!(a.status, 400, "{kind}: {}", a.body);
+            assert!(a.body["error"]["message"].as_str().unwrap().contains("tools"), "{kind}: {}", a.body);
+        }
+        // Wrong credentials: a 502 naming the failure, without the credential.
+        let bad = post(&server.base, "/v1/chat/completions", &chat_body(&format!("bad-{kind}"), false));
+        assert_eq!(bad.status, 502, "{kind}: {}", bad.body);
+        assert_eq!(bad.body["error"]["code"], "upstream_authentication_failed", "{kind}: {}", bad.body);
+        let shown = bad.body.to_string();
+        assert!(!shown.contains(p.key) && p.secret.is_none_or(|s| !shown.contains(s)), "{kind}: {shown}");
+        // Throttled once: retried, then answered.
+        faults(m, json!({"next": [{"type": "status", "status": 429, "retry_after_ms": 20}]}));
+        let r = post(&server.base, "/v1/chat/completions", &chat_body(&model, false));
+        assert_eq!((r.status, r.retries), (200, 1), "{kind}: {}", r.body);
+        // The mocks name themselves and the model (ERNIE's endpoint) before "heard:".
+        let heard = text.split_once("heard: ").map_or("", |(_, rest)| rest).to_string();
+        normalised.push((kind, heard, call_seen));
+    }
+    // Whichever provider is behind the name, the client reads the same answer.
+    for (kind, text, _) in &normalised {
+        assert!(text == "hello there" || text == "Be brief.\n\nhello there", "{kind}: {text}");
+    }
+    let calls: Vec<&Value> = normalised.iter().filter(|n| !n.2.is_null()).map(|n| &n.2).collect();
+    assert!(calls.windows(2).all(|w| w[0] == w[1]), "{calls:?}");
+}

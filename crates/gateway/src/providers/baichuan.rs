@@ -222,6 +222,9 @@ impl Protocol for BaichuanLegacy {
                 "the channel has no secret_key to sign requests with",
             )));
         };
+        if let Err(e) = super::refuse_tools(LEGACY_NAME, req) {
+            return ready(Err(e));
+        }
         // The signature covers these exact bytes: the body is sent as this string.
         let body = legacy_request_body(model, req).to_string();
         let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()).to_string();

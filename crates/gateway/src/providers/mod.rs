@@ -160,6 +160,20 @@ pub fn protocol(kind: ProviderKind) -> &'static dyn Protocol {
     }
 }
 
+/// Refuses a request that offers tools to an API that cannot call them (dropping them quietly
+/// would let the client wait for a call that never comes).
+pub(crate) fn refuse_tools(provider: &'static str, req: &ChatRequest) -> Result<(), UpstreamError> {
+    let wants_tools = !req.tools.is_empty() && req.tool_choice != Some(crate::types::ToolChoice::None);
+    if wants_tools {
+        return Err(UpstreamError::new(
+            provider,
+            crate::error::ErrorKind::BadRequest,
+            format!("{provider} models cannot call tools"),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads a JSON body, or says the provider sent something unreadable.
 pub(crate) fn json_body(provider: &'static str, body: &[u8]) -> Result<serde_json::Value, UpstreamError> {
     serde_json::from_slice(body).map_err(|e| {

@@ -355,6 +355,7 @@ impl Protocol for ZhipuV3 {
         stream: bool,
     ) -> BoxFuture<'a, Result<reqwest::RequestBuilder, UpstreamError>> {
         Box::pin(async move {
+            super::refuse_tools(V3_NAME, req)?;
             let token = credential(up, channel).await?;
             let mut builder = up
                 .http
