@@ -219,7 +219,12 @@ async fn session(mut socket: WebSocket, state: Arc<MockState>, path: String, fau
     let last_user = messages.iter().rev().find(|m| m["role"] == "user").map(text_of).unwrap_or_default();
     let first_tool = req.pointer("/payload/functions/text/0/name").and_then(Value::as_str);
     let max_tokens = req.pointer("/parameter/chat/max_tokens").and_then(Value::as_u64);
-    let answer = reply(LABEL, domain, &last_user, None, first_tool, max_tokens);
+    // The frame has no function-result turn: a client gives the result as a user turn
+    // (`[name returned] result`), which the mock model reads as such.
+    let last = messages.last().filter(|m| m["role"] == "user").map(text_of).unwrap_or_default();
+    let tool_result =
+        last.strip_prefix('[').and_then(|r| r.split_once(" returned] ")).map(|(_, result)| result);
+    let answer = reply(LABEL, domain, &last_user, tool_result, first_tool, max_tokens);
     let all: Vec<String> = messages.iter().map(text_of).collect();
     let prompt_tokens = count_tokens(&all.join(" ")).max(1);
     let question_tokens = count_tokens(&last_user).max(1);
