@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the GGUF reader (cargo-fuzz target `gguf_parse` in fuzz/) and the Hugging Face
-# checkpoint readers (`checkpoint_parse`) and tokenizer files (`tokenizer_files`) for a bounded
-# time.
+# checkpoint readers (`checkpoint_parse`), tokenizer files (`tokenizer_files`) and hosted
+# providers' answers and streams (`provider_bytes`) for a bounded time.
 #
 #   scripts/fuzz.sh [SECONDS] [extra libFuzzer flags...]     (default: 60 seconds)
 #
@@ -47,6 +47,17 @@ cargo +nightly fuzz run checkpoint_parse corpus/checkpoint_parse seeds_checkpoin
 # The tokenizer files of model folders (SentencePiece protobuf, tiktoken ranks) likewise.
 mkdir -p corpus/tokenizer_files
 cargo +nightly fuzz run tokenizer_files corpus/tokenizer_files seeds_tokenizer -- \
+    -max_total_time="$checkpoint_seconds" \
+    -max_len=16384 \
+    -timeout=10 \
+    -malloc_limit_mb=64 \
+    -rss_limit_mb=2048 \
+    -print_final_stats=1 \
+    "$@"
+
+# What hosted providers send back (answers, errors, streams) likewise.
+mkdir -p corpus/provider_bytes
+cargo +nightly fuzz run provider_bytes corpus/provider_bytes seeds_provider -- \
     -max_total_time="$checkpoint_seconds" \
     -max_len=16384 \
     -timeout=10 \
