@@ -38,6 +38,9 @@ pub enum ProviderKind {
     /// Anthropic's Messages API.
     #[serde(rename = "anthropic")]
     Anthropic,
+    /// Anthropic's 2023 Text Completions API (`/v1/complete`, Claude 1 and 2).
+    #[serde(rename = "anthropic-legacy")]
+    AnthropicLegacy,
     /// Google's Gemini API (`generateContent`).
     #[serde(rename = "gemini")]
     Gemini,
@@ -92,6 +95,7 @@ impl ProviderKind {
         ProviderKind::ErnieV2,
         ProviderKind::Spark,
         ProviderKind::SparkHttp,
+        ProviderKind::AnthropicLegacy,
     ];
 
     /// The kind a configuration name stands for.
@@ -115,6 +119,7 @@ impl ProviderKind {
             ProviderKind::ErnieV2 => "ernie-v2",
             ProviderKind::Spark => "spark",
             ProviderKind::SparkHttp => "spark-http",
+            ProviderKind::AnthropicLegacy => "anthropic-legacy",
         }
     }
 
@@ -131,6 +136,7 @@ impl ProviderKind {
             ProviderKind::ErnieV2 => "https://qianfan.baidubce.com",
             ProviderKind::Spark => "wss://spark-api.xf-yun.com",
             ProviderKind::SparkHttp => "https://spark-api-open.xf-yun.com",
+            ProviderKind::AnthropicLegacy => "https://api.anthropic.com",
         }
     }
 }

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use crate::channel::ProviderKind;
 
 pub mod anthropic;
+pub mod anthropic_legacy;
 pub mod baichuan;
 pub mod dashscope;
 pub mod ernie;
@@ -135,6 +136,8 @@ pub fn router(state: Arc<MockState>) -> Router {
         ProviderKind::Baichuan | ProviderKind::BaichuanLegacy => baichuan::router(),
         ProviderKind::Ernie | ProviderKind::ErnieV2 => ernie::router(),
         ProviderKind::Spark | ProviderKind::SparkHttp => spark::router(),
+        // One mock serves both APIs, as api.anthropic.com does.
+        ProviderKind::AnthropicLegacy => anthropic::router().merge(anthropic_legacy::router()),
     };
     api.route("/_mock/faults", post(set_faults)).route("/_mock/stats", get(stats)).with_state(state)
 }

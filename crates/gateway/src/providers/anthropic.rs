@@ -141,6 +141,16 @@ fn error_from(status: Option<u16>, error: &Value, retry_after: Option<std::time:
     e
 }
 
+/// The classification of an Anthropic error object, shared with the legacy Text Completions API
+/// (`anthropic_legacy`), which uses the same envelope and types.
+pub(crate) fn classify_error_object(
+    status: Option<u16>,
+    error: &Value,
+    retry_after: Option<std::time::Duration>,
+) -> UpstreamError {
+    error_from(status, error, retry_after)
+}
+
 impl Protocol for Anthropic {
     fn name(&self) -> &'static str {
         NAME

@@ -18,6 +18,7 @@ use crate::sse::SseEvent;
 use crate::types::{ChatRequest, ChatResponse, StreamEvent};
 
 pub mod anthropic;
+pub mod anthropic_legacy;
 pub mod baichuan;
 pub mod dashscope;
 pub mod ernie;
@@ -157,6 +158,7 @@ pub fn protocol(kind: ProviderKind) -> &'static dyn Protocol {
         ProviderKind::ErnieV2 => &ernie::ErnieV2,
         ProviderKind::Spark => &spark::Spark,
         ProviderKind::SparkHttp => &spark::SparkHttp,
+        ProviderKind::AnthropicLegacy => &anthropic_legacy::AnthropicLegacy,
     }
 }
 
