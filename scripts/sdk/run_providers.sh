@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The hosted providers' official Python SDKs against baimo's mock providers, then the OpenAI and
 # Anthropic SDKs against `baimo serve` with a channel to every mock (scripts/sdk/gateway_openai.py).
-# Installs the SDKs from PyPI into .venv-providers (and google-generativeai 0.1.0, the last with
-# PaLM, into .venv-palm); used by .ci/run.
+# Installs the SDKs from PyPI into .venv-providers (google-generativeai 0.1.0, the last with
+# PaLM, into .venv-palm; anthropic 0.125.0, the last with Text Completions, into
+# .venv-anthropic-legacy); used by .ci/run.
 #
 #   scripts/sdk/run_providers.sh [path/to/baimo]
 set -euo pipefail
@@ -10,10 +11,14 @@ cd "$(dirname "$0")/../.."
 baimo=${1:-target/release/baimo}
 venv=.venv-providers
 palm=.venv-palm
+legacy=.venv-anthropic-legacy
 if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
 "$venv/bin/pip" install -q --disable-pip-version-check openai anthropic google-genai qianfan dashscope zhipuai spark-ai-python
 if [ ! -x "$palm/bin/python" ]; then python3 -m venv "$palm"; fi
 "$palm/bin/pip" install -q --disable-pip-version-check "google-generativeai==0.1.0"
+# Anthropic's Text Completions (`client.completions`) left the SDK at 1.0: the last release with it.
+if [ ! -x "$legacy/bin/python" ]; then python3 -m venv "$legacy"; fi
+"$legacy/bin/pip" install -q --disable-pip-version-check "anthropic==0.125.0"
 
 pids=()
 logs=$(mktemp -d)
@@ -45,6 +50,7 @@ mock() { # mock KIND KEY [SECRET [APP_ID]]
 
 mock openai sk-oa-1
 mock anthropic sk-ant-2
+mock anthropic-legacy sk-ant-legacy-15
 mock gemini AIza-gem-3
 mock palm AIza-palm-4
 mock ernie ak-ernie-5 sk-ernie-5
@@ -61,6 +67,7 @@ mock baichuan-legacy bc-legacy-14 bc-legacy-secret-14
 echo "== each provider's own SDK against its mock"
 "$py" scripts/sdk/mock_gemini.py "${base[gemini]}" AIza-gem-3
 "$palm/bin/python" scripts/sdk/mock_palm.py "${base[palm]}" AIza-palm-4
+"$legacy/bin/python" scripts/sdk/mock_anthropic_legacy.py "${base[anthropic-legacy]}" sk-ant-legacy-15
 "$py" scripts/sdk/mock_ernie.py "${base[ernie]}" ak-ernie-5 sk-ernie-5
 "$py" scripts/sdk/mock_spark.py "${base[spark]}" spark-key-7 spark-secret-7 app7
 "$py" scripts/sdk/mock_dashscope.py "${base[dashscope]}" sk-ds-9
@@ -87,6 +94,7 @@ channel() { # channel KIND KEY MODEL [SECRET [APP_ID]]
 }
 channel openai sk-oa-1 gpt-4
 channel anthropic sk-ant-2 claude-2
+channel anthropic-legacy sk-ant-legacy-15 claude-2.1
 channel gemini AIza-gem-3 gemini-pro
 channel palm AIza-palm-4 chat-bison-001
 channel ernie ak-ernie-5 ernie-bot-4 sk-ernie-5
@@ -102,4 +110,4 @@ channel baichuan-legacy bc-legacy-14 Baichuan2-53B bc-legacy-secret-14
 start gateway serve --config "$config" --port 0 -q
 "$py" scripts/sdk/gateway_openai.py "$url" via-openai via-anthropic via-gemini via-ernie via-ernie-v2 \
     via-spark via-spark-http via-dashscope via-dashscope-compatible via-zhipu via-baichuan \
-    --no-tools via-palm --no-tools via-zhipu-v3 --no-tools via-baichuan-legacy
+    --no-tools via-anthropic-legacy --no-tools via-palm --no-tools via-zhipu-v3 --no-tools via-baichuan-legacy
