@@ -28,6 +28,9 @@ const HELP: &str = "/clear forgets the conversation, /system TEXT sets the syste
 /exit (or Ctrl-D) leaves; Ctrl-C stops an answer";
 
 pub fn main(args: Args) -> Result<()> {
+    if let Some(hosted) = crate::hosted::find(args.model_spec.as_deref())? {
+        return chat_hosted(&hosted, &args);
+    }
     let model = common::load_model(args.model_spec.as_deref(), &args.model)?;
     let pool = common::thread_pool(&args.model);
     let mut session = Session::new(model.clone(), pool, common::context_len(&model, &args.model));
@@ -120,6 +123,80 @@ pub fn main(args: Args) -> Result<()> {
                 if matches!(e, baimo_engine::EngineError::PromptTooLong { .. }) {
                     eprintln!("(the conversation no longer fits in the context; /clear starts a new one)");
                 }
+            }
+        }
+        CANCEL.store(false, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+/// The conversation with a hosted model (a channel in the database serves the name): the same
+/// commands, the history sent whole each turn.
+fn chat_hosted(hosted: &crate::hosted::Hosted, args: &Args) -> Result<()> {
+    use baimo_gateway::types::Role;
+    let mut system = args.system.clone();
+    let mut history: Vec<(Role, String)> = Vec::new();
+    common::install_ctrlc();
+    let mut editor = rustyline::DefaultEditor::new()?;
+    eprintln!("chatting with {} (hosted): {HELP}", hosted.model);
+    loop {
+        let line = match editor.readline(">>> ") {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted) => {
+                eprintln!("(Ctrl-D or /exit to leave)");
+                continue;
+            }
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let input = line.trim();
+        if input.is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(input);
+        match input.split_once(' ').map_or((input, ""), |(c, rest)| (c, rest.trim())) {
+            ("/exit" | "/quit" | "/bye", _) => break,
+            ("/clear", _) => {
+                history.clear();
+                eprintln!("(conversation cleared)");
+                continue;
+            }
+            ("/system", text) => {
+                system = (!text.is_empty()).then(|| text.to_string());
+                history.clear();
+                eprintln!(
+                    "(system message {}; conversation cleared)",
+                    if system.is_some() { "set" } else { "removed" }
+                );
+                continue;
+            }
+            ("/help" | "/?", _) => {
+                eprintln!("{HELP}");
+                continue;
+            }
+            (command, _) if command.len() > 1 && command.starts_with('/') && !command[1..].contains('/') => {
+                eprintln!("unknown command {command}; {HELP}");
+                continue;
+            }
+            _ => {}
+        }
+        history.push((Role::User, input.to_string()));
+        CANCEL.store(false, Ordering::SeqCst);
+        let messages = crate::hosted::messages(system.as_deref(), &history);
+        let mut stdout = std::io::stdout().lock();
+        let result = hosted.answer(messages, &args.sampling, &mut stdout);
+        let _ = writeln!(stdout);
+        drop(stdout);
+        match result {
+            Ok(answer) => {
+                if answer.cancelled {
+                    eprintln!("(stopped)");
+                }
+                history.push((Role::Assistant, answer.text));
+            }
+            Err(e) => {
+                history.pop();
+                eprintln!("error: {e}");
             }
         }
         CANCEL.store(false, Ordering::SeqCst);

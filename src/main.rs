@@ -6,6 +6,7 @@
 mod bench;
 mod chat;
 mod common;
+mod hosted;
 mod infill;
 mod mock_provider;
 mod models;

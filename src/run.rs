@@ -28,7 +28,14 @@ pub struct Args {
 }
 
 pub fn main(args: Args) -> Result<()> {
-    let (model_spec, prompt) = common::model_and(&args.positionals, "PROMPT")?;
+    let (mut model_spec, mut prompt) = common::model_and(&args.positionals, "PROMPT")?;
+    // `echo text | baimo run MODEL`: one word that names a model, with the prompt on stdin.
+    if let (None, Some(only)) = (&model_spec, &prompt)
+        && !std::io::stdin().is_terminal()
+        && names_a_model(only)?
+    {
+        model_spec = prompt.take();
+    }
     let prompt = match prompt {
         Some(p) => p,
         None if !std::io::stdin().is_terminal() => {
@@ -38,6 +45,9 @@ pub fn main(args: Args) -> Result<()> {
         }
         None => anyhow::bail!("no prompt: give one after the model, or pipe it to stdin"),
     };
+    if let Some(hosted) = crate::hosted::find(model_spec.as_deref())? {
+        return run_hosted(&hosted, &args, prompt);
+    }
     let model = common::load_model(model_spec.as_deref(), &args.model)?;
     let pool = common::thread_pool(&args.model);
     let tokens = if args.raw {
@@ -91,4 +101,28 @@ pub fn main(args: Args) -> Result<()> {
         Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
         _ => Ok(()),
     }
+}
+
+/// Whether `word` is a model file or folder, a known model or a hosted one.
+fn names_a_model(word: &str) -> Result<bool> {
+    Ok(std::path::Path::new(word).exists()
+        || baimo_hub::find_known(word).is_some()
+        || crate::hosted::find(Some(word))?.is_some())
+}
+
+/// The prompt answered by a hosted model (a channel in the database serves the name).
+fn run_hosted(hosted: &crate::hosted::Hosted, args: &Args, prompt: String) -> Result<()> {
+    if args.raw {
+        anyhow::bail!("--raw needs a local model: hosted models take chat messages");
+    }
+    let messages =
+        crate::hosted::messages(args.system.as_deref(), &[(baimo_gateway::types::Role::User, prompt)]);
+    common::install_ctrlc();
+    let mut stdout = std::io::stdout().lock();
+    let answer = hosted.answer(messages, &args.sampling, &mut stdout)?;
+    let _ = writeln!(stdout);
+    if !args.model.quiet {
+        eprintln!("{}", hosted.summary(&answer));
+    }
+    Ok(())
 }

@@ -568,7 +568,10 @@ fn no_credential_appears_in_any_log_line_or_answer() {
     seen.push_str(&run(&["keys", "list", "--db", db]));
     std::thread::sleep(Duration::from_millis(200));
     let log = server.log.lock().unwrap().clone();
-    assert!(log.contains("upstream failed") && log.contains("hosted request"), "debug logging is on: {log}");
+    assert!(
+        log.contains("upstream failed") && log.contains("request finished"),
+        "debug logging is on: {log}"
+    );
     for secret in ["sk-from-env-7f3a", "sk-good-openai-51c2", "sk-ant-good-8e0d", &client_key, admin] {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
         assert!(!seen.contains(secret), "{secret} in an answer:\n{seen}");
@@ -794,4 +797,86 @@ fn every_provider_end_to_end_through_baimo() {
     }
     let calls: Vec<&Value> = normalised.iter().filter(|n| !n.2.is_null()).map(|n| &n.2).collect();
     assert!(calls.windows(2).all(|w| w[0] == w[1]), "{calls:?}");
+}
+
+#[test]
+fn run_and_chat_reach_a_hosted_model_from_the_terminal() {
+    let up = mock("anthropic", "sk-ant-up-0016");
+    let data = tempfile::tempdir().unwrap();
+    let baimo = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = common::baimo()
+            .env("BAIMO_DATA", data.path())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    baimo(
+        &[
+            "channels",
+            "add",
+            "claude",
+            "--provider",
+            "anthropic",
+            "--base-url",
+            &up.base,
+            "--api-key",
+            "sk-ant-up-0016",
+            "--model",
+            "claude-2",
+        ],
+        "",
+    );
+    let (listed, _) = baimo(&["channels", "list"], "");
+    assert!(listed.contains("claude") && !listed.contains("sk-ant-up-0016"), "{listed}");
+    let (out, err) = baimo(&["run", "claude-2", "hello there", "--system", "Be brief."], "");
+    assert_eq!(out.trim(), "mock-anthropic claude-2 heard: hello there");
+    assert!(err.contains("(hosted)") && err.contains("answer 5 tokens"), "{err}");
+    // The prompt from stdin, as for local models.
+    let (out, _) = baimo(&["run", "claude-2", "-q"], "from a pipe");
+    assert_eq!(out.trim(), "mock-anthropic claude-2 heard: from a pipe");
+    // A conversation: each turn is answered with the history sent along.
+    let (out, _) = baimo(&["chat", "claude-2"], "first turn\nsecond turn\n/exit\n");
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines[0].ends_with("heard: first turn") && lines[1].ends_with("heard: second turn"), "{out}");
+    assert_eq!(mock_requests(&up), 4);
+}
+
+#[test]
+fn local_models_are_billed_to_keys_like_hosted_ones() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let db = dir.join("baimo.db");
+    let db = db.to_str().unwrap();
+    let key = run(&["keys", "create", "local-user", "--db", db, "--request-quota", "2"]).trim().to_string();
+    let model = format!("{}/tests/fixtures/hf/llama-trained", env!("CARGO_MANIFEST_DIR"));
+    let server = spawn(&["serve", &model, "--port", "0", "-q", "--db", db], &[]);
+    let body = json!({"model": "llama-trained", "max_tokens": 5, "temperature": 0,
+                      "messages": [{"role": "user", "content": "Hello"}]});
+    let (status, _, whole) = post_with_key(&server.base, &key, &body);
+    assert_eq!(status, 200, "{whole}");
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let r = client()
+        .post(format!("{}/v1/chat/completions", server.base))
+        .bearer_auth(&key)
+        .json(&streamed)
+        .send()
+        .unwrap();
+    assert!(r.text().unwrap().contains("[DONE]"));
+    std::thread::sleep(Duration::from_millis(200));
+    let v: Value = serde_json::from_str(&run(&["usage", "--db", db, "--json"])).unwrap();
+    let rows = v["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    assert!(rows.iter().all(|r| r["channel"] == "local" && r["key_id"] == 1 && r["status"] == 200), "{v}");
+    assert_eq!(rows[1]["completion_tokens"], whole["usage"]["completion_tokens"]);
+    // The request quota (2) is used up.
+    let (status, _, v) = post_with_key(&server.base, &key, &body);
+    assert_eq!((status, v["error"]["code"].as_str()), (429, Some("insufficient_quota")), "{v}");
 }

@@ -190,6 +190,14 @@ pub async fn messages(
         return error_response(ApiError::unavailable("the engine stopped"));
     }
     let (id, model) = (message_id(), request.model.clone());
+    let tally = crate::remote::Tally::new(caller.key_id(), &request.model, request.stream);
+    let record = move |app: &App, g: Option<&Generation>, status: u16| {
+        let usage = baimo_gateway::Usage {
+            prompt_tokens: g.map_or(0, |g| g.prompt_tokens as u64),
+            completion_tokens: g.map_or(0, |g| g.tokens.len() as u64),
+        };
+        tally.finish(app, "local", usage, status, 0);
+    };
     if !request.stream {
         let mut text = String::new();
         while let Some(event) = rx.recv().await {
@@ -198,6 +206,7 @@ pub async fn messages(
                 Event::Logprobs(_) => {}
                 Event::Text(piece) => text.push_str(&piece),
                 Event::Done(Ok(g)) => {
+                    record(&app, Some(&g), 200);
                     return Json(json!({
                         "id": id,
                         "type": "message",
@@ -260,6 +269,7 @@ pub async fn messages(
                     });
                     let _ = sse.send(event("message_delta", delta)).await;
                     let _ = sse.send(event("message_stop", json!({"type": "message_stop"}))).await;
+                    record(&app, Some(&g), 200);
                     return;
                 }
                 Event::Done(Err(e)) => {

@@ -305,6 +305,8 @@ pub async fn chat_completions(
                 .into_response();
         }
     };
+    // Local requests are billed to the key as hosted ones are (channel "local").
+    let tally = crate::remote::Tally::new(caller.key_id(), &request.model, request.stream);
     // `n` choices are `n` sequences decoded together, with seeds seed, seed + 1, …
     let n = request.n.unwrap_or(1);
     if !(1..=MAX_CHOICES).contains(&n) {
@@ -360,6 +362,11 @@ pub async fn chat_completions(
                 "finish_reason": finish_reason(&g),
             }));
         }
+        let usage = baimo_gateway::Usage {
+            prompt_tokens: prompt_tokens as u64,
+            completion_tokens: completion_tokens as u64,
+        };
+        tally.finish(&app, "local", usage, 200, 0);
         return Json(json!({
             "id": id,
             "object": "chat.completion",
@@ -440,6 +447,7 @@ pub async fn chat_completions(
     drop(done_tx);
     tokio::spawn(async move {
         let (mut finished, mut prompt_tokens, mut completion_tokens, mut cached) = (0, 0, 0, 0);
+        let mut failed = false;
         while let Some(result) = done_rx.recv().await {
             match result {
                 Ok(g) => {
@@ -452,10 +460,24 @@ pub async fn chat_completions(
                     // After the stream started, an error is an event of its own (as OpenAI does).
                     let body = ApiError::unavailable(e).body().to_string();
                     let _ = sse.send(Ok(SseEvent::default().data(body))).await;
+                    failed = true;
                     break;
                 }
             }
         }
+        let usage = baimo_gateway::Usage {
+            prompt_tokens: prompt_tokens as u64,
+            completion_tokens: completion_tokens as u64,
+        };
+        // Fewer answers than asked and no error: the client left.
+        let status = if failed {
+            503
+        } else if finished < total {
+            499
+        } else {
+            200
+        };
+        tally.finish(&app, "local", usage, status, 0);
         if finished == total && include_usage {
             let u = json!({
                 "id": id, "object": "chat.completion.chunk", "created": created, "model": model,

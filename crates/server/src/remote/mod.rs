@@ -65,7 +65,7 @@ impl Tally {
             model = %record.model, channel = %record.channel, status = record.status,
             retries = record.retries, prompt_tokens = record.prompt_tokens,
             completion_tokens = record.completion_tokens, latency_ms = record.latency_ms,
-            "hosted request"
+            "request finished"
         );
         if let Some(log) = &app.usage_log {
             log.record(record);
