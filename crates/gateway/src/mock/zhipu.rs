@@ -22,7 +22,8 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::{Fault, MockState, Reply, count_tokens, delay, reply, sse_body};
-use crate::providers::zhipu::{V3_PREFIX, V4_PATH};
+use crate::providers::zhipu::V4_PATH;
+use crate::providers::zhipu_v3::V3_PREFIX;
 
 pub(crate) fn router() -> Router<Arc<MockState>> {
     Router::new()

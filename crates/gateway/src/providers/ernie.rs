@@ -1,12 +1,8 @@
-//! Baidu ERNIE Bot (文心一言) on Qianfan, two generations of the API.
-//! v1 (`ernie`): an OAuth access token bought with the app's API key and secret key
-//! (`POST /oauth/2.0/token`, lives 30 days, cached per channel), then
-//! `POST /rpc/2.0/ai_custom/v1/wenxinworkshop/chat/{endpoint}?access_token=…` with one endpoint
-//! per model; `system` is a top-level field, turns must alternate user/assistant (an odd count),
-//! functions come back as a top-level `function_call`. Errors arrive inside HTTP 200 as
-//! `{error_code, error_msg}` — for a stream too, as a plain JSON body in place of the SSE.
-//! Streams are SSE `data:` chunks (no `[DONE]`) ending with `is_end`, usage cumulative.
-//! v2 (`ernie-v2`): OpenAI's protocol at `/v2/chat/completions` with a `bce-v3/…` bearer key.
+//! Baidu ERNIE Bot (文心一言) on Qianfan, API v1 (`ernie`; v2 is in `ernie_v2`): an OAuth access token
+//! bought with the app's API key and secret key (`POST /oauth/2.0/token`, lives 30 days, cached per
+//! channel), then `POST /rpc/2.0/ai_custom/v1/wenxinworkshop/chat/{endpoint}?access_token=…` with one
+//! endpoint per model. Errors arrive inside HTTP 200 as `{error_code, error_msg}`; streams are SSE
+//! `data:` chunks ending with `is_end` (details on [`Ernie`]).
 
 use std::time::Duration;
 
@@ -14,15 +10,13 @@ use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
 use super::http::{self, read_limited, scrub};
-use super::openai::{self, OpenAi};
-use super::{BoxFuture, EventStream, Protocol, StreamTranslator, Upstream, json_body, ready};
+use super::{BoxFuture, EventStream, Protocol, StreamTranslator, Upstream, json_body};
 use crate::channel::{Channel, Secret};
-use crate::error::{ErrorKind, UpstreamError, retry_after_from_headers};
+use crate::error::{ErrorKind, UpstreamError};
 use crate::sse::SseEvent;
 use crate::types::{ChatRequest, ChatResponse, FinishReason, Role, StreamEvent, ToolCall, ToolChoice, Usage};
 
 const NAME: &str = "ernie";
-const NAME_V2: &str = "ernie-v2";
 const CHAT_PATH: &str = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat";
 /// What the token endpoint says when it does not say (`expires_in` is 30 days).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
@@ -33,11 +27,11 @@ const MAX_TOKEN_BODY: usize = 64 << 10;
 /// ERNIE takes at most four stop strings.
 const MAX_STOP: usize = 4;
 
-/// Qianfan v1.
+/// Qianfan v1. `system` is a top-level field, turns must alternate user/assistant (an odd count),
+/// functions come back as a top-level `function_call`. Errors arrive inside HTTP 200 as
+/// `{error_code, error_msg}` — for a stream too, as a plain JSON body in place of the SSE.
+/// Streams are SSE `data:` chunks (no `[DONE]`) ending with `is_end`, usage cumulative.
 pub struct Ernie;
-
-/// Qianfan v2 (OpenAI-compatible).
-pub struct ErnieV2;
 
 /// The v1 endpoint segment for a model name: Baidu's display names (any case) map to their
 /// endpoint; any other name is taken to be an endpoint already (custom deployments have their
@@ -542,79 +536,6 @@ impl StreamTranslator for ErnieStream {
     }
 }
 
-/// A v2 error's kind, refined from the `error.code` Qianfan v2 sends (OpenAI's status-based
-/// kind otherwise).
-fn v2_error(mut e: UpstreamError, body: &[u8]) -> UpstreamError {
-    e.provider = NAME_V2;
-    let code = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.pointer("/error/code").and_then(Value::as_str).map(String::from))
-        .unwrap_or_default();
-    match code.as_str() {
-        "tokens_too_long" | "characters_too_long" | "context_length_exceeded" => {
-            e.kind = ErrorKind::ContextLength
-        }
-        "rpm_rate_limit_exceeded" | "tpm_rate_limit_exceeded" | "qps_rate_limit_exceeded" => {
-            e.kind = ErrorKind::RateLimited
-        }
-        "invalid_model" | "model_not_found" => e.kind = ErrorKind::NotFound,
-        "access_denied" | "invalid_iam_token" | "invalid_api_key" => e.kind = ErrorKind::Auth,
-        c if c.contains("arrear") || c.contains("quota") || c.contains("balance") => {
-            e.kind = ErrorKind::QuotaExhausted
-        }
-        _ => {}
-    }
-    e
-}
-
-/// OpenAI's translator, its errors named as v2's.
-struct ErnieV2Stream(Box<dyn StreamTranslator>);
-
-impl StreamTranslator for ErnieV2Stream {
-    fn on_event(&mut self, event: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<bool, UpstreamError> {
-        self.0.on_event(event, out).map_err(|e| v2_error(e, event.data.as_bytes()))
-    }
-}
-
-impl Protocol for ErnieV2 {
-    fn name(&self) -> &'static str {
-        NAME_V2
-    }
-
-    fn request<'a>(
-        &'a self,
-        up: &'a Upstream,
-        channel: &'a Channel,
-        model: &'a str,
-        req: &'a ChatRequest,
-        stream: bool,
-    ) -> BoxFuture<'a, Result<reqwest::RequestBuilder, UpstreamError>> {
-        let mut builder = up
-            .http
-            .post(format!("{}/v2/chat/completions", channel.base_url()))
-            .bearer_auth(channel.api_key.expose())
-            .json(&openai::request_body(model, req, stream));
-        // The v2 app the key belongs to, when the channel names one.
-        if let Some(app) = &channel.app_id {
-            builder = builder.header("appid", app);
-        }
-        ready(Ok(builder))
-    }
-
-    fn parse_response(&self, body: &[u8]) -> Result<ChatResponse, UpstreamError> {
-        OpenAi.parse_response(body).map_err(|e| v2_error(e, body))
-    }
-
-    fn classify(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
-        let e = OpenAi.classify(status, headers, body).with_retry_after(retry_after_from_headers(headers));
-        v2_error(e, body)
-    }
-
-    fn stream(&self) -> Box<dyn StreamTranslator> {
-        Box::new(ErnieV2Stream(OpenAi.stream()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -774,17 +695,5 @@ mod tests {
         let mut s = Ernie.stream();
         let err = SseEvent { event: None, data: r#"{"error_code":336100,"error_msg":"high load"}"#.into() };
         assert_eq!(s.on_event(&err, &mut out).unwrap_err().kind, ErrorKind::Server);
-    }
-
-    #[test]
-    fn v2_errors_use_its_codes() {
-        let h = HeaderMap::new();
-        let body = br#"{"error":{"code":"tokens_too_long","message":"too long","type":"invalid_request_error"},"id":"as-1"}"#;
-        let e = ErnieV2.classify(400, &h, body);
-        assert_eq!((e.kind, e.provider), (ErrorKind::ContextLength, NAME_V2));
-        let body = br#"{"error":{"code":"rpm_rate_limit_exceeded","message":"slow","type":"rate_limit_exceeded"},"id":"as-1"}"#;
-        assert_eq!(ErnieV2.classify(429, &h, body).kind, ErrorKind::RateLimited);
-        let body = br#"{"error":{"code":"access_denied","message":"no","type":"access_denied"},"id":"as-1"}"#;
-        assert_eq!(ErnieV2.classify(401, &h, body).kind, ErrorKind::Auth);
     }
 }

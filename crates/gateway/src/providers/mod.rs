@@ -22,12 +22,15 @@ pub mod anthropic_legacy;
 pub mod baichuan;
 pub mod dashscope;
 pub mod ernie;
+pub mod ernie_v2;
 pub mod gemini;
 pub(crate) mod http;
 pub mod openai;
 pub mod palm;
 pub mod spark;
+pub mod spark_http;
 pub mod zhipu;
+pub mod zhipu_v3;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -151,13 +154,13 @@ pub fn protocol(kind: ProviderKind) -> &'static dyn Protocol {
         ProviderKind::DashScope => &dashscope::DashScope,
         ProviderKind::DashScopeCompatible => &dashscope::DashScopeCompatible,
         ProviderKind::Zhipu => &zhipu::Zhipu,
-        ProviderKind::ZhipuV3 => &zhipu::ZhipuV3,
+        ProviderKind::ZhipuV3 => &zhipu_v3::ZhipuV3,
         ProviderKind::Baichuan => &baichuan::Baichuan,
         ProviderKind::BaichuanLegacy => &baichuan::BaichuanLegacy,
         ProviderKind::Ernie => &ernie::Ernie,
-        ProviderKind::ErnieV2 => &ernie::ErnieV2,
+        ProviderKind::ErnieV2 => &ernie_v2::ErnieV2,
         ProviderKind::Spark => &spark::Spark,
-        ProviderKind::SparkHttp => &spark::SparkHttp,
+        ProviderKind::SparkHttp => &spark_http::SparkHttp,
         ProviderKind::AnthropicLegacy => &anthropic_legacy::AnthropicLegacy,
     }
 }

@@ -1,11 +1,8 @@
-//! iFlytek Spark (讯飞星火), two APIs.
-//! WebSocket (`spark`): `wss://spark-api.xf-yun.com/{v3.5/chat,…}`, one path and `domain` per model;
-//! the URL is signed (HMAC-SHA256 with the API secret over `host`, `date` and the request line,
-//! within 300 s of the server's clock), the app id goes in the one request frame
-//! (`header`/`parameter`/`payload`). The server streams frames with `header.status` 0, 1, 2 (last,
-//! with `payload.usage.text`), `header.code` ≠ 0 for an error, then closes. A whole answer is the
-//! stream collected. HTTP (`spark-http`): OpenAI-compatible `/v1/chat/completions` with the
-//! APIPassword as Bearer key; errors as `{code, message, sid}`.
+//! iFlytek Spark (讯飞星火) over WebSocket (`spark`; the HTTP API is in `spark_http`):
+//! `wss://spark-api.xf-yun.com/{v3.5/chat,…}`, one path and `domain` per model; the URL is signed
+//! (HMAC-SHA256 with the API secret over `host`, `date` and the request line, within 300 s of the
+//! server's clock), the app id goes in the one request frame (`header`/`parameter`/`payload`).
+//! Frames and errors: see [`Spark`].
 
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
@@ -20,15 +17,13 @@ use sha2::Sha256;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
-use super::openai::{self, OpenAi};
-use super::{BoxFuture, EventStream, Protocol, StreamTranslator, Upstream, json_body, ready};
+use super::{BoxFuture, EventStream, Protocol, StreamTranslator, Upstream, ready};
 use crate::channel::Channel;
 use crate::error::{ErrorKind, UpstreamError, redact};
 use crate::sse::SseEvent;
 use crate::types::{ChatRequest, ChatResponse, FinishReason, Role, StreamEvent, ToolCall, ToolChoice, Usage};
 
 const NAME: &str = "spark";
-const NAME_HTTP: &str = "spark-http";
 /// The largest frame read from the server.
 const MAX_FRAME: usize = 4 << 20;
 /// Spark's `max_tokens` range.
@@ -36,11 +31,10 @@ const MAX_TOKENS: u64 = 8192;
 /// Spark's `uid` is at most 32 characters.
 const MAX_UID: usize = 32;
 
-/// The WebSocket API.
+/// The WebSocket API. The server streams frames with `header.status` 0, 1, 2 (last, with
+/// `payload.usage.text`), `header.code` ≠ 0 for an error, then closes. A whole answer is the
+/// stream collected.
 pub struct Spark;
-
-/// The OpenAI-compatible HTTP API.
-pub struct SparkHttp;
 
 /// Where a model is served: its URL path and the `domain` the request frame names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,7 +205,7 @@ fn error_kind(code: i64, message: &str) -> ErrorKind {
     }
 }
 
-fn code_error(provider: &'static str, code: i64, message: &str, sid: &str) -> UpstreamError {
+pub(crate) fn code_error(provider: &'static str, code: i64, message: &str, sid: &str) -> UpstreamError {
     UpstreamError::new(provider, error_kind(code, message), format!("{message} (code {code}, sid {sid})"))
 }
 
@@ -600,91 +594,6 @@ impl Protocol for Spark {
     }
 }
 
-/// A `{code, message, sid}` body with a code other than 0, as an error.
-fn http_code_error(v: &Value) -> Option<UpstreamError> {
-    let code = v.get("code").and_then(Value::as_i64).filter(|c| *c != 0)?;
-    let message = v.get("message").and_then(Value::as_str).unwrap_or("(no message)");
-    let sid = v.get("sid").and_then(Value::as_str).unwrap_or("");
-    Some(code_error(NAME_HTTP, code, message, sid))
-}
-
-/// OpenAI's translator, with Spark's `{code, message}` chunks read as errors and a finish
-/// reason supplied at `[DONE]` if none came.
-struct SparkHttpStream {
-    inner: Box<dyn StreamTranslator>,
-    finished: bool,
-}
-
-impl StreamTranslator for SparkHttpStream {
-    fn on_event(&mut self, event: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<bool, UpstreamError> {
-        if let Some(e) = serde_json::from_str::<Value>(&event.data).ok().as_ref().and_then(http_code_error) {
-            return Err(e);
-        }
-        let start = out.len();
-        let last = self.inner.on_event(event, out).map_err(|mut e| {
-            e.provider = NAME_HTTP;
-            e
-        })?;
-        self.finished |= out[start..].iter().any(|e| matches!(e, StreamEvent::Finish(_)));
-        if last && !self.finished {
-            self.finished = true;
-            out.push(StreamEvent::Finish(FinishReason::Stop));
-        }
-        Ok(last)
-    }
-}
-
-impl Protocol for SparkHttp {
-    fn name(&self) -> &'static str {
-        NAME_HTTP
-    }
-
-    fn request<'a>(
-        &'a self,
-        up: &'a Upstream,
-        channel: &'a Channel,
-        model: &'a str,
-        req: &'a ChatRequest,
-        stream: bool,
-    ) -> BoxFuture<'a, Result<reqwest::RequestBuilder, UpstreamError>> {
-        // The HTTP API names models by their domains (`generalv3.5`, `4.0Ultra`, `lite`).
-        let model = route(model).map_or(model, |r| if r.domain == "general" { "lite" } else { r.domain });
-        ready(Ok(up
-            .http
-            .post(format!("{}/v1/chat/completions", channel.base_url()))
-            .bearer_auth(channel.api_key.expose())
-            .json(&openai::request_body(model, req, stream))))
-    }
-
-    fn parse_response(&self, body: &[u8]) -> Result<ChatResponse, UpstreamError> {
-        let v = json_body(NAME_HTTP, body)?;
-        if let Some(e) = http_code_error(&v) {
-            return Err(e);
-        }
-        OpenAi.parse_response(body).map_err(|mut e| {
-            e.provider = NAME_HTTP;
-            e
-        })
-    }
-
-    fn classify(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
-        let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        let mut e = match http_code_error(&v) {
-            Some(e) => e.with_status(status),
-            None => OpenAi.classify(status, headers, body),
-        };
-        e.provider = NAME_HTTP;
-        if status == 401 || status == 403 {
-            e.kind = ErrorKind::Auth;
-        }
-        e
-    }
-
-    fn stream(&self) -> Box<dyn StreamTranslator> {
-        Box::new(SparkHttpStream { inner: OpenAi.stream(), finished: false })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -786,9 +695,9 @@ mod tests {
         let moderated = r#"{"header":{"code":10014,"message":"output is sensitive","sid":"c","status":2}}"#;
         assert!(SparkStream::new(None).on_frame(moderated, &mut out).unwrap());
         assert_eq!(out, vec![StreamEvent::Finish(FinishReason::ContentFilter)]);
-        let e = SparkHttp
+        let e = crate::providers::spark_http::SparkHttp
             .parse_response(br#"{"code":10007,"message":"the session is busy","sid":"cha1"}"#)
             .unwrap_err();
-        assert_eq!((e.kind, e.provider), (ErrorKind::RateLimited, NAME_HTTP));
+        assert_eq!((e.kind, e.provider), (ErrorKind::RateLimited, "spark-http"));
     }
 }
