@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use baimo_gateway::mock::{Fault, MockState, serve};
-use baimo_gateway::providers::spark::signed_url;
+use baimo_gateway::providers::spark_ws::signed_url;
 use baimo_gateway::{
     Channel, ChatRequest, ErrorKind, EventStream, FinishReason, Gateway, ProviderKind, RetryPolicy,
     StreamEvent, UpstreamError, Usage,

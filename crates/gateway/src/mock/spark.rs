@@ -22,7 +22,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
 use super::{Fault, MockState, Reply, count_tokens, delay, reply, sse_body};
-use crate::providers::spark::signature;
+use crate::providers::spark_ws::signature;
 
 const LABEL: &str = "mock-spark";
 /// How far a request's `date` may be from the server's clock.

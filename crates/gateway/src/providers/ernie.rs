@@ -2,28 +2,21 @@
 //! bought with the app's API key and secret key (`POST /oauth/2.0/token`, lives 30 days, cached per
 //! channel), then `POST /rpc/2.0/ai_custom/v1/wenxinworkshop/chat/{endpoint}?access_token=…` with one
 //! endpoint per model. Errors arrive inside HTTP 200 as `{error_code, error_msg}`; streams are SSE
-//! `data:` chunks ending with `is_end` (details on [`Ernie`]).
-
-use std::time::Duration;
+//! `data:` chunks ending with `is_end` (details on [`Ernie`]; the access token in `ernie_auth`).
 
 use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
+use super::ernie_auth::{access_token, with_fresh_token, with_query};
 use super::http::{self, read_limited, scrub};
 use super::{BoxFuture, EventStream, Protocol, StreamTranslator, Upstream, json_body};
-use crate::channel::{Channel, Secret};
+use crate::channel::Channel;
 use crate::error::{ErrorKind, UpstreamError};
 use crate::sse::SseEvent;
 use crate::types::{ChatRequest, ChatResponse, FinishReason, Role, StreamEvent, ToolCall, ToolChoice, Usage};
 
-const NAME: &str = "ernie";
+pub(crate) const NAME: &str = "ernie";
 const CHAT_PATH: &str = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat";
-/// What the token endpoint says when it does not say (`expires_in` is 30 days).
-const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
-/// A longer lifetime from the wire is not believed (and would overflow an `Instant`).
-const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 86_400);
-/// The largest token answer read.
-const MAX_TOKEN_BODY: usize = 64 << 10;
 /// ERNIE takes at most four stop strings.
 const MAX_STOP: usize = 4;
 
@@ -248,7 +241,7 @@ fn usage_of(v: &Value) -> Usage {
     }
 }
 
-fn protocol_error(msg: impl Into<String>) -> UpstreamError {
+pub(crate) fn protocol_error(msg: impl Into<String>) -> UpstreamError {
     UpstreamError::new(NAME, ErrorKind::Protocol, msg)
 }
 
@@ -276,99 +269,11 @@ fn error_kind(code: i64, message: &str) -> ErrorKind {
 }
 
 /// An `{error_code, error_msg}` body as an error, if it is one. The code stays in the message
-/// (`… (error_code N)`), where [`token_rejected`] looks for it.
-fn body_error(v: &Value) -> Option<UpstreamError> {
+/// (`… (error_code N)`), where [`token_rejected`](super::ernie_auth::token_rejected) looks for it.
+pub(crate) fn body_error(v: &Value) -> Option<UpstreamError> {
     let code = v.get("error_code").and_then(Value::as_i64)?;
     let msg = v.get("error_msg").and_then(Value::as_str).unwrap_or("(no message)");
     Some(UpstreamError::new(NAME, error_kind(code, msg), format!("{msg} (error_code {code})")))
-}
-
-/// The provider refused the access token (invalid 110, expired 111): worth one more try with
-/// a new one.
-fn token_rejected(e: &UpstreamError) -> bool {
-    e.kind == ErrorKind::Auth
-        && (e.message.ends_with("(error_code 110)") || e.message.ends_with("(error_code 111)"))
-}
-
-/// `url` with a form-encoded query string.
-fn with_query(url: String, params: &[(&str, &str)]) -> String {
-    let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
-    format!("{url}?{query}")
-}
-
-/// The channel's access token: cached, or bought with its API key and secret key.
-async fn access_token(up: &Upstream, channel: &Channel) -> Result<Secret, UpstreamError> {
-    let secret = channel.secret_key.as_ref().ok_or_else(|| {
-        UpstreamError::new(
-            NAME,
-            ErrorKind::Auth,
-            "an ERNIE v1 channel needs `secret_key` (the app's Secret Key)",
-        )
-    })?;
-    up.tokens
-        .get_or_fetch(&channel.name, || async {
-            let url = with_query(
-                format!("{}/oauth/2.0/token", channel.base_url()),
-                &[
-                    ("grant_type", "client_credentials"),
-                    ("client_id", channel.api_key.expose()),
-                    ("client_secret", secret.expose()),
-                ],
-            );
-            let request = up.http.post(url).send();
-            let response = tokio::time::timeout(up.timeout, request)
-                .await
-                .map_err(|_| UpstreamError::new(NAME, ErrorKind::Timeout, "no access token in time"))?
-                .map_err(|e| http::connection_error(NAME, e))?;
-            let status = response.status().as_u16();
-            let body = read_limited(response, MAX_TOKEN_BODY).await?;
-            token_from(status, &body)
-        })
-        .await
-}
-
-/// The token endpoint's answer: the token and its lifetime, or why not.
-fn token_from(status: u16, body: &[u8]) -> Result<(Secret, Duration), UpstreamError> {
-    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    if let Some(error) = v.get("error").and_then(Value::as_str) {
-        let detail = v.get("error_description").and_then(Value::as_str).unwrap_or("");
-        let kind = if error == "invalid_client" { ErrorKind::Auth } else { ErrorKind::BadRequest };
-        return Err(UpstreamError::new(NAME, kind, format!("access token refused: {error}: {detail}"))
-            .with_status(status));
-    }
-    if let Some(e) = body_error(&v) {
-        return Err(e.with_status(status));
-    }
-    if status >= 500 {
-        return Err(UpstreamError::new(NAME, ErrorKind::Server, format!("token endpoint: HTTP {status}"))
-            .with_status(status));
-    }
-    let token =
-        v.get("access_token").and_then(Value::as_str).filter(|t| !t.is_empty()).ok_or_else(|| {
-            protocol_error(format!("the token endpoint (HTTP {status}) gave no access_token"))
-        })?;
-    let lifetime = v
-        .get("expires_in")
-        .and_then(Value::as_u64)
-        .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
-        .min(MAX_TOKEN_LIFETIME);
-    Ok((Secret::new(token), lifetime))
-}
-
-/// Runs `call`; if the provider refused the access token, forgets it and runs `call` once more
-/// with a new one (a token can be revoked before its 30 days are up).
-async fn with_fresh_token<T, F, Fut>(up: &Upstream, channel: &Channel, call: F) -> Result<T, UpstreamError>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<T, UpstreamError>>,
-{
-    match call().await {
-        Err(e) if token_rejected(&e) => {
-            up.tokens.invalidate(&channel.name);
-            call().await
-        }
-        other => other,
-    }
 }
 
 /// A stream request: SSE when it worked, else (with status 200) a JSON error body.
@@ -539,6 +444,7 @@ impl StreamTranslator for ErnieStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::ernie_auth::token_rejected;
 
     fn chat(messages: Value) -> ChatRequest {
         ChatRequest::from_openai(&json!({"model": "ernie-bot", "messages": messages})).unwrap()
@@ -654,19 +560,6 @@ mod tests {
         let iam =
             Ernie.parse_response(br#"{"error_code":14,"error_msg":"IAM Certification failed"}"#).unwrap_err();
         assert!(!token_rejected(&iam));
-    }
-
-    #[test]
-    fn token_answers() {
-        let (token, life) = token_from(200, br#"{"access_token":"24.abc","expires_in":2592000}"#).unwrap();
-        assert_eq!((token.expose(), life), ("24.abc", Duration::from_secs(2_592_000)));
-        let (_, life) = token_from(200, br#"{"access_token":"24.abc","expires_in":99999999999}"#).unwrap();
-        assert_eq!(life, MAX_TOKEN_LIFETIME);
-        let e = token_from(401, br#"{"error":"invalid_client","error_description":"unknown client id"}"#)
-            .unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Auth);
-        assert_eq!(token_from(502, b"").unwrap_err().kind, ErrorKind::Server);
-        assert_eq!(token_from(200, b"{}").unwrap_err().kind, ErrorKind::Protocol);
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod anthropic_legacy;
 pub mod baichuan;
 pub mod dashscope;
 pub mod ernie;
+pub mod ernie_auth;
 pub mod ernie_v2;
 pub mod gemini;
 pub(crate) mod http;
@@ -29,6 +30,7 @@ pub mod openai;
 pub mod palm;
 pub mod spark;
 pub mod spark_http;
+pub mod spark_ws;
 pub mod zhipu;
 pub mod zhipu_v3;
 
