@@ -292,17 +292,24 @@ fn rate_limits_are_retried_after_the_hint_and_errors_fail_over() {
     let (status, chunks) = stream(&server.base, "/v1/chat/completions", &chat_body("gpt-4", true));
     assert_eq!(status, 200);
     assert!(gather(&chunks).0.ends_with("heard: hello there"), "{chunks:?}");
-    // Quota exhausted is not retried on the same channel (it fails over, once).
+    // An exhausted quota is neither retried nor failed over: the client hears of it at once, and
+    // the channel rests, so the next request goes to the other channel.
     faults(
         &a,
         json!({"always": null, "next": [{"type": "status", "status": 429, "code": "insufficient_quota"}]}),
     );
-    let before = mock_requests(&a);
-    faults(&b, json!({"next": [{"type": "status", "status": 400}]}));
+    let (a_before, b_before) = (mock_requests(&a), mock_requests(&b));
     let r = post(&server.base, "/v1/chat/completions", &chat_body("gpt-4", false));
-    assert_eq!(mock_requests(&a) - before, 1, "no retry of a quota error");
-    // ... and the client's 400 from the second channel is not retried either.
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (429, Some("insufficient_quota")), "{}", r.body);
+    assert_eq!((mock_requests(&a) - a_before, mock_requests(&b) - b_before), (1, 0));
+    let r = post(&server.base, "/v1/chat/completions", &chat_body("gpt-4", false));
+    assert_eq!((r.status, r.channel.as_str()), (200, "second"), "{}", r.body);
+    // A client's 400 is not retried or failed over either.
+    faults(&b, json!({"next": [{"type": "status", "status": 400}]}));
+    let b_before = mock_requests(&b);
+    let r = post(&server.base, "/v1/chat/completions", &chat_body("gpt-4", false));
     assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(mock_requests(&b) - b_before, 1);
 }
 
 #[test]

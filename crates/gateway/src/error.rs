@@ -67,9 +67,11 @@ impl UpstreamError {
     }
 
     /// Worth trying on another channel: what is wrong may be this channel, not the request.
+    /// Not an exhausted quota: the client is told at once (429 `insufficient_quota`, a billing
+    /// matter an operator must see, not one to hide behind other accounts), and the channel
+    /// rests so the requests after it go elsewhere (see `Gateway::record`).
     pub fn fails_over(&self) -> bool {
-        self.retryable()
-            || matches!(self.kind, ErrorKind::Auth | ErrorKind::QuotaExhausted | ErrorKind::NotFound)
+        self.retryable() || matches!(self.kind, ErrorKind::Auth | ErrorKind::NotFound)
     }
 
     /// The status baimo answers with.
@@ -147,7 +149,7 @@ mod tests {
     fn quota_and_bad_requests_are_not_retried() {
         let e = |k| UpstreamError::new("openai", k, "x");
         assert!(e(ErrorKind::RateLimited).retryable());
-        assert!(!e(ErrorKind::QuotaExhausted).retryable() && e(ErrorKind::QuotaExhausted).fails_over());
+        assert!(!e(ErrorKind::QuotaExhausted).retryable() && !e(ErrorKind::QuotaExhausted).fails_over());
         assert!(!e(ErrorKind::BadRequest).fails_over() && !e(ErrorKind::ContextLength).fails_over());
         assert_eq!(e(ErrorKind::ContextLength).openai_json()["error"]["code"], "context_length_exceeded");
     }

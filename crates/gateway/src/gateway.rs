@@ -172,7 +172,8 @@ impl Gateway {
                 h.consecutive_failures = 0;
                 h.open_until = None;
             }
-            Some(e) if !e.fails_over() => {} // the request's fault, not the channel's
+            // The request's fault, not the channel's (an exhausted quota is the channel's).
+            Some(e) if !e.fails_over() && e.kind != ErrorKind::QuotaExhausted => {}
             Some(e) => {
                 if e.kind == ErrorKind::Auth {
                     // A token the provider no longer takes is fetched anew next time.
