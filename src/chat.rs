@@ -27,6 +27,56 @@ pub struct Args {
 const HELP: &str = "/clear forgets the conversation, /system TEXT sets the system message, \
 /exit (or Ctrl-D) leaves; Ctrl-C stops an answer";
 
+/// What the user typed: a turn to answer, or a command that changes the conversation.
+enum Input {
+    Turn(String),
+    Clear,
+    System(Option<String>),
+    Exit,
+}
+
+/// Reads lines until one is a turn or a command the caller must act on (help, mistyped
+/// commands and empty lines are dealt with here; the messages are printed here too).
+fn next_input(editor: &mut rustyline::DefaultEditor) -> Result<Input> {
+    loop {
+        let line = match editor.readline(">>> ") {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted) => {
+                eprintln!("(Ctrl-D or /exit to leave)");
+                continue;
+            }
+            Err(ReadlineError::Eof) => return Ok(Input::Exit),
+            Err(e) => return Err(e.into()),
+        };
+        let input = line.trim();
+        if input.is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(input);
+        match input.split_once(' ').map_or((input, ""), |(c, rest)| (c, rest.trim())) {
+            ("/exit" | "/quit" | "/bye", _) => return Ok(Input::Exit),
+            ("/clear", _) => {
+                eprintln!("(conversation cleared)");
+                return Ok(Input::Clear);
+            }
+            ("/system", text) => {
+                let system = (!text.is_empty()).then(|| text.to_string());
+                eprintln!(
+                    "(system message {}; conversation cleared)",
+                    if system.is_some() { "set" } else { "removed" }
+                );
+                return Ok(Input::System(system));
+            }
+            ("/help" | "/?", _) => eprintln!("{HELP}"),
+            // A word like "/foo" is a mistyped command; "/usr/lib/x" is text.
+            (command, _) if command.len() > 1 && command.starts_with('/') && !command[1..].contains('/') => {
+                eprintln!("unknown command {command}; {HELP}");
+            }
+            _ => return Ok(Input::Turn(input.to_string())),
+        }
+    }
+}
+
 pub fn main(args: Args) -> Result<()> {
     if let Some(hosted) = crate::hosted::find(args.model_spec.as_deref())? {
         return chat_hosted(&hosted, &args);
@@ -43,50 +93,22 @@ pub fn main(args: Args) -> Result<()> {
     let mut editor = rustyline::DefaultEditor::new()?;
     eprintln!("chatting with {}: {HELP}", model.name);
     loop {
-        let line = match editor.readline(">>> ") {
-            Ok(line) => line,
-            Err(ReadlineError::Interrupted) => {
-                eprintln!("(Ctrl-D or /exit to leave)");
+        let input = match next_input(&mut editor)? {
+            Input::Exit => break,
+            Input::Clear => {
+                history.clear();
+                session.clear();
                 continue;
             }
-            Err(ReadlineError::Eof) => break,
-            Err(e) => return Err(e.into()),
+            Input::System(text) => {
+                system = text;
+                history.clear();
+                session.clear();
+                continue;
+            }
+            Input::Turn(text) => text,
         };
-        let input = line.trim();
-        if input.is_empty() {
-            continue;
-        }
-        let _ = editor.add_history_entry(input);
-        match input.split_once(' ').map_or((input, ""), |(c, rest)| (c, rest.trim())) {
-            ("/exit" | "/quit" | "/bye", _) => break,
-            ("/clear", _) => {
-                history.clear();
-                session.clear();
-                eprintln!("(conversation cleared)");
-                continue;
-            }
-            ("/system", text) => {
-                system = (!text.is_empty()).then(|| text.to_string());
-                history.clear();
-                session.clear();
-                eprintln!(
-                    "(system message {}; conversation cleared)",
-                    if system.is_some() { "set" } else { "removed" }
-                );
-                continue;
-            }
-            ("/help" | "/?", _) => {
-                eprintln!("{HELP}");
-                continue;
-            }
-            // A word like "/foo" is a mistyped command; "/usr/lib/x" is text.
-            (command, _) if command.len() > 1 && command.starts_with('/') && !command[1..].contains('/') => {
-                eprintln!("unknown command {command}; {HELP}");
-                continue;
-            }
-            _ => {}
-        }
-
+        let input = input.as_str();
         history.push(ChatMessage::user(input));
         let mut messages: Vec<ChatMessage> = system.iter().map(|s| ChatMessage::system(s.clone())).collect();
         messages.extend(history.iter().cloned());
@@ -140,47 +162,20 @@ fn chat_hosted(hosted: &crate::hosted::Hosted, args: &Args) -> Result<()> {
     let mut editor = rustyline::DefaultEditor::new()?;
     eprintln!("chatting with {} (hosted): {HELP}", hosted.model);
     loop {
-        let line = match editor.readline(">>> ") {
-            Ok(line) => line,
-            Err(ReadlineError::Interrupted) => {
-                eprintln!("(Ctrl-D or /exit to leave)");
+        let input = match next_input(&mut editor)? {
+            Input::Exit => break,
+            Input::Clear => {
+                history.clear();
                 continue;
             }
-            Err(ReadlineError::Eof) => break,
-            Err(e) => return Err(e.into()),
+            Input::System(text) => {
+                system = text;
+                history.clear();
+                continue;
+            }
+            Input::Turn(text) => text,
         };
-        let input = line.trim();
-        if input.is_empty() {
-            continue;
-        }
-        let _ = editor.add_history_entry(input);
-        match input.split_once(' ').map_or((input, ""), |(c, rest)| (c, rest.trim())) {
-            ("/exit" | "/quit" | "/bye", _) => break,
-            ("/clear", _) => {
-                history.clear();
-                eprintln!("(conversation cleared)");
-                continue;
-            }
-            ("/system", text) => {
-                system = (!text.is_empty()).then(|| text.to_string());
-                history.clear();
-                eprintln!(
-                    "(system message {}; conversation cleared)",
-                    if system.is_some() { "set" } else { "removed" }
-                );
-                continue;
-            }
-            ("/help" | "/?", _) => {
-                eprintln!("{HELP}");
-                continue;
-            }
-            (command, _) if command.len() > 1 && command.starts_with('/') && !command[1..].contains('/') => {
-                eprintln!("unknown command {command}; {HELP}");
-                continue;
-            }
-            _ => {}
-        }
-        history.push((Role::User, input.to_string()));
+        history.push((Role::User, input));
         CANCEL.store(false, Ordering::SeqCst);
         let messages = crate::hosted::messages(system.as_deref(), &history);
         let mut stdout = std::io::stdout().lock();

@@ -6,13 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use baimo_gateway::mock::{Fault, MockState, serve};
+use baimo_gateway::mock::{Fault, MockState, spawn};
 use baimo_gateway::{
     Channel, ChatRequest, ErrorKind, FinishReason, Gateway, ProviderKind, RetryPolicy, StreamEvent,
-    UpstreamError,
 };
-use futures_util::StreamExt;
 use serde_json::{Value, json};
+
+mod support;
+use support::{collect, text_of};
 
 const KEY: &str = "sk-ant-legacy-mock-7c1e9a";
 const MODEL: &str = "claude-2.1";
@@ -20,9 +21,7 @@ const WANT: &str = "mock-anthropic claude-2.1 heard: hello from the test";
 
 async fn start() -> (Arc<MockState>, String) {
     let state = MockState::new(ProviderKind::AnthropicLegacy, KEY);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(state.clone(), listener));
+    let base = spawn(state.clone()).await.unwrap();
     (state, base)
 }
 
@@ -52,22 +51,6 @@ fn request(stream: bool, extra: Value) -> ChatRequest {
         body[k] = v.clone();
     }
     ChatRequest::from_openai(&body).unwrap()
-}
-
-async fn collect(gw: &Gateway, req: &ChatRequest) -> (Vec<StreamEvent>, Option<UpstreamError>) {
-    let mut stream = gw.chat_stream(req).await.map_err(|f| f.error).unwrap().value;
-    let mut events = Vec::new();
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(e) => events.push(e),
-            Err(e) => return (events, Some(e)),
-        }
-    }
-    (events, None)
-}
-
-fn text_of(events: &[StreamEvent]) -> String {
-    events.iter().filter_map(|e| if let StreamEvent::Text(t) = e { Some(t.as_str()) } else { None }).collect()
 }
 
 #[tokio::test]

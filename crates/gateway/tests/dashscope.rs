@@ -5,20 +5,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use baimo_gateway::mock::{Fault, MockState, serve};
+use baimo_gateway::mock::{Fault, MockState, spawn};
 use baimo_gateway::{
     Channel, ChatRequest, ErrorKind, FinishReason, Gateway, ProviderKind, RetryPolicy, StreamEvent,
 };
 use futures_util::StreamExt;
 use serde_json::json;
 
+mod support;
+use support::text_of;
+
 const KEY: &str = "sk-dashscope-mock-0123456789";
 
 async fn start(kind: ProviderKind) -> (Arc<MockState>, String) {
     let state = MockState::new(kind, KEY);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(state.clone(), listener));
+    let base = spawn(state.clone()).await.unwrap();
     (state, base)
 }
 
@@ -63,10 +64,6 @@ async fn collect(
         }
     }
     (events, None)
-}
-
-fn text_of(events: &[StreamEvent]) -> String {
-    events.iter().filter_map(|e| if let StreamEvent::Text(t) = e { Some(t.as_str()) } else { None }).collect()
 }
 
 async fn answers_whole_and_streamed(kind: ProviderKind) {

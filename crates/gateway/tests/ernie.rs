@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baimo_gateway::mock::{Fault, MockState, serve};
+use baimo_gateway::mock::{Fault, MockState, spawn};
 use baimo_gateway::{
     Channel, ChatRequest, ErrorKind, FinishReason, Gateway, ProviderKind, RetryPolicy, StreamEvent, Usage,
 };
@@ -16,9 +16,7 @@ const V2_KEY: &str = "bce-v3/ALTAK-mock/0123456789abcdef";
 
 async fn start(kind: ProviderKind, key: &str, secret: Option<&str>) -> (Arc<MockState>, String) {
     let state = MockState::with_credentials(kind, key, secret.map(String::from), None);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(state.clone(), listener));
+    let url = spawn(state.clone()).await.unwrap();
     (state, url)
 }
 

@@ -5,20 +5,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use baimo_gateway::mock::{Fault, MockState, serve};
+use baimo_gateway::mock::{Fault, MockState, spawn};
 use baimo_gateway::{
     Channel, ChatRequest, ErrorKind, FinishReason, Gateway, RetryPolicy, StreamEvent, UpstreamError, Usage,
 };
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
+mod support;
+use support::text_of;
+
 const KEY: &str = "AIzaSy-mock-gemini-key-0123456789";
 
 async fn start() -> (Arc<MockState>, String) {
     let state = MockState::new(baimo_gateway::ProviderKind::Gemini, KEY);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(state.clone(), listener));
+    let base = spawn(state.clone()).await.unwrap();
     (state, base)
 }
 
@@ -70,10 +71,6 @@ async fn collect(gw: &Gateway, req: &ChatRequest) -> (Vec<StreamEvent>, Option<U
         }
     }
     (events, None)
-}
-
-fn text_of(events: &[StreamEvent]) -> String {
-    events.iter().filter_map(|e| if let StreamEvent::Text(t) = e { Some(t.as_str()) } else { None }).collect()
 }
 
 #[tokio::test]

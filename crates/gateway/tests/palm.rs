@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use baimo_gateway::mock::{Fault, MockState, serve};
+use baimo_gateway::mock::{Fault, MockState, spawn};
 use baimo_gateway::{Channel, ChatRequest, ErrorKind, FinishReason, Gateway, RetryPolicy, StreamEvent};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -14,9 +14,7 @@ const KEY: &str = "AIzaSy-mock-palm-key-0123456789";
 
 async fn start() -> (Arc<MockState>, String) {
     let state = MockState::new(baimo_gateway::ProviderKind::Palm, KEY);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(state.clone(), listener));
+    let base = spawn(state.clone()).await.unwrap();
     (state, base)
 }
 

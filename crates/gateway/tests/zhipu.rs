@@ -5,22 +5,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use baimo_gateway::mock::{Fault, MockState, serve};
+use baimo_gateway::mock::{Fault, MockState, spawn};
 use baimo_gateway::providers::zhipu::sign_token;
 use baimo_gateway::{
     Channel, ChatRequest, ErrorKind, FinishReason, Gateway, ProviderKind, RetryPolicy, StreamEvent,
-    UpstreamError,
 };
-use futures_util::StreamExt;
 use serde_json::{Value, json};
+
+mod support;
+use support::{collect, text_of};
 
 const KEY: &str = "4f1c0a6b2e9d.Zr8sK2pLmQ7vX3nW";
 
 async fn start(kind: ProviderKind) -> (Arc<MockState>, String) {
     let state = MockState::new(kind, KEY);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(state.clone(), listener));
+    let base = spawn(state.clone()).await.unwrap();
     (state, base)
 }
 
@@ -48,22 +47,6 @@ fn request(stream: bool, tools: bool) -> ChatRequest {
             "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]);
     }
     ChatRequest::from_openai(&body).unwrap()
-}
-
-async fn collect(gw: &Gateway, req: &ChatRequest) -> (Vec<StreamEvent>, Option<UpstreamError>) {
-    let mut stream = gw.chat_stream(req).await.map_err(|f| f.error).unwrap().value;
-    let mut events = Vec::new();
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(e) => events.push(e),
-            Err(e) => return (events, Some(e)),
-        }
-    }
-    (events, None)
-}
-
-fn text_of(events: &[StreamEvent]) -> String {
-    events.iter().filter_map(|e| if let StreamEvent::Text(t) = e { Some(t.as_str()) } else { None }).collect()
 }
 
 const WANT: &str = "mock-zhipu glm-4 heard: hello from the test";

@@ -19,7 +19,8 @@ pub(crate) fn router() -> Router<Arc<MockState>> {
     Router::new().route("/v1/messages", post(messages))
 }
 
-fn error(status: u16, kind: &str, message: &str, retry_after_ms: Option<u64>) -> Response {
+/// Anthropic's error envelope (shared by both of its APIs), with the retry hint headers.
+pub(crate) fn error(status: u16, kind: &str, message: &str, retry_after_ms: Option<u64>) -> Response {
     let body =
         json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_mock"});
     let mut response =
@@ -33,7 +34,7 @@ fn error(status: u16, kind: &str, message: &str, retry_after_ms: Option<u64>) ->
     response
 }
 
-fn fault_response(status: u16, retry_after_ms: Option<u64>, code: Option<&str>) -> Response {
+pub(crate) fn fault_response(status: u16, retry_after_ms: Option<u64>, code: Option<&str>) -> Response {
     match (status, code) {
         (400, Some("context_length")) => {
             error(400, "invalid_request_error", "prompt is too long: 210000 tokens > 200000 maximum", None)

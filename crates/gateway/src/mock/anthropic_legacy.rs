@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 
+use super::anthropic::error;
 use super::{Fault, MockState, Reply, delay, reply, sse_body};
 
 const HUMAN: &str = "\n\nHuman:";
@@ -26,41 +27,13 @@ pub(crate) fn router() -> Router<Arc<MockState>> {
     Router::new().route("/v1/complete", post(complete))
 }
 
-fn error(status: u16, kind: &str, message: &str, retry_after_ms: Option<u64>) -> Response {
-    let body =
-        json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_mock"});
-    let mut response =
-        (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), axum::Json(body))
-            .into_response();
-    response.headers_mut().insert("request-id", "req_mock".parse().expect("ascii"));
-    if let Some(ms) = retry_after_ms {
-        response.headers_mut().insert("retry-after", ms.div_ceil(1000).into());
-        response.headers_mut().insert("retry-after-ms", ms.into());
-    }
-    response
-}
-
+/// The Messages mock's faults, but with the Claude 2 context limit.
 fn fault_response(status: u16, retry_after_ms: Option<u64>, code: Option<&str>) -> Response {
     match (status, code) {
         (400, Some("context_length")) => {
             error(400, "invalid_request_error", "prompt is too long: 100125 tokens > 99999 maximum", None)
         }
-        (400, Some("insufficient_quota")) => error(
-            400,
-            "invalid_request_error",
-            "Your credit balance is too low to access the Anthropic API.",
-            None,
-        ),
-        (401, _) => error(401, "authentication_error", "invalid x-api-key", None),
-        (429, _) => error(
-            429,
-            "rate_limit_error",
-            "Number of requests has exceeded your rate limit.",
-            retry_after_ms.or(Some(1000)),
-        ),
-        (529, _) => error(529, "overloaded_error", "Overloaded", None),
-        (s, _) if s >= 500 => error(s, "api_error", "Internal server error", None),
-        (s, _) => error(s, "invalid_request_error", "The request was refused.", None),
+        _ => super::anthropic::fault_response(status, retry_after_ms, code),
     }
 }
 

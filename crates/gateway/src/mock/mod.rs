@@ -160,6 +160,14 @@ async fn stats(State(state): State<Arc<MockState>>) -> Json<Value> {
     Json(json!({"requests": state.requests()}))
 }
 
+/// Starts the mock on a free loopback port in a task of the current runtime; its base URL.
+pub async fn spawn(state: Arc<MockState>) -> std::io::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(serve(state, listener));
+    Ok(base)
+}
+
 /// Serves the mock on `listener` until the task is dropped.
 pub async fn serve(state: Arc<MockState>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     axum::serve(listener, router(state)).await
