@@ -58,6 +58,13 @@ impl UpstreamError {
         self
     }
 
+    /// The same error, named after `provider` (a protocol that delegates to another's parsing
+    /// reports under its own name).
+    pub fn reported_by(mut self, provider: &'static str) -> UpstreamError {
+        self.provider = provider;
+        self
+    }
+
     /// Worth trying again on the same channel (after a pause).
     pub fn retryable(&self) -> bool {
         matches!(

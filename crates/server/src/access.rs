@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use baimo_store::{KeyRecord, Store, UsageFilter, UsageRow, find_key, now_ms};
+use baimo_store::{KeyRecord, Store, Totals, UsageFilter, UsageRow, find_key, now_ms};
 
 use crate::error::ApiError;
 use crate::remote::{UsageLog, UsageRecord};
@@ -41,6 +41,9 @@ pub struct Access {
     store: Arc<dyn Store>,
     keys: RwLock<(Option<Instant>, Arc<Vec<KeyRecord>>)>,
     windows: Mutex<HashMap<i64, Window>>,
+    /// Each quota-bound key's lifetime usage: read from the store once, then kept up to date by
+    /// [`UsageLog::record`], so a request does not sum the key's usage records again.
+    lifetime: Mutex<HashMap<i64, Totals>>,
 }
 
 fn limited(message: String, retry_after: Option<u64>, quota: bool) -> ApiError {
@@ -56,7 +59,12 @@ fn limited(message: String, retry_after: Option<u64>, quota: bool) -> ApiError {
 
 impl Access {
     pub fn new(store: Arc<dyn Store>) -> Access {
-        Access { store, keys: RwLock::new((None, Arc::new(Vec::new()))), windows: Mutex::new(HashMap::new()) }
+        Access {
+            store,
+            keys: RwLock::new((None, Arc::new(Vec::new()))),
+            windows: Mutex::new(HashMap::new()),
+            lifetime: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -94,8 +102,7 @@ impl Access {
             find_key(&keys, presented).filter(|k| !k.revoked).cloned().ok_or_else(ApiError::unauthorized)?;
         let limits = &key.limits;
         if limits.token_quota.is_some() || limits.request_quota.is_some() {
-            let filter = UsageFilter { key_id: Some(key.id), ..UsageFilter::default() };
-            let used = self.store.totals(&filter).map_err(|e| ApiError::unavailable(e.to_string()))?;
+            let used = self.lifetime_usage(key.id)?;
             if let Some(q) = limits.token_quota
                 && used.prompt_tokens + used.completion_tokens >= q
             {
@@ -140,6 +147,20 @@ impl Access {
     }
 }
 
+impl Access {
+    /// The key's usage over its life (from the store the first time).
+    fn lifetime_usage(&self, key_id: i64) -> Result<Totals, ApiError> {
+        let mut lifetime = self.lifetime.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = lifetime.get(&key_id) {
+            return Ok(*t);
+        }
+        let filter = UsageFilter { key_id: Some(key_id), ..UsageFilter::default() };
+        let totals = self.store.totals(&filter).map_err(|e| ApiError::unavailable(e.to_string()))?;
+        lifetime.insert(key_id, totals);
+        Ok(totals)
+    }
+}
+
 impl UsageLog for Access {
     fn record(&self, r: UsageRecord) {
         if let Some(id) = r.key_id {
@@ -163,8 +184,15 @@ impl UsageLog for Access {
             retries: r.retries,
             stream: r.stream,
         };
+        // The lifetime totals count the record under the same lock the store write happens in,
+        // so a first read of the store cannot count it twice or miss it.
+        let mut lifetime = self.lifetime.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = self.store.record_usage(&row) {
             tracing::error!("a usage record was lost: {e}");
+        } else if let Some(t) = row.key_id.and_then(|id| lifetime.get_mut(&id)) {
+            t.requests += 1;
+            t.prompt_tokens += row.prompt_tokens;
+            t.completion_tokens += row.completion_tokens;
         }
     }
 }

@@ -39,11 +39,6 @@ fn kind_of_code(code: u64) -> Option<ErrorKind> {
     })
 }
 
-fn renamed(mut e: UpstreamError, provider: &'static str) -> UpstreamError {
-    e.provider = provider;
-    e
-}
-
 /// The current API's body: OpenAI's, sampling kept inside Baichuan's ranges.
 pub fn request_body(model: &str, req: &ChatRequest, stream: bool) -> Value {
     let mut body = openai::request_body(model, req, stream);
@@ -80,13 +75,13 @@ impl Protocol for Baichuan {
     }
 
     fn parse_response(&self, body: &[u8]) -> Result<ChatResponse, UpstreamError> {
-        OpenAi.parse_response(body).map_err(|e| renamed(e, NAME))
+        OpenAi.parse_response(body).map_err(|e| e.reported_by(NAME))
     }
 
     /// OpenAI's reading, corrected where Baichuan's code says more: running out of balance is
     /// quota, not throttling (❓ code names as seen in client code).
     fn classify(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
-        let mut e = renamed(OpenAi.classify(status, headers, body), NAME);
+        let mut e = OpenAi.classify(status, headers, body).reported_by(NAME);
         let v = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
         let error = v.get("error").unwrap_or(&v);
         let code = error.get("code");
@@ -126,7 +121,7 @@ impl StreamTranslator for BaichuanStream {
             }
             None => self.inner.on_event(event, out),
         };
-        result.map_err(|e| renamed(e, NAME))
+        result.map_err(|e| e.reported_by(NAME))
     }
 }
 
@@ -263,8 +258,8 @@ impl Protocol for BaichuanLegacy {
 
     fn classify(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
         let v = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
-        let mut e =
-            legacy_error(&v).unwrap_or_else(|| renamed(OpenAi.classify(status, headers, body), LEGACY_NAME));
+        let mut e = legacy_error(&v)
+            .unwrap_or_else(|| OpenAi.classify(status, headers, body).reported_by(LEGACY_NAME));
         if status >= 500 {
             e.kind = ErrorKind::Server;
         }

@@ -331,11 +331,6 @@ impl StreamTranslator for DashScopeStream {
 /// codes in `code` / `type` (`Arrearage`, `data_inspection_failed`, … ❓ seen in client code).
 pub struct DashScopeCompatible;
 
-fn renamed(mut e: UpstreamError) -> UpstreamError {
-    e.provider = COMPATIBLE_NAME;
-    e
-}
-
 impl Protocol for DashScopeCompatible {
     fn name(&self) -> &'static str {
         COMPATIBLE_NAME
@@ -349,19 +344,15 @@ impl Protocol for DashScopeCompatible {
         req: &'a ChatRequest,
         stream: bool,
     ) -> BoxFuture<'a, Result<reqwest::RequestBuilder, UpstreamError>> {
-        ready(Ok(up
-            .http
-            .post(format!("{}{COMPATIBLE_PATH}", channel.base_url()))
-            .bearer_auth(channel.api_key.expose())
-            .json(&openai::request_body(model, req, stream))))
+        ready(Ok(openai::compatible_request(up, channel, COMPATIBLE_PATH, model, req, stream)))
     }
 
     fn parse_response(&self, body: &[u8]) -> Result<ChatResponse, UpstreamError> {
-        OpenAi.parse_response(body).map_err(renamed)
+        OpenAi.parse_response(body).map_err(|e| e.reported_by(COMPATIBLE_NAME))
     }
 
     fn classify(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
-        let openai_view = renamed(OpenAi.classify(status, headers, body));
+        let openai_view = OpenAi.classify(status, headers, body).reported_by(COMPATIBLE_NAME);
         let error = serde_json::from_slice::<Value>(body).ok().and_then(|v| v.get("error").cloned());
         let code = error.as_ref().and_then(|e| {
             let code = e.get("code").and_then(Value::as_str).filter(|c| !c.is_empty());
@@ -376,7 +367,7 @@ impl Protocol for DashScopeCompatible {
     fn stream(&self) -> Box<dyn StreamTranslator> {
         let mut inner = OpenAi.stream();
         Box::new(RenamedStream(move |event: &SseEvent, out: &mut Vec<StreamEvent>| {
-            inner.on_event(event, out).map_err(renamed)
+            inner.on_event(event, out).map_err(|e| e.reported_by(COMPATIBLE_NAME))
         }))
     }
 }

@@ -63,11 +63,7 @@ impl Protocol for ErnieV2 {
         req: &'a ChatRequest,
         stream: bool,
     ) -> BoxFuture<'a, Result<reqwest::RequestBuilder, UpstreamError>> {
-        let mut builder = up
-            .http
-            .post(format!("{}/v2/chat/completions", channel.base_url()))
-            .bearer_auth(channel.api_key.expose())
-            .json(&openai::request_body(model, req, stream));
+        let mut builder = openai::compatible_request(up, channel, "/v2/chat/completions", model, req, stream);
         // The v2 app the key belongs to, when the channel names one.
         if let Some(app) = &channel.app_id {
             builder = builder.header("appid", app);

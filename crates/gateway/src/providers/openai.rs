@@ -88,6 +88,22 @@ pub fn request_body(model: &str, req: &ChatRequest, stream: bool) -> Value {
     Value::Object(body)
 }
 
+/// An OpenAI-shaped chat request to `path` of the channel with its key as Bearer: what every
+/// OpenAI-compatible service takes (they differ in the path, and some in extra headers).
+pub(crate) fn compatible_request(
+    up: &Upstream,
+    channel: &Channel,
+    path: &str,
+    model: &str,
+    req: &ChatRequest,
+    stream: bool,
+) -> reqwest::RequestBuilder {
+    up.http
+        .post(format!("{}{path}", channel.base_url()))
+        .bearer_auth(channel.api_key.expose())
+        .json(&request_body(model, req, stream))
+}
+
 pub(crate) fn finish_reason(s: &str) -> FinishReason {
     match s {
         "length" => FinishReason::Length,
@@ -146,11 +162,7 @@ impl Protocol for OpenAi {
         req: &'a ChatRequest,
         stream: bool,
     ) -> BoxFuture<'a, Result<reqwest::RequestBuilder, UpstreamError>> {
-        ready(Ok(up
-            .http
-            .post(format!("{}/v1/chat/completions", channel.base_url()))
-            .bearer_auth(channel.api_key.expose())
-            .json(&request_body(model, req, stream))))
+        ready(Ok(compatible_request(up, channel, "/v1/chat/completions", model, req, stream)))
     }
 
     fn parse_response(&self, body: &[u8]) -> Result<ChatResponse, UpstreamError> {

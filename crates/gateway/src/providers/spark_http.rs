@@ -67,11 +67,7 @@ impl Protocol for SparkHttp {
     ) -> BoxFuture<'a, Result<reqwest::RequestBuilder, UpstreamError>> {
         // The HTTP API names models by their domains (`generalv3.5`, `4.0Ultra`, `lite`).
         let model = route(model).map_or(model, |r| if r.domain == "general" { "lite" } else { r.domain });
-        ready(Ok(up
-            .http
-            .post(format!("{}/v1/chat/completions", channel.base_url()))
-            .bearer_auth(channel.api_key.expose())
-            .json(&openai::request_body(model, req, stream))))
+        ready(Ok(openai::compatible_request(up, channel, "/v1/chat/completions", model, req, stream)))
     }
 
     fn parse_response(&self, body: &[u8]) -> Result<ChatResponse, UpstreamError> {

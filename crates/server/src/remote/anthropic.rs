@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Tally, retry_after_secs};
+use super::{Tally, retry_after_secs, served_headers};
 use crate::App;
 
 /// Anthropic's error envelope.
@@ -241,9 +241,7 @@ pub(crate) async fn messages(app: Arc<App>, key_id: Option<i64>, body: Value) ->
             Ok(served) => {
                 tally.finish(&app, &served.channel, served.value.usage, 200, served.failed.len());
                 let mut response = Json(message_json(&req.model, &served.value, &id)).into_response();
-                if let Ok(v) = HeaderValue::from_str(&served.channel) {
-                    response.headers_mut().insert("x-baimo-channel", v);
-                }
+                served_headers(&mut response, &served.channel, served.failed.len());
                 response
             }
             Err(failed) => {
@@ -355,8 +353,6 @@ pub(crate) async fn messages(app: Arc<App>, key_id: Option<i64>, body: Value) ->
         tally.finish(&app, &task_channel, usage, 200, retries);
     });
     let mut response = Sse::new(ReceiverStream::new(sse_rx)).keep_alive(KeepAlive::default()).into_response();
-    if let Ok(v) = HeaderValue::from_str(&channel) {
-        response.headers_mut().insert("x-baimo-channel", v);
-    }
+    served_headers(&mut response, &channel, retries);
     response
 }

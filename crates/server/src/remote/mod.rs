@@ -8,6 +8,8 @@ pub(crate) mod openai;
 
 use std::time::Instant;
 
+use axum::http::HeaderValue;
+use axum::response::Response;
 use baimo_gateway::{Failed, UpstreamError, Usage};
 
 use crate::App;
@@ -78,6 +80,15 @@ impl Tally {
         let retries = failed.failed.len().saturating_sub(1);
         self.finish(app, channel, Usage::default(), failed.error.client_status(), retries);
     }
+}
+
+/// Names the channel that answered and the failed tries before it, for the client.
+pub(crate) fn served_headers(response: &mut Response, channel: &str, retries: usize) {
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(channel) {
+        h.insert("x-baimo-channel", v);
+    }
+    h.insert("x-baimo-retries", HeaderValue::from(retries));
 }
 
 /// The `Retry-After` to pass on to the client, in whole seconds (at least 1).

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Tally, retry_after_secs};
+use super::{Tally, retry_after_secs, served_headers};
 use crate::App;
 use crate::error::ApiError;
 use crate::openai::{completion_id, now};
@@ -30,14 +30,6 @@ pub(crate) fn upstream_error_response(e: &UpstreamError) -> Response {
         response.headers_mut().insert("retry-after", HeaderValue::from(secs));
     }
     response
-}
-
-fn served_headers(response: &mut Response, channel: &str, retries: usize) {
-    let h = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(channel) {
-        h.insert("x-baimo-channel", v);
-    }
-    h.insert("x-baimo-retries", HeaderValue::from(retries));
 }
 
 fn finish_str(reason: FinishReason, legacy: bool) -> &'static str {
