@@ -79,54 +79,53 @@ impl KvBlock {
         }
     }
 
-    /// Loads `n_keys ≤ KEY_BLOCK` keys and values: `key(j)`, `value(j)` give row `j` (f16 or
-    /// f32, as the cache keeps them).
-    pub fn load<'a, T: KvElement + 'a>(
-        &mut self,
-        n_keys: usize,
-        key: impl Fn(usize) -> &'a [T],
-        value: impl Fn(usize) -> &'a [T],
-    ) {
-        assert!(n_keys <= KEY_BLOCK, "key block size");
-        let d = self.head_dim;
+    /// Loads the first `n_keys ≤ KEY_BLOCK` keys and values of `keys` and `values`: runs of
+    /// `head_dim`-long rows laid one after another (one head's positions, as the cache keeps
+    /// them), f16 or f32. Rows of the runs past `n_keys` (the next block) are fetched ahead.
+    pub fn load<T: KvElement>(&mut self, n_keys: usize, keys: &[T], values: &[T]) {
+        self.check_runs(n_keys, keys, values);
         #[cfg(target_arch = "x86_64")]
-        if d.is_multiple_of(16) && crate::Isa::best() == crate::Isa::Avx512Vnni && n_keys > 0 {
-            let bits = |f: &dyn Fn(usize) -> &'a [T], j: usize| T::as_f16_bits(&f(j)[..d]);
-            if bits(&key, 0).is_some() {
-                let key16 = |j: usize| bits(&key, j).unwrap_or_default();
-                let value16 = |j: usize| bits(&value, j).unwrap_or_default();
-                // SAFETY: `best` checked AVX-512 F (and F16C); rows are `d` long, d % 16 == 0.
-                unsafe { self.load_f16_avx512(n_keys, key16, value16) };
-                return;
-            }
+        if self.head_dim.is_multiple_of(16)
+            && crate::Isa::best() == crate::Isa::Avx512Vnni
+            && let (Some(keys), Some(values)) = (T::as_f16_bits(keys), T::as_f16_bits(values))
+        {
+            // SAFETY: `best` checked AVX-512 F (and F16C); the runs hold `n_keys` rows of
+            // `head_dim`, a multiple of 16 (checked above).
+            unsafe { self.load_f16_avx512(n_keys, keys, values) };
+            return;
         }
-        self.load_scalar(n_keys, key, value);
+        self.load_scalar(n_keys, keys, values);
+    }
+
+    fn check_runs<T>(&self, n_keys: usize, keys: &[T], values: &[T]) {
+        let rows = n_keys * self.head_dim;
+        assert!(n_keys <= KEY_BLOCK && keys.len() >= rows && values.len() >= rows, "key block size");
+    }
+
+    /// Rows of both runs (those past the block are fetched ahead).
+    fn reachable<T>(&self, keys: &[T], values: &[T]) -> usize {
+        keys.len().min(values.len()) / self.head_dim
     }
 
     /// The reference of [`KvBlock::load`]: row by row, keys scattered into their columns.
-    pub fn load_scalar<'a, T: KvElement + 'a>(
-        &mut self,
-        n_keys: usize,
-        key: impl Fn(usize) -> &'a [T],
-        value: impl Fn(usize) -> &'a [T],
-    ) {
-        assert!(n_keys <= KEY_BLOCK, "key block size");
+    pub fn load_scalar<T: KvElement>(&mut self, n_keys: usize, keys: &[T], values: &[T]) {
+        self.check_runs(n_keys, keys, values);
         let d = self.head_dim;
+        let reachable = self.reachable(keys, values);
         let mut row = [0f32; 512];
         assert!(d <= row.len(), "head dimension");
         for j in 0..n_keys {
-            // The cache keeps all heads of a position together, so one head's rows are strided:
-            // fetch a few rows ahead, or every row waits on memory (the caches of a batch of
-            // sequences do not stay in cache while the weights stream through).
-            if j + PREFETCH_ROWS < n_keys {
-                prefetch(key(j + PREFETCH_ROWS));
-                prefetch(value(j + PREFETCH_ROWS));
+            // The rows stream from memory (a batch's caches do not stay in cache while the
+            // weights stream through); asking a few rows ahead keeps more misses in flight.
+            if j + PREFETCH_ROWS < reachable {
+                prefetch(&keys[(j + PREFETCH_ROWS) * d..(j + PREFETCH_ROWS + 1) * d]);
+                prefetch(&values[(j + PREFETCH_ROWS) * d..(j + PREFETCH_ROWS + 1) * d]);
             }
-            T::widen(key(j), &mut row[..d]);
+            T::widen(&keys[j * d..(j + 1) * d], &mut row[..d]);
             for (c, &x) in row[..d].iter().enumerate() {
                 self.kt[c * KEY_BLOCK + j] = x;
             }
-            T::widen(value(j), &mut self.v[j * d..(j + 1) * d]);
+            T::widen(&values[j * d..(j + 1) * d], &mut self.v[j * d..(j + 1) * d]);
         }
         // Keys past the end score as masked below; their slots only need to be finite.
         for c in 0..d {
@@ -141,37 +140,35 @@ impl KvBlock {
     /// [`KvBlock::load`] for f16 rows: sixteen keys at a time widened and transposed in
     /// registers (16×16 tiles) instead of one scattered store per value. Exact, so it gives the
     /// scalar loader's values.
+    ///
+    /// # Safety
+    /// AVX-512 F and F16C; `head_dim % 16 == 0`; the runs hold at least `n_keys` rows.
     #[target_feature(enable = "avx512f,avx2,f16c")]
-    unsafe fn load_f16_avx512<'a>(
-        &mut self,
-        n_keys: usize,
-        key: impl Fn(usize) -> &'a [u16],
-        value: impl Fn(usize) -> &'a [u16],
-    ) {
+    unsafe fn load_f16_avx512(&mut self, n_keys: usize, keys: &[u16], values: &[u16]) {
         use std::arch::x86_64::*;
         let d = self.head_dim;
-        // SAFETY: every row is at least `d` long (checked by the caller's slicing), `d % 16 == 0`,
-        // and the block buffers hold KEY_BLOCK rows of `d`.
+        let reachable = self.reachable(keys, values);
+        let (k, v) = (keys.as_ptr(), values.as_ptr());
+        // SAFETY: rows j < n_keys lie inside the runs, rows j < reachable are only prefetched,
+        // `d % 16 == 0`, and the block buffers hold KEY_BLOCK rows of `d`.
         unsafe {
             for j0 in (0..n_keys).step_by(16) {
                 let m = (n_keys - j0).min(16);
-                let keys: [&[u16]; 16] = std::array::from_fn(|i| if i < m { key(j0 + i) } else { &[] });
-                for (i, k) in keys.iter().enumerate().take(m) {
-                    if j0 + i + PREFETCH_ROWS < n_keys {
-                        prefetch(key(j0 + i + PREFETCH_ROWS));
-                        prefetch(value(j0 + i + PREFETCH_ROWS));
+                for i in 0..m {
+                    let j = j0 + i;
+                    if j + PREFETCH_ROWS < reachable {
+                        prefetch_row(k.add((j + PREFETCH_ROWS) * d), d);
+                        prefetch_row(v.add((j + PREFETCH_ROWS) * d), d);
                     }
-                    debug_assert!(k.len() >= d);
-                    let v = value(j0 + i);
                     for c0 in (0..d).step_by(16) {
-                        let h = _mm256_loadu_si256(v.as_ptr().add(c0).cast());
-                        _mm512_storeu_ps(self.v.as_mut_ptr().add((j0 + i) * d + c0), _mm512_cvtph_ps(h));
+                        let h = _mm256_loadu_si256(v.add(j * d + c0).cast());
+                        _mm512_storeu_ps(self.v.as_mut_ptr().add(j * d + c0), _mm512_cvtph_ps(h));
                     }
                 }
                 for c0 in (0..d).step_by(16) {
                     let mut tile = [_mm512_setzero_ps(); 16];
-                    for (i, k) in keys.iter().enumerate().take(m) {
-                        tile[i] = _mm512_cvtph_ps(_mm256_loadu_si256(k.as_ptr().add(c0).cast()));
+                    for (i, row) in tile.iter_mut().enumerate().take(m) {
+                        *row = _mm512_cvtph_ps(_mm256_loadu_si256(k.add((j0 + i) * d + c0).cast()));
                     }
                     let cols = transpose16(tile);
                     for (c, col) in cols.iter().enumerate() {
@@ -237,19 +234,27 @@ const PREFETCH_ROWS: usize = 8;
 #[inline(always)]
 fn prefetch<T>(row: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let bytes = std::mem::size_of_val(row);
-        let p = row.as_ptr().cast::<i8>();
-        let mut at = 0;
-        while at < bytes {
-            // SAFETY: prefetching is a hint that never faults; the address is inside `row`.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(at)) };
-            at += 64;
-        }
-    }
+    // SAFETY: the row's bytes are inside one slice.
+    unsafe {
+        prefetch_row(row.as_ptr(), row.len())
+    };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = row;
+}
+
+/// Asks for the cache lines of the `len` elements at `row` (a hint that never faults).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch_row<T>(row: *const T, len: usize) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    let bytes = len * std::mem::size_of::<T>();
+    let p = row.cast::<i8>();
+    let mut at = 0;
+    while at < bytes {
+        // SAFETY: prefetching is a hint that never faults; the address is inside the row.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(at)) };
+        at += 64;
+    }
 }
 
 /// The running state of a block of query rows.
@@ -416,18 +421,21 @@ mod tests {
     #[test]
     fn vectorized_block_loads_equal_the_scalar_ones() {
         for d in [64, 128] {
-            let rows: Vec<Vec<half::f16>> = (0..KEY_BLOCK)
-                .map(|j| {
-                    (0..d).map(|c| half::f16::from_f32(((j * 131 + c * 7) % 97) as f32 / 9.0 - 5.0)).collect()
-                })
+            let rows: Vec<half::f16> = (0..KEY_BLOCK * d)
+                .map(|i| half::f16::from_f32(((i / d * 131 + i % d * 7) % 97) as f32 / 9.0 - 5.0))
                 .collect();
+            let reversed: Vec<half::f16> = rows.chunks(d).rev().flatten().copied().collect();
             for n_keys in [1, 5, 15, 16, 17, 33, 63, 64] {
                 let mut want = KvBlock::new(d);
-                want.load_scalar(n_keys, |j| &rows[j], |j| &rows[KEY_BLOCK - 1 - j]);
+                want.load_scalar(n_keys, &rows, &reversed);
                 let mut got = KvBlock::new(d);
                 // Stale values from a longer block must not survive a shorter load.
-                got.load(KEY_BLOCK, |j| &rows[j], |j| &rows[j]);
-                got.load(n_keys, |j| &rows[j], |j| &rows[KEY_BLOCK - 1 - j]);
+                got.load(KEY_BLOCK, &rows, &rows);
+                // Runs that end with the block, and runs that go on past it.
+                got.load(n_keys, &rows[..n_keys * d], &reversed[..n_keys * d]);
+                assert_eq!(got.kt, want.kt, "keys, d {d}, {n_keys} keys");
+                assert_eq!(&got.v[..n_keys * d], &want.v[..n_keys * d], "values, d {d}, {n_keys} keys");
+                got.load(n_keys, &rows, &reversed);
                 assert_eq!(got.kt, want.kt, "keys, d {d}, {n_keys} keys");
                 assert_eq!(&got.v[..n_keys * d], &want.v[..n_keys * d], "values, d {d}, {n_keys} keys");
                 assert_eq!(got.n_keys, n_keys);
@@ -448,6 +456,7 @@ mod tests {
             (0..n).map(|_| (0..d).map(|_| half::f16::from_f32(rnd() * 3.0)).collect()).collect();
         let values: Vec<Vec<half::f16>> =
             (0..n).map(|_| (0..d).map(|_| half::f16::from_f32(rnd())).collect()).collect();
+        let (key_run, value_run) = (keys.concat(), values.concat());
         // Two query rows seeing different prefixes (causal masking): all 150 keys, and 70.
         let q: Vec<f32> = (0..2 * d).map(|_| rnd()).collect();
         let limits = [n, 70];
@@ -456,7 +465,7 @@ mod tests {
             let mut block = KvBlock::new(d);
             for p0 in (0..n).step_by(KEY_BLOCK) {
                 let nk = (n - p0).min(KEY_BLOCK);
-                block.load(nk, |j| &keys[p0 + j], |j| &values[p0 + j]);
+                block.load(nk, &key_run[p0 * d..], &value_run[p0 * d..]);
                 let visible: Vec<usize> = limits.iter().map(|&l| l.saturating_sub(p0).min(nk)).collect();
                 let mut rows =
                     FlashRows { q: &q, visible: &visible, out: &mut out, max: &mut max, sum: &mut sum };
@@ -484,10 +493,10 @@ mod tests {
                 (0..d).map(|c| half::f16::from_f32(((j * 31 + c * 7) % 23) as f32 / 7.0 - 1.5)).collect()
             })
             .collect();
-        let values = keys.clone();
+        let (keys, values) = (keys.concat(), keys.concat());
         let q: Vec<f32> = (0..3 * d).map(|i| ((i * 13) % 17) as f32 / 9.0 - 0.8).collect();
         let mut block = KvBlock::new(d);
-        block.load(KEY_BLOCK, |j| &keys[j], |j| &values[j]);
+        block.load(KEY_BLOCK, &keys, &values);
         let visible = [KEY_BLOCK, 10, 1];
         let run = |scalar: bool| {
             let (mut out, mut max, mut sum) = (vec![0.5f32; 3 * d], vec![0.25f32; 3], vec![1f32; 3]);

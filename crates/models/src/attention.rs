@@ -63,6 +63,13 @@ impl<'c, T> HeadRows<'c, T> {
         let at = Self::at(self.head_stride, self.head_dim, kvh, p);
         &self.data[at..at + self.head_dim]
     }
+
+    /// Positions `from..to` of key/value head `kvh`: rows one after another.
+    #[inline]
+    fn run(&self, kvh: usize, from: usize, to: usize) -> &'c [T] {
+        let at = |p| Self::at(self.head_stride, self.head_dim, kvh, p);
+        &self.data[at(from)..at(to)]
+    }
 }
 
 /// The key and value runs of a layer (slices from the layer's start).
@@ -264,7 +271,7 @@ fn attend_tiled<T: KvElement>(
             let n_keys = (pos0 + tokens.end).max(prefix);
             for p0 in (0..n_keys).step_by(KEY_BLOCK) {
                 let nk = (n_keys - p0).min(KEY_BLOCK);
-                block.load(nk, |j| keys.row(kvh, p0 + j), |j| values.row(kvh, p0 + j));
+                block.load(nk, keys.run(kvh, p0, n_keys), values.run(kvh, p0, n_keys));
                 for (r, visible) in visible[..m].iter_mut().enumerate() {
                     let sees = (pos0 + tokens.start + r / group + 1).max(prefix);
                     *visible = sees.saturating_sub(p0).min(nk);
@@ -621,11 +628,11 @@ fn attend_rows_tiled(
                 match rows[t].cache {
                     LayerCache::F16 { k, v, start, head_stride } => unsafe {
                         let (keys, values) = head_rows(&k.get()[start..], &v.get()[start..], head_stride, hd);
-                        block.load(nk, |j| keys.row(kvh, p0 + j), |j| values.row(kvh, p0 + j));
+                        block.load(nk, keys.run(kvh, p0, n_keys), values.run(kvh, p0, n_keys));
                     },
                     LayerCache::F32 { k, v, start, head_stride } => unsafe {
                         let (keys, values) = head_rows(&k.get()[start..], &v.get()[start..], head_stride, hd);
-                        block.load(nk, |j| keys.row(kvh, p0 + j), |j| values.row(kvh, p0 + j));
+                        block.load(nk, keys.run(kvh, p0, n_keys), values.run(kvh, p0, n_keys));
                     },
                 }
                 visible.fill(nk);
