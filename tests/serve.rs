@@ -270,16 +270,20 @@ fn anthropic_messages_whole_streamed_and_errors() {
     assert_eq!(r.json::<Value>().unwrap()["error"]["type"], "invalid_request_error");
 }
 
-/// 16 clients × 25 streamed requests at once (loopback, the tiny trained fixture): no errors,
-/// and under greedy sampling every answer equals the one its prompt gets alone. The requests
-/// are decoded together (metrics: more sequences than steps).
+/// 16 clients × 25 streamed requests at once on SmolLM2 (loopback): no errors, and under greedy
+/// sampling every answer equals the one its prompt gets alone. The requests are decoded
+/// together (metrics: more sequences than steps).
 #[test]
 fn concurrent_requests_are_batched_and_answer_as_alone() {
-    let server = start(&fixture("hf/llama-trained"), &["--parallel", "16"]);
-    let prompts: Vec<String> = (0..25).map(|i| format!("The GNU license, part {i}:")).collect();
+    let server =
+        start(&common::model(common::SMOLLM2).to_string_lossy(), &["--parallel", "16", "--ctx", "2048"]);
+    let models: Value = client().get(format!("{}/v1/models", server.base)).send().unwrap().json().unwrap();
+    let name = models["data"][0]["id"].as_str().unwrap().to_string();
+    let prompts: Vec<String> =
+        (0..25).map(|i| format!("Tell me one fact about the number {i}, in a sentence.")).collect();
     let request = |prompt: &str, stream: bool| {
         json!({
-            "model": "llama-trained",
+            "model": name,
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": 16 + prompt.len() % 7,
             "temperature": 0,
@@ -292,7 +296,12 @@ fn concurrent_requests_are_batched_and_answer_as_alone() {
         .map(|p| {
             let (status, body) = chat(&server, request(p, false));
             assert_eq!(status, 200, "{body}");
-            body["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+            let text = body["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+            assert!(
+                body["usage"]["completion_tokens"].as_u64().unwrap() >= 8 && !text.trim().is_empty(),
+                "{body}"
+            );
+            text
         })
         .collect();
     let steps_before = metric(&server, "baimo_decode_steps_total");

@@ -31,7 +31,9 @@ fn main() {
         for t in 0..64 {
             xq.quantize_row(t, &(0..cols).map(|i| ((i * 7 + t) % 13) as f32 - 6.0).collect::<Vec<_>>());
         }
-        for (n_tok, exact) in [(1usize, true), (1, false), (4, true), (4, false), (8, true), (64, false)] {
+        for (n_tok, exact) in
+            [(1usize, true), (1, false), (4, true), (4, false), (8, true), (8, false), (64, false)]
+        {
             let xs: Vec<_> = (0..n_tok).map(|t| xq.row(t)).collect();
             let mut out = vec![[0f32; 16]; n_tok];
             let reps = (256 / n_tok).max(4);

@@ -43,6 +43,12 @@ impl KvElement for half::f16 {
         src.convert_to_f32_slice(dst);
     }
     fn store(src: &[f32], dst: &mut [Self]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::Isa::best() == crate::Isa::Avx512Vnni {
+            // SAFETY: `best` checked AVX-512 F and F16C. Both round to nearest even, so every
+            // path stores the same bits.
+            return unsafe { crate::simd::x86::f32_to_f16_avx512(src, bytemuck::cast_slice_mut(dst)) };
+        }
         use half::slice::HalfFloatSliceExt;
         dst.convert_from_f32_slice(src);
     }
@@ -79,6 +85,10 @@ impl KvBlock {
         }
     }
 
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
     /// Loads the first `n_keys ≤ KEY_BLOCK` keys and values of `keys` and `values`: runs of
     /// `head_dim`-long rows laid one after another (one head's positions, as the cache keeps
     /// them), f16 or f32. Rows of the runs past `n_keys` (the next block) are fetched ahead.
@@ -95,6 +105,14 @@ impl KvBlock {
             return;
         }
         self.load_scalar(n_keys, keys, values);
+    }
+
+    /// Asks for the first rows of runs a later [`KvBlock::load`] will read (the next head or
+    /// sequence), so that load does not start by waiting on memory. A hint: no effect on results.
+    pub fn prefetch<T>(&self, keys: &[T], values: &[T]) {
+        let n = (PREFETCH_ROWS * self.head_dim).min(keys.len()).min(values.len());
+        prefetch(&keys[..n]);
+        prefetch(&values[..n]);
     }
 
     fn check_runs<T>(&self, n_keys: usize, keys: &[T], values: &[T]) {
@@ -416,6 +434,30 @@ mod tests {
         let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
         let total: f64 = w.iter().sum();
         (0..d).map(|c| w.iter().zip(values).map(|(w, v)| w * v[c].to_f64()).sum::<f64>() / total).collect()
+    }
+
+    #[test]
+    fn vectorized_f16_stores_round_as_half_does() {
+        // Values around f16's rounding boundaries, its overflow and subnormal ranges, signs.
+        let src: Vec<f32> = (0..4099)
+            .map(|i| {
+                let x = f32::from_bits(0x3800_0000 + (i as u32) * 0x0004_1011);
+                let x = if i % 7 == 0 {
+                    x * 1e-5
+                } else if i % 11 == 0 {
+                    x * 7e4
+                } else {
+                    x
+                };
+                if i % 2 == 0 { -x } else { x }
+            })
+            .chain([0.0, -0.0, 65504.0, 65520.0, 1e-8, f32::INFINITY, f32::NEG_INFINITY])
+            .collect();
+        let mut got = vec![half::f16::ZERO; src.len()];
+        <half::f16 as KvElement>::store(&src, &mut got);
+        for (x, g) in src.iter().zip(&got) {
+            assert_eq!(g.to_bits(), half::f16::from_f32(*x).to_bits(), "{x}");
+        }
     }
 
     #[test]

@@ -186,7 +186,7 @@ pub async fn messages(
         Err(e) => return error_response(e),
     };
     let (events, mut rx) = mpsc::unbounded_channel();
-    if !served.worker.submit(Job { prompt: prompt.clone(), options, events }) {
+    if !served.worker.submit(Job { prompt: prompt.clone(), options, events, pieces: request.stream }) {
         return error_response(ApiError::unavailable("the engine stopped"));
     }
     let (id, model) = (message_id(), request.model.clone());
@@ -199,12 +199,11 @@ pub async fn messages(
         tally.finish(app, "local", usage, status, 0);
     };
     if !request.stream {
-        let mut text = String::new();
         while let Some(event) = rx.recv().await {
             match event {
-                // Log-probabilities are only reported by the chat endpoint.
-                Event::Logprobs(_) => {}
-                Event::Text(piece) => text.push_str(&piece),
+                // Log-probabilities are only reported by the chat endpoint; the text comes
+                // with `Done` (see `Job::pieces`).
+                Event::Logprobs(_) | Event::Text(_) => {}
                 Event::Done(Ok(g)) => {
                     record(&app, Some(&g), 200);
                     return Json(json!({
@@ -212,7 +211,7 @@ pub async fn messages(
                         "type": "message",
                         "role": "assistant",
                         "model": model,
-                        "content": [{"type": "text", "text": text}],
+                        "content": [{"type": "text", "text": g.text}],
                         "stop_reason": stop_reason(&g),
                         "stop_sequence": null,
                         "usage": {"input_tokens": g.prompt_tokens, "output_tokens": g.tokens.len()},

@@ -326,7 +326,7 @@ pub async fn chat_completions(
         let mut options = options.clone();
         options.sampling.seed = options.sampling.seed.wrapping_add(i);
         let (events, rx) = mpsc::unbounded_channel();
-        if !served.worker.submit(Job { prompt: prompt.clone(), options, events }) {
+        if !served.worker.submit(Job { prompt: prompt.clone(), options, events, pieces: request.stream }) {
             return ApiError::unavailable("the engine stopped").into_response();
         }
         receivers.push(rx);
@@ -337,11 +337,10 @@ pub async fn chat_completions(
         let mut choices = Vec::with_capacity(receivers.len());
         let (mut prompt_tokens, mut completion_tokens, mut cached) = (0, 0, 0);
         for (index, mut rx) in receivers.into_iter().enumerate() {
-            let mut text = String::new();
             let g = loop {
                 match rx.recv().await {
-                    Some(Event::Text(piece)) => text.push_str(&piece),
-                    Some(Event::Logprobs(_)) => {}
+                    // A whole answer's text comes with `Done` (see `Job::pieces`).
+                    Some(Event::Text(_)) | Some(Event::Logprobs(_)) => {}
                     Some(Event::Done(Ok(g))) => break g,
                     Some(Event::Done(Err(e))) => return ApiError::unavailable(e).into_response(),
                     None => return ApiError::unavailable("the engine stopped").into_response(),
@@ -357,7 +356,7 @@ pub async fn chat_completions(
             completion_tokens += g.tokens.len();
             choices.push(json!({
                 "index": index,
-                "message": {"role": "assistant", "content": text, "refusal": null},
+                "message": {"role": "assistant", "content": g.text, "refusal": null},
                 "logprobs": logprobs,
                 "finish_reason": finish_reason(&g),
             }));
@@ -588,24 +587,23 @@ pub async fn completions(
         Err(e) => return e.into_response(),
     };
     let (events, mut rx) = mpsc::unbounded_channel();
-    if !served.worker.submit(Job { prompt, options, events }) {
+    if !served.worker.submit(Job { prompt, options, events, pieces: request.stream }) {
         return ApiError::unavailable("the engine stopped").into_response();
     }
     let id = completion_id().replacen("chatcmpl-", "cmpl-", 1);
     let (created, model) = (now(), request.model.clone());
     let choice = |text: &str, finish: Option<&str>| json!([{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]);
     if !request.stream {
-        let mut text = String::new();
         while let Some(event) = rx.recv().await {
             match event {
-                // Log-probabilities are only reported by the chat endpoint.
-                Event::Logprobs(_) => {}
-                Event::Text(piece) => text.push_str(&piece),
+                // Log-probabilities are only reported by the chat endpoint; the text comes
+                // with `Done` (see `Job::pieces`).
+                Event::Logprobs(_) | Event::Text(_) => {}
                 Event::Done(Ok(g)) => {
                     return Json(json!({
                         "id": id, "object": "text_completion", "created": created, "model": model,
                         "system_fingerprint": crate::FINGERPRINT,
-                        "choices": choice(&text, Some(finish_reason(&g))), "usage": usage(&g),
+                        "choices": choice(&g.text, Some(finish_reason(&g))), "usage": usage(&g),
                     }))
                     .into_response();
                 }

@@ -30,6 +30,10 @@ pub struct Job {
     pub prompt: Vec<u32>,
     pub options: GenerateOptions,
     pub events: UnboundedSender<Event>,
+    /// Whether the handler wants the text piece by piece (a streamed answer). Otherwise only
+    /// `Done` carries it: a whole answer then wakes its handler once, not once per token (each
+    /// wake-up takes a core from the engine's threads in the middle of a step).
+    pub pieces: bool,
 }
 
 /// Figures the metrics endpoint reports.
@@ -127,6 +131,7 @@ struct Active {
     /// The token to read in the next step.
     next: u32,
     events: UnboundedSender<Event>,
+    pieces: bool,
     prompt_tokens: usize,
     cached_tokens: usize,
     prompt_time: Duration,
@@ -239,9 +244,11 @@ fn run(
             let next = match &logits {
                 Ok(l) => {
                     let room = a.seq.len() + 1 < a.seq.kv.max_len();
-                    let events = &a.events;
+                    let (events, pieces) = (&a.events, a.pieces);
                     let mut send = |piece: &str| {
-                        let _ = events.send(Event::Text(piece.to_string()));
+                        if pieces {
+                            let _ = events.send(Event::Text(piece.to_string()));
+                        }
                     };
                     let next = a.stream.next(
                         &model.tokenizer,
@@ -319,9 +326,11 @@ fn admit(
     c.prompt_tokens.fetch_add(job.prompt.len(), Ordering::Relaxed);
     let prompt_time = started.elapsed();
     let room = seq.len() + 1 < seq.kv.max_len();
-    let events = job.events.clone();
+    let (events, pieces) = (job.events.clone(), job.pieces);
     let mut send = |piece: &str| {
-        let _ = events.send(Event::Text(piece.to_string()));
+        if pieces {
+            let _ = events.send(Event::Text(piece.to_string()));
+        }
     };
     let next = stream.next(&model.tokenizer, &logits, &job.prompt, room, &mut send);
     let lps = stream.take_logprobs();
@@ -334,6 +343,7 @@ fn admit(
         stream,
         next: next.unwrap_or(0),
         events: job.events,
+        pieces: job.pieces,
         prompt_tokens: job.prompt.len(),
         cached_tokens: reused,
         prompt_time,
@@ -353,9 +363,11 @@ fn admit(
 /// Sends a finished request its result; hands back its tokens and sequence for the prefix cache
 /// when it ended well.
 fn report(a: Active, error: Option<String>, c: &Counters) -> Option<(Vec<u32>, Sequence)> {
-    let events = a.events.clone();
+    let (events, pieces) = (a.events.clone(), a.pieces);
     let mut send = |piece: &str| {
-        let _ = events.send(Event::Text(piece.to_string()));
+        if pieces {
+            let _ = events.send(Event::Text(piece.to_string()));
+        }
     };
     let end = a.stream.finish(&mut send);
     c.completion_tokens.fetch_add(end.tokens.len(), Ordering::Relaxed);
