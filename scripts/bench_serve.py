@@ -5,6 +5,11 @@ GGUF (which serves requests one at a time: it has no parallel slots). Not a test
 
     python3 scripts/bench_serve.py --model ~/.cache/baimo/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf \\
         [--parallel 8] [--tokens 128] [--baimo target/release/baimo] [--llama-venv /tmp/llvenv] [--arithmetic fast]
+        [--llama-server /path/to/llama-server]
+
+`--llama-server` runs llama.cpp's own server with `--parallel P` slots (continuous batching). It
+is not on PyPI as a binary: build it from the llama.cpp sources inside the llama-cpp-python 0.3.36
+sdist (docs/performance.md says how).
 
 Each of the P clients sends `--requests` requests back to back, each for `--tokens` tokens
 (temperature 0.8, its own seed), counted by the completion tokens the server reports; aggregate
@@ -105,6 +110,8 @@ def main():
     ap.add_argument("--arithmetic", default=None, choices=["llama-cpp", "fast"],
                     help="passed to baimo serve (default: serve's own, fast)")
     ap.add_argument("--llama-venv", default=None, help="a venv with llama-cpp-python[server] (skipped if absent)")
+    ap.add_argument("--llama-server", default=None,
+                    help="a llama-server binary, run with --parallel P slots (skipped if absent)")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     rows = []
@@ -126,6 +133,15 @@ def main():
                "--n_threads", str(args.threads), "--n_ctx", "2048"]
         rows.append(("llama-cpp-python 0.3.36 server (serial)",
                      bench(cmd, base, args.tokens, args.parallel, 1, args.rounds)))
+    if args.llama_server:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        # Each slot gets its own 2048 positions of the shared context, as baimo's sequences do.
+        cmd = [args.llama_server, "--model", args.model, "--port", str(port), "--threads", str(args.threads),
+               "--parallel", str(args.parallel), "--ctx-size", str(2048 * args.parallel), "--no-webui",
+               "--log-disable"]
+        rows.append((f"llama.cpp llama-server ({args.parallel} slots)",
+                     bench(cmd, base, args.tokens, args.parallel, args.requests, args.rounds)))
     print(f"| server | 1 stream (t/s) | {args.parallel} streams, aggregate (t/s) | ratio, median (min–max) |")
     print("| --- | ---: | ---: | ---: |")
     for name, pairs in rows:
