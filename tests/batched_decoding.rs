@@ -74,3 +74,40 @@ fn a_batch_of_sequences_decodes_as_each_alone_on_hf_fixtures() {
         assert!(same && worst <= 1e-4, "{name}: {worst}");
     }
 }
+
+/// The server reads a long prompt in pieces between decoding steps (256 tokens, the last piece at
+/// least a batch of 64): the pieces must leave the cache and logits one call leaves, bit for bit,
+/// in both arithmetics — including a remainder that would be shorter than a batch on its own.
+#[test]
+fn a_prompt_read_in_pieces_gives_the_logits_of_one_call() {
+    let gguf = baimo_formats::Gguf::open(&common::model(common::SMOLLM2)).unwrap();
+    let model = Model::from_gguf(&gguf).unwrap();
+    assert!(model.reads_prompt_in_pieces());
+    let pool = ThreadPool::new(2);
+    let prompt: Vec<u32> = (0..1100u32).map(|i| 200 + (i * 7919) % 40000).collect();
+    for arithmetic in [baimo_models::Arithmetic::LlamaCpp, baimo_models::Arithmetic::Fast] {
+        // 1100 tokens in one call, and in pieces that are multiples of the batch but the last, which
+        // is at least a batch long (the server reads 4 × 256 + 76; the others are such splits
+        // too). Then a next token on each, as a decoding step would read it.
+        let read = |pieces: &[usize]| {
+            let mut seq = model.new_sequence(prompt.len() + 2);
+            seq.arithmetic = arithmetic;
+            let mut at = 0;
+            let mut logits = Vec::new();
+            for &n in pieces {
+                logits =
+                    model.forward(&pool, &mut seq, &prompt[at..at + n], LogitsFor::Last).unwrap().to_vec();
+                at += n;
+            }
+            let next = model.forward(&pool, &mut seq, &[42], LogitsFor::Last).unwrap().to_vec();
+            (logits, next)
+        };
+        let whole = read(&[1100]);
+        for pieces in [&[256, 256, 256, 256, 76][..], &[512, 512, 76], &[1024, 76], &[64, 960, 76]] {
+            let (logits, next) = read(pieces);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&logits), bits(&whole.0), "{arithmetic:?}, pieces {pieces:?}: prompt logits");
+            assert_eq!(bits(&next), bits(&whole.1), "{arithmetic:?}, pieces {pieces:?}: next token's logits");
+        }
+    }
+}

@@ -651,3 +651,44 @@ fn several_models_load_on_demand_within_a_memory_budget() {
     assert_eq!(ask("llama-trained").0, 200);
     assert_eq!(ask("gpt-5").0, 404);
 }
+
+/// A long prompt is read a piece at a time between decoding steps (so a stream already running
+/// keeps going): both answers stay those each request gets alone (greedy; prefix cache off so
+/// every prompt is read in full).
+#[test]
+fn a_long_prompt_read_in_pieces_beside_a_running_stream_answers_as_alone() {
+    let server =
+        start(&common::model(common::SMOLLM2).to_string_lossy(), &["--ctx", "4096", "--cache-entries", "0"]);
+    let models: Value = client().get(format!("{}/v1/models", server.base)).send().unwrap().json().unwrap();
+    let name = models["data"][0]["id"].as_str().unwrap().to_string();
+    let long: String = (0..500).map(|i| format!("item {i}, ")).collect();
+    let request = |content: &str, max_tokens: u32| {
+        json!({"model": name, "messages": [{"role": "user", "content": content}],
+               "max_tokens": max_tokens, "temperature": 0})
+    };
+    let short = request("Write a long story about a lighthouse.", 120);
+    let long = request(&format!("Count these: {long}. How many items?"), 12);
+    let text = |body: &Value| body["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let (status, short_alone) = chat(&server, short.clone());
+    assert_eq!(status, 200);
+    let (status, long_alone) = chat(&server, long.clone());
+    assert_eq!(status, 200);
+    assert!(long_alone["usage"]["prompt_tokens"].as_u64().unwrap() > 1000, "{long_alone}");
+    let steps_before = metric(&server, "baimo_decode_steps_total");
+    let (short_together, long_together) = std::thread::scope(|scope| {
+        let running = scope.spawn(|| chat(&server, short.clone()));
+        // Let the short request start decoding before the long prompt arrives.
+        let started = Instant::now();
+        while metric(&server, "baimo_decode_steps_total") < steps_before + 5.0
+            && started.elapsed() < Duration::from_secs(20)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let long_together = chat(&server, long.clone());
+        (running.join().unwrap(), long_together)
+    });
+    assert_eq!((short_together.0, long_together.0), (200, 200));
+    assert_eq!(text(&short_together.1), text(&short_alone));
+    assert_eq!(text(&long_together.1), text(&long_alone));
+    assert!(!text(&long_alone).trim().is_empty() && !text(&short_alone).trim().is_empty());
+}

@@ -227,6 +227,18 @@ impl Model {
         !matches!(self, Model::Glm(_))
     }
 
+    /// Whether a prompt read in several `forward` calls whose lengths are multiples of
+    /// [`DEFAULT_BATCH`] (the last one at least [`DEFAULT_BATCH`] long, unless it is the only
+    /// one) gets exactly the state one call gives it. Not for GLM (its context attends both
+    /// ways) nor for dynamic NTK scaling (Qwen v1 takes the base from the first call's length).
+    pub fn reads_prompt_in_pieces(&self) -> bool {
+        match self {
+            Model::Llama(m) => m.config.rope_dynamic.is_none(),
+            Model::Gpt2(_) => true,
+            Model::Glm(_) => false,
+        }
+    }
+
     /// GLM's blank-infilling tokens, for the models that have them.
     pub fn infill_tokens(&self) -> Option<InfillTokens> {
         match self {

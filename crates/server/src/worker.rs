@@ -1,9 +1,10 @@
 //! The engine runs on its own thread, not on the async workers: requests reach it as jobs over
-//! a channel, and their text goes back piece by piece. It batches continuously: every step it
-//! reads the prompts of newly arrived requests, then decodes one token of every active
-//! sequence in a single pass over the weights (`Model::decode_batch`), so concurrent requests
-//! share the cost of reading the model. A request whose client went away is dropped before the
-//! next step and its memory freed.
+//! a channel, and their text goes back piece by piece. It batches continuously: between steps it
+//! reads up to [`PROMPT_TOKENS_PER_STEP`] tokens of newly arrived prompts (a long prompt a piece
+//! at a time, so the streams already running keep going), then decodes one token of every
+//! sequence whose prompt is read, in a single pass over the weights (`Model::decode_batch`), so
+//! concurrent requests share the cost of reading the model. A request whose client went away is
+//! dropped before the next step and its memory freed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -130,6 +131,8 @@ struct Active {
     stream: TokenStream,
     /// The token to read in the next step.
     next: u32,
+    /// Prompt tokens `..read` are in the cache; the sequence decodes once all are.
+    read: usize,
     events: UnboundedSender<Event>,
     pieces: bool,
     prompt_tokens: usize,
@@ -175,7 +178,8 @@ fn run(
     inbox: &mpsc::Receiver<Job>,
     c: &Counters,
 ) {
-    let mut active: Vec<Active> = Vec::new();
+    // Requests whose prompt is being read, and those decoding.
+    let (mut reading, mut active): (Vec<Active>, Vec<Active>) = (Vec::new(), Vec::new());
     // This engine's share of the shared `running` gauge (several models may be served).
     let mut running = 0usize;
     let mut set_running = |n: usize| {
@@ -195,13 +199,13 @@ fn run(
     loop {
         // New requests: wait for one when idle, else take what has arrived (up to the limit).
         let mut arrived = Vec::new();
-        if active.is_empty() {
+        if active.is_empty() && reading.is_empty() {
             match inbox.recv() {
                 Ok(job) => arrived.push(job),
                 Err(_) => return, // the server is gone
             }
         }
-        while active.len() + arrived.len() < config.max_active {
+        while active.len() + reading.len() + arrived.len() < config.max_active {
             match inbox.try_recv() {
                 Ok(job) => arrived.push(job),
                 Err(_) => break,
@@ -209,24 +213,49 @@ fn run(
         }
         for job in arrived {
             c.queued.fetch_sub(1, Ordering::Relaxed);
-            if let Some(a) = admit(model, pool, config, job, c, &mut cache) {
-                active.push(a);
+            if let Some(a) = admit(model, config, job, c, &mut cache) {
+                reading.push(a);
             }
         }
         // Requests whose client left: dropped now, their cache with them.
-        active.retain_mut(|a| {
-            if a.events.is_closed() {
-                a.stream.cancel();
-                c.cancelled.fetch_add(1, Ordering::Relaxed);
-                return false;
+        for requests in [&mut reading, &mut active] {
+            requests.retain_mut(|a| {
+                if a.events.is_closed() {
+                    a.stream.cancel();
+                    c.cancelled.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                true
+            });
+        }
+        // Prompts, oldest first, up to the step's budget (at least one piece).
+        let mut budget = PROMPT_TOKENS_PER_STEP;
+        while budget > 0 && !reading.is_empty() {
+            let a = &mut reading[0];
+            let piece = next_piece(a.history.len() - a.read, model.model.reads_prompt_in_pieces());
+            budget = budget.saturating_sub(piece);
+            match read_prompt(model, pool, a, piece, c) {
+                Ok(false) => {} // more to read
+                Ok(true) => {
+                    let a = reading.remove(0);
+                    if a.stream.is_finished() {
+                        if let Some((tokens, seq)) = report(a, None, c) {
+                            cache.put(tokens, seq);
+                        }
+                    } else {
+                        active.push(a);
+                    }
+                }
+                Err(e) => {
+                    let _ = report(reading.remove(0), Some(e), c);
+                }
             }
-            true
-        });
-        set_running(active.len());
+        }
+        set_running(active.len() + reading.len());
         if active.is_empty() {
             continue;
         }
-        // One token for every active sequence.
+        // One token for every sequence whose prompt is read.
         let tokens: Vec<u32> = active.iter().map(|a| a.next).collect();
         let logits = {
             let mut seqs: Vec<&mut Sequence> = active.iter_mut().map(|a| &mut a.seq).collect();
@@ -277,8 +306,61 @@ fn run(
                 cache.put(tokens, seq);
             }
         }
-        set_running(active.len());
+        set_running(active.len() + reading.len());
     }
+}
+
+/// Prompt tokens read between two decoding steps (a new prompt is read at least a piece at a
+/// time, however long): a long prompt delays the running streams by about one such piece per
+/// step instead of by all of it.
+const PROMPT_TOKENS_PER_STEP: usize = 256;
+const _: () = assert!(PROMPT_TOKENS_PER_STEP.is_multiple_of(baimo_models::DEFAULT_BATCH));
+
+/// How many of the `left` prompt tokens to read now. When the model allows it (see
+/// `Model::reads_prompt_in_pieces`) a long prompt goes in pieces of [`PROMPT_TOKENS_PER_STEP`]
+/// (a multiple of the model's batch), the last one at least a batch long: the pieces then give
+/// the cache and logits one call gives, bit for bit.
+fn next_piece(left: usize, in_pieces: bool) -> usize {
+    if in_pieces && left >= PROMPT_TOKENS_PER_STEP + baimo_models::DEFAULT_BATCH {
+        PROMPT_TOKENS_PER_STEP
+    } else {
+        left
+    }
+}
+
+/// Reads the next `piece` tokens of `a`'s prompt; once the last are read, picks its first
+/// token (true). Errors (a prompt over the context, a bad token) end the request.
+fn read_prompt(
+    model: &LoadedModel,
+    pool: &ThreadPool,
+    a: &mut Active,
+    piece: usize,
+    c: &Counters,
+) -> Result<bool, String> {
+    let started = Instant::now();
+    let tokens = &a.history[a.read..a.read + piece];
+    let logits = model.model.forward(pool, &mut a.seq, tokens, LogitsFor::Last).map_err(|e| e.to_string())?;
+    a.read += piece;
+    a.prompt_time += started.elapsed();
+    if a.read < a.history.len() {
+        return Ok(false);
+    }
+    let logits = logits.to_vec();
+    c.prompt_tokens.fetch_add(a.prompt_tokens, Ordering::Relaxed);
+    let room = a.seq.len() + 1 < a.seq.kv.max_len();
+    let (events, pieces) = (a.events.clone(), a.pieces);
+    let mut send = |text: &str| {
+        if pieces {
+            let _ = events.send(Event::Text(text.to_string()));
+        }
+    };
+    let next = a.stream.next(&model.tokenizer, &logits, &a.history, room, &mut send);
+    let lps = a.stream.take_logprobs();
+    if !lps.is_empty() {
+        let _ = a.events.send(Event::Logprobs(lps.to_vec()));
+    }
+    a.next = next.unwrap_or(0);
+    Ok(true)
 }
 
 /// Steps sequences one at a time (families without a batched path).
@@ -297,10 +379,10 @@ fn one_by_one(
     Ok(out)
 }
 
-/// Reads a new request's prompt and picks its first token; `None` when it is already done.
+/// Sets a new request up (its sequence, from the prefix cache when a finished one shares the
+/// prompt's start); its prompt is read by [`read_prompt`]. `None` when its client already left.
 fn admit(
     model: &LoadedModel,
-    pool: &ThreadPool,
     config: WorkerConfig,
     job: Job,
     c: &Counters,
@@ -310,54 +392,23 @@ fn admit(
         c.cancelled.fetch_add(1, Ordering::Relaxed);
         return None;
     }
-    let started = Instant::now();
     let (mut seq, reused) =
         cache.take(&job.prompt).unwrap_or_else(|| (model.model.new_sequence(config.context), 0));
     seq.arithmetic = config.arithmetic;
     c.cached_tokens.fetch_add(reused, Ordering::Relaxed);
-    let mut stream = TokenStream::new(&job.options);
-    let logits = match model.model.forward(pool, &mut seq, &job.prompt[reused..], LogitsFor::Last) {
-        Ok(l) => l.to_vec(),
-        Err(e) => {
-            let _ = job.events.send(Event::Done(Err(e.to_string())));
-            return None;
-        }
-    };
-    c.prompt_tokens.fetch_add(job.prompt.len(), Ordering::Relaxed);
-    let prompt_time = started.elapsed();
-    let room = seq.len() + 1 < seq.kv.max_len();
-    let (events, pieces) = (job.events.clone(), job.pieces);
-    let mut send = |piece: &str| {
-        if pieces {
-            let _ = events.send(Event::Text(piece.to_string()));
-        }
-    };
-    let next = stream.next(&model.tokenizer, &logits, &job.prompt, room, &mut send);
-    let lps = stream.take_logprobs();
-    if !lps.is_empty() {
-        let _ = job.events.send(Event::Logprobs(lps.to_vec()));
-    }
-    let a = Active {
+    Some(Active {
         seq,
-        history: job.prompt.clone(),
-        stream,
-        next: next.unwrap_or(0),
+        prompt_tokens: job.prompt.len(),
+        history: job.prompt,
+        stream: TokenStream::new(&job.options),
+        next: 0,
+        read: reused,
         events: job.events,
         pieces: job.pieces,
-        prompt_tokens: job.prompt.len(),
         cached_tokens: reused,
-        prompt_time,
-        started,
-    };
-    match next {
-        Some(_) => Some(a),
-        None => {
-            if let Some((tokens, seq)) = report(a, None, c) {
-                cache.put(tokens, seq);
-            }
-            None
-        }
-    }
+        prompt_time: Duration::ZERO,
+        started: Instant::now(),
+    })
 }
 
 /// Sends a finished request its result; hands back its tokens and sequence for the prefix cache
