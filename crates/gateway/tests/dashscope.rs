@@ -9,11 +9,10 @@ use baimo_gateway::mock::{Fault, MockState, spawn};
 use baimo_gateway::{
     Channel, ChatRequest, ErrorKind, FinishReason, Gateway, ProviderKind, RetryPolicy, StreamEvent,
 };
-use futures_util::StreamExt;
 use serde_json::json;
 
 mod support;
-use support::text_of;
+use support::{collect, text_of};
 
 const KEY: &str = "sk-dashscope-mock-0123456789";
 
@@ -48,22 +47,6 @@ fn request(stream: bool, tools: bool) -> ChatRequest {
             "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]);
     }
     ChatRequest::from_openai(&body).unwrap()
-}
-
-/// The events of a stream, and its error if it ended with one.
-async fn collect(
-    gw: &Gateway,
-    req: &ChatRequest,
-) -> (Vec<StreamEvent>, Option<baimo_gateway::UpstreamError>) {
-    let mut stream = gw.chat_stream(req).await.map_err(|f| f.error).unwrap().value;
-    let mut events = Vec::new();
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(e) => events.push(e),
-            Err(e) => return (events, Some(e)),
-        }
-    }
-    (events, None)
 }
 
 async fn answers_whole_and_streamed(kind: ProviderKind) {

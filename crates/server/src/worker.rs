@@ -171,6 +171,37 @@ impl Worker {
     }
 }
 
+impl Active {
+    /// Picks the token after `logits` (the row for the sequence's last token), sending its text
+    /// (when the handler wants pieces) and log-probabilities (when asked for); `None` when the
+    /// generation ended.
+    fn pick(&mut self, model: &LoadedModel, logits: &[f32]) -> Option<u32> {
+        let room = self.seq.len() + 1 < self.seq.kv.max_len();
+        let next = self.stream.next(
+            &model.tokenizer,
+            logits,
+            &self.history,
+            room,
+            &mut text_sink(&self.events, self.pieces),
+        );
+        let lps = self.stream.take_logprobs();
+        if !lps.is_empty() {
+            let _ = self.events.send(Event::Logprobs(lps.to_vec()));
+        }
+        next
+    }
+}
+
+/// Where a request's text goes piece by piece: to its handler, when it wants pieces (see
+/// [`Job::pieces`]); nowhere otherwise (the whole text comes with `Done`).
+fn text_sink(events: &UnboundedSender<Event>, pieces: bool) -> impl FnMut(&str) + '_ {
+    move |piece| {
+        if pieces {
+            let _ = events.send(Event::Text(piece.to_string()));
+        }
+    }
+}
+
 fn run(
     model: &LoadedModel,
     pool: &ThreadPool,
@@ -271,27 +302,7 @@ fn run(
         for (row, a) in active.iter_mut().enumerate() {
             a.history.push(a.next);
             let next = match &logits {
-                Ok(l) => {
-                    let room = a.seq.len() + 1 < a.seq.kv.max_len();
-                    let (events, pieces) = (&a.events, a.pieces);
-                    let mut send = |piece: &str| {
-                        if pieces {
-                            let _ = events.send(Event::Text(piece.to_string()));
-                        }
-                    };
-                    let next = a.stream.next(
-                        &model.tokenizer,
-                        &l[row * vocab..(row + 1) * vocab],
-                        &a.history,
-                        room,
-                        &mut send,
-                    );
-                    let lps = a.stream.take_logprobs();
-                    if !lps.is_empty() {
-                        let _ = a.events.send(Event::Logprobs(lps.to_vec()));
-                    }
-                    next
-                }
+                Ok(l) => a.pick(model, &l[row * vocab..(row + 1) * vocab]),
                 Err(_) => None,
             };
             match next {
@@ -347,19 +358,7 @@ fn read_prompt(
     }
     let logits = logits.to_vec();
     c.prompt_tokens.fetch_add(a.prompt_tokens, Ordering::Relaxed);
-    let room = a.seq.len() + 1 < a.seq.kv.max_len();
-    let (events, pieces) = (a.events.clone(), a.pieces);
-    let mut send = |text: &str| {
-        if pieces {
-            let _ = events.send(Event::Text(text.to_string()));
-        }
-    };
-    let next = a.stream.next(&model.tokenizer, &logits, &a.history, room, &mut send);
-    let lps = a.stream.take_logprobs();
-    if !lps.is_empty() {
-        let _ = a.events.send(Event::Logprobs(lps.to_vec()));
-    }
-    a.next = next.unwrap_or(0);
+    a.next = a.pick(model, &logits).unwrap_or(0);
     Ok(true)
 }
 
@@ -414,13 +413,7 @@ fn admit(
 /// Sends a finished request its result; hands back its tokens and sequence for the prefix cache
 /// when it ended well.
 fn report(a: Active, error: Option<String>, c: &Counters) -> Option<(Vec<u32>, Sequence)> {
-    let (events, pieces) = (a.events.clone(), a.pieces);
-    let mut send = |piece: &str| {
-        if pieces {
-            let _ = events.send(Event::Text(piece.to_string()));
-        }
-    };
-    let end = a.stream.finish(&mut send);
+    let end = a.stream.finish(&mut text_sink(&a.events, a.pieces));
     c.completion_tokens.fetch_add(end.tokens.len(), Ordering::Relaxed);
     let ok = error.is_none();
     let result = match error {

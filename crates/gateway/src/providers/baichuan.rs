@@ -18,7 +18,7 @@ use super::{BoxFuture, EventStream, Protocol, StreamTranslator, Upstream, json_b
 use crate::channel::Channel;
 use crate::error::{ErrorKind, UpstreamError};
 use crate::sse::{MAX_EVENT_BYTES, SseEvent};
-use crate::types::{ChatRequest, ChatResponse, FinishReason, Role, StreamEvent, Usage};
+use crate::types::{ChatRequest, ChatResponse, FinishReason, StreamEvent, Usage};
 
 const NAME: &str = "baichuan";
 const LEGACY_NAME: &str = "baichuan-legacy";
@@ -137,21 +137,7 @@ pub fn legacy_signature(secret_key: &str, body: &str, timestamp: &str) -> String
 /// The legacy body: user/assistant turns (no system role: its text opens the first user turn,
 /// ⚠️), sampling under `parameters`.
 pub fn legacy_request_body(model: &str, req: &ChatRequest) -> Value {
-    let mut messages: Vec<Value> = Vec::new();
-    for m in &req.messages {
-        let role = match m.role {
-            Role::System | Role::Developer => continue,
-            Role::Assistant => "assistant",
-            Role::User | Role::Tool | Role::Function => "user",
-        };
-        let content = m.content.clone().unwrap_or_default();
-        match messages.last_mut() {
-            Some(last) if last["role"] == role => {
-                last["content"] = format!("{}\n{content}", last["content"].as_str().unwrap_or("")).into();
-            }
-            _ => messages.push(json!({"role": role, "content": content})),
-        }
-    }
+    let mut messages = super::alternating_turns(Vec::new(), req);
     if let Some(system) = req.system_text()
         && let Some(first) = messages.iter_mut().find(|m| m["role"] == "user")
     {

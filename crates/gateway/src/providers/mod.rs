@@ -181,6 +181,33 @@ pub(crate) fn refuse_tools(provider: &'static str, req: &ChatRequest) -> Result<
     Ok(())
 }
 
+/// Appends the conversation's messages to `turns` as strictly alternating `{"role", "content"}`
+/// turns for the early APIs that had only users and assistants (Zhipu v3, Baichuan's legacy API):
+/// system messages are left to the caller, tool results speak as the user, and consecutive turns
+/// of one role are joined by a newline.
+pub(crate) fn alternating_turns(
+    mut turns: Vec<serde_json::Value>,
+    req: &ChatRequest,
+) -> Vec<serde_json::Value> {
+    use crate::types::Role;
+    for m in &req.messages {
+        let role = match m.role {
+            Role::System | Role::Developer => continue,
+            Role::Assistant => "assistant",
+            Role::User | Role::Tool | Role::Function => "user",
+        };
+        let content = m.content.clone().unwrap_or_default();
+        match turns.last_mut() {
+            Some(last) if last["role"] == role => {
+                let joined = format!("{}\n{content}", last["content"].as_str().unwrap_or(""));
+                last["content"] = joined.into();
+            }
+            _ => turns.push(serde_json::json!({"role": role, "content": content})),
+        }
+    }
+    turns
+}
+
 /// Reads a JSON body, or says the provider sent something unreadable.
 pub(crate) fn json_body(provider: &'static str, body: &[u8]) -> Result<serde_json::Value, UpstreamError> {
     serde_json::from_slice(body).map_err(|e| {

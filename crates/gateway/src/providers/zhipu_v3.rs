@@ -12,7 +12,7 @@ use super::{BoxFuture, EventStream, Protocol, StreamTranslator, Upstream, json_b
 use crate::channel::Channel;
 use crate::error::{ErrorKind, UpstreamError, retry_after_from_headers};
 use crate::sse::{MAX_EVENT_BYTES, SseEvent};
-use crate::types::{ChatRequest, ChatResponse, FinishReason, Role, StreamEvent, Usage};
+use crate::types::{ChatRequest, ChatResponse, FinishReason, StreamEvent, Usage};
 
 const V3_NAME: &str = "zhipu-v3";
 pub const V3_PREFIX: &str = "/api/paas/v3/model-api";
@@ -33,22 +33,8 @@ pub fn v3_request_body(req: &ChatRequest, stream: bool) -> Value {
         prompt.push(json!({"role": "user", "content": system}));
         prompt.push(json!({"role": "assistant", "content": "好的。"}));
     }
-    for m in &req.messages {
-        let role = match m.role {
-            Role::System | Role::Developer => continue,
-            Role::Assistant => "assistant",
-            Role::User | Role::Tool | Role::Function => "user",
-        };
-        let content = m.content.clone().unwrap_or_default();
-        match prompt.last_mut() {
-            // Consecutive turns of one role are merged: v3 wants them to alternate.
-            Some(last) if last["role"] == role => {
-                let joined = format!("{}\n{content}", last["content"].as_str().unwrap_or(""));
-                last["content"] = joined.into();
-            }
-            _ => prompt.push(json!({"role": role, "content": content})),
-        }
-    }
+    // Consecutive turns of one role are merged: v3 wants them to alternate.
+    let prompt = super::alternating_turns(prompt, req);
     let mut body = Map::new();
     body.insert("prompt".into(), prompt.into());
     if let Some(t) = req.temperature {
