@@ -188,6 +188,8 @@ impl SamplingOptions {
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
             stop_at_eog: true,
+            logit_bias: Vec::new(),
+            shown_tokens: Vec::new(),
         }
     }
 }

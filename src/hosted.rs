@@ -63,24 +63,17 @@ impl Hosted {
         sampling: &SamplingOptions,
         out: &mut dyn Write,
     ) -> Result<Answer> {
-        let req = ChatRequest {
-            model: self.model.clone(),
-            messages,
-            max_tokens: Some(sampling.max_tokens as u64),
-            temperature: Some(sampling.temperature as f64),
-            top_p: Some(sampling.top_p as f64),
-            stop: sampling.stop.clone(),
-            presence_penalty: (sampling.presence_penalty != 0.0).then_some(sampling.presence_penalty as f64),
-            frequency_penalty: (sampling.frequency_penalty != 0.0)
-                .then_some(sampling.frequency_penalty as f64),
-            seed: sampling.seed,
-            user: None,
-            tools: Vec::new(),
-            tool_choice: None,
-            legacy_functions: false,
-            stream: true,
-            include_usage: true,
-        };
+        let mut req = ChatRequest::new(self.model.clone(), messages);
+        req.max_tokens = Some(sampling.max_tokens as u64);
+        req.temperature = Some(sampling.temperature as f64);
+        req.top_p = Some(sampling.top_p as f64);
+        req.stop = sampling.stop.clone();
+        req.presence_penalty = (sampling.presence_penalty != 0.0).then_some(sampling.presence_penalty as f64);
+        req.frequency_penalty =
+            (sampling.frequency_penalty != 0.0).then_some(sampling.frequency_penalty as f64);
+        req.seed = sampling.seed;
+        req.stream = true;
+        req.include_usage = true;
         self.runtime.block_on(async {
             let started = Instant::now();
             let served = self.gateway.chat_stream(&req).await.map_err(|f| anyhow::anyhow!("{}", f.error))?;
@@ -109,7 +102,9 @@ impl Hosted {
                     }
                     StreamEvent::Finish(f) => answer.finish = Some(f),
                     StreamEvent::Usage(u) => answer.usage = u,
-                    StreamEvent::ToolCall { .. } => {}
+                    StreamEvent::ToolCall { .. }
+                    | StreamEvent::Logprobs(_)
+                    | StreamEvent::StopSequence(_) => {}
                 }
             }
             answer.seconds = started.elapsed().as_secs_f64();

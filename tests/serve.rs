@@ -243,7 +243,7 @@ fn anthropic_messages_whole_streamed_and_errors() {
         .filter_map(|l| l.strip_prefix("data: "))
         .map(|d| serde_json::from_str(d).unwrap())
         .collect();
-    assert_eq!(&names[..3], ["message_start", "content_block_start", "ping"]);
+    assert_eq!(&names[..3], ["message_start", "ping", "content_block_start"]);
     assert_eq!(&names[names.len() - 3..], ["content_block_stop", "message_delta", "message_stop"]);
     assert!(names[3..names.len() - 3].iter().all(|n| *n == "content_block_delta"));
     // Every event's data repeats its name as `type`.

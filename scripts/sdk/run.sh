@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the official Python SDKs (openai, anthropic; installed from PyPI into .venv-sdk) against
-# `baimo serve` on a tiny fixture model, over loopback. Used by .ci/run; about 30 s the first
-# time (the install), a few seconds after.
+# `baimo serve` on a tiny fixture model, over loopback, then the agent checks (the SDKs and
+# LangChain with tools and structured output, scripts/sdk/agents.py) on Qwen2.5-Coder-0.5B.
+# Used by .ci/run; about a minute the first time (the install), 30 s after.
 #
 #   scripts/sdk/run.sh [path/to/baimo]
 set -euo pipefail
@@ -11,7 +12,8 @@ venv=.venv-sdk
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install -q --disable-pip-version-check openai anthropic
+"$venv/bin/pip" install -q --disable-pip-version-check openai==3.63.0 anthropic==2.17.0 \
+    langchain-openai==1.8.1 langchain-anthropic==1.7.10
 model=tests/fixtures/hf/llama-trained
 log=$(mktemp)
 "$baimo" serve "$model" --port 0 -q 2>"$log" &
@@ -25,3 +27,17 @@ base=$(sed -n 's/^listening on //p' "$log" | head -1)
 [ -n "$base" ] || { echo "baimo serve did not start:"; cat "$log"; exit 1; }
 "$venv/bin/python" scripts/sdk/openai_chat.py "$base/v1" llama-trained
 "$venv/bin/python" scripts/sdk/anthropic_messages.py "$base" llama-trained
+
+# Agent clients (tools, results, content parts, structured output) on a real model whose template
+# teaches tool calls; the cargo tests fetched it into the cache.
+qlog=$(mktemp)
+"$baimo" serve qwen2.5-coder-0.5b --port 0 -q 2>"$qlog" &
+qwen=$!
+trap 'kill $server $qwen 2>/dev/null || true; rm -f "$log" "$qlog"' EXIT
+for _ in $(seq 300); do
+    grep -q "listening on" "$qlog" && break
+    sleep 0.1
+done
+qbase=$(sed -n 's/^listening on //p' "$qlog" | head -1)
+[ -n "$qbase" ] || { echo "baimo serve qwen2.5-coder-0.5b did not start:"; cat "$qlog"; exit 1; }
+"$venv/bin/python" scripts/sdk/agents.py "$qbase" qwen2.5-coder-0.5b qwen2.5-coder-0.5b --prompts 20

@@ -13,7 +13,8 @@ venv=.venv-providers
 palm=.venv-palm
 legacy=.venv-anthropic-legacy
 if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
-"$venv/bin/pip" install -q --disable-pip-version-check openai anthropic google-genai qianfan dashscope zhipuai spark-ai-python
+"$venv/bin/pip" install -q --disable-pip-version-check openai==3.63.0 anthropic==2.17.0 google-genai qianfan dashscope zhipuai spark-ai-python \
+    langchain-openai==1.8.1 langchain-anthropic==1.7.10
 if [ ! -x "$palm/bin/python" ]; then python3 -m venv "$palm"; fi
 "$palm/bin/pip" install -q --disable-pip-version-check "google-generativeai==0.1.0"
 # Anthropic's Text Completions (`client.completions`) left the SDK at 1.0: the last release with it.
@@ -111,3 +112,6 @@ start gateway serve --config "$config" --port 0 -q
 "$py" scripts/sdk/gateway_openai.py "$url" via-openai via-anthropic via-gemini via-ernie via-ernie-v2 \
     via-spark via-spark-http via-dashscope via-dashscope-compatible via-zhipu via-baichuan \
     --no-tools via-anthropic-legacy --no-tools via-palm --no-tools via-zhipu-v3 --no-tools via-baichuan-legacy
+
+echo "== agent clients (SDKs and LangChain: tools, results, structured output) through the gateway"
+"$py" scripts/sdk/agents.py "$url" via-openai via-anthropic --prompts 20

@@ -21,7 +21,8 @@
 //!   tool call is `<|assistant|>name\n```python\ntool_call(k=v, ...)\n```` and its result an
 //!   `<|observation|>` message ([`parse_chatglm3_tool_call`] reads the call back).
 //! - **GLM-4** (its chat template): `[gMASK]<sop>`, then `<|role|>\ncontent` per message, then
-//!   `<|assistant|>`.
+//!   `<|assistant|>`. Tools go into a system message under `# 可用工具`, one `## name` section
+//!   each; a call is `<|assistant|>name\n{arguments}` and its result an `<|observation|>` message.
 //! - **Plain** (GPT-2 and other base models): the messages' text, one paragraph each.
 
 /// A family's prompt format.
@@ -167,10 +168,20 @@ impl BuiltinFormat {
             )
             .to_string(),
             BuiltinFormat::Glm4 => concat!(
-                "[gMASK]<sop>{%- for message in messages -%}",
+                "[gMASK]<sop>",
+                "{%- if tools -%}<|system|>{{ '\\n' }}# 可用工具",
+                "{%- for tool in tools -%}{{ '\\n\\n' }}## {{ tool['function']['name'] }}{{ '\\n\\n' }}",
+                "{{ tool['function'] | tojson(indent=4) }}{{ '\\n' }}在调用上述函数时，请使用 Json 格式表示调用的参数。",
+                "{%- endfor -%}{%- endif -%}",
+                "{%- for message in messages -%}",
+                "{%- if message['role'] == 'assistant' and message['tool_calls'] -%}",
+                "{%- for call in message['tool_calls'] -%}",
+                "<|assistant|>{{ call['function']['name'] }}{{ '\\n' }}{{ call['function']['arguments'] | tojson }}",
+                "{%- endfor -%}",
+                "{%- else -%}",
                 "{%- set role = 'observation' if message['role'] == 'tool' else message['role'] -%}",
                 "<|{{ role }}|>{{ '\\n' }}{{ message['content'] }}",
-                "{%- endfor -%}{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+                "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
             )
             .to_string(),
             BuiltinFormat::Plain => {

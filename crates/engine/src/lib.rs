@@ -1,6 +1,8 @@
 //! Generation on top of the models: a model file opened with its tokenizer and chat template,
-//! sampling, stop conditions, text streamed piece by piece, and perplexity.
+//! sampling, stop conditions, text streamed piece by piece, perplexity, and the engine thread that
+//! decodes concurrent requests together (`worker`: continuous batching and the prefix cache).
 
+pub mod chat;
 pub mod infill;
 mod loaded;
 pub mod perplexity;
@@ -8,13 +10,17 @@ pub mod sampler;
 mod session;
 pub mod stop;
 mod stream;
+pub mod tools;
+pub mod worker;
 
+pub use chat::{EngineLimits, PrepareError, PreparedChat, ToolPlan};
 pub use infill::{Infill, InfillSpan, infill, infill_span};
 pub use loaded::{FALLBACK_CHAT_TEMPLATE, LoadedModel, builtin_format};
 pub use perplexity::{Perplexity, perplexity};
 pub use sampler::{Sampler, SamplingParams};
 pub use session::{FinishReason, GenerateOptions, Generation, Session};
 pub use stream::{StreamEnd, TokenLogprob, TokenStream};
+pub use worker::{Counters, Event, Job, Worker, WorkerConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

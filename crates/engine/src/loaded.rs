@@ -133,15 +133,17 @@ impl LoadedModel {
     /// Token ids of `text` with special tokens parsed, and BOS first when the model wants one and
     /// the text does not already start with it.
     pub fn tokenize_prompt(&self, text: &str) -> Vec<u32> {
-        let mut ids = Vec::new();
-        if let Some(bos) = self.tokenizer.bos_id().filter(|_| self.tokenizer.add_bos()) {
-            let bos_text = self.tokenizer.token_text(bos).unwrap_or("");
-            if bos_text.is_empty() || !text.starts_with(bos_text) {
-                ids.push(bos);
-            }
-        }
+        let mut ids: Vec<u32> = self.bos_for(text).into_iter().collect();
         ids.extend(self.tokenizer.encode(text, true));
         ids
+    }
+
+    /// The BOS token to put before `text`: when the model wants one and the text does not
+    /// already start with it.
+    pub fn bos_for(&self, text: &str) -> Option<u32> {
+        let bos = self.tokenizer.bos_id().filter(|_| self.tokenizer.add_bos())?;
+        let bos_text = self.tokenizer.token_text(bos).unwrap_or("");
+        (bos_text.is_empty() || !text.starts_with(bos_text)).then_some(bos)
     }
 
     /// The token ids of a conversation's prompt.

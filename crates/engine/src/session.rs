@@ -25,6 +25,11 @@ pub struct GenerateOptions {
     pub stop: Vec<String>,
     /// Stop at the model's end-of-generation tokens (`<|im_end|>`, EOS, ...).
     pub stop_at_eog: bool,
+    /// Added to these tokens' logits before sampling (-100 bans a token, 100 forces it).
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Control tokens whose text is part of the answer (tool-call markers such as
+    /// `<tool_call>`, which some vocabularies mark as control tokens); others are not shown.
+    pub shown_tokens: Vec<u32>,
 }
 
 impl Default for GenerateOptions {
@@ -35,6 +40,8 @@ impl Default for GenerateOptions {
             max_tokens: 512,
             stop: Vec::new(),
             stop_at_eog: true,
+            logit_bias: Vec::new(),
+            shown_tokens: Vec::new(),
         }
     }
 }
@@ -67,6 +74,8 @@ pub struct Generation {
     /// One entry per generated token when asked for (`GenerateOptions::logprobs`).
     pub logprobs: Vec<crate::stream::TokenLogprob>,
     pub finish_reason: FinishReason,
+    /// The stop string that ended the answer, if one did.
+    pub stop_sequence: Option<String>,
     pub prompt_tokens: usize,
     /// Prompt tokens whose cached state was reused.
     pub cached_tokens: usize,
@@ -183,6 +192,7 @@ impl Session {
             text,
             tokens: generated,
             logprobs: end.logprobs,
+            stop_sequence: end.stop_sequence.clone(),
             finish_reason: finish,
             prompt_tokens: prompt.len(),
             cached_tokens: reused,

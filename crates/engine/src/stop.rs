@@ -25,6 +25,11 @@ impl StopStrings {
         self.stops.is_empty()
     }
 
+    /// The stop string that [`StopStrings::check`] found at byte `at` of `pending`.
+    pub fn found_at(&self, pending: &str, at: usize) -> Option<&str> {
+        self.stops.iter().find(|s| pending.find(s.as_str()) == Some(at)).map(String::as_str)
+    }
+
     /// Checks `pending`, the text not yet shown (a stop string can only begin inside it, since
     /// everything shown before was checked not to be one's start).
     pub fn check(&self, pending: &str) -> StopCheck {

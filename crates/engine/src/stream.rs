@@ -55,6 +55,10 @@ pub struct TokenStream {
     text: String,
     generated: Vec<u32>,
     finish: Option<FinishReason>,
+    /// The stop string that ended the stream.
+    stop_sequence: Option<String>,
+    /// The logits with `options.logit_bias` added (kept between steps).
+    biased: Vec<f32>,
     started: Instant,
     first_token: Option<Duration>,
 }
@@ -65,6 +69,8 @@ pub struct StreamEnd {
     pub tokens: Vec<u32>,
     pub logprobs: Vec<TokenLogprob>,
     pub finish_reason: FinishReason,
+    /// The stop string that ended the stream, if one did.
+    pub stop_sequence: Option<String>,
     /// From the stream's start to its first token.
     pub time_to_first_token: Duration,
 }
@@ -83,6 +89,8 @@ impl TokenStream {
             text: String::new(),
             generated: Vec::new(),
             finish: None,
+            stop_sequence: None,
+            biased: Vec::new(),
             started: Instant::now(),
             first_token: None,
         }
@@ -120,6 +128,25 @@ impl TokenStream {
             self.finish = Some(FinishReason::Length);
             return None;
         }
+        let logits = if self.options.logit_bias.is_empty() {
+            logits
+        } else {
+            self.biased.clear();
+            self.biased.extend_from_slice(logits);
+            for &(token, bias) in &self.options.logit_bias {
+                if let Some(l) = self.biased.get_mut(token as usize) {
+                    // OpenAI: -100 bans the token, +100 makes it the only choice.
+                    *l = if bias <= -100.0 {
+                        f32::NEG_INFINITY
+                    } else if bias >= 100.0 {
+                        f32::MAX / 2.0
+                    } else {
+                        *l + bias
+                    };
+                }
+            }
+            &self.biased[..]
+        };
         let token = self.sampler.sample(logits, history);
         if self.options.stop_at_eog && tokenizer.is_eog(token) {
             self.finish = Some(FinishReason::Stop);
@@ -130,9 +157,16 @@ impl TokenStream {
             self.logprobs.push(logprobs_of(logits, token, k.min(20)));
         }
         self.first_token.get_or_insert_with(|| self.started.elapsed());
-        self.pending.push_str(&self.decoder.push(tokenizer, token));
+        if self.options.shown_tokens.contains(&token) {
+            // A marker the caller reads (a tool call's tag): its text, after what is held.
+            self.pending.push_str(&self.decoder.finish());
+            self.pending.push_str(tokenizer.token_text(token).unwrap_or(""));
+        } else {
+            self.pending.push_str(&self.decoder.push(tokenizer, token));
+        }
         match self.stops.check(&self.pending) {
             StopCheck::Stop(at) => {
+                self.stop_sequence = self.stops.found_at(&self.pending, at).map(String::from);
                 emit(&self.pending[..at], &mut self.text, on_text);
                 self.pending.clear();
                 self.finish = Some(FinishReason::Stop);
@@ -172,6 +206,7 @@ impl TokenStream {
             tokens: self.generated,
             logprobs: self.logprobs,
             finish_reason,
+            stop_sequence: self.stop_sequence,
             time_to_first_token: self.first_token.unwrap_or_default(),
         }
     }

@@ -93,10 +93,9 @@ impl UpstreamError {
         }
     }
 
-    /// OpenAI's error object for the client. The message names the provider but never a
-    /// credential (provider messages are passed through after `redact`).
-    pub fn openai_json(&self) -> Value {
-        let (kind, code) = match self.kind {
+    /// OpenAI's error `type` and `code` for this failure.
+    pub fn openai_type_code(&self) -> (&'static str, &'static str) {
+        match self.kind {
             ErrorKind::Auth => ("upstream_error", "upstream_authentication_failed"),
             ErrorKind::RateLimited => ("rate_limit_error", "rate_limit_exceeded"),
             ErrorKind::QuotaExhausted => ("insufficient_quota", "insufficient_quota"),
@@ -107,7 +106,13 @@ impl UpstreamError {
                 ("upstream_error", "upstream_error")
             }
             ErrorKind::Timeout => ("upstream_error", "upstream_timeout"),
-        };
+        }
+    }
+
+    /// OpenAI's error object for the client. The message names the provider but never a
+    /// credential (provider messages are passed through after `redact`).
+    pub fn openai_json(&self) -> Value {
+        let (kind, code) = self.openai_type_code();
         json!({"error": {"message": self.to_string(), "type": kind, "param": null, "code": code}})
     }
 }

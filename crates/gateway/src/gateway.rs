@@ -257,6 +257,7 @@ impl Gateway {
     pub async fn chat(&self, req: &ChatRequest) -> Result<Served<ChatResponse>, Failed> {
         self.route(&req.model, |channel| async move {
             let ch = &self.channels[channel];
+            crate::providers::refuse_unsupported(protocol(ch.provider), req)?;
             protocol(ch.provider).chat(&self.upstream, ch, ch.upstream_model(&req.model), req).await
         })
         .await
@@ -267,6 +268,7 @@ impl Gateway {
     pub async fn chat_stream(&self, req: &ChatRequest) -> Result<Served<EventStream>, Failed> {
         self.route(&req.model, |channel| async move {
             let ch = &self.channels[channel];
+            crate::providers::refuse_unsupported(protocol(ch.provider), req)?;
             protocol(ch.provider).chat_stream(&self.upstream, ch, ch.upstream_model(&req.model), req).await
         })
         .await

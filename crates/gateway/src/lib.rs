@@ -10,7 +10,7 @@ pub mod gateway;
 pub mod mock;
 pub mod providers;
 pub mod sse;
-pub mod types;
+pub use baimo_api::types;
 
 pub use channel::{Channel, ProviderKind, Secret};
 pub use error::{ErrorKind, UpstreamError};

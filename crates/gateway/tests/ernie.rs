@@ -72,6 +72,7 @@ async fn collect(mut stream: baimo_gateway::EventStream) -> Collected {
             }
             Ok(StreamEvent::Finish(f)) => c.finish = Some(f),
             Ok(StreamEvent::Usage(u)) => c.usage = Some(u),
+            Ok(StreamEvent::Logprobs(_) | StreamEvent::StopSequence(_)) => {}
             Err(e) => {
                 c.error = Some(e);
                 break;

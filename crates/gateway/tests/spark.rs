@@ -83,6 +83,7 @@ async fn collect(mut stream: EventStream) -> Collected {
             }
             Ok(StreamEvent::Finish(f)) => c.finish = Some(f),
             Ok(StreamEvent::Usage(u)) => c.usage = Some(u),
+            Ok(StreamEvent::Logprobs(_) | StreamEvent::StopSequence(_)) => {}
             Err(e) => {
                 c.error = Some(e);
                 break;

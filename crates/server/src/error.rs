@@ -11,7 +11,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub kind: &'static str,
     pub code: Option<&'static str>,
-    pub param: Option<&'static str>,
+    pub param: Option<String>,
     pub message: String,
     /// Seconds the client should wait (429 and 503 say 1 unless this says otherwise).
     pub retry_after: Option<u64>,
@@ -34,7 +34,7 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             kind: "invalid_request_error",
             code: Some("model_not_found"),
-            param: Some("model"),
+            param: Some("model".into()),
             message: format!("The model `{model}` does not exist; this server serves `{served}`."),
             retry_after: None,
         }
@@ -45,7 +45,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             kind: "invalid_request_error",
             code: Some("context_length_exceeded"),
-            param: Some("messages"),
+            param: Some("messages".into()),
             message: format!(
                 "This model's maximum context length is {max} tokens. However, your messages resulted in {prompt} tokens."
             ),
@@ -86,6 +86,32 @@ impl ApiError {
         }
     }
 
+    /// The request field at fault.
+    pub fn with_param(mut self, param: Option<&str>) -> ApiError {
+        self.param = param.map(String::from);
+        self
+    }
+
+    /// A request body that is not a valid request.
+    pub fn invalid(e: baimo_api::RequestError) -> ApiError {
+        let param = e.param.clone();
+        ApiError { param, ..ApiError::bad_request(e.message) }
+    }
+
+    /// A hosted provider's failure, as the client sees it (the status and retry hint it maps
+    /// to; the message names the provider, never a credential).
+    pub fn upstream(e: &baimo_gateway::UpstreamError) -> ApiError {
+        let (kind, code) = e.openai_type_code();
+        ApiError {
+            status: StatusCode::from_u16(e.client_status()).unwrap_or(StatusCode::BAD_GATEWAY),
+            kind,
+            code: Some(code),
+            param: None,
+            message: e.to_string(),
+            retry_after: crate::remote::retry_after_secs(e),
+        }
+    }
+
     pub fn with_retry_after(mut self, seconds: Option<u64>) -> ApiError {
         self.retry_after = seconds;
         self
@@ -97,10 +123,42 @@ impl ApiError {
             status: StatusCode::FORBIDDEN,
             kind: "invalid_request_error",
             code: Some("model_not_allowed"),
-            param: Some("model"),
+            param: Some("model".into()),
             message: format!("This API key may not use the model `{model}`."),
             retry_after: None,
         }
+    }
+
+    /// The `Retry-After` to send: 429 and 503 say 1 second unless told otherwise; an exhausted
+    /// quota says nothing (waiting does not help).
+    pub fn retry_seconds(&self) -> Option<u64> {
+        let transient =
+            matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
+                && self.code != Some("insufficient_quota");
+        self.retry_after.or(transient.then_some(1))
+    }
+
+    /// The error in Anthropic's envelope, with the status Anthropic would use (529 for
+    /// overloaded).
+    pub fn anthropic_response(self) -> Response {
+        let (status, kind) = match self.status {
+            StatusCode::UNAUTHORIZED => (self.status, "authentication_error"),
+            StatusCode::FORBIDDEN => (self.status, "permission_error"),
+            StatusCode::NOT_FOUND => (self.status, "not_found_error"),
+            StatusCode::BAD_REQUEST => (self.status, "invalid_request_error"),
+            StatusCode::TOO_MANY_REQUESTS => (self.status, "rate_limit_error"),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                (StatusCode::from_u16(529).unwrap_or(self.status), "overloaded_error")
+            }
+            _ => (self.status, "api_error"),
+        };
+        let retry = self.retry_seconds();
+        let mut response =
+            (status, Json(baimo_api::anthropic::error_json(kind, &self.message))).into_response();
+        if let Some(seconds) = retry {
+            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from(seconds));
+        }
+        response
     }
 
     pub fn body(&self) -> serde_json::Value {
@@ -110,10 +168,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let retry = matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE);
         let mut response = (self.status, Json(self.body())).into_response();
-        if retry {
-            let seconds = self.retry_after.unwrap_or(1);
+        if let Some(seconds) = self.retry_seconds() {
             response.headers_mut().insert("retry-after", axum::http::HeaderValue::from(seconds));
         }
         response

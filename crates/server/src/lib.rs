@@ -11,10 +11,10 @@ mod access;
 mod admin;
 mod anthropic;
 mod auth;
+mod backend;
 mod error;
 mod openai;
 pub mod remote;
-mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,9 +30,9 @@ use baimo_threads::ThreadPool;
 
 pub use access::Access;
 pub use auth::ApiKeys;
+pub use baimo_engine::{Counters, Worker, WorkerConfig};
 pub use error::ApiError;
 pub use remote::{UsageLog, UsageRecord};
-pub use worker::{Counters, Worker, WorkerConfig};
 
 /// Reported as `system_fingerprint`.
 pub const FINGERPRINT: &str = concat!("baimo-", env!("CARGO_PKG_VERSION"));

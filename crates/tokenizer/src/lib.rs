@@ -329,6 +329,18 @@ impl Tokenizer {
         self.vocab.id(text)
     }
 
+    /// The text of a control (or unknown) token found in `text`, if any: what
+    /// `encode(text, true)` would read as that token instead of as text.
+    pub fn control_text_in(&self, text: &str) -> Option<&str> {
+        self.vocab
+            .special_by_length
+            .iter()
+            .filter(|&&id| self.vocab.attr(id).any(Attr::CONTROL | Attr::UNKNOWN))
+            .filter_map(|&id| self.vocab.texts.get(id as usize))
+            .find(|t| !t.is_empty() && text.contains(t.as_str()))
+            .map(String::as_str)
+    }
+
     pub fn is_control(&self, id: u32) -> bool {
         self.vocab.attr(id).any(Attr::CONTROL)
     }

@@ -121,14 +121,17 @@ async fn messages(State(state): State<Arc<MockState>>, headers: HeaderMap, body:
     });
     let first_tool = req["tools"].as_array().and_then(|t| t.first()).and_then(|t| t["name"].as_str());
     let refuses = req.pointer("/tool_choice/type").and_then(Value::as_str) == Some("none");
+    let words = last_user_text.unwrap_or_default();
     let answer = reply(
         "mock-anthropic",
         model,
-        &last_user_text.unwrap_or_default(),
+        &words,
         tool_result.as_deref(),
         first_tool.filter(|_| !refuses),
         Some(max_tokens),
     );
+    let schema = req["tools"].as_array().and_then(|t| t.first()).and_then(|t| t.get("input_schema"));
+    let answer = super::shaped_to(answer, schema, &words);
     let all: String = messages.iter().map(|m| block_text(&m["content"])).collect::<Vec<_>>().join(" ");
     let input_tokens = (count_tokens(&all) + count_tokens(req["system"].as_str().unwrap_or(""))).max(1);
     let id = format!("msg_mock{:08x}", state.requests());

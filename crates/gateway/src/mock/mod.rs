@@ -209,6 +209,65 @@ pub(crate) fn reply(
     Reply::Text { pieces, truncated }
 }
 
+/// The answer with a tool call's arguments shaped to the tool's JSON Schema (when given): every
+/// property gets a value of its type (strings the user's words, numbers 1, the first of an
+/// enum), so a client validating the arguments against its schema accepts them, as it would a
+/// real model's.
+pub(crate) fn shaped_to(answer: Reply, schema: Option<&Value>, words: &str) -> Reply {
+    match (answer, schema) {
+        (Reply::Tool { name, .. }, Some(schema)) if schema.get("properties").is_some() => {
+            Reply::Tool { name, arguments: example_of(schema, schema, words, 0) }
+        }
+        (answer, _) => answer,
+    }
+}
+
+fn example_of(schema: &Value, root: &Value, words: &str, depth: usize) -> Value {
+    if depth > 8 {
+        return Value::Null;
+    }
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let target = r.strip_prefix('#').and_then(|p| root.pointer(p)).unwrap_or(&Value::Null);
+        return example_of(target, root, words, depth + 1);
+    }
+    if let Some(first) = ["anyOf", "oneOf", "allOf"].iter().find_map(|k| schema.get(*k)?.as_array()?.first())
+    {
+        return example_of(first, root, words, depth + 1);
+    }
+    if let Some(first) = schema.get("enum").and_then(|e| e.as_array()?.first()) {
+        return first.clone();
+    }
+    if let Some(c) = schema.get("const") {
+        return c.clone();
+    }
+    let kind = match schema.get("type") {
+        Some(Value::Array(kinds)) => {
+            kinds.iter().find(|k| *k != "null").and_then(Value::as_str).unwrap_or("null")
+        }
+        Some(k) => k.as_str().unwrap_or("string"),
+        None if schema.get("properties").is_some() => "object",
+        None => "string",
+    };
+    match kind {
+        "object" => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            Value::Object(
+                props
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), example_of(v, root, words, depth + 1)))
+                    .collect(),
+            )
+        }
+        "array" => json!([example_of(schema.get("items").unwrap_or(&Value::Null), root, words, depth + 1)]),
+        "integer" => json!(1),
+        "number" => json!(1.0),
+        "boolean" => json!(true),
+        "null" => Value::Null,
+        _ => json!(words),
+    }
+}
+
 /// Words of a text: the mocks' token count.
 pub(crate) fn count_tokens(text: &str) -> u64 {
     text.split_whitespace().count() as u64

@@ -27,7 +27,14 @@ pub fn request_body(model: &str, req: &ChatRequest, stream: bool) -> Value {
         let (role, blocks) = match m.role {
             Role::System | Role::Developer => continue,
             Role::User => {
-                ("user", vec![json!({"type": "text", "text": m.content.clone().unwrap_or_default()})])
+                let mut blocks = vec![json!({"type": "text", "text": m.content.clone().unwrap_or_default()})];
+                for image in &m.images {
+                    blocks.push(match image.base64() {
+                        Some((media_type, data)) => json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}),
+                        None => json!({"type": "image", "source": {"type": "url", "url": image.url()}}),
+                    });
+                }
+                ("user", blocks)
             }
             Role::Tool | Role::Function => (
                 "user",
@@ -69,6 +76,9 @@ pub fn request_body(model: &str, req: &ChatRequest, stream: bool) -> Value {
     }
     if let Some(p) = req.top_p {
         body.insert("top_p".into(), p.into());
+    }
+    if let Some(k) = req.top_k {
+        body.insert("top_k".into(), k.into());
     }
     if !req.stop.is_empty() {
         body.insert("stop_sequences".into(), json!(req.stop));
@@ -154,6 +164,14 @@ pub(crate) fn classify_error_object(
 impl Protocol for Anthropic {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn honours(&self) -> &'static [&'static str] {
+        &["top_k"]
+    }
+
+    fn takes_images(&self) -> bool {
+        true
     }
 
     fn request<'a>(

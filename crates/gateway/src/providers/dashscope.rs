@@ -398,6 +398,7 @@ mod tests {
         let mut req = ChatRequest::from_openai(&json!({
             "model": "qwen-plus", "temperature": 2.0, "top_p": 1.0, "seed": 4294967297u64, "stop": "END",
             "max_tokens": 30, "tool_choice": "required",
+            "tools": [{"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}}],
             "messages": [
                 {"role": "system", "content": "brief"},
                 {"role": "user", "content": "weather?"},
@@ -406,7 +407,7 @@ mod tests {
             ]
         }))
         .unwrap();
-        req.tools.push(Tool { name: "w".into(), description: None, parameters: json!({"type": "object"}) });
+        req.tools[0] = Tool { name: "w".into(), description: None, parameters: json!({"type": "object"}) };
         let body = request_body("qwen-plus", &req);
         let p = &body["parameters"];
         assert_eq!(

@@ -463,9 +463,11 @@ mod tests {
                 {"role": "tool", "tool_call_id": "call_a", "content": "sunny"},
                 {"role": "user", "content": "thanks"}
             ],
-            "tool_choice": {"type": "function", "function": {"name": "weather"}}
+            "tool_choice": {"type": "function", "function": {"name": "weather"}},
+            "tools": [{"type": "function", "function": {"name": "weather"}}]
         }))
         .unwrap();
+        req.tools.clear();
         req.tools.push(Tool {
             name: "weather".into(),
             description: Some("w".into()),

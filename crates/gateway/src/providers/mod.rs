@@ -96,6 +96,17 @@ impl TokenCache {
 pub trait Protocol: Send + Sync {
     fn name(&self) -> &'static str;
 
+    /// The request fields beyond the common ones (see `ChatRequest::sampler_fields`) this
+    /// protocol carries to the provider; a request setting any other is refused by name.
+    fn honours(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Whether messages may carry images (translated into the provider's form).
+    fn takes_images(&self) -> bool {
+        false
+    }
+
     /// The upstream HTTP request for `req` (sent to `channel`, as `model`). A future, because
     /// some providers need a token fetched first.
     fn request<'a>(
@@ -165,6 +176,20 @@ pub fn protocol(kind: ProviderKind) -> &'static dyn Protocol {
         ProviderKind::SparkHttp => &spark_http::SparkHttp,
         ProviderKind::AnthropicLegacy => &anthropic_legacy::AnthropicLegacy,
     }
+}
+
+/// Refuses a request this protocol cannot carry whole: a field it does not honour, or images
+/// for a text-only API (dropping either would change the answer without saying so).
+pub(crate) fn refuse_unsupported(protocol: &dyn Protocol, req: &ChatRequest) -> Result<(), UpstreamError> {
+    let name = protocol.name();
+    let refuse = |what: String| Err(UpstreamError::new(name, crate::error::ErrorKind::BadRequest, what));
+    if let Some(field) = req.sampler_fields().into_iter().find(|f| !protocol.honours().contains(f)) {
+        return refuse(format!("`{field}` is not supported by {name} models"));
+    }
+    if req.has_images() && !protocol.takes_images() {
+        return refuse(format!("{name} models take no images"));
+    }
+    Ok(())
 }
 
 /// Refuses a request that offers tools to an API that cannot call them (dropping them quietly

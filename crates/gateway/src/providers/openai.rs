@@ -10,8 +10,8 @@ use crate::channel::Channel;
 use crate::error::{ErrorKind, UpstreamError, retry_after_from_headers};
 use crate::sse::SseEvent;
 use crate::types::{
-    ChatRequest, ChatResponse, FinishReason, Message, Role, StreamEvent, ToolCall, ToolChoice, Usage,
-    tool_calls_json,
+    ChatRequest, ChatResponse, FinishReason, Message, ResponseFormat, Role, StreamEvent, ToolCall,
+    ToolChoice, Usage, tool_calls_json,
 };
 
 const NAME: &str = "openai";
@@ -32,7 +32,18 @@ fn role_name(role: Role) -> &'static str {
 fn message_json(m: &Message) -> Value {
     let mut out = Map::new();
     out.insert("role".into(), role_name(m.role).into());
-    out.insert("content".into(), m.content.clone().map_or(Value::Null, Value::String));
+    let content = match (&m.content, m.images.is_empty()) {
+        (text, true) => text.clone().map_or(Value::Null, Value::String),
+        // Images as OpenAI's content parts, after the text.
+        (text, false) => {
+            let mut parts: Vec<Value> =
+                text.iter().filter(|t| !t.is_empty()).map(|t| json!({"type": "text", "text": t})).collect();
+            parts
+                .extend(m.images.iter().map(|i| json!({"type": "image_url", "image_url": {"url": i.url()}})));
+            Value::Array(parts)
+        }
+    };
+    out.insert("content".into(), content);
     if !m.tool_calls.is_empty() {
         out.insert("tool_calls".into(), tool_calls_json(&m.tool_calls));
     }
@@ -63,6 +74,27 @@ pub fn request_body(model: &str, req: &ChatRequest, stream: bool) -> Value {
     put("seed", req.seed.map(Value::from));
     put("user", req.user.clone().map(Value::from));
     put("stop", (!req.stop.is_empty()).then(|| json!(req.stop)));
+    put("n", (req.n != 1).then(|| json!(req.n)));
+    put("logprobs", req.logprobs.map(|_| json!(true)));
+    put("top_logprobs", req.logprobs.filter(|&k| k > 0).map(Value::from));
+    if !req.logit_bias.is_empty() {
+        let bias: Map<String, Value> =
+            req.logit_bias.iter().map(|(t, b)| (t.to_string(), json!(b))).collect();
+        put("logit_bias", Some(Value::Object(bias)));
+    }
+    put(
+        "response_format",
+        req.response_format.as_ref().map(|f| match f {
+            ResponseFormat::Text => json!({"type": "text"}),
+            ResponseFormat::JsonObject => json!({"type": "json_object"}),
+            ResponseFormat::JsonSchema { name, schema, strict } => {
+                json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": strict}})
+            }
+        }),
+    );
+    if !req.parallel_tool_calls && !req.tools.is_empty() {
+        put("parallel_tool_calls", Some(false.into()));
+    }
     if !req.tools.is_empty() {
         let tools: Vec<Value> = req
             .tools
@@ -152,6 +184,14 @@ fn error_from(status: Option<u16>, error: &Value, retry_after: Option<std::time:
 impl Protocol for OpenAi {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn honours(&self) -> &'static [&'static str] {
+        &["logit_bias", "response_format"]
+    }
+
+    fn takes_images(&self) -> bool {
+        true
     }
 
     fn request<'a>(

@@ -278,6 +278,7 @@ impl Answer {
             },
             StreamEvent::Finish(f) => self.finish = Some(f),
             StreamEvent::Usage(u) => self.usage = u,
+            StreamEvent::Logprobs(_) | StreamEvent::StopSequence(_) => {}
         }
     }
 

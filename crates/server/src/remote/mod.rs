@@ -1,16 +1,11 @@
-//! Models served by hosted providers through the gateway: the request arrives at baimo's OpenAI
-//! (`openai`) or Anthropic (`anthropic`) endpoint, goes out in the channel's own protocol, and
-//! comes back in the shape the client asked in, whole or chunk by chunk. Every request leaves one
-//! usage record, however many tries it took.
-
-pub(crate) mod anthropic;
-pub(crate) mod openai;
+//! The bookkeeping of every request, local or hosted: one usage record per request however
+//! many tries it took, and the response headers that name the channel that answered.
 
 use std::time::Instant;
 
 use axum::http::HeaderValue;
 use axum::response::Response;
-use baimo_gateway::{Failed, UpstreamError, Usage};
+use baimo_gateway::{UpstreamError, Usage};
 
 use crate::App;
 
@@ -72,13 +67,6 @@ impl Tally {
         if let Some(log) = &app.usage_log {
             log.record(record);
         }
-    }
-
-    /// Records a request no channel could serve.
-    pub fn failed(&self, app: &App, failed: &Failed) {
-        let channel = failed.failed.last().map_or("", |a| a.channel.as_str());
-        let retries = failed.failed.len().saturating_sub(1);
-        self.finish(app, channel, Usage::default(), failed.error.client_status(), retries);
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use baimo_engine::{FinishReason, GenerateOptions, Generation, LoadedModel, TokenStream};
+use crate::{FinishReason, GenerateOptions, Generation, LoadedModel, TokenStream};
 use baimo_models::{Arithmetic, LogitsFor, ModelError, Sequence};
 use baimo_threads::ThreadPool;
 use tokio::sync::mpsc::UnboundedSender;
@@ -22,7 +22,7 @@ pub enum Event {
     /// A piece of the answer's text.
     Text(String),
     /// Log-probabilities of the tokens generated since the last such event (when asked for).
-    Logprobs(Vec<baimo_engine::TokenLogprob>),
+    Logprobs(Vec<crate::TokenLogprob>),
     /// The generation ended (its figures), or failed.
     Done(Result<Generation, String>),
 }
@@ -422,6 +422,7 @@ fn report(a: Active, error: Option<String>, c: &Counters) -> Option<(Vec<u32>, S
             text: end.text,
             tokens: end.tokens,
             logprobs: end.logprobs,
+            stop_sequence: end.stop_sequence.clone(),
             finish_reason: if end.finish_reason == FinishReason::Cancelled {
                 FinishReason::Length
             } else {
