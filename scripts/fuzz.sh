@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes the GGUF reader (cargo-fuzz target `gguf_parse` in fuzz/) and the Hugging Face
-# checkpoint readers (`checkpoint_parse`), tokenizer files (`tokenizer_files`) and hosted
-# providers' answers and streams (`provider_bytes`) for a bounded time.
+# checkpoint readers (`checkpoint_parse`), tokenizer files (`tokenizer_files`), hosted
+# providers' answers and streams (`provider_bytes`) and what clients send (`client_requests`:
+# request bodies, tool-call text, GBNF) for a bounded time.
 #
 #   scripts/fuzz.sh [SECONDS] [extra libFuzzer flags...]     (default: 60 seconds)
 #
@@ -58,6 +59,17 @@ cargo +nightly fuzz run tokenizer_files corpus/tokenizer_files seeds_tokenizer -
 # What hosted providers send back (answers, errors, streams) likewise.
 mkdir -p corpus/provider_bytes
 cargo +nightly fuzz run provider_bytes corpus/provider_bytes seeds_provider -- \
+    -max_total_time="$checkpoint_seconds" \
+    -max_len=16384 \
+    -timeout=10 \
+    -malloc_limit_mb=64 \
+    -rss_limit_mb=2048 \
+    -print_final_stats=1 \
+    "$@"
+
+# What clients send (request bodies, answers read for tool calls, GBNF grammars) likewise.
+mkdir -p corpus/client_requests
+cargo +nightly fuzz run client_requests corpus/client_requests seeds_client -- \
     -max_total_time="$checkpoint_seconds" \
     -max_len=16384 \
     -timeout=10 \

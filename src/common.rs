@@ -190,6 +190,7 @@ impl SamplingOptions {
             stop_at_eog: true,
             logit_bias: Vec::new(),
             shown_tokens: Vec::new(),
+            grammar: None,
         }
     }
 }

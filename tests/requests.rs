@@ -2,7 +2,7 @@
 //! template teaches the Hermes tool syntax): tool calls and
 //! their results on both fronts, whole and streamed; content-part arrays; the request fields
 //! that are honoured (logit_bias, top_k, min_p, stop sequences, seeds) or refused by name; the
-//! legacy completions endpoint; special tokens typed in a message staying text.
+//! legacy completions endpoint; structured output; special tokens typed in a message staying text.
 //!
 //! One server for the whole file: each check is a function called from one test.
 
@@ -364,6 +364,43 @@ fn legacy_completions(server: &Server, model: &str) {
     assert_eq!(by_ids["choices"][0]["text"], one["choices"][0]["text"]);
 }
 
+/// `response_format`: `json_object` and `json_schema` (a nested schema) answers parse and fit;
+/// a GBNF `grammar` gives only its words.
+fn structured_output(server: &Server, model: &str) {
+    let schema = json!({"type": "object", "properties": {
+        "city": {"type": "string"}, "country": {"type": "string"},
+        "facts": {"type": "array", "items": {"type": "object", "properties": {
+            "topic": {"type": "string", "enum": ["history", "food", "sport"]}, "text": {"type": "string"}},
+            "required": ["topic", "text"], "additionalProperties": false}, "minItems": 1, "maxItems": 2}},
+        "required": ["city", "country", "facts"], "additionalProperties": false});
+    for city in ["Paris", "Tokyo", "Lima"] {
+        let req = json!({"model": model, "temperature": 0, "max_tokens": 160,
+            "messages": [{"role": "user", "content": format!("Tell me about {city}.")}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": true}}});
+        let (status, v) = post(server, "/v1/chat/completions", &req);
+        assert_eq!(status, 200, "{v}");
+        let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+        let answer: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert!(answer["city"].is_string() && answer["country"].is_string(), "{answer}");
+        let facts = answer["facts"].as_array().unwrap();
+        assert!((1..=2).contains(&facts.len()), "{answer}");
+        assert!(
+            facts.iter().all(|f| ["history", "food", "sport"].contains(&f["topic"].as_str().unwrap())
+                && f["text"].is_string())
+        );
+        assert_eq!(answer.as_object().unwrap().len(), 3, "{answer}");
+    }
+    let req = json!({"model": model, "temperature": 0, "max_tokens": 64, "response_format": {"type": "json_object"},
+        "messages": [{"role": "user", "content": "The capital of France, as JSON."}]});
+    let (_, v) = post(server, "/v1/chat/completions", &req);
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(serde_json::from_str::<Value>(text).is_ok_and(|a| a.is_object()), "{text:?}");
+    let req = json!({"model": model, "temperature": 0, "max_tokens": 8, "grammar": "root ::= (\"yes\" | \"no\")",
+        "messages": [{"role": "user", "content": "Is the sky green?"}]});
+    let (_, v) = post(server, "/v1/chat/completions", &req);
+    assert!(["yes", "no"].contains(&v["choices"][0]["message"]["content"].as_str().unwrap()), "{v}");
+}
+
 #[test]
 fn qwen_tools_parts_and_fields() {
     // Fetched into the cache first (the server then serves it under its known name).
@@ -377,4 +414,5 @@ fn qwen_tools_parts_and_fields() {
     request_fields(&server, model);
     logit_bias_applies(&server, model);
     legacy_completions(&server, model);
+    structured_output(&server, model);
 }

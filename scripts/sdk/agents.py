@@ -175,14 +175,18 @@ TEMPLATES = [
     "Living in {c}, {n} turned {a} this year.",
     "Our new colleague {n} ({a}) has moved here from {c}.",
 ]
-for name, llm in [
-    ("ChatOpenAI", ChatOpenAI(model=args.openai_model, base_url=args.base + "/v1", api_key="unused",
-                              temperature=0, max_tokens=96, max_retries=0)),
-    ("ChatAnthropic", ChatAnthropic(model=args.anthropic_model, base_url=args.base, api_key="unused",
-                                    temperature=0, max_tokens=96, max_retries=0)),
+openai_llm = ChatOpenAI(model=args.openai_model, base_url=args.base + "/v1", api_key="unused",
+                        temperature=0, max_tokens=96, max_retries=0)
+anthropic_llm = ChatAnthropic(model=args.anthropic_model, base_url=args.base, api_key="unused",
+                              temperature=0, max_tokens=96, max_retries=0)
+for name, structured in [
+    # json_schema: response_format with the model's schema, strict (constrained decoding).
+    ("ChatOpenAI json_schema", openai_llm.with_structured_output(Person, method="json_schema", strict=True)),
+    # function_calling: a forced call of a tool named after the model.
+    ("ChatOpenAI function_calling", openai_llm.with_structured_output(Person, method="function_calling")),
+    # Anthropic: a forced tool_use.
+    ("ChatAnthropic", anthropic_llm.with_structured_output(Person)),
 ]:
-    kwargs = {"method": "function_calling"} if name == "ChatOpenAI" else {}
-    structured = llm.with_structured_output(Person, **kwargs)
     good = 0
     for i, (n, a, c) in enumerate(PEOPLE[: args.prompts]):
         text = TEMPLATES[i % len(TEMPLATES)].format(n=n, a=a, c=c)
@@ -190,4 +194,12 @@ for name, llm in [
         assert isinstance(person, Person), (name, text, person)
         good += 1
     print(f"LangChain {name}.with_structured_output(Person): {good}/{args.prompts} valid")
+
+# response_format json_object through the openai SDK: the answer is a JSON object.
+obj = oa.chat.completions.create(
+    model=args.openai_model, temperature=0, max_tokens=64, response_format={"type": "json_object"},
+    messages=[{"role": "user", "content": "Give the capital of France as JSON with the key capital."}],
+)
+assert isinstance(json.loads(obj.choices[0].message.content), dict), obj
+print("openai SDK: response_format json_object parses")
 sys.exit(0)

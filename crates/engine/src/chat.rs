@@ -12,6 +12,7 @@ use baimo_api::{ChatRequest, Message, ResponseFormat, Role, ToolChoice};
 use baimo_chat::{ChatMessage, RenderRequest};
 use serde_json::{Value, json};
 
+use crate::constrain::{GrammarRequest, GrammarSpec, gbnf_to_lark};
 use crate::tools::{ToolCallParser, ToolSyntax};
 use crate::{GenerateOptions, LoadedModel, SamplingParams};
 
@@ -167,6 +168,38 @@ impl LoadedModel {
         source.contains("role")
     }
 
+    /// The grammar the answer must match (`response_format`, `grammar`), checked to compile.
+    fn answer_grammar(&self, req: &ChatRequest) -> Result<Option<GrammarRequest>, PrepareError> {
+        if req.grammar.is_some() && req.response_format.as_ref().is_some_and(|f| *f != ResponseFormat::Text) {
+            return Err(refuse("grammar", "give `grammar` or a JSON `response_format`, not both"));
+        }
+        if let Some(gbnf) = &req.grammar {
+            let lark = gbnf_to_lark(gbnf).map_err(|e| refuse("grammar", format!("grammar: {e}")))?;
+            return self.grammar_request(GrammarSpec::Lark(lark), "grammar").map(Some);
+        }
+        let spec = match &req.response_format {
+            None | Some(ResponseFormat::Text) => return Ok(None),
+            Some(ResponseFormat::JsonObject) => {
+                GrammarSpec::JsonSchema(json_layout(json!({"type": "object"})))
+            }
+            Some(ResponseFormat::JsonSchema { schema, .. }) => {
+                GrammarSpec::JsonSchema(json_layout(schema.clone()))
+            }
+        };
+        self.grammar_request(spec, "response_format").map(Some)
+    }
+
+    fn grammar_request(
+        &self,
+        spec: GrammarSpec,
+        param: &'static str,
+    ) -> Result<GrammarRequest, PrepareError> {
+        let grammars = self.grammars().map_err(|e| refuse(param, format!("constrained decoding: {e}")))?;
+        let request = GrammarRequest { grammars, spec };
+        request.constraint().map_err(|e| refuse(param, format!("the grammar is not usable: {e}")))?;
+        Ok(request)
+    }
+
     /// Renders and tokenizes `req` for this model, with its options. `limits` bound the
     /// answer's length.
     pub fn prepare_chat(
@@ -180,17 +213,7 @@ impl LoadedModel {
                 format!("{} reads text only: image content is not supported", self.name),
             ));
         }
-        if req.grammar.is_some() {
-            return Err(refuse("grammar", "`grammar` is not supported by local models yet"));
-        }
-        if let Some(format) = &req.response_format
-            && *format != ResponseFormat::Text
-        {
-            return Err(refuse(
-                "response_format",
-                "JSON response formats are not supported by local models yet",
-            ));
-        }
+        let mut grammar = self.answer_grammar(req)?;
         if req.messages.is_empty() {
             return Err(refuse("messages", "`messages` must not be empty"));
         }
@@ -218,12 +241,30 @@ impl LoadedModel {
                 _ => None,
             };
             let prefill = match forced {
-                Some(name) => Some(syntax.call_opening(name).ok_or_else(|| {
-                    refuse(
-                        "tool_choice",
-                        format!("{} cannot be made to call a tool; use tool_choice \"auto\"", self.name),
-                    )
-                })?),
+                Some(name) => {
+                    // A grammar makes the call certain and its arguments fit the schema; where
+                    // the syntax has none here, opening the call in the prompt forces it.
+                    if let Some((opening, lark)) = call_grammar(syntax, req, name) {
+                        if grammar.is_some() {
+                            return Err(refuse(
+                                "response_format",
+                                "response_format and a forced tool call together are not supported",
+                            ));
+                        }
+                        grammar = Some(self.grammar_request(GrammarSpec::Lark(lark), "tools")?);
+                        Some(opening)
+                    } else {
+                        Some(syntax.call_opening(name).ok_or_else(|| {
+                            refuse(
+                                "tool_choice",
+                                format!(
+                                    "{} cannot be made to call a tool; use tool_choice \"auto\"",
+                                    self.name
+                                ),
+                            )
+                        })?)
+                    }
+                }
                 None => None,
             };
             if let Some(p) = &prefill {
@@ -247,6 +288,7 @@ impl LoadedModel {
             return Err(PrepareError::ContextLength { max: limits.context, prompt: prompt.len() });
         }
         let mut options = self.generate_options(req, prompt.len(), limits)?;
+        options.grammar = grammar;
         if let Some(plan) = &plan {
             options.shown_tokens = plan
                 .syntax
@@ -310,6 +352,7 @@ impl LoadedModel {
             stop_at_eog: true,
             logit_bias: req.logit_bias.clone(),
             shown_tokens: Vec::new(),
+            grammar: None,
         })
     }
 
@@ -352,6 +395,50 @@ impl LoadedModel {
         ids.extend(tokenizer.encode(&text[at..], true));
         Ok(ids)
     }
+}
+
+/// A JSON Schema with the layout constrained JSON is written in: one line, `", "` and `": "`
+/// between items (as Python's `json.dumps`), no free whitespace a model could wander in. A
+/// schema that sets its own layout (`x-guidance`) keeps it.
+fn json_layout(mut schema: Value) -> Value {
+    if let Some(o) = schema.as_object_mut() {
+        o.entry("x-guidance")
+            .or_insert(json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}));
+    }
+    schema
+}
+
+/// The grammar of a forced tool call (`name`: that tool, else any of them), and the text that
+/// opens it in the prompt; `None` for syntaxes whose calls are not JSON.
+fn call_grammar(syntax: ToolSyntax, req: &ChatRequest, name: Option<&str>) -> Option<(String, String)> {
+    let (opening, key) = match syntax {
+        ToolSyntax::Hermes => ("<tool_call>\n", "arguments"),
+        ToolSyntax::Llama3Json => ("", "parameters"),
+        ToolSyntax::Mistral => ("[TOOL_CALLS][", "arguments"),
+        ToolSyntax::Glm4 => ("", ""),
+        ToolSyntax::GlmXml | ToolSyntax::ChatGlm3 => return None,
+    };
+    let literal = |text: String| serde_json::to_string(&text).unwrap_or_default();
+    let mut alternatives = Vec::new();
+    let mut rules = String::new();
+    for (i, tool) in req.tools.iter().enumerate().filter(|(_, t)| name.is_none_or(|n| n == t.name)) {
+        let head = match syntax {
+            ToolSyntax::Glm4 => format!("{}\n", tool.name),
+            _ => format!("{{\"name\": {}, \"{key}\": ", Value::from(tool.name.as_str())),
+        };
+        let tail =
+            if syntax == ToolSyntax::Glm4 { String::new() } else { format!(" {}", literal("}".into())) };
+        alternatives.push(format!("{} args_{i}{tail}", literal(head)));
+        let schema = json_layout(if tool.parameters.is_object() {
+            tool.parameters.clone()
+        } else {
+            json!({"type": "object"})
+        });
+        rules.push_str(&format!("args_{i}: %json {schema}\n"));
+    }
+    let close =
+        if syntax == ToolSyntax::Mistral { format!(" {}", literal("]".into())) } else { String::new() };
+    Some((opening.to_string(), format!("start: ({}){close}\n{rules}", alternatives.join(" | "))))
 }
 
 fn has_tool_turns(messages: &[Message]) -> bool {

@@ -3,6 +3,7 @@
 //! decodes concurrent requests together (`worker`: continuous batching and the prefix cache).
 
 pub mod chat;
+pub mod constrain;
 pub mod infill;
 mod loaded;
 pub mod perplexity;

@@ -24,6 +24,8 @@ pub struct LoadedModel {
     /// Whether `chat_template` came from the file (false: the ChatML fallback).
     pub has_own_template: bool,
     pub info: ModelInfo,
+    /// Grammar matchers for this vocabulary, built on first use.
+    grammars: std::sync::OnceLock<Result<std::sync::Arc<crate::constrain::Grammars>, String>>,
 }
 
 impl LoadedModel {
@@ -71,6 +73,7 @@ impl LoadedModel {
             chat_template,
             has_own_template: own,
             info,
+            grammars: std::sync::OnceLock::new(),
         })
     }
 
@@ -121,7 +124,18 @@ impl LoadedModel {
             chat_template,
             has_own_template: own,
             info,
+            grammars: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Grammar matchers for this model's vocabulary (built once, on first use).
+    pub fn grammars(&self) -> Result<std::sync::Arc<crate::constrain::Grammars>, String> {
+        self.grammars
+            .get_or_init(|| {
+                crate::constrain::Grammars::new(&self.tokenizer, self.info.vocab_size)
+                    .map(std::sync::Arc::new)
+            })
+            .clone()
     }
 
     /// The prompt text for a conversation, ending with the assistant's turn opened.

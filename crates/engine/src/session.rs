@@ -30,6 +30,8 @@ pub struct GenerateOptions {
     /// Control tokens whose text is part of the answer (tool-call markers such as
     /// `<tool_call>`, which some vocabularies mark as control tokens); others are not shown.
     pub shown_tokens: Vec<u32>,
+    /// A grammar the answer must match (sampling is constrained to it).
+    pub grammar: Option<crate::constrain::GrammarRequest>,
 }
 
 impl Default for GenerateOptions {
@@ -42,6 +44,7 @@ impl Default for GenerateOptions {
             stop_at_eog: true,
             logit_bias: Vec::new(),
             shown_tokens: Vec::new(),
+            grammar: None,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use baimo_tokenizer::{StreamDecoder, Tokenizer};
 
+use crate::constrain::Constraint;
 use crate::sampler::Sampler;
 use crate::session::{FinishReason, GenerateOptions};
 use crate::stop::{StopCheck, StopStrings};
@@ -57,8 +58,11 @@ pub struct TokenStream {
     finish: Option<FinishReason>,
     /// The stop string that ended the stream.
     stop_sequence: Option<String>,
-    /// The logits with `options.logit_bias` added (kept between steps).
+    /// The logits with `options.logit_bias` added and the grammar's mask applied (kept between
+    /// steps).
     biased: Vec<f32>,
+    /// The grammar state of this answer, when it must match one.
+    constraint: Option<Constraint>,
     started: Instant,
     first_token: Option<Duration>,
 }
@@ -91,6 +95,8 @@ impl TokenStream {
             finish: None,
             stop_sequence: None,
             biased: Vec::new(),
+            // A grammar that does not compile was refused when the request was prepared.
+            constraint: options.grammar.as_ref().and_then(|g| g.constraint().ok()),
             started: Instant::now(),
             first_token: None,
         }
@@ -128,7 +134,12 @@ impl TokenStream {
             self.finish = Some(FinishReason::Length);
             return None;
         }
-        let logits = if self.options.logit_bias.is_empty() {
+        if self.constraint.as_ref().is_some_and(Constraint::is_done) {
+            // The grammar is complete: the answer is too.
+            self.finish = Some(FinishReason::Stop);
+            return None;
+        }
+        let logits = if self.options.logit_bias.is_empty() && self.constraint.is_none() {
             logits
         } else {
             self.biased.clear();
@@ -145,10 +156,23 @@ impl TokenStream {
                     };
                 }
             }
+            if let Some(c) = &mut self.constraint
+                && !c.mask(&mut self.biased)
+            {
+                // Nothing may follow (the grammar failed): end rather than write outside it.
+                self.finish = Some(FinishReason::Stop);
+                return None;
+            }
             &self.biased[..]
         };
         let token = self.sampler.sample(logits, history);
         if self.options.stop_at_eog && tokenizer.is_eog(token) {
+            self.finish = Some(FinishReason::Stop);
+            return None;
+        }
+        if let Some(c) = &mut self.constraint
+            && !c.accept(token)
+        {
             self.finish = Some(FinishReason::Stop);
             return None;
         }

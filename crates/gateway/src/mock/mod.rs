@@ -222,6 +222,23 @@ pub(crate) fn shaped_to(answer: Reply, schema: Option<&Value>, words: &str) -> R
     }
 }
 
+/// The answer as JSON when the request asks for it (OpenAI's `response_format`): an object
+/// fitting the schema, or `{"answer": words}` for any object.
+pub(crate) fn formatted(answer: Reply, format: &Value, words: &str) -> Reply {
+    let text = match format.get("type").and_then(Value::as_str) {
+        Some("json_schema") => {
+            let schema = format.pointer("/json_schema/schema").unwrap_or(&Value::Null);
+            example_of(schema, schema, words, 0).to_string()
+        }
+        Some("json_object") => json!({"answer": words}).to_string(),
+        _ => return answer,
+    };
+    match answer {
+        Reply::Text { .. } => Reply::Text { pieces: vec![text], truncated: false },
+        tool => tool,
+    }
+}
+
 fn example_of(schema: &Value, root: &Value, words: &str, depth: usize) -> Value {
     if depth > 8 {
         return Value::Null;

@@ -155,6 +155,7 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
         .and_then(|t| t.first())
         .and_then(|t| t.pointer("/function/parameters").or_else(|| t.get("parameters")));
     let answer = super::shaped_to(answer, schema, &last_user);
+    let answer = super::formatted(answer, &req["response_format"], &last_user);
     let prompt_tokens = count_tokens(&all).max(1);
     let id = format!("chatcmpl-mock{:08x}", state.requests());
     let created = 1_700_000_000u64;
