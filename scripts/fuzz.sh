@@ -33,57 +33,27 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-# The checkpoint readers (safetensors, torch.save zip + pickle) get a third of the time.
-checkpoint_seconds=$((seconds / 3 + 1))
-mkdir -p corpus/checkpoint_parse
-cargo +nightly fuzz run checkpoint_parse corpus/checkpoint_parse seeds_checkpoint -- \
-    -max_total_time="$checkpoint_seconds" \
-    -max_len=16384 \
-    -timeout=10 \
-    -malloc_limit_mb=64 \
-    -rss_limit_mb=2048 \
-    -print_final_stats=1 \
-    "$@"
+# fuzz TARGET SEEDS SECONDS [flags]: runs one target from its corpus (kept between runs) and seeds.
+fuzz() {
+    local target=$1 seeds=$2 time=$3
+    shift 3
+    mkdir -p "corpus/$target"
+    cargo +nightly fuzz run "$target" "corpus/$target" "$seeds" -- \
+        -max_total_time="$time" \
+        -max_len=16384 \
+        -timeout=10 \
+        -malloc_limit_mb=64 \
+        -rss_limit_mb=2048 \
+        -print_final_stats=1 \
+        "$@"
+}
 
-# The tokenizer files of model folders (SentencePiece protobuf, tiktoken ranks) likewise.
-mkdir -p corpus/tokenizer_files
-cargo +nightly fuzz run tokenizer_files corpus/tokenizer_files seeds_tokenizer -- \
-    -max_total_time="$checkpoint_seconds" \
-    -max_len=16384 \
-    -timeout=10 \
-    -malloc_limit_mb=64 \
-    -rss_limit_mb=2048 \
-    -print_final_stats=1 \
-    "$@"
-
-# What hosted providers send back (answers, errors, streams) likewise.
-mkdir -p corpus/provider_bytes
-cargo +nightly fuzz run provider_bytes corpus/provider_bytes seeds_provider -- \
-    -max_total_time="$checkpoint_seconds" \
-    -max_len=16384 \
-    -timeout=10 \
-    -malloc_limit_mb=64 \
-    -rss_limit_mb=2048 \
-    -print_final_stats=1 \
-    "$@"
-
-# What clients send (request bodies, answers read for tool calls, GBNF grammars) likewise.
-mkdir -p corpus/client_requests
-cargo +nightly fuzz run client_requests corpus/client_requests seeds_client -- \
-    -max_total_time="$checkpoint_seconds" \
-    -max_len=16384 \
-    -timeout=10 \
-    -malloc_limit_mb=64 \
-    -rss_limit_mb=2048 \
-    -print_final_stats=1 \
-    "$@"
-
-mkdir -p corpus/gguf_parse
-exec cargo +nightly fuzz run gguf_parse corpus/gguf_parse seeds -- \
-    -max_total_time="$seconds" \
-    -max_len=16384 \
-    -timeout=10 \
-    -malloc_limit_mb=64 \
-    -rss_limit_mb=2048 \
-    -print_final_stats=1 \
-    "$@"
+# The checkpoint readers (safetensors, torch.save zip + pickle), tokenizer files (SentencePiece
+# protobuf, tiktoken ranks), what hosted providers send back (answers, errors, streams) and what
+# clients send (request bodies, tool-call text, GBNF) get a third of the time each.
+part=$((seconds / 3 + 1))
+fuzz checkpoint_parse seeds_checkpoint "$part" "$@"
+fuzz tokenizer_files seeds_tokenizer "$part" "$@"
+fuzz provider_bytes seeds_provider "$part" "$@"
+fuzz client_requests seeds_client "$part" "$@"
+fuzz gguf_parse seeds "$seconds" "$@"

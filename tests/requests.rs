@@ -8,41 +8,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{Server, http as client};
 
 fn start(model: &str) -> Server {
-    let mut child = common::baimo()
-        .args(["serve", model, "--port", "0", "-q"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = lines.next().expect("the server says where it listens").unwrap();
-    let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line}")).to_string();
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, base }
-}
-
-fn client() -> reqwest::blocking::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+    common::serve(&["serve", model, "--port", "0", "-q"])
 }
 
 fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
@@ -271,17 +242,32 @@ fn request_fields(server: &Server, model: &str) {
     let (status, e) = post(server, "/v1/chat/completions", &with(json!({"top_k": -5})));
     assert_eq!((status, e["error"]["param"].as_str()), (400, Some("top_k")), "{e}");
     // Anthropic: a stop sequence that ended the answer is reported as such.
-    let words = greedy_text.split_whitespace().next().unwrap_or("").to_string();
-    if !words.is_empty() {
-        let req = json!({"model": model, "max_tokens": 6, "temperature": 0, "stop_sequences": [words],
-            "messages": [{"role": "user", "content": "Count: one, two,"}]});
-        let (_, m) = post(server, "/v1/messages", &req);
-        assert_eq!(
-            (m["stop_reason"].as_str(), m["stop_sequence"].as_str()),
-            (Some("stop_sequence"), Some(words.as_str())),
-            "{m}"
-        );
-    }
+    let word = greedy_text.split_whitespace().next().expect("the greedy answer has words").to_string();
+    let req = json!({"model": model, "max_tokens": 6, "temperature": 0, "stop_sequences": [word],
+        "messages": [{"role": "user", "content": "Count: one, two,"}]});
+    let (_, m) = post(server, "/v1/messages", &req);
+    assert_eq!(
+        (m["stop_reason"].as_str(), m["stop_sequence"].as_str()),
+        (Some("stop_sequence"), Some(word.as_str())),
+        "{m}"
+    );
+    // Temperature 2 with top_k 1 is greedy: the sampling extensions act.
+    let hot = ok(with(json!({"temperature": 2.0, "top_k": 1})));
+    assert_eq!(hot["choices"][0]["message"]["content"], greedy_text);
+    // Log-probabilities of a Chinese answer: each token's text is what it completes, so they
+    // join to the answer, with no U+FFFD for tokens that hold part of a character.
+    let zh = ok(json!({"model": model, "temperature": 0, "max_tokens": 12, "logprobs": true,
+        "messages": [{"role": "user", "content": "用中文介绍一下北京。"}]}));
+    let content = zh["choices"][0]["message"]["content"].as_str().unwrap();
+    let entries = zh["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    let joined: String = entries.iter().map(|e| e["token"].as_str().unwrap()).collect();
+    assert_eq!(joined, content);
+    assert!(content.chars().any(|c| c > '\u{2e80}') && !joined.contains('\u{fffd}'), "{content:?}");
+    let bytes: Vec<u8> = entries
+        .iter()
+        .flat_map(|e| e["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8))
+        .collect();
+    assert_eq!(String::from_utf8(bytes).unwrap(), content);
 }
 
 /// logit_bias as OpenAI defines it: -100 bans a token, +100 makes it the pick.

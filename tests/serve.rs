@@ -3,46 +3,26 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Stdio};
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Server;
 
 /// Starts `baimo serve MODEL --port 0` and reads the address it prints.
 fn start(model: &str, extra: &[&str]) -> Server {
     let mut args = vec!["serve", model, "--port", "0", "-q"];
     args.extend_from_slice(extra);
-    start_with(&args)
+    common::serve(&args)
 }
 
-/// Starts `baimo ARGS` (a `serve` command that prints where it listens).
 fn start_with(args: &[&str]) -> Server {
-    let mut child = common::baimo().args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = lines.next().expect("the server says where it listens").unwrap();
-    let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line}")).to_string();
-    // Keep draining stderr so the server never blocks on it.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, base }
+    common::serve(args)
 }
 
 fn client() -> reqwest::blocking::Client {
-    // reqwest is built without a default TLS provider (the hub installs ring's); plain HTTP here.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+    common::http()
 }
 
 fn chat(server: &Server, body: Value) -> (u16, Value) {

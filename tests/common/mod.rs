@@ -45,3 +45,40 @@ pub fn baimo() -> Command {
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().expect("an array of ids").iter().map(|x| x.as_u64().expect("an id") as u32).collect()
 }
+
+/// A `baimo serve` process on loopback, killed when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `baimo ARGS` (a `serve` command with `--port 0`) and reads the address it prints.
+pub fn serve(args: &[&str]) -> Server {
+    use std::io::BufRead;
+    let mut child = baimo()
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = lines.next().expect("the server says where it listens").unwrap();
+    let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line}")).to_string();
+    // Keep draining stderr so the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, base }
+}
+
+/// A blocking HTTP client for loopback (reqwest is built without a default TLS provider).
+pub fn http() -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(120)).build().unwrap()
+}

@@ -9,7 +9,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use baimo_api::{ChatRequest, Message, ResponseFormat, Role, ToolChoice};
-use baimo_chat::{ChatMessage, RenderRequest};
+use baimo_chat::{ChatMessage, ChatTemplate, RenderRequest};
 use serde_json::{Value, json};
 
 use crate::constrain::{GrammarRequest, GrammarSpec, gbnf_to_lark};
@@ -117,10 +117,8 @@ fn template_messages(req: &ChatRequest, described: bool) -> Vec<ChatMessage> {
             }
             Role::Assistant => {
                 let mut a = ChatMessage::assistant(text);
-                // Templates test `content` before calls; without calls it is read as text.
-                if m.content.is_none() && !m.tool_calls.is_empty() {
-                    a.content = Value::Null;
-                }
+                // An assistant turn that only calls tools has `content: ""` (not null): templates
+                // test or search it (`'</think>' in content`), as transformers users pass it.
                 if !m.tool_calls.is_empty() {
                     a = a.with_field("tool_calls", m.tool_calls.iter().map(template_call).collect());
                 }
@@ -143,7 +141,7 @@ fn template_messages(req: &ChatRequest, described: bool) -> Vec<ChatMessage> {
         };
         out.push(message);
     }
-    if described {
+    if described && req.wants_tools() {
         let instructions = tool_instructions(req);
         match out.first_mut() {
             Some(first) if first.role == "system" => {
@@ -222,17 +220,8 @@ impl LoadedModel {
         if offered && syntax.is_none() && !self.has_roles() {
             return Err(refuse("tools", format!("{} has no chat roles and cannot call tools", self.name)));
         }
-        let described = offered && syntax.is_none();
-        let messages =
-            template_messages(req, described || (syntax.is_none() && has_tool_turns(&req.messages)));
-        let tools_json: Vec<Value> = req.tools.iter().map(|t| t.openai_json()).collect();
-        let render = RenderRequest {
-            messages: &messages,
-            add_generation_prompt: true,
-            tools: (offered && !described).then_some(&tools_json[..]),
-            ..Default::default()
-        };
-        let mut text = self.chat_template.render(&render).map_err(|e| refuse("messages", e.to_string()))?;
+        let (mut text, messages) =
+            render_request(&self.chat_template, req, true).map_err(|e| refuse("messages", e.to_string()))?;
         let plan = if offered {
             let syntax = syntax.unwrap_or(ToolSyntax::Hermes);
             let forced = match &req.tool_choice {
@@ -395,6 +384,28 @@ impl LoadedModel {
         ids.extend(tokenizer.encode(&text[at..], true));
         Ok(ids)
     }
+}
+
+/// The prompt text of `req` rendered with `template`, and the messages the template read: tools
+/// passed to the template as transformers passes them, or described by baimo in the system
+/// message (and calls and results written in the Hermes syntax) when the template takes none.
+pub fn render_request(
+    template: &ChatTemplate,
+    req: &ChatRequest,
+    add_generation_prompt: bool,
+) -> Result<(String, Vec<ChatMessage>), baimo_chat::ChatError> {
+    let offered = req.wants_tools();
+    let knows_tools = ToolSyntax::of_template(template.source()).is_some();
+    let described = !knows_tools && (offered || has_tool_turns(&req.messages));
+    let messages = template_messages(req, described);
+    let tools_json: Vec<Value> = req.tools.iter().map(|t| t.openai_json()).collect();
+    let render = RenderRequest {
+        messages: &messages,
+        add_generation_prompt,
+        tools: (offered && knows_tools).then_some(&tools_json[..]),
+        ..Default::default()
+    };
+    Ok((template.render(&render)?, messages))
 }
 
 /// A JSON Schema with the layout constrained JSON is written in: one line, `", "` and `": "`

@@ -321,6 +321,26 @@ mod tests {
     use crate::types::{Message, Tool};
 
     #[test]
+    fn images_become_image_blocks_and_top_k_is_passed_on() {
+        let req = ChatRequest::from_anthropic(&json!({
+            "model": "claude-3", "max_tokens": 8, "top_k": 5,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "what is it?"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
+                {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]}]
+        }))
+        .unwrap();
+        assert!(super::super::refuse_unsupported(&Anthropic, &req).is_ok());
+        let body = request_body("claude-3", &req, false);
+        assert_eq!(body["top_k"], 5);
+        assert_eq!(
+            body["messages"][0]["content"],
+            json!([{"type": "text", "text": "what is it?"},
+                   {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
+                   {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}])
+        );
+    }
+
+    #[test]
     fn requests_lift_the_system_prompt_and_turn_tool_turns_into_blocks() {
         let mut req = ChatRequest::from_openai(&json!({
             "model": "claude-2", "temperature": 1.6, "stop": ["X"],

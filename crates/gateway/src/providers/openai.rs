@@ -309,6 +309,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn images_and_the_fields_openai_honours_are_passed_on_and_others_refused() {
+        let req = ChatRequest::from_openai(&json!({
+            "model": "gpt-4o", "logit_bias": {"42": -100}, "parallel_tool_calls": false,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object"}, "strict": true}},
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "what is it?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]
+        }))
+        .unwrap();
+        let body = request_body("gpt-4o", &req, false);
+        assert_eq!(
+            body["messages"][0]["content"],
+            json!([{"type": "text", "text": "what is it?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}])
+        );
+        assert_eq!(
+            (body["logit_bias"]["42"].as_f64(), &body["parallel_tool_calls"]),
+            (Some(-100.0), &json!(false))
+        );
+        assert_eq!(body["response_format"]["json_schema"]["strict"], true);
+        assert!(super::super::refuse_unsupported(&OpenAi, &req).is_ok());
+        let mut with_top_k = req.clone();
+        with_top_k.top_k = Some(5);
+        let e = super::super::refuse_unsupported(&OpenAi, &with_top_k).unwrap_err();
+        assert!(e.message.contains("`top_k`"), "{e}");
+        // A text-only API refuses the image, naming why.
+        let e = super::super::refuse_unsupported(&super::super::zhipu_v3::ZhipuV3, &req).unwrap_err();
+        assert!(e.message.contains("logit_bias") || e.message.contains("images"), "{e}");
+    }
+
+    #[test]
     fn stream_chunks_become_events() {
         let mut s = OpenAi.stream();
         let mut out = Vec::new();

@@ -339,6 +339,8 @@ mod tests {
         let mut req =
             chat(json!({"model": "chat-bison-001", "messages": [{"role": "user", "content": "x"}]}));
         req.tools.push(Tool { name: "f".into(), description: None, parameters: json!({}) });
+        // reqwest is built without a TLS provider of its own (as `Gateway::new` does it).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let up = Upstream {
             http: reqwest::Client::new(),
             tokens: Default::default(),
