@@ -6,8 +6,8 @@
 #
 #   scripts/fuzz.sh [SECONDS] [extra libFuzzer flags...]     (default: 60 seconds)
 #
-# Needs the nightly toolchain; installs cargo-fuzz if it is missing (`cargo install cargo-fuzz
-# --locked`, about 30 s of build on 2 cores). The first run also builds the target (~40 s).
+# Needs the nightly toolchain; installs cargo-fuzz 0.13.2 if it is missing (`cargo install cargo-fuzz
+# --version 0.13.2 --locked`, about 30 s of build on 2 cores). The first run also builds the target (~40 s).
 # New inputs go to fuzz/corpus/gguf_parse (kept between runs), starting from fuzz/seeds. A crash,
 # a panic, an input slower than 10 s or a single allocation over 64 MiB fails the run with a
 # non-zero exit; the input is saved under fuzz/artifacts/gguf_parse/ and can be replayed with
@@ -29,8 +29,9 @@ if ! rustup run nightly rustc --version >/dev/null 2>&1; then
     echo "fuzz.sh: the nightly toolchain is needed: rustup toolchain install nightly" >&2
     exit 2
 fi
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-    cargo install cargo-fuzz --locked
+# A pinned cargo-fuzz, installed once (from crates.io) and kept.
+if [ "$(cargo +nightly fuzz --version 2>/dev/null)" != "cargo-fuzz 0.13.2" ]; then
+    cargo install cargo-fuzz --version 0.13.2 --locked
 fi
 
 # fuzz TARGET SEEDS SECONDS [flags]: runs one target from its corpus (kept between runs) and seeds.

@@ -5,7 +5,6 @@ mod common;
 
 use std::io::Write;
 use std::process::{Output, Stdio};
-use std::time::Duration;
 
 fn run(args: &[&str]) -> Output {
     common::baimo().args(args).output().expect("baimo runs")
@@ -131,7 +130,7 @@ fn chat_reads_turns_from_stdin_and_keeps_history() {
 #[test]
 fn ctrl_c_stops_the_answer_not_with_a_crash() {
     let model = common::model(common::SMOLLM2);
-    let child = common::baimo()
+    let mut child = common::baimo()
         .args([
             "run",
             "--raw",
@@ -148,10 +147,16 @@ fn ctrl_c_stops_the_answer_not_with_a_crash() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("baimo run starts");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Ctrl-C once the answer has begun (its first byte is on stdout).
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("the answer begins");
     let killed = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
-    let out = child.wait_with_output().unwrap();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut stdout, &mut rest).unwrap();
+    let mut out = child.wait_with_output().unwrap();
+    out.stdout = [&first[..], &rest].concat();
     assert!(out.status.success(), "a single Ctrl-C ends the answer cleanly: {}", stderr(&out));
     assert!(!out.stdout.is_empty(), "the text so far was printed");
     assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));

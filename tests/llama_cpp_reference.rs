@@ -90,6 +90,8 @@ fn assert_acceptance(model_name: &str, results: &[PromptResult], arithmetic: Ari
     assert!(results.iter().all(|r| r.top1_ok), "{model_name}: a top-1 token differs from llama.cpp's");
     let worst = results.iter().map(|r| r.max_logit_diff).fold(0f32, f32::max);
     println!("{model_name}: largest top-20 logit difference {worst:.4}");
+    // Off CI's instruction set (AVX2, NEON) the sums run in another order; CI's CPU checks
+    // exactness below.
     assert!(worst <= 0.5, "{model_name}: logits differ from llama.cpp's by {worst}");
     let agreeing = results.iter().filter(|r| r.same_prefix >= 16.min(r.reference_len)).count();
     println!("{model_name}: {agreeing}/8 prompts with the first 16 greedy tokens identical");
@@ -114,7 +116,9 @@ fn assert_close(model_name: &str, results: &[PromptResult]) {
     assert_eq!(results.len(), 8, "eight reference prompts");
     assert!(results.iter().all(|r| r.top1_ok), "{model_name}: a top-1 token differs from llama.cpp's");
     let worst = results.iter().map(|r| r.max_logit_diff).fold(0f32, f32::max);
-    assert!(worst <= 1.0, "{model_name}: logits differ from llama.cpp's by {worst}");
+    // Measured on CI's CPU (AVX-512 VNNI): at most 0.4604 (SmolLM2), 0.2740 (Qwen2.5); bound with
+    // a 30% margin.
+    assert!(worst <= 0.6, "{model_name}: logits differ from llama.cpp's by {worst}");
     for r in results {
         if let Some(gap) = r.gap_at_divergence {
             assert!(gap < 0.25, "{model_name} {:?}: greedy tokens part ways with a gap of {gap}", r.prompt);

@@ -19,18 +19,20 @@ fn perplexity_of(model: &str) -> f64 {
     value.trim().parse().expect("a number")
 }
 
-fn assert_within_one_percent(model: &str, got: f64, reference: f64) {
+/// Measured: 0.07% (SmolLM2), 0.31% (Qwen2.5, where llama.cpp sums some products in another
+/// order); the bound is 0.5%, as the quantization issue asks of new types too.
+fn assert_within_half_a_percent(model: &str, got: f64, reference: f64) {
     let rel = (got - reference).abs() / reference;
     println!("{model}: PPL {got:.4}, llama.cpp {reference:.4}, difference {:.3}%", rel * 100.0);
-    assert!(rel <= 0.01, "{model}: PPL {got} is more than 1% from llama.cpp's {reference}");
+    assert!(rel <= 0.005, "{model}: PPL {got} is more than 0.5% from llama.cpp's {reference}");
 }
 
 #[test]
 fn smollm2_perplexity_matches_llama_cpp() {
-    assert_within_one_percent(common::SMOLLM2, perplexity_of(common::SMOLLM2), 18.3914);
+    assert_within_half_a_percent(common::SMOLLM2, perplexity_of(common::SMOLLM2), 18.3914);
 }
 
 #[test]
 fn qwen25_perplexity_matches_llama_cpp() {
-    assert_within_one_percent(common::QWEN25, perplexity_of(common::QWEN25), 5.3184);
+    assert_within_half_a_percent(common::QWEN25, perplexity_of(common::QWEN25), 5.3184);
 }

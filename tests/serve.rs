@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::Read;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -177,16 +177,13 @@ fn a_client_that_leaves_mid_stream_cancels_its_generation() {
     r.read_exact(&mut first).unwrap();
     assert!(first.starts_with(b"data: "));
     drop(r);
-    let started = Instant::now();
-    loop {
-        if metric(&server, "baimo_requests_cancelled_total") == 1.0
-            && metric(&server, "baimo_requests_running") == 0.0
-        {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "the generation kept running");
+    // Wait for the engine to notice (a bound only so a broken build fails instead of hanging).
+    let noticed = (0..3000).any(|_| {
         std::thread::sleep(Duration::from_millis(20));
-    }
+        metric(&server, "baimo_requests_cancelled_total") == 1.0
+            && metric(&server, "baimo_requests_running") == 0.0
+    });
+    assert!(noticed, "the cancelled generation is still counted as running");
     // Far fewer tokens than asked for were generated.
     assert!(metric(&server, "baimo_completion_tokens_total") < 1000.0);
     // And the server answers the next request.
@@ -658,12 +655,11 @@ fn a_long_prompt_read_in_pieces_beside_a_running_stream_answers_as_alone() {
     let (short_together, long_together) = std::thread::scope(|scope| {
         let running = scope.spawn(|| chat(&server, short.clone()));
         // Let the short request start decoding before the long prompt arrives.
-        let started = Instant::now();
-        while metric(&server, "baimo_decode_steps_total") < steps_before + 5.0
-            && started.elapsed() < Duration::from_secs(20)
-        {
+        let decoding = (0..20_000).any(|_| {
             std::thread::sleep(Duration::from_millis(5));
-        }
+            metric(&server, "baimo_decode_steps_total") >= steps_before + 5.0
+        });
+        assert!(decoding, "the short request never started decoding");
         let long_together = chat(&server, long.clone());
         (running.join().unwrap(), long_together)
     });

@@ -53,7 +53,7 @@ try:
         model="claude-2.1", prompt=prompt, max_tokens_to_sample=10)
     raise SystemExit("a wrong key was accepted")
 except anthropic.AuthenticationError as e:
-    assert e.status_code == 401, e
+    assert e.status_code == 401 and e.body["error"]["type"] == "authentication_error", e
 
 faults = {"next": [{"type": "error_event", "after_events": 3}]}
 request = urllib.request.Request(base + "/_mock/faults", data=json.dumps(faults).encode(), method="POST",
@@ -66,7 +66,8 @@ try:
         received.append(event.completion)
     raise SystemExit("the error event was not raised")
 except anthropic.APIStatusError as e:
-    assert "overloaded_error" in str(e), e
+    # The error event arrives after the 200: the SDK raises it with the stream's status.
+    assert e.status_code == 200 and e.body["error"]["type"] == "overloaded_error", e
 assert "".join(received) == "mock-anthropic claude-2.1 ", received
 
 print(f"anthropic SDK {anthropic.__version__} (HUMAN_PROMPT from the SDK: {hasattr(anthropic, 'HUMAN_PROMPT')}): "

@@ -48,7 +48,7 @@ try:
         model="Baichuan2-Turbo", messages=messages)
     raise SystemExit("a wrong key was accepted")
 except openai.AuthenticationError as e:
-    assert e.status_code == 401, e
+    assert e.status_code == 401 and e.code == "invalid_api_key", e
 
 
 def post(path, body):
@@ -63,7 +63,7 @@ try:
     client.chat.completions.create(model="Baichuan2-Turbo", messages=messages)
     raise SystemExit("exhausted quota not reported")
 except openai.RateLimitError as e:
-    assert e.code == "insufficient_quota", e
+    assert e.status_code == 429 and e.code == "insufficient_quota", e
 
 legacy = "skipped (no secret given)"
 if secret:

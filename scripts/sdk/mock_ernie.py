@@ -27,6 +27,7 @@ def main() -> int:
     # No retries on the SDK's side: a failure should show, not be hidden by a second try.
     os.environ["QIANFAN_LLM_API_RETRY_COUNT"] = "1"
     import qianfan  # after the environment is set: the SDK reads it on import
+    from qianfan.errors import AuthError
 
     messages = [{"role": "user", "content": "hello from the qianfan sdk"}]
     # ERNIE-4.0-8K is served at the `completions_pro` endpoint; the mock names the endpoint.
@@ -54,7 +55,11 @@ def main() -> int:
     os.environ["QIANFAN_SK"] = "wrong-" + secret
     try:
         qianfan.ChatCompletion(model="ERNIE-4.0-8K", ak=key, sk="wrong-" + secret).do(messages=messages)
-    except Exception as e:  # the SDK's own error type varies by version
+    except AuthError as e:
+        # The SDK raises AuthError for the token endpoint's `invalid_client` only, and words the
+        # "Client authentication failed" description as "SK(...) is not correct" (a wrong AK
+        # would read "AK(...)"): anything else (a crash, a connection error) is not a refusal.
+        assert str(e).startswith("SK(") and "is not correct" in str(e), e
         print(f"wrong secret refused: {type(e).__name__}: {str(e)[:100]}")
     else:
         raise AssertionError("a wrong secret key was accepted")

@@ -21,7 +21,11 @@ def main() -> int:
         return 2
     base, key, secret, app_id = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3], sys.argv[4]
     base = "ws://" + base.split("://", 1)[-1]
+    import json
+
+    import websocket  # websocket-client, the SDK's own WebSocket dependency
     from sparkai.core.messages import ChatMessage
+    from sparkai.errors import SparkAIConnectionError
     from sparkai.llm.llm import ChatSparkLLM
 
     url = f"{base}/v3.5/chat"
@@ -57,7 +61,14 @@ def main() -> int:
 
     try:
         client("wrong-" + secret, False).generate([messages])
-    except Exception as e:  # the SDK reports the refused handshake as its connection error
+    except SparkAIConnectionError as e:  # the SDK reports the refused handshake as its connection error
+        # ... with code -1 and websocket-client's exception for the handshake's HTTP status as the
+        # message; a refused connection or a timeout would carry another exception, a frame's error
+        # its own code: only a 401 for the signature is the refusal.
+        bad = e.message
+        assert e.error_code == -1 and isinstance(bad, websocket.WebSocketBadStatusException), (e.error_code, bad)
+        assert bad.status_code == 401, (bad.status_code, bad.resp_body)
+        assert json.loads(bad.resp_body)["message"] == "HMAC signature does not match", bad.resp_body
         print(f"wrong secret refused: {type(e).__name__}: {str(e)[:120]}")
     else:
         raise AssertionError("a wrong API secret was accepted")

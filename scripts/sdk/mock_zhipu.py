@@ -47,7 +47,7 @@ try:
         model="glm-4", messages=messages)
     raise SystemExit("a token signed with the wrong secret was accepted")
 except zhipuai.APIAuthenticationError as e:
-    assert e.status_code == 401 and "1002" in str(e), e
+    assert e.status_code == 401 and e.response.json()["error"]["code"] == "1002", e
 
 urllib.request.urlopen(urllib.request.Request(base + "/_mock/faults", method="POST",
     data=json.dumps({"next": [{"type": "status", "status": 429, "code": "1113"}]}).encode(),
@@ -56,7 +56,7 @@ try:
     client.chat.completions.create(model="glm-4", messages=messages)
     raise SystemExit("arrears not reported")
 except zhipuai.APIReachLimitError as e:
-    assert e.status_code == 429 and "1113" in str(e), e
+    assert e.status_code == 429 and e.response.json()["error"]["code"] == "1113", e
 
 print(f"zhipuai SDK {zhipuai.__version__}: SDK-signed JWT accepted, whole = streamed ({want!r}), usage, "
       "tool call, wrong secret -> 401/1002, arrears -> 429/1113: ok")

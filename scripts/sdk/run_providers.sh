@@ -13,7 +13,8 @@ venv=.venv-providers
 palm=.venv-palm
 legacy=.venv-anthropic-legacy
 if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
-"$venv/bin/pip" install -q --disable-pip-version-check openai==3.63.0 anthropic==2.17.0 google-genai qianfan dashscope zhipuai spark-ai-python \
+"$venv/bin/pip" install -q --disable-pip-version-check openai==3.63.0 anthropic==2.17.0 google-genai==3.6.1 qianfan==0.4.12.3 dashscope==2.0.2 \
+    zhipuai==2.1.5.20250825 spark-ai-python==0.4.5 \
     langchain-openai==1.8.1 langchain-anthropic==1.7.10
 if [ ! -x "$palm/bin/python" ]; then python3 -m venv "$palm"; fi
 "$palm/bin/pip" install -q --disable-pip-version-check "google-generativeai==0.1.0"

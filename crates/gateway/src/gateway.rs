@@ -235,6 +235,7 @@ impl Gateway {
                         }
                         match wait {
                             Some(wait) => {
+                                tracing::info!(channel = %name, wait_ms = wait.as_millis() as u64, "retrying on the same channel");
                                 tokio::time::sleep(wait).await;
                                 retry += 1;
                             }
