@@ -14,30 +14,28 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/pip" install -q --disable-pip-version-check openai==3.63.0 anthropic==2.17.0 \
     langchain-openai==1.8.1 langchain-anthropic==1.7.10
-model=tests/fixtures/hf/llama-trained
-log=$(mktemp)
-"$baimo" serve "$model" --port 0 -q 2>"$log" &
-server=$!
-trap 'kill $server 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 100); do
-    grep -q "listening on" "$log" && break
-    sleep 0.1
-done
-base=$(sed -n 's/^listening on //p' "$log" | head -1)
-[ -n "$base" ] || { echo "baimo serve did not start:"; cat "$log"; exit 1; }
+pids=()
+logs=$(mktemp -d)
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$logs"' EXIT
+
+# serve MODEL: runs `baimo serve MODEL` in the background and sets $base to where it listens.
+serve() {
+    local log=$logs/$(basename "$1")
+    "$baimo" serve "$1" --port 0 -q 2>"$log" &
+    pids+=($!)
+    for _ in $(seq 300); do
+        grep -q "listening on" "$log" && break
+        sleep 0.1
+    done
+    base=$(sed -n 's/^listening on //p' "$log" | head -1)
+    [ -n "$base" ] || { echo "baimo serve $1 did not start:"; cat "$log"; exit 1; }
+}
+
+serve tests/fixtures/hf/llama-trained
 "$venv/bin/python" scripts/sdk/openai_chat.py "$base/v1" llama-trained
 "$venv/bin/python" scripts/sdk/anthropic_messages.py "$base" llama-trained
 
 # Agent clients (tools, results, content parts, structured output) on a real model whose template
 # teaches tool calls; the cargo tests fetched it into the cache.
-qlog=$(mktemp)
-"$baimo" serve qwen2.5-coder-0.5b --port 0 -q 2>"$qlog" &
-qwen=$!
-trap 'kill $server $qwen 2>/dev/null || true; rm -f "$log" "$qlog"' EXIT
-for _ in $(seq 300); do
-    grep -q "listening on" "$qlog" && break
-    sleep 0.1
-done
-qbase=$(sed -n 's/^listening on //p' "$qlog" | head -1)
-[ -n "$qbase" ] || { echo "baimo serve qwen2.5-coder-0.5b did not start:"; cat "$qlog"; exit 1; }
-"$venv/bin/python" scripts/sdk/agents.py "$qbase" qwen2.5-coder-0.5b qwen2.5-coder-0.5b --prompts 20
+serve qwen2.5-coder-0.5b
+"$venv/bin/python" scripts/sdk/agents.py "$base" qwen2.5-coder-0.5b qwen2.5-coder-0.5b --prompts 20
