@@ -11,10 +11,17 @@ use baimo_engine::{GenerateOptions, LoadedModel, SamplingParams};
 use baimo_hub::Fetcher;
 use baimo_threads::ThreadPool;
 
+/// Logs go to stderr: warnings, and the server's line per request (`BAIMO_LOG` overrides, in
+/// `tracing`'s filter syntax). Colours only on a terminal: a log file or journal gets plain text.
 pub fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("BAIMO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,baimo_server=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Options every command that runs a model takes.

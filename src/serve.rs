@@ -173,25 +173,44 @@ impl RetryConfig {
     }
 }
 
-/// A credential written as `env:NAME` is read from the environment (so config files need not
-/// hold secrets).
-fn resolve_secret(secret: &mut baimo_gateway::Secret, channel: &str) -> Result<()> {
-    if let Some(var) = secret.expose().strip_prefix("env:") {
-        let value = std::env::var(var)
-            .with_context(|| format!("channel {channel:?}: the environment variable {var} is not set"))?;
-        *secret = baimo_gateway::Secret::new(value);
+/// A setting written as `env:NAME` is read from the environment (so config files need not
+/// hold secrets); `what` names the setting in the error.
+fn resolve_env(value: &str, what: &str) -> Result<String> {
+    match value.strip_prefix("env:") {
+        Some(var) => {
+            std::env::var(var).with_context(|| format!("{what}: the environment variable {var} is not set"))
+        }
+        None => Ok(value.to_string()),
     }
+}
+
+fn resolve_secret(secret: &mut baimo_gateway::Secret, what: &str) -> Result<()> {
+    *secret = baimo_gateway::Secret::new(resolve_env(secret.expose(), what)?);
     Ok(())
 }
 
-/// The gateway for the configured channels (none: no gateway).
-/// The config file's channels with their `env:` credentials read.
-fn resolve_channels(mut channels: Vec<baimo_gateway::Channel>) -> Result<Vec<baimo_gateway::Channel>> {
+/// The config file's channels with their `env:` settings read, each checked whole (every
+/// mistake stops the start, naming the file, the channel and the setting).
+fn resolve_channels(
+    mut channels: Vec<baimo_gateway::Channel>,
+    file: &str,
+) -> Result<Vec<baimo_gateway::Channel>> {
     for c in &mut channels {
-        let name = c.name.clone();
-        resolve_secret(&mut c.api_key, &name)?;
+        let at = |key: &str| format!("{file}: channel {:?}: `{key}`", c.name);
+        let (api_key, secret_key, app_id) = (at("api_key"), at("secret_key"), at("app_id"));
+        resolve_secret(&mut c.api_key, &api_key)?;
         if let Some(s) = &mut c.secret_key {
-            resolve_secret(s, &name)?;
+            resolve_secret(s, &secret_key)?;
+        }
+        if let Some(a) = &mut c.app_id {
+            *a = resolve_env(a, &app_id)?;
+        }
+        baimo_gateway::providers::check_channel(c)
+            .map_err(|m| anyhow::anyhow!("{file}: channel {:?}: {m}", c.name))?;
+    }
+    for (i, c) in channels.iter().enumerate() {
+        if channels[..i].iter().any(|o| o.name == c.name) {
+            anyhow::bail!("{file}: two channels are named {:?}", c.name);
         }
     }
     Ok(channels)
@@ -211,7 +230,8 @@ pub fn main(mut args: Args) -> Result<()> {
     args.model.threads = args.model.threads.or(file.threads);
     let model_spec = args.model_spec.clone().or(file.model.clone());
     let local = !args.no_local && file.local.unwrap_or(true);
-    let channels = resolve_channels(file.channels)?;
+    let config_name = args.config.as_ref().map_or("the command line".into(), |p| p.display().to_string());
+    let channels = resolve_channels(file.channels, &config_name)?;
     // The database: named, or the default one when it exists.
     let db_path = args.db.clone().or(file.database.clone()).or_else(|| {
         let default = crate::records::default_db();
@@ -230,7 +250,11 @@ pub fn main(mut args: Args) -> Result<()> {
     let admin_key = match args.admin_key.clone().or(file.admin_key.clone()) {
         Some(k) => {
             let mut secret = baimo_gateway::Secret::new(k);
-            resolve_secret(&mut secret, "admin_key")?;
+            let what = match &args.admin_key {
+                Some(_) => "--admin-key".to_string(),
+                None => format!("{config_name}: `admin_key`"),
+            };
+            resolve_secret(&mut secret, &what)?;
             if secret.expose().len() < 16 {
                 anyhow::bail!("the admin key must be at least 16 characters");
             }

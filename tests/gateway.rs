@@ -487,7 +487,7 @@ fn stored_keys_enforce_quotas_rate_limits_and_models() {
         run(&args).trim().to_string()
     };
     let limited = create(&["per-minute", "--rpm", "2"]);
-    let small = create(&["small", "--token-quota", "5"]);
+    let small = create(&["small", "--token-quota", "40"]);
     let only_claude = create(&["claude-only", "--model", "claude-2"]);
     let revoked = create(&["gone"]);
     assert!(limited.starts_with("bm-") && limited != small);
@@ -511,8 +511,11 @@ fn stored_keys_enforce_quotas_rate_limits_and_models() {
     assert_eq!((status, v["error"]["code"].as_str()), (429, Some("rate_limit_exceeded")), "{v}");
     let retry: u64 = retry.unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry));
-    // Five tokens in all: the first request uses them up (each takes nine).
-    assert_eq!(post_with_key(&server.base, &small, &body).0, 200);
+    // Forty tokens in all. The first request may take 36 for its prompt (every byte a token,
+    // until the provider counts): its answer is held to the 4 left. Then not even a prompt fits.
+    let (status, _, v) = post_with_key(&server.base, &small, &body);
+    assert_eq!((status, v["choices"][0]["finish_reason"].as_str()), (200, Some("length")), "{v}");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 4, "{v}");
     let (status, _, v) = post_with_key(&server.base, &small, &body);
     assert_eq!((status, v["error"]["code"].as_str()), (429, Some("insufficient_quota")), "{v}");
     // A key for one model only.
@@ -630,13 +633,12 @@ fn no_credential_appears_in_any_log_line_or_answer() {
     seen.push_str(&run(&["channels", "list", "--db", db]));
     seen.push_str(&run(&["keys", "list", "--db", db]));
     eventually("every request's log line", || {
-        server.log.lock().unwrap().matches("request finished").count() >= 6
+        server.log.lock().unwrap().matches(" request id=").count() >= 6
     });
     let log = server.log.lock().unwrap().clone();
-    assert!(
-        log.contains("upstream failed") && log.contains("request finished"),
-        "debug logging is on: {log}"
-    );
+    assert!(log.contains("upstream failed") && log.contains(" request id="), "debug logging is on: {log}");
+    // Not a terminal: no colour codes in the log.
+    assert!(!log.contains('\u{1b}'), "{log}");
     for secret in ["sk-from-env-7f3a", "sk-good-openai-51c2", "sk-ant-good-8e0d", &client_key, admin] {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
         assert!(!seen.contains(secret), "{secret} in an answer:\n{seen}");
@@ -943,4 +945,211 @@ fn local_models_are_billed_to_keys_like_hosted_ones() {
     // The request quota (2) is used up.
     let (status, _, v) = post_with_key(&server.base, &key, &body);
     assert_eq!((status, v["error"]["code"].as_str()), (429, Some("insufficient_quota")), "{v}");
+}
+
+/// Reads `chunks` data events of a streamed request, then hangs up; what the client saw.
+fn cut_after(base: &str, path: &str, key: Option<&str>, body: &Value, chunks: usize) -> Vec<String> {
+    let mut request = client().post(format!("{base}{path}")).json(body);
+    if let Some(k) = key {
+        request = request.bearer_auth(k);
+    }
+    let r = request.send().unwrap();
+    assert_eq!(r.status(), 200);
+    let mut seen = Vec::new();
+    for line in BufReader::new(r).lines() {
+        if let Some(data) = line.unwrap().strip_prefix("data: ") {
+            seen.push(data.to_string());
+            if seen.len() == chunks {
+                break;
+            }
+        }
+    }
+    seen
+}
+
+fn local_server(db: &str) -> Proc {
+    let model = format!("{}/tests/fixtures/hf/llama-trained", env!("CARGO_MANIFEST_DIR"));
+    spawn(&["serve", &model, "--port", "0", "-q", "--db", db], &[])
+}
+
+#[test]
+fn cut_streams_are_billed_for_what_was_generated_on_both_fronts() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let db = dir.join("baimo.db");
+    let db = db.to_str().unwrap();
+    let key = run(&["keys", "create", "cutter", "--db", db]).trim().to_string();
+    let server = local_server(db);
+    // This model never ends an answer early: 200 tokens are still coming when the client leaves.
+    let body = json!({"model": "llama-trained", "max_tokens": 200, "stream": true,
+                      "messages": [{"role": "user", "content": "Hello"}]});
+    let openai = cut_after(&server.base, "/v1/chat/completions", Some(&key), &body, 6);
+    let anthropic = cut_after(&server.base, "/v1/messages", Some(&key), &body, 6);
+    // Content chunks seen: OpenAI's first chunk holds the role only; Anthropic's first events
+    // are message_start, content_block_start, ping.
+    let seen = [openai.len() - 1, anthropic.iter().filter(|e| e.contains("text_delta")).count()];
+    let v = usage_rows(db, 2);
+    let rows = v["data"].as_array().unwrap();
+    for (row, seen) in rows.iter().rev().zip(seen) {
+        let completion = row["completion_tokens"].as_u64().unwrap();
+        assert!(row["prompt_tokens"].as_u64().unwrap() > 0, "{v}");
+        // The engine generated at least what the client received (each chunk is a token).
+        assert!(completion >= seen as u64 && seen >= 2, "{seen} tokens seen: {v}");
+        assert_eq!(row["estimated"], false, "{v}");
+        assert!(row["status"] == 499 || (row["status"] == 200 && completion == 200), "{v}");
+    }
+}
+
+#[test]
+fn a_token_quota_holds_under_sixteen_concurrent_requests() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let db = dir.join("baimo.db");
+    let db = db.to_str().unwrap();
+    let key = run(&["keys", "create", "small", "--db", db, "--token-quota", "50"]).trim().to_string();
+    let server = local_server(db);
+    let body = json!({"model": "llama-trained", "max_tokens": 100,
+                      "messages": [{"role": "user", "content": "Hello"}]});
+    let answers: Vec<(u16, Option<String>, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16).map(|_| s.spawn(|| post_with_key(&server.base, &key, &body))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let answered: Vec<&Value> = answers.iter().filter(|a| a.0 == 200).map(|a| &a.2).collect();
+    let refused = answers.iter().filter(|a| a.0 == 429).count();
+    assert!(!answered.is_empty() && answered.len() + refused == 16, "{answers:?}");
+    assert!(
+        answers.iter().filter(|a| a.0 == 429).all(|a| a.2["error"]["code"] == "insufficient_quota"),
+        "{answers:?}"
+    );
+    let billed: u64 = answered.iter().map(|v| v["usage"]["total_tokens"].as_u64().unwrap()).sum();
+    assert!(billed <= 50, "the key's quota is 50 tokens, {billed} were used: {answers:?}");
+    // An answer cut short by the quota says so.
+    assert!(answered.iter().all(|v| v["choices"][0]["finish_reason"] == "length"), "{answered:?}");
+    let v: Value = serde_json::from_str(&run(&["usage", "--db", db, "--json"])).unwrap();
+    let t = &v["totals"];
+    assert_eq!(
+        t["prompt_tokens"].as_u64().unwrap() + t["completion_tokens"].as_u64().unwrap(),
+        billed,
+        "{v}"
+    );
+}
+
+#[test]
+fn hosted_requests_ended_early_are_recorded_counted_or_estimated() {
+    let up = mock("openai", "sk-up-0031");
+    let spark = spawn(
+        &["mock-provider", "spark", "--port", "0", "--key", "sk-s", "--secret", "sec", "--app-id", "app1"],
+        &[],
+    );
+    let db = tempfile::tempdir().unwrap().keep().join("baimo.db");
+    let db = db.to_str().unwrap();
+    let config = format!(
+        "database = \"{db}\"\n{}{}{QUICK_RETRY}",
+        channel("oa", "openai", &up.base, "sk-up-0031", &["gpt-4"], ""),
+        channel(
+            "sp",
+            "spark",
+            &spark.base.replacen("http://", "ws://", 1),
+            "sk-s",
+            &["spark-3.5"],
+            "secret_key = \"sec\"\napp_id = \"app1\"\n"
+        ),
+    );
+    let server = gateway(&config);
+    // 1. The client gives up before the provider answers.
+    faults(&up, json!({"next": [{"type": "delay", "ms": 1500}]}));
+    let gone = client()
+        .post(format!("{}/v1/chat/completions", server.base))
+        .timeout(Duration::from_millis(300))
+        .json(&chat_body("gpt-4", false))
+        .send();
+    assert!(gone.is_err());
+    let v = usage_rows(db, 1);
+    assert_eq!(
+        (v["data"][0]["status"].as_u64(), v["data"][0]["channel"].as_str()),
+        (Some(499), Some("oa")),
+        "{v}"
+    );
+    // 2. Spark reports usage in its last frame only: a stream it cuts is billed by estimate.
+    faults(&spark, json!({"next": [{"type": "drop_stream", "after_events": 3}]}));
+    let (_, mut chunks) = stream(&server.base, "/v1/chat/completions", &chat_body("spark-3.5", true));
+    assert!(chunks.last().is_some_and(|c| c.contains("\"error\"")), "{chunks:?}");
+    chunks.pop();
+    chunks.push("[DONE]".into());
+    let (text, ..) = gather(&chunks);
+    assert!(!text.is_empty(), "{chunks:?}");
+    let v = usage_rows(db, 2);
+    let row = &v["data"][0];
+    assert_eq!((row["estimated"].as_bool(), row["status"].as_u64()), (Some(true), Some(502)), "{v}");
+    // The estimate is of the text received (see `estimate_tokens`), and the prompt's.
+    let words = text.split_whitespace().count() as u64;
+    let completion = row["completion_tokens"].as_u64().unwrap();
+    assert!(completion >= words / 2 && completion <= words * 2 + 2, "{words} words: {v}");
+    assert!(row["prompt_tokens"].as_u64().unwrap() > 0, "{v}");
+    // 3. A whole stream is billed by the provider's figures, not estimated.
+    let (_, chunks) = stream(&server.base, "/v1/chat/completions", &chat_body("spark-3.5", true));
+    let (_, _, usage, _) = gather(&chunks);
+    let v = usage_rows(db, 3);
+    assert_eq!(v["data"][0]["estimated"], false, "{v}");
+    assert_eq!(v["data"][0]["completion_tokens"], usage["completion_tokens"], "{v}");
+}
+
+#[test]
+fn configuration_mistakes_stop_the_start_naming_file_channel_and_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("baimo.db");
+    let cases = [
+        (
+            "mapping.toml",
+            channel("oa", "openai", "http://127.0.0.1:9", "sk-x", &["gpt-4=gpt-4o"], ""),
+            vec!["channel \"oa\"", "\"gpt-4=gpt-4o\"", "model_map"],
+        ),
+        (
+            "spark.toml",
+            channel("sp", "spark", "wss://spark-api.xf-yun.com", "k", &["spark-3.5"], "secret_key = \"s\"\n"),
+            vec!["channel \"sp\"", "`app_id`"],
+        ),
+        (
+            "spark-model.toml",
+            channel("sp2", "spark", "wss://x", "k", &["gpt-4"], "secret_key = \"s\"\napp_id = \"a\"\n"),
+            vec!["channel \"sp2\"", "no model \"gpt-4\""],
+        ),
+        (
+            "ernie.toml",
+            channel("wx", "ernie", "https://aip.baidubce.com", "k", &["ernie-4.0-8k"], ""),
+            vec!["channel \"wx\"", "`secret_key`"],
+        ),
+        (
+            "scheme.toml",
+            channel("oa2", "openai", "ftp://example.com", "k", &["gpt-4"], ""),
+            vec!["channel \"oa2\"", "`base_url`", "https or http"],
+        ),
+        (
+            "env.toml",
+            channel("oa3", "openai", "http://127.0.0.1:9", "env:BAIMO_TEST_UNSET_KEY", &["gpt-4"], ""),
+            vec!["channel \"oa3\"", "`api_key`", "BAIMO_TEST_UNSET_KEY"],
+        ),
+        (
+            "admin.toml",
+            format!(
+                "admin_key = \"env:BAIMO_TEST_UNSET_ADMIN\"\ndatabase = \"{}\"\n{}",
+                db.display(),
+                channel("ok", "openai", "http://127.0.0.1:9", "k", &["gpt-4"], "")
+            ),
+            vec!["`admin_key`", "BAIMO_TEST_UNSET_ADMIN"],
+        ),
+    ];
+    for (file, config, wanted) in cases {
+        let path = dir.path().join(file);
+        std::fs::write(&path, format!("local = false\n{config}")).unwrap();
+        let out = common::baimo()
+            .args(["serve", "--config", path.to_str().unwrap(), "--port", "0", "-q"])
+            .env_remove("BAIMO_TEST_UNSET_KEY")
+            .env_remove("BAIMO_TEST_UNSET_ADMIN")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file} started: {err}");
+        for w in wanted.iter().chain([&path.to_str().unwrap()]) {
+            assert!(err.contains(w), "{file}: {w:?} not in {err}");
+        }
+    }
 }

@@ -35,6 +35,9 @@ pub struct Job {
     /// `Done` carries it: a whole answer then wakes its handler once, not once per token (each
     /// wake-up takes a core from the engine's threads in the middle of a step).
     pub pieces: bool,
+    /// Tokens generated so far, kept up to date as the job runs: what a request cost is known
+    /// even when its handler left before `Done` (a client that cut its stream).
+    pub generated: Arc<AtomicUsize>,
 }
 
 /// Figures the metrics endpoint reports.
@@ -135,6 +138,7 @@ struct Active {
     read: usize,
     events: UnboundedSender<Event>,
     pieces: bool,
+    generated: Arc<AtomicUsize>,
     prompt_tokens: usize,
     cached_tokens: usize,
     prompt_time: Duration,
@@ -184,6 +188,7 @@ impl Active {
             room,
             &mut text_sink(&self.events, self.pieces),
         );
+        self.generated.store(self.stream.generated().len(), Ordering::Relaxed);
         let lps = self.stream.take_logprobs();
         if !lps.is_empty() {
             let _ = self.events.send(Event::Logprobs(lps.to_vec()));
@@ -404,6 +409,7 @@ fn admit(
         read: reused,
         events: job.events,
         pieces: job.pieces,
+        generated: job.generated,
         cached_tokens: reused,
         prompt_time: Duration::ZERO,
         started: Instant::now(),
@@ -414,6 +420,7 @@ fn admit(
 /// when it ended well.
 fn report(a: Active, error: Option<String>, c: &Counters) -> Option<(Vec<u32>, Sequence)> {
     let end = a.stream.finish(&mut text_sink(&a.events, a.pieces));
+    a.generated.store(end.tokens.len(), Ordering::Relaxed);
     c.completion_tokens.fetch_add(end.tokens.len(), Ordering::Relaxed);
     let ok = error.is_none();
     let result = match error {

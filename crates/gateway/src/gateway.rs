@@ -59,6 +59,28 @@ pub struct Served<T> {
     pub failed: Vec<Attempt>,
 }
 
+/// Where a request is while the gateway works on it: the channel being tried and the tries
+/// that failed so far. Read by whoever must account for a request dropped midway (a client
+/// that left before the provider answered).
+#[derive(Debug, Default)]
+pub struct Progress {
+    channel: Mutex<String>,
+    failed: std::sync::atomic::AtomicUsize,
+}
+
+impl Progress {
+    /// The channel tried last, and the failed tries before its current one.
+    pub fn now(&self) -> (String, usize) {
+        let channel = self.channel.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (channel, self.failed.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn trying(&self, channel: &str, failed: usize) {
+        channel.clone_into(&mut self.channel.lock().unwrap_or_else(|p| p.into_inner()));
+        self.failed.store(failed, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A request the gateway could not serve: the last error, and every failed try.
 #[derive(Debug)]
 pub struct Failed {
@@ -78,8 +100,8 @@ struct Health {
 pub enum GatewayError {
     #[error("two channels are named {0:?}")]
     DuplicateChannel(String),
-    #[error("channel {0:?}: weight must be at least 1")]
-    ZeroWeight(String),
+    #[error("channel {channel:?}: {message}")]
+    Invalid { channel: String, message: String },
     #[error("the HTTP client: {0}")]
     Http(String),
 }
@@ -97,9 +119,8 @@ impl Gateway {
             if channels[..i].iter().any(|o| o.name == c.name) {
                 return Err(GatewayError::DuplicateChannel(c.name.clone()));
             }
-            if c.weight == 0 {
-                return Err(GatewayError::ZeroWeight(c.name.clone()));
-            }
+            crate::providers::check_channel(c)
+                .map_err(|message| GatewayError::Invalid { channel: c.name.clone(), message })?;
         }
         // reqwest is built without a default TLS provider (one for the whole program): ring's.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -204,7 +225,12 @@ impl Gateway {
     }
 
     /// Runs `attempt` on channels as the policy says until one succeeds or none is left.
-    async fn route<T, F, Fut>(&self, model: &str, attempt: F) -> Result<Served<T>, Failed>
+    async fn route<T, F, Fut>(
+        &self,
+        model: &str,
+        progress: &Progress,
+        attempt: F,
+    ) -> Result<Served<T>, Failed>
     where
         F: Fn(usize) -> Fut,
         Fut: std::future::Future<Output = Result<T, UpstreamError>>,
@@ -216,6 +242,7 @@ impl Gateway {
             let name = self.channels[channel].name.clone();
             let mut retry = 0;
             loop {
+                progress.trying(&name, failed.len());
                 match attempt(channel).await {
                     Ok(value) => {
                         self.record(channel, None);
@@ -256,7 +283,16 @@ impl Gateway {
 
     /// A whole answer.
     pub async fn chat(&self, req: &ChatRequest) -> Result<Served<ChatResponse>, Failed> {
-        self.route(&req.model, |channel| async move {
+        self.chat_with(req, &Progress::default()).await
+    }
+
+    /// A whole answer, telling `progress` where it is.
+    pub async fn chat_with(
+        &self,
+        req: &ChatRequest,
+        progress: &Progress,
+    ) -> Result<Served<ChatResponse>, Failed> {
+        self.route(&req.model, progress, |channel| async move {
             let ch = &self.channels[channel];
             crate::providers::refuse_unsupported(protocol(ch.provider), req)?;
             protocol(ch.provider).chat(&self.upstream, ch, ch.upstream_model(&req.model), req).await
@@ -267,7 +303,16 @@ impl Gateway {
     /// A stream of the answer. Retries and failover happen until the provider's stream has
     /// begun; a failure after that ends the stream with the error (never a silent truncation).
     pub async fn chat_stream(&self, req: &ChatRequest) -> Result<Served<EventStream>, Failed> {
-        self.route(&req.model, |channel| async move {
+        self.chat_stream_with(req, &Progress::default()).await
+    }
+
+    /// A stream of the answer, telling `progress` where it is until the stream begins.
+    pub async fn chat_stream_with(
+        &self,
+        req: &ChatRequest,
+        progress: &Progress,
+    ) -> Result<Served<EventStream>, Failed> {
+        self.route(&req.model, progress, |channel| async move {
             let ch = &self.channels[channel];
             crate::providers::refuse_unsupported(protocol(ch.provider), req)?;
             protocol(ch.provider).chat_stream(&self.upstream, ch, ch.upstream_model(&req.model), req).await

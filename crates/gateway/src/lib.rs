@@ -14,5 +14,5 @@ pub use baimo_api::types;
 
 pub use channel::{Channel, ProviderKind, Secret};
 pub use error::{ErrorKind, UpstreamError};
-pub use gateway::{Attempt, EventStream, Failed, Gateway, GatewayError, RetryPolicy, Served};
+pub use gateway::{Attempt, EventStream, Failed, Gateway, GatewayError, Progress, RetryPolicy, Served};
 pub use types::{ChatRequest, ChatResponse, FinishReason, StreamEvent, ToolCall, Usage};

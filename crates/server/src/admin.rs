@@ -79,11 +79,27 @@ pub fn channel_json(c: &ChannelRecord) -> Value {
     })
 }
 
+/// A channel of the config file, shown as stored ones are (it cannot be changed here).
+fn config_channel_json(c: &baimo_gateway::Channel) -> Value {
+    json!({
+        "name": c.name, "provider": c.provider.name(), "base_url": c.base_url, "models": c.models,
+        "model_map": c.model_map, "weight": c.weight, "priority": c.priority, "enabled": c.enabled,
+        "app_id": c.app_id, "has_secret_key": c.secret_key.is_some(), "source": "config",
+    })
+}
+
+/// Every channel the gateway uses: the config file's (read-only), then the store's.
 async fn list_channels(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let result = guard(&app, &headers).and_then(|store| store.channels().map_err(store_error));
     match result {
         Ok(channels) => {
-            Json(json!({"data": channels.iter().map(channel_json).collect::<Vec<_>>()})).into_response()
+            let configured = app.hosted().channels.iter().map(config_channel_json);
+            let stored = channels.iter().map(|c| {
+                let mut v = channel_json(c);
+                v["source"] = json!("store");
+                v
+            });
+            Json(json!({"data": configured.chain(stored).collect::<Vec<_>>()})).into_response()
         }
         Err(e) => e.into_response(),
     }
@@ -102,9 +118,20 @@ async fn put_channel(
         Ok(Json(r)) => r,
         Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
     };
-    // Checked as the gateway will read it before it is kept.
-    if let Err(e) = crate::channel_from_record(&record) {
+    // Checked as the gateway will read it before it is kept: a record that would stop the next
+    // start is never stored.
+    let checked = crate::channel_from_record(&record).and_then(|c| {
+        baimo_gateway::providers::check_channel(&c).map_err(|m| format!("channel {:?}: {m}", c.name))
+    });
+    if let Err(e) = checked {
         return ApiError::bad_request(e).into_response();
+    }
+    if app.hosted().channels.iter().any(|c| c.name == record.name) {
+        return ApiError::bad_request(format!(
+            "a channel of the config file is named {:?}: choose another name",
+            record.name
+        ))
+        .into_response();
     }
     if let Err(e) = store.put_channel(&record) {
         return store_error(e).into_response();

@@ -12,16 +12,16 @@ use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use baimo_api::ChatRequest;
 use baimo_api::anthropic::{EventWriter, error_json, message_json};
-use baimo_api::{ChatRequest, Usage};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::App;
-use crate::openai::accept;
-use crate::remote::{Tally, served_headers};
+use crate::openai::{Admitted, accept};
+use crate::usage::served_headers;
 
 fn message_id() -> String {
     format!("msg_{}", crate::openai::completion_id().trim_start_matches("chatcmpl-"))
@@ -32,39 +32,45 @@ pub async fn messages(
     headers: axum::http::HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
-    let (req, caller, backend) = match accept(&app, &headers, body, ChatRequest::from_anthropic).await {
-        Ok(r) => r,
+    let id = message_id();
+    let admitted = accept(&app, &headers, body, ChatRequest::from_anthropic, "anthropic", id.clone()).await;
+    let Admitted { req, backend, mut tally } = match admitted {
+        Ok(a) => a,
         Err(e) => return e.anthropic_response(),
     };
-    let tally = Tally::new(caller.key_id(), &req.model, req.stream);
-    let id = message_id();
     if !req.stream {
-        return match backend.chat(&req).await {
+        return match backend.chat(&req, &tally.meter).await {
             Ok(reply) => {
-                tally.finish(&app, &reply.channel, reply.value.usage, 200, reply.retries);
+                tally.served_by(&reply.channel, reply.retries);
+                tally.status(200);
                 let mut response = Json(message_json(&req.model, &reply.value, &id)).into_response();
                 served_headers(&mut response, &reply.channel, reply.retries);
                 response
             }
             Err(r) => {
-                tally.finish(&app, &r.channel, Usage::default(), r.error.status.as_u16(), r.retries);
+                tally.served_by(&r.channel, r.retries);
+                tally.status(r.error.status.as_u16());
                 r.error.anthropic_response()
             }
         };
     }
-    let reply = match backend.chat_stream(&req).await {
+    let reply = match backend.chat_stream(&req, &tally.meter).await {
         Ok(r) => r,
         Err(r) => {
-            tally.finish(&app, &r.channel, Usage::default(), r.error.status.as_u16(), r.retries);
+            tally.served_by(&r.channel, r.retries);
+            tally.status(r.error.status.as_u16());
             return r.error.anthropic_response();
         }
     };
-    let (channel, retries) = (reply.channel.clone(), reply.retries);
+    tally.served_by(&reply.channel, reply.retries);
     let (sse, sse_rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
     let mut writer = EventWriter::new();
     let start = writer.start(&req.model, &id, reply.prompt_tokens);
+    let mut response = Sse::new(ReceiverStream::new(sse_rx)).keep_alive(KeepAlive::default()).into_response();
+    served_headers(&mut response, &reply.channel, reply.retries);
     // Anthropic answers once: the first choice is the answer (`n` is not part of its API).
     let mut events = reply.value.into_iter().next();
+    // The tally goes with the task: however it ends, the request is recorded.
     tokio::spawn(async move {
         let send = |batch: Vec<(&'static str, Value)>| {
             let sse = sse.clone();
@@ -78,7 +84,6 @@ pub async fn messages(
             }
         };
         if !send(start).await {
-            tally.finish(&app, &channel, writer.usage, 499, retries);
             return;
         }
         while let Some(item) = match events.as_mut() {
@@ -88,22 +93,20 @@ pub async fn messages(
             match item {
                 Ok(event) => {
                     if !send(writer.event(event)).await {
-                        tally.finish(&app, &channel, writer.usage, 499, retries);
                         return;
                     }
                 }
                 Err(e) => {
                     let kind = if e.status.as_u16() == 429 { "rate_limit_error" } else { "api_error" };
+                    tally.status(e.status.as_u16());
                     send(vec![("error", error_json(kind, &e.message))]).await;
-                    tally.finish(&app, &channel, writer.usage, e.status.as_u16(), retries);
                     return;
                 }
             }
         }
-        send(writer.end()).await;
-        tally.finish(&app, &channel, writer.usage, 200, retries);
+        if send(writer.end()).await {
+            tally.status(200);
+        }
     });
-    let mut response = Sse::new(ReceiverStream::new(sse_rx)).keep_alive(KeepAlive::default()).into_response();
-    served_headers(&mut response, &reply.channel, reply.retries);
     response
 }

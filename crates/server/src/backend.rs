@@ -13,7 +13,9 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::access::RequestBound;
 use crate::error::ApiError;
+use crate::usage::{Meter, estimate_prompt_tokens, prompt_token_bound};
 use crate::{App, Served};
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
@@ -43,12 +45,26 @@ impl From<ApiError> for Refusal {
     }
 }
 
+/// Every backend keeps the request's [`Meter`] up to date as it answers: what it used is known
+/// however the request ends.
 pub(crate) trait ChatBackend: Send + Sync {
+    /// What the request may use at most (for quota reservations): its prompt's tokens, counted
+    /// or bounded, and its answers' length.
+    fn bound(&self, req: &ChatRequest) -> Result<RequestBound, ApiError>;
+
     /// The whole answer (every choice).
-    fn chat<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<Reply<Answer>, Refusal>>;
+    fn chat<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        meter: &'a Arc<Meter>,
+    ) -> BoxFuture<'a, Result<Reply<Answer>, Refusal>>;
 
     /// The answer as it is generated: one stream per choice.
-    fn chat_stream<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<Reply<Vec<Events>>, Refusal>>;
+    fn chat_stream<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        meter: &'a Arc<Meter>,
+    ) -> BoxFuture<'a, Result<Reply<Vec<Events>>, Refusal>>;
 }
 
 /// Choices per request at most (`n`).
@@ -64,9 +80,18 @@ fn refusal(failed: Failed) -> Refusal {
 }
 
 impl ChatBackend for Hosted {
-    fn chat<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<Reply<Answer>, Refusal>> {
+    fn bound(&self, req: &ChatRequest) -> Result<RequestBound, ApiError> {
+        Ok(RequestBound { prompt_tokens: prompt_token_bound(req), max_tokens: req.max_tokens, choices: 1 })
+    }
+
+    fn chat<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        meter: &'a Arc<Meter>,
+    ) -> BoxFuture<'a, Result<Reply<Answer>, Refusal>> {
         Box::pin(async move {
-            let served = self.0.chat(req).await.map_err(refusal)?;
+            let served = self.0.chat_with(req, &meter.progress).await.map_err(refusal)?;
+            meter.reported(served.value.usage);
             Ok(Reply {
                 prompt_tokens: served.value.usage.prompt_tokens,
                 value: Answer::from(served.value),
@@ -76,11 +101,29 @@ impl ChatBackend for Hosted {
         })
     }
 
-    fn chat_stream<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<Reply<Vec<Events>>, Refusal>> {
+    fn chat_stream<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        meter: &'a Arc<Meter>,
+    ) -> BoxFuture<'a, Result<Reply<Vec<Events>>, Refusal>> {
         Box::pin(async move {
-            let served = self.0.chat_stream(req).await.map_err(refusal)?;
-            let events: Events =
-                Box::pin(served.value.map(|item| item.map_err(|e: UpstreamError| ApiError::upstream(&e))));
+            let served = self.0.chat_stream_with(req, &meter.progress).await.map_err(refusal)?;
+            // From here the provider is answering: a cut answer is billed by what was seen
+            // until the provider's own figures arrive (many send them only at the end).
+            meter.answering(estimate_prompt_tokens(req));
+            let meter = meter.clone();
+            let events: Events = Box::pin(served.value.map(move |item| {
+                match &item {
+                    Ok(StreamEvent::Text(t)) => meter.seen(t),
+                    Ok(StreamEvent::ToolCall { name, arguments, .. }) => {
+                        meter.seen(name.as_deref().unwrap_or(""));
+                        meter.seen(arguments);
+                    }
+                    Ok(StreamEvent::Usage(u)) => meter.reported(*u),
+                    _ => {}
+                }
+                item.map_err(|e: UpstreamError| ApiError::upstream(&e))
+            }));
             Ok(Reply {
                 value: vec![events],
                 channel: served.channel,
@@ -191,24 +234,31 @@ impl Local {
         EngineLimits { context: self.served.context, max_tokens: self.app.limits.max_tokens }
     }
 
-    /// Prepares the request and queues one job per choice (seeds seed, seed + 1, ...).
-    fn submit(
-        &self,
-        req: &ChatRequest,
-        pieces: bool,
-    ) -> Result<(PreparedChat, Vec<mpsc::UnboundedReceiver<Event>>), ApiError> {
+    fn prepare(&self, req: &ChatRequest) -> Result<PreparedChat, ApiError> {
         if !(1..=MAX_CHOICES).contains(&req.n) {
             return Err(
                 ApiError::bad_request(format!("n must be between 1 and {MAX_CHOICES}")).with_param(Some("n"))
             );
         }
-        let prepared = self.served.model.prepare_chat(req, self.limits())?;
+        Ok(self.served.model.prepare_chat(req, self.limits())?)
+    }
+
+    /// Prepares the request and queues one job per choice (seeds seed, seed + 1, ...).
+    fn submit(
+        &self,
+        req: &ChatRequest,
+        pieces: bool,
+        meter: &Meter,
+    ) -> Result<(PreparedChat, Vec<mpsc::UnboundedReceiver<Event>>), ApiError> {
+        let prepared = self.prepare(req)?;
+        meter.prompt(prepared.prompt.len() as u64);
         let mut receivers = Vec::with_capacity(req.n);
         for i in 0..req.n {
             let mut options = prepared.options.clone();
             options.sampling.seed = options.sampling.seed.wrapping_add(i as u64);
             let (events, rx) = mpsc::unbounded_channel();
-            let job = Job { prompt: prepared.prompt.clone(), options, events, pieces };
+            let job =
+                Job { prompt: prepared.prompt.clone(), options, events, pieces, generated: meter.job() };
             if !self.served.worker.submit(job) {
                 return Err(ApiError::unavailable("the engine stopped"));
             }
@@ -219,9 +269,22 @@ impl Local {
 }
 
 impl ChatBackend for Local {
-    fn chat<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<Reply<Answer>, Refusal>> {
+    fn bound(&self, req: &ChatRequest) -> Result<RequestBound, ApiError> {
+        let prepared = self.prepare(req)?;
+        Ok(RequestBound {
+            prompt_tokens: prepared.prompt.len() as u64,
+            max_tokens: Some(prepared.options.max_tokens as u64),
+            choices: req.n as u64,
+        })
+    }
+
+    fn chat<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        meter: &'a Arc<Meter>,
+    ) -> BoxFuture<'a, Result<Reply<Answer>, Refusal>> {
         Box::pin(async move {
-            let (prepared, receivers) = self.submit(req, false)?;
+            let (prepared, receivers) = self.submit(req, false, meter)?;
             let mut answer = Answer { choices: Vec::new(), usage: Usage::default(), cached_tokens: 0 };
             for mut rx in receivers {
                 let mut choice = Choice::new(&prepared);
@@ -252,9 +315,13 @@ impl ChatBackend for Local {
         })
     }
 
-    fn chat_stream<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<Reply<Vec<Events>>, Refusal>> {
+    fn chat_stream<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        meter: &'a Arc<Meter>,
+    ) -> BoxFuture<'a, Result<Reply<Vec<Events>>, Refusal>> {
         Box::pin(async move {
-            let (prepared, receivers) = self.submit(req, true)?;
+            let (prepared, receivers) = self.submit(req, true, meter)?;
             let prompt_tokens = prepared.prompt.len() as u64;
             let mut streams: Vec<Events> = Vec::with_capacity(receivers.len());
             for mut rx in receivers {

@@ -108,7 +108,7 @@ impl ApiError {
             code: Some(code),
             param: None,
             message: e.to_string(),
-            retry_after: crate::remote::retry_after_secs(e),
+            retry_after: crate::usage::retry_after_secs(e),
         }
     }
 

@@ -13,8 +13,9 @@ mod anthropic;
 mod auth;
 mod backend;
 mod error;
+mod metrics;
 mod openai;
-pub mod remote;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ pub use access::Access;
 pub use auth::ApiKeys;
 pub use baimo_engine::{Counters, Worker, WorkerConfig};
 pub use error::ApiError;
-pub use remote::{UsageLog, UsageRecord};
+pub use usage::{UsageLog, UsageRecord};
 
 /// Reported as `system_fingerprint`.
 pub const FINGERPRINT: &str = concat!("baimo-", env!("CARGO_PKG_VERSION"));
@@ -80,6 +81,8 @@ pub struct App {
     /// are unloaded to make room.
     budget_bytes: usize,
     pub counters: Arc<Counters>,
+    /// Every request's end, by model and channel (see `metrics`).
+    pub request_metrics: metrics::RequestMetrics,
     pub started: u64,
     clock: AtomicU64,
     /// Whether entry 0 is a model loaded at start that stays loaded.
@@ -164,6 +167,7 @@ impl App {
             config,
             budget_bytes,
             counters,
+            request_metrics: metrics::RequestMetrics::default(),
             started,
             clock: AtomicU64::new(1),
             pinned_default,
@@ -355,77 +359,10 @@ async fn page() -> impl IntoResponse {
 
 /// Prometheus text format.
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
-    let c = &app.counters;
-    let line = |name: &str, help: &str, kind: &str, value: usize| {
-        format!("# HELP baimo_{name} {help}\n# TYPE baimo_{name} {kind}\nbaimo_{name} {value}\n")
-    };
-    [
-        line("requests_total", "Chat requests accepted.", "counter", c.requests.load(Ordering::Relaxed)),
-        line(
-            "requests_queued",
-            "Requests waiting for the engine.",
-            "gauge",
-            c.queued.load(Ordering::Relaxed),
-        ),
-        line("requests_running", "Requests being generated.", "gauge", c.running.load(Ordering::Relaxed)),
-        line(
-            "requests_cancelled_total",
-            "Requests whose client went away.",
-            "counter",
-            c.cancelled.load(Ordering::Relaxed),
-        ),
-        line(
-            "prompt_tokens_total",
-            "Prompt tokens read.",
-            "counter",
-            c.prompt_tokens.load(Ordering::Relaxed),
-        ),
-        line(
-            "completion_tokens_total",
-            "Tokens generated.",
-            "counter",
-            c.completion_tokens.load(Ordering::Relaxed),
-        ),
-        line(
-            "prompt_tokens_cached_total",
-            "Prompt tokens taken from the prefix cache instead of being read.",
-            "counter",
-            c.cached_tokens.load(Ordering::Relaxed),
-        ),
-        line(
-            "decode_steps_total",
-            "Decoding steps (one token of every active request).",
-            "counter",
-            c.steps.load(Ordering::Relaxed),
-        ),
-        line(
-            "decode_step_rows_total",
-            "Sequences the decoding steps carried.",
-            "counter",
-            c.step_rows.load(Ordering::Relaxed),
-        ),
-    ]
-    .concat()
-        + &summary(
-            "time_to_first_token_seconds",
-            "Time from a request's arrival at the engine to its first token.",
-            c.ttft_micros.load(Ordering::Relaxed),
-            c.finished.load(Ordering::Relaxed),
-        )
-        + &summary(
-            "generation_seconds",
-            "Time spent generating after the first token (tokens/s = completion tokens / this sum).",
-            c.generation_micros.load(Ordering::Relaxed),
-            c.finished.load(Ordering::Relaxed),
-        )
-}
-
-/// A Prometheus summary without quantiles: `_sum` (seconds) and `_count`.
-fn summary(name: &str, help: &str, sum_micros: usize, count: usize) -> String {
-    format!(
-        "# HELP baimo_{name} {help}\n# TYPE baimo_{name} summary\nbaimo_{name}_sum {}\nbaimo_{name}_count {count}\n",
-        sum_micros as f64 / 1e6
-    )
+    let mut out = String::new();
+    app.request_metrics.render(&mut out);
+    metrics::render_engine(&app.counters, &mut out);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
 /// Serves until Ctrl-C; `on_listening` gets the bound address (the port may have been 0).

@@ -20,8 +20,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::App;
+use crate::access::{RequestBound, Reservation};
+use crate::backend::ChatBackend;
 use crate::error::ApiError;
-use crate::remote::{Tally, served_headers};
+use crate::usage::{Tally, served_headers};
 
 pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -39,13 +41,6 @@ pub(crate) fn completion_id() -> String {
     )
 }
 
-/// The checks every generation request passes first: the key, then room in the queue.
-pub(crate) fn admit(app: &App, headers: &axum::http::HeaderMap) -> Result<Caller, ApiError> {
-    let caller = authorize(app, headers)?;
-    admit_local(app)?;
-    Ok(caller)
-}
-
 /// Who sent a request: a stored key (with its limits), or a key of the command line, or anyone
 /// when no key is configured.
 pub(crate) struct Caller {
@@ -53,8 +48,32 @@ pub(crate) struct Caller {
 }
 
 impl Caller {
-    pub fn key_id(&self) -> Option<i64> {
-        self.key.as_ref().map(|k| k.id)
+    /// Holds the request's maximum against its key's quotas (lowering its `max_tokens` to what
+    /// is left, see [`crate::Access::reserve`]); `bound` is asked only when a token quota needs it.
+    pub fn reserve(
+        &self,
+        app: &App,
+        max_tokens: &mut Option<u64>,
+        bound: impl FnOnce() -> Result<RequestBound, ApiError>,
+    ) -> Result<Option<Reservation>, ApiError> {
+        let (Some(key), Some(access)) = (&self.key, &app.access) else { return Ok(None) };
+        let bound = match (key.limits.token_quota, key.limits.request_quota) {
+            (None, None) => return Ok(None),
+            (Some(_), _) => bound()?,
+            (None, Some(_)) => RequestBound { prompt_tokens: 0, max_tokens: *max_tokens, choices: 1 },
+        };
+        let (reservation, most) = access.reserve(key, bound)?;
+        if most != bound.max_tokens {
+            *max_tokens = most;
+        }
+        Ok(reservation)
+    }
+
+    /// Counts the request, admitted now, against its key's per-minute limit.
+    pub fn count(&self, app: &App) {
+        if let (Some(key), Some(access)) = (&self.key, &app.access) {
+            access.count(key);
+        }
     }
 
     /// Whether the key may use `model`.
@@ -79,7 +98,7 @@ pub(crate) fn authorize(app: &App, headers: &axum::http::HeaderMap) -> Result<Ca
         && access.has_keys()?
     {
         let presented = crate::auth::presented_key(headers).ok_or_else(ApiError::unauthorized)?;
-        return Ok(Caller { key: Some(access.admit(presented)?) });
+        return Ok(Caller { key: Some(access.check(presented)?) });
     }
     if static_keys { Err(ApiError::unauthorized()) } else { Ok(Caller { key: None }) }
 }
@@ -98,18 +117,34 @@ pub(crate) fn json_body(body: Result<Json<Value>, JsonRejection>) -> Result<Valu
     body.map(|Json(v)| v).map_err(|rejection| ApiError::bad_request(rejection.body_text()))
 }
 
-/// Reads the request and finds its backend, after the key's checks.
+/// A chat request let in: read, allowed for its key, its backend found, its share of the key's
+/// quotas held, its record open (written however the request ends).
+pub(crate) struct Admitted {
+    pub req: ChatRequest,
+    pub backend: Box<dyn ChatBackend>,
+    pub tally: Tally,
+}
+
+/// Reads the request and finds its backend, after the key's checks; only a request that passes
+/// every check counts against the key's per-minute limit.
 pub(crate) async fn accept(
     app: &Arc<App>,
     headers: &axum::http::HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
     parse: fn(&Value) -> Result<ChatRequest, baimo_api::RequestError>,
-) -> Result<(ChatRequest, Caller, Box<dyn crate::backend::ChatBackend>), ApiError> {
+    front: &'static str,
+    id: String,
+) -> Result<Admitted, ApiError> {
     let caller = authorize(app, headers)?;
-    let req = parse(&json_body(body)?).map_err(ApiError::invalid)?;
+    let mut req = parse(&json_body(body)?).map_err(ApiError::invalid)?;
     caller.may_use(&req.model)?;
     let backend = app.backend(&req.model).await?;
-    Ok((req, caller, backend))
+    let mut max_tokens = req.max_tokens;
+    let reservation = caller.reserve(app, &mut max_tokens, || backend.bound(&req))?;
+    req.max_tokens = max_tokens;
+    caller.count(app);
+    let tally = Tally::new(app, id, caller.key.as_ref(), &req, front, reservation);
+    Ok(Admitted { req, backend, tally })
 }
 
 pub async fn chat_completions(
@@ -117,16 +152,17 @@ pub async fn chat_completions(
     headers: axum::http::HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
-    let (req, caller, backend) = match accept(&app, &headers, body, ChatRequest::from_openai).await {
-        Ok(r) => r,
+    let (id, created) = (completion_id(), now());
+    let admitted = accept(&app, &headers, body, ChatRequest::from_openai, "openai", id.clone()).await;
+    let Admitted { req, backend, mut tally } = match admitted {
+        Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    let tally = Tally::new(caller.key_id(), &req.model, req.stream);
-    let (id, created) = (completion_id(), now());
     if !req.stream {
-        return match backend.chat(&req).await {
+        return match backend.chat(&req, &tally.meter).await {
             Ok(reply) => {
-                tally.finish(&app, &reply.channel, reply.value.usage, 200, reply.retries);
+                tally.served_by(&reply.channel, reply.retries);
+                tally.status(200);
                 let mut response =
                     Json(completion_json(&req, &reply.value, &id, created, crate::FINGERPRINT))
                         .into_response();
@@ -134,22 +170,28 @@ pub async fn chat_completions(
                 response
             }
             Err(r) => {
-                tally.finish(&app, &r.channel, Usage::default(), r.error.status.as_u16(), r.retries);
+                tally.served_by(&r.channel, r.retries);
+                tally.status(r.error.status.as_u16());
                 r.error.into_response()
             }
         };
     }
-    let reply = match backend.chat_stream(&req).await {
+    let reply = match backend.chat_stream(&req, &tally.meter).await {
         Ok(r) => r,
         Err(r) => {
-            tally.finish(&app, &r.channel, Usage::default(), r.error.status.as_u16(), r.retries);
+            tally.served_by(&r.channel, r.retries);
+            tally.status(r.error.status.as_u16());
             return r.error.into_response();
         }
     };
-    let (channel, retries) = (reply.channel.clone(), reply.retries);
+    tally.served_by(&reply.channel, reply.retries);
     let (sse, sse_rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
     let mut writer = ChunkWriter::new(&req, &id, created, crate::FINGERPRINT);
     let choices = reply.value.len();
+    let mut response = Sse::new(ReceiverStream::new(sse_rx)).keep_alive(KeepAlive::default()).into_response();
+    served_headers(&mut response, &reply.channel, reply.retries);
+    // The tally goes with the task: however it ends (a send fails when the client is gone, and
+    // dropping the streams stops their generation), the request is recorded.
     tokio::spawn(async move {
         let send = |data: String| {
             let sse = sse.clone();
@@ -162,7 +204,6 @@ pub async fn chat_completions(
         };
         for index in 0..choices {
             if !send(writer.start(index)).await {
-                tally.finish(&app, &channel, total(&usage), 499, retries);
                 return;
             }
         }
@@ -178,17 +219,14 @@ pub async fn chat_completions(
                     if let Some(chunk) = writer.event(index, &event)
                         && !send(chunk).await
                     {
-                        // The client is gone: dropping the streams stops their generation.
-                        tally.finish(&app, &channel, total(&usage), 499, retries);
                         return;
                     }
                 }
                 Err(e) => {
                     // After the stream began, an error is an event of its own (as OpenAI sends
                     // one) and no [DONE]: the client never mistakes a cut answer for a whole one.
-                    let status = e.status.as_u16();
+                    tally.status(e.status.as_u16());
                     send(e.body().to_string()).await;
-                    tally.finish(&app, &channel, total(&usage), status, retries);
                     return;
                 }
             }
@@ -196,11 +234,10 @@ pub async fn chat_completions(
         for chunk in writer.end(total(&usage), 0) {
             send(chunk).await;
         }
-        send("[DONE]".into()).await;
-        tally.finish(&app, &channel, total(&usage), 200, retries);
+        if send("[DONE]".into()).await {
+            tally.status(200);
+        }
     });
-    let mut response = Sse::new(ReceiverStream::new(sse_rx)).keep_alive(KeepAlive::default()).into_response();
-    served_headers(&mut response, &reply.channel, reply.retries);
     response
 }
 
@@ -273,7 +310,8 @@ async fn completions_inner(
     headers: axum::http::HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = admit(&app, &headers)?;
+    let caller = authorize(&app, &headers)?;
+    admit_local(&app)?;
     let mut body = json_body(body)?;
     let fields =
         body.as_object_mut().ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
@@ -346,8 +384,9 @@ async fn completions_inner(
     }
     let echo = given.get("echo").and_then(Value::as_bool).unwrap_or(false);
     let limits = baimo_engine::EngineLimits { context: served.context, max_tokens: app.limits.max_tokens };
-    let mut jobs = Vec::new();
-    for prompt in &prompts {
+    // Every prompt is checked before anything is reserved or queued.
+    let mut planned = Vec::new();
+    for prompt in prompts {
         if prompt.is_empty() {
             return Err(ApiError::bad_request("the prompt is empty").with_param(Some("prompt")));
         }
@@ -355,25 +394,48 @@ async fn completions_inner(
             return Err(ApiError::context_length(served.context, prompt.len()));
         }
         let options = model.generate_options(&req, prompt.len(), limits)?;
-        let text = if echo { model.tokenizer.decode(prompt, false) } else { String::new() };
+        let text = if echo { model.tokenizer.decode(&prompt, false) } else { String::new() };
+        planned.push((prompt, options, text));
+    }
+    let bound = RequestBound {
+        prompt_tokens: planned.iter().map(|p| p.0.len() as u64).sum(),
+        max_tokens: planned.iter().map(|p| p.1.max_tokens as u64).max(),
+        choices: (req.n * planned.len()) as u64,
+    };
+    let mut max_tokens = bound.max_tokens;
+    let reservation = caller.reserve(&app, &mut max_tokens, || Ok(bound))?;
+    let id = completion_id().replacen("chatcmpl-", "cmpl-", 1);
+    let mut tally = Tally::new(&app, id.clone(), caller.key.as_ref(), &req, "completions", reservation);
+    tally.meter.prompt(bound.prompt_tokens);
+    let mut jobs = Vec::new();
+    for (prompt, options, text) in planned {
         for i in 0..req.n {
             let mut options = options.clone();
             options.sampling.seed = options.sampling.seed.wrapping_add(i as u64);
+            if let Some(most) = max_tokens {
+                options.max_tokens = options.max_tokens.min(most as usize);
+            }
             let (events, rx) = mpsc::unbounded_channel();
-            let job = baimo_engine::Job { prompt: prompt.clone(), options, events, pieces: req.stream };
+            let job = baimo_engine::Job {
+                prompt: prompt.clone(),
+                options,
+                events,
+                pieces: req.stream,
+                generated: tally.meter.job(),
+            };
             if !served.worker.submit(job) {
+                tally.status(503);
                 return Err(ApiError::unavailable("the engine stopped"));
             }
             jobs.push((text.clone(), rx));
         }
     }
-    let id = completion_id().replacen("chatcmpl-", "cmpl-", 1);
+    caller.count(&app);
     let (created, name) = (now(), req.model.clone());
-    let tally = Tally::new(caller.key_id(), &req.model, req.stream);
     let want = top.is_some();
     if !req.stream {
         let mut choices = Vec::new();
-        let mut usage = Usage::default();
+        let mut usage = Usage { prompt_tokens: bound.prompt_tokens, completion_tokens: 0 };
         for (index, (echoed, mut rx)) in jobs.into_iter().enumerate() {
             let mut lps = crate::backend::LogprobText::default();
             let mut entries = Vec::new();
@@ -383,17 +445,22 @@ async fn completions_inner(
                     // The text comes with `Done` (see `Job::pieces`).
                     Some(baimo_engine::Event::Text(_)) => {}
                     Some(baimo_engine::Event::Done(Ok(g))) => break g,
-                    Some(baimo_engine::Event::Done(Err(e))) => return Err(ApiError::unavailable(e)),
-                    None => return Err(ApiError::unavailable("the engine stopped")),
+                    Some(baimo_engine::Event::Done(Err(e))) => {
+                        tally.status(503);
+                        return Err(ApiError::unavailable(e));
+                    }
+                    None => {
+                        tally.status(503);
+                        return Err(ApiError::unavailable("the engine stopped"));
+                    }
                 }
             };
-            usage.prompt_tokens += g.prompt_tokens as u64;
             usage.completion_tokens += g.tokens.len() as u64;
             let logprobs = if want { legacy_logprobs(&entries, echoed.len()) } else { Value::Null };
             choices.push(json!({"text": format!("{echoed}{}", g.text), "index": index, "logprobs": logprobs,
                 "finish_reason": finish_reason(&g)}));
         }
-        tally.finish(&app, "local", usage, 200, 0);
+        tally.status(200);
         return Ok(Json(json!({
             "id": id, "object": "text_completion", "created": created, "model": name,
             "system_fingerprint": crate::FINGERPRINT, "choices": choices, "usage": usage.to_json(),
@@ -414,7 +481,7 @@ async fn completions_inner(
             Ok(SseEvent::default().data(c.to_string()))
         };
         let choice = |index: usize, text: &str, logprobs: Value, finish: Option<&str>| json!([{"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}]);
-        let mut usage = Usage::default();
+        let mut usage = Usage { prompt_tokens: bound.prompt_tokens, completion_tokens: 0 };
         let mut streams = Vec::new();
         for (index, (echoed, rx)) in jobs.into_iter().enumerate() {
             if !echoed.is_empty()
@@ -438,7 +505,6 @@ async fn completions_inner(
                     sse.send(chunk(choice(index, &piece, Value::Null, None), Value::Null)).await
                 }
                 baimo_engine::Event::Done(Ok(g)) => {
-                    usage.prompt_tokens += g.prompt_tokens as u64;
                     usage.completion_tokens += g.tokens.len() as u64;
                     sse.send(chunk(choice(index, "", Value::Null, Some(finish_reason(&g))), Value::Null))
                         .await
@@ -447,20 +513,20 @@ async fn completions_inner(
                     let _ = sse
                         .send(Ok(SseEvent::default().data(ApiError::unavailable(e).body().to_string())))
                         .await;
-                    tally.finish(&app, "local", usage, 503, 0);
+                    tally.status(503);
                     return;
                 }
             };
             if sent.is_err() {
-                tally.finish(&app, "local", usage, 499, 0);
                 return;
             }
         }
         if include_usage {
             let _ = sse.send(chunk(json!([]), usage.to_json())).await;
         }
-        let _ = sse.send(Ok(SseEvent::default().data("[DONE]"))).await;
-        tally.finish(&app, "local", usage, 200, 0);
+        if sse.send(Ok(SseEvent::default().data("[DONE]"))).await.is_ok() {
+            tally.status(200);
+        }
     });
     Ok(Sse::new(ReceiverStream::new(sse_rx)).keep_alive(KeepAlive::default()).into_response())
 }

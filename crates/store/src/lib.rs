@@ -133,6 +133,9 @@ pub struct UsageRow {
     pub status: u16,
     pub retries: u32,
     pub stream: bool,
+    /// Whether the token counts are estimated from the text seen (a hosted stream cut before
+    /// its provider reported usage) rather than counted or reported.
+    pub estimated: bool,
 }
 
 /// Which usage records to read.
@@ -195,7 +198,11 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// What each schema version adds to the one before (version 1 is [`SCHEMA`] without them).
+const MIGRATIONS: &[(i64, &str)] =
+    &[(2, "ALTER TABLE usage ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0;")];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS channels (
@@ -232,6 +239,7 @@ CREATE TABLE IF NOT EXISTS usage (
     status INTEGER NOT NULL,
     retries INTEGER NOT NULL,
     stream INTEGER NOT NULL
+    -- later columns: see MIGRATIONS
 );
 CREATE INDEX IF NOT EXISTS usage_by_key ON usage (key_id, at_ms);
 CREATE INDEX IF NOT EXISTS usage_by_time ON usage (at_ms);
@@ -276,6 +284,12 @@ impl SqliteStore {
             )));
         }
         conn.execute_batch(SCHEMA)?;
+        // A new database has version 0 and the version-1 tables just made: every migration runs.
+        for &(to, sql) in MIGRATIONS {
+            if version < to {
+                conn.execute_batch(sql)?;
+            }
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
@@ -302,6 +316,7 @@ fn usage_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UsageRow> {
         status: r.get::<_, i64>(8)?.clamp(0, 999) as u16,
         retries: r.get::<_, i64>(9)?.clamp(0, u32::MAX as i64) as u32,
         stream: r.get(10)?,
+        estimated: r.get(11)?,
     })
 }
 
@@ -480,8 +495,8 @@ impl Store for SqliteStore {
 
     fn record_usage(&self, u: &UsageRow) -> Result<(), StoreError> {
         self.conn().execute(
-            "INSERT INTO usage (at_ms, key_id, model, channel, prompt_tokens, completion_tokens, latency_ms, status, retries, stream)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO usage (at_ms, key_id, model, channel, prompt_tokens, completion_tokens, latency_ms, status, retries, stream, estimated)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 u.at_ms,
                 u.key_id,
@@ -493,6 +508,7 @@ impl Store for SqliteStore {
                 u.status,
                 u.retries,
                 u.stream,
+                u.estimated,
             ],
         )?;
         Ok(())
@@ -502,7 +518,7 @@ impl Store for SqliteStore {
         let (clause, values) = usage_where(filter);
         let limit = if filter.limit == 0 { String::new() } else { format!("LIMIT {}", filter.limit) };
         let sql = format!(
-            "SELECT id, at_ms, key_id, model, channel, prompt_tokens, completion_tokens, latency_ms, status, retries, stream
+            "SELECT id, at_ms, key_id, model, channel, prompt_tokens, completion_tokens, latency_ms, status, retries, stream, estimated
              FROM usage {clause} ORDER BY id DESC {limit}"
         );
         let conn = self.conn();
@@ -609,6 +625,35 @@ mod tests {
         assert_eq!(rows.iter().map(|r| r.completion_tokens).collect::<Vec<_>>(), [3, 2]);
         let f = UsageFilter { model: Some("gpt-4".into()), since_ms: Some(1001), ..UsageFilter::default() };
         assert_eq!(store.totals(&f).unwrap().requests, 2);
+    }
+
+    #[test]
+    fn a_version_1_database_gains_the_estimated_column_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO usage (at_ms, key_id, model, channel, prompt_tokens, completion_tokens, latency_ms, status, retries, stream)
+                 VALUES (5, 1, 'gpt-4', 'a', 7, 3, 1, 200, 0, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let row =
+            UsageRow { model: "spark".into(), completion_tokens: 9, estimated: true, ..UsageRow::default() };
+        store.record_usage(&row).unwrap();
+        let rows = store.usage(&UsageFilter::default()).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| (r.completion_tokens, r.estimated)).collect::<Vec<_>>(),
+            [(9, true), (3, false)]
+        );
+        drop(store);
+        // Opened again at the current version: no migration runs twice.
+        assert_eq!(SqliteStore::open(&path).unwrap().usage(&UsageFilter::default()).unwrap().len(), 2);
     }
 
     #[test]

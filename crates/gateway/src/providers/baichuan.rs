@@ -184,6 +184,11 @@ fn legacy_finish(reason: &str) -> FinishReason {
 pub struct BaichuanLegacy;
 
 impl Protocol for BaichuanLegacy {
+    fn check(&self, channel: &Channel) -> Result<(), String> {
+        super::require(&channel.secret_key, "baichuan-legacy", "secret_key", " (it signs each request)")
+            .map(drop)
+    }
+
     fn name(&self) -> &'static str {
         LEGACY_NAME
     }

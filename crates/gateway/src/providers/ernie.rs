@@ -299,6 +299,16 @@ async fn open_stream(
 }
 
 impl Protocol for Ernie {
+    fn check(&self, channel: &Channel) -> Result<(), String> {
+        super::require(
+            &channel.secret_key,
+            "ernie",
+            "secret_key",
+            " (the app's Secret Key; `api_key` is its API Key)",
+        )
+        .map(drop)
+    }
+
     fn name(&self) -> &'static str {
         NAME
     }

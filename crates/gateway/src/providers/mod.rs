@@ -107,6 +107,18 @@ pub trait Protocol: Send + Sync {
         false
     }
 
+    /// What this provider needs of a channel beyond the common settings (a second credential,
+    /// an app id, model names it knows), checked when the channel is configured, so a mistake
+    /// stops the server at start instead of failing every request.
+    fn check(&self, _channel: &Channel) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The URL schemes a `base_url` may have.
+    fn schemes(&self) -> &'static [&'static str] {
+        &["https", "http"]
+    }
+
     /// The upstream HTTP request for `req` (sent to `channel`, as `model`). A future, because
     /// some providers need a token fetched first.
     fn request<'a>(
@@ -176,6 +188,58 @@ pub fn protocol(kind: ProviderKind) -> &'static dyn Protocol {
         ProviderKind::SparkHttp => &spark_http::SparkHttp,
         ProviderKind::AnthropicLegacy => &anthropic_legacy::AnthropicLegacy,
     }
+}
+
+/// Checks a channel's settings completely (the common ones, then its provider's): the message
+/// names the setting at fault.
+pub fn check_channel(channel: &Channel) -> Result<(), String> {
+    if channel.name.trim().is_empty() {
+        return Err("`name` is empty".into());
+    }
+    if channel.models.is_empty() {
+        return Err("`models` is empty: name the models this channel serves".into());
+    }
+    for m in &channel.models {
+        if m.trim().is_empty() {
+            return Err("`models` holds an empty name".into());
+        }
+        if let Some((client, upstream)) = m.split_once('=') {
+            return Err(format!(
+                "`models` entry {m:?} is a mapping: write models = [\"{client}\"] and model_map = {{ \"{client}\" = \"{upstream}\" }}"
+            ));
+        }
+    }
+    if let Some(unserved) = channel.model_map.keys().find(|k| !channel.models.contains(k)) {
+        return Err(format!("`model_map` maps {unserved:?}, which is not in `models`"));
+    }
+    if channel.weight == 0 {
+        return Err("`weight` must be at least 1".into());
+    }
+    if channel.api_key.expose().is_empty() {
+        return Err("`api_key` is empty".into());
+    }
+    let protocol = protocol(channel.provider);
+    if let Some(base) = &channel.base_url {
+        let url = url::Url::parse(base).map_err(|e| format!("`base_url` {base:?} is not a URL: {e}"))?;
+        if !protocol.schemes().contains(&url.scheme()) {
+            return Err(format!(
+                "`base_url` {base:?}: a {} channel takes {} URLs",
+                channel.provider.name(),
+                protocol.schemes().join(" or ")
+            ));
+        }
+    }
+    protocol.check(channel)
+}
+
+/// A channel setting its provider cannot do without.
+pub(crate) fn require<'a, T>(
+    value: &'a Option<T>,
+    provider: &str,
+    key: &str,
+    hint: &str,
+) -> Result<&'a T, String> {
+    value.as_ref().ok_or_else(|| format!("a {provider} channel needs `{key}`{hint}"))
 }
 
 /// Refuses a request this protocol cannot carry whole: a field it does not honour, or images

@@ -301,6 +301,28 @@ async fn collect(mut stream: EventStream) -> Result<ChatResponse, UpstreamError>
 }
 
 impl Protocol for Spark {
+    /// `ws`/`wss` as the API documents them; `http`/`https` are taken to mean the same.
+    fn schemes(&self) -> &'static [&'static str] {
+        &["wss", "ws", "https", "http"]
+    }
+
+    fn check(&self, channel: &Channel) -> Result<(), String> {
+        super::require(&channel.app_id, "spark", "app_id", "")?;
+        super::require(
+            &channel.secret_key,
+            "spark",
+            "secret_key",
+            " (the APISecret; `api_key` is the APIKey)",
+        )?;
+        match channel.models.iter().find(|m| route(channel.upstream_model(m)).is_none()) {
+            Some(m) => Err(format!(
+                "Spark has no model {:?} (spark-lite, spark-2.0, spark-3.0, spark-pro-128k, spark-3.5, spark-max-32k, spark-4.0, or their domains): map it with model_map",
+                channel.upstream_model(m)
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn name(&self) -> &'static str {
         NAME
     }
