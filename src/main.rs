@@ -42,7 +42,7 @@ enum Command {
     /// Fill the [MASK] spans of a text with a GLM model (blank infilling).
     Infill(infill::Args),
     /// Serve a model over an OpenAI-compatible HTTP API.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Download a known model into the cache.
     Pull(models::PullArgs),
     /// List the known models and whether they are in the cache.
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::main(args),
         Command::Perplexity(args) => perplexity::main(args),
         Command::Infill(args) => infill::main(args),
-        Command::Serve(args) => serve::main(args),
+        Command::Serve(args) => serve::main(*args),
         Command::Pull(args) => models::pull(args),
         Command::List(args) => models::list(args),
         Command::MockProvider(args) => mock_provider::main(args),

@@ -74,6 +74,26 @@ pub struct Args {
     /// Turn on the admin API (/admin/...) for requests with this key (or env:VARIABLE).
     #[arg(long, value_name = "KEY")]
     admin_key: Option<String>,
+    /// Without any API key, answer only requests whose Host is localhost, an IP address or one
+    /// of these names (repeatable; `*`: any), and browsers only from the same host or a
+    /// --cors-origin: a web page cannot reach the server through a DNS name it controls.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
+    /// Connections open at once at most; more wait [default: 3/4 of the descriptor limit].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Close a connection that sends no request for this long, in seconds [default: 60].
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<u64>,
+    /// Close a connection whose request head takes longer than this, in seconds [default: 10].
+    #[arg(long, value_name = "SECS")]
+    header_timeout: Option<u64>,
+    /// Fail a request whose body stalls this long between two pieces, in seconds [default: 30].
+    #[arg(long, value_name = "SECS")]
+    body_timeout: Option<u64>,
+    /// On SIGTERM or Ctrl-C, wait this long for requests in flight, in seconds [default: 30].
+    #[arg(long, value_name = "SECS")]
+    drain_timeout: Option<u64>,
 }
 
 const CONFIG_HELP: &str = "\
@@ -97,6 +117,12 @@ Config file (--config FILE, TOML; flags win):
   local = false                     # as --no-local: hosted models only
   database = \"/var/lib/baimo/baimo.db\"  # as --db
   admin_key = \"env:BAIMO_ADMIN_KEY\"     # as --admin-key
+  allowed_hosts = [\"baimo.internal\"]   # as --allowed-host
+  max_connections = 1000
+  idle_timeout = 60                 # seconds, as --idle-timeout
+  header_timeout = 10
+  body_timeout = 30
+  drain_timeout = 30
 
   [[channels]]                      # a hosted provider account (repeatable)
   name = \"openai-main\"
@@ -138,6 +164,13 @@ struct ConfigFile {
     local: Option<bool>,
     database: Option<PathBuf>,
     admin_key: Option<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    max_connections: Option<usize>,
+    idle_timeout: Option<u64>,
+    header_timeout: Option<u64>,
+    body_timeout: Option<u64>,
+    drain_timeout: Option<u64>,
     #[serde(default)]
     channels: Vec<baimo_gateway::Channel>,
     #[serde(default)]
@@ -313,11 +346,23 @@ pub fn main(mut args: Args) -> Result<()> {
     }
     let mut cors_origins = args.cors_origins.clone();
     cors_origins.extend(file.cors_origins.iter().cloned());
+    let mut allowed_hosts = args.allowed_hosts.clone();
+    allowed_hosts.extend(file.allowed_hosts.iter().cloned());
     let limits = baimo_server::Limits {
         keys: baimo_server::ApiKeys::new(&keys),
         max_tokens: args.max_tokens_limit.or(file.max_tokens_limit),
         queue: args.queue.or(file.queue).unwrap_or(256),
         cors_origins,
+        allowed_hosts,
+    };
+    let secs = std::time::Duration::from_secs;
+    let d = baimo_server::ConnectionLimits::default();
+    let connections = baimo_server::ConnectionLimits {
+        max_connections: args.max_connections.or(file.max_connections).unwrap_or(d.max_connections),
+        idle_timeout: args.idle_timeout.or(file.idle_timeout).map_or(d.idle_timeout, secs),
+        header_timeout: args.header_timeout.or(file.header_timeout).map_or(d.header_timeout, secs),
+        body_timeout: args.body_timeout.or(file.body_timeout).map_or(d.body_timeout, secs),
+        drain_timeout: args.drain_timeout.or(file.drain_timeout).map_or(d.drain_timeout, secs),
     };
     // Extra models: fetched now if they are known names, loaded on their first request.
     let mut others: Vec<(Vec<String>, baimo_server::Loader)> = Vec::new();
@@ -350,7 +395,7 @@ pub fn main(mut args: Args) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let quiet = args.model.quiet;
-    runtime.block_on(baimo_server::serve(app, addr, |bound| {
+    runtime.block_on(baimo_server::serve(app, addr, connections, |bound| {
         if !quiet {
             eprintln!(
                 "serving {} at http://{bound} (OpenAI API under /v1, chat page at /)",

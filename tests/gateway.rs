@@ -106,6 +106,11 @@ fn mock(provider: &str, key: &str) -> Proc {
 
 /// `baimo serve` for hosted models only, with this config (channels, retry settings).
 fn gateway(config: &str) -> Proc {
+    gateway_with(config, &[])
+}
+
+/// As [`gateway`], with more flags.
+fn gateway_with(config: &str, flags: &[&str]) -> Proc {
     let dir = tempfile::tempdir().unwrap().keep();
     let path = dir.join("baimo.toml");
     // Top-level keys must come before the first table.
@@ -115,10 +120,9 @@ fn gateway(config: &str) -> Proc {
     };
     let config = format!("{top}\n{tables}");
     std::fs::write(&path, format!("local = false\n{config}")).unwrap();
-    spawn(
-        &["serve", "--config", path.to_str().unwrap(), "--port", "0", "-q"],
-        &[("BAIMO_LOG", "debug"), ("UPSTREAM_SECRET", "sk-from-env-7f3a")],
-    )
+    let mut args = vec!["serve", "--config", path.to_str().unwrap(), "--port", "0", "-q"];
+    args.extend_from_slice(flags);
+    spawn(&args, &[("BAIMO_LOG", "debug"), ("UPSTREAM_SECRET", "sk-from-env-7f3a")])
 }
 
 fn channel(name: &str, provider: &str, base: &str, key: &str, models: &[&str], extra: &str) -> String {
@@ -309,13 +313,16 @@ fn upstream_auth_failures_are_reported_without_the_credential() {
         let body = r.text().unwrap();
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["error"]["code"], "upstream_authentication_failed", "{body}");
-        assert!(!body.contains("sk-from-env-7f3a"), "{body}");
+        // Not the key, nor the fragment the provider quoted (`sk-fro****7f3a`).
+        assert!(!body.contains("sk-from-env-7f3a") && !body.contains("7f3a"), "{body}");
+        assert!(body.contains("Incorrect API key provided: [redacted]"), "{body}");
     }
     // A client's own bad request is a 400 and never reaches a provider.
     let a = post(&server.base, "/v1/chat/completions", &json!({"model": "gpt-4", "messages": []}));
     assert_eq!(a.status, 400);
     let log = server.log.lock().unwrap().clone();
     assert!(log.contains("upstream failed"), "the failure is logged: {log}");
+    assert!(!log.contains("7f3a"), "{log}");
     assert!(!log.contains("sk-from-env-7f3a"), "{log}");
 }
 
@@ -1152,4 +1159,73 @@ fn configuration_mistakes_stop_the_start_naming_file_channel_and_setting() {
             assert!(err.contains(w), "{file}: {w:?} not in {err}");
         }
     }
+}
+
+/// What the server sends on a raw connection after `sent` (until it closes it or 10 s pass).
+fn raw_exchange(base: &str, sent: &[u8]) -> (String, bool) {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    socket.write_all(sent).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match socket.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false, // still open after 10 s
+        }
+    };
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+#[test]
+fn idle_slow_and_stalled_connections_are_closed_and_sigterm_drains() {
+    let up = mock("openai", "sk-up-0041");
+    let config = channel("oa", "openai", &up.base, "sk-up-0041", &["gpt-4"], "");
+    let flags = ["--idle-timeout", "1", "--header-timeout", "1", "--body-timeout", "1"];
+    let mut server = gateway_with(&config, &flags);
+    // Connected, silent: closed (the bound of 10 s is far above the 1 s configured).
+    let (got, closed) = raw_exchange(&server.base, b"");
+    assert!(closed && got.is_empty(), "{got}");
+    // Half a request head, then nothing: closed.
+    let (_, closed) =
+        raw_exchange(&server.base, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    assert!(closed);
+    // A body announced at 100 MB that stops after ten bytes: refused, closed.
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n{\"model\":";
+    let (got, closed) = raw_exchange(&server.base, head.as_bytes());
+    assert!(closed, "{got}");
+    assert!(got.is_empty() || got.starts_with("HTTP/1.1 4"), "{got}");
+    // An open server answers local names and addresses, not a DNS name a web page controls.
+    let (got, _) = raw_exchange(
+        &server.base,
+        b"GET /v1/models HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    );
+    assert!(got.starts_with("HTTP/1.1 403") && got.contains("evil.example"), "{got}");
+    let (got, _) = raw_exchange(
+        &server.base,
+        b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    // SIGTERM while a stream is in flight: the stream ends whole, then the server exits.
+    faults(&up, json!({"next": [{"type": "delay", "ms": 1000}]}));
+    let base = server.base.clone();
+    let streaming =
+        std::thread::spawn(move || stream(&base, "/v1/chat/completions", &chat_body("gpt-4", true)));
+    eventually("the stream reached the provider", || mock_requests(&up) >= 1);
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let (status, chunks) = streaming.join().unwrap();
+    assert_eq!(status, 200);
+    let (text, ..) = gather(&chunks);
+    assert!(!text.is_empty());
+    let mut exit = None;
+    eventually("the server exits after draining", || {
+        exit = server.child.try_wait().unwrap();
+        exit.is_some()
+    });
+    assert!(exit.unwrap().success(), "{exit:?}: {}", server.log.lock().unwrap());
+    assert!(server.log.lock().unwrap().contains("every request finished"));
 }

@@ -426,3 +426,53 @@ fn glm_sessions_read_each_prompt_whole() {
     assert_eq!(continued.tokens, fresh.tokens);
     assert_eq!(continued.cached_tokens, 0);
 }
+
+/// Rewrites the llama-bin checkpoint with each storage entry replaced by `storage(name, bytes)`,
+/// deflated (as a re-zipped or hostile file would be).
+fn rezipped_checkpoint(storage: impl Fn(&str, Vec<u8>) -> Vec<u8>) -> tempfile::TempDir {
+    broken_copy("llama-bin", |d| {
+        let path = d.join("pytorch_model.bin");
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(&path).unwrap()).unwrap();
+        let names: Vec<String> = archive.file_names().map(|n| n.unwrap().to_string()).collect();
+        let out_path = d.join("rezipped.bin");
+        let mut out = zip::ZipWriter::new(std::fs::File::create(&out_path).unwrap());
+        let stored =
+            zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        let deflated =
+            zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        for name in names {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut archive.by_name(&name).unwrap(), &mut data).unwrap();
+            if name.contains("/data/") {
+                out.start_file(name.clone(), deflated).unwrap();
+                std::io::Write::write_all(&mut out, &storage(&name, data)).unwrap();
+            } else {
+                out.start_file(name, stored).unwrap();
+                std::io::Write::write_all(&mut out, &data).unwrap();
+            }
+        }
+        out.finish().unwrap();
+        std::fs::rename(&out_path, &path).unwrap();
+    })
+}
+
+#[test]
+fn zip_bombs_and_lying_entry_sizes_are_refused_before_inflating() {
+    // Weights deflated as they are load as before (a re-zipped checkpoint is legitimate).
+    let same = rezipped_checkpoint(|_, data| data);
+    let folder = HfFolder::open(same.path()).unwrap();
+    assert!(Model::from_hf(&folder, None).is_ok());
+    // Zeros of the right size: the embedding (40 KB) deflates more than 100:1.
+    let zeros = rezipped_checkpoint(|_, data| vec![0; data.len()]);
+    let err = load_error(zeros.path());
+    assert!(err.contains("zip bomb"), "{err}");
+    // An entry larger than its tensors need: refused by its declared size, not inflated.
+    let larger = rezipped_checkpoint(|_, mut data| {
+        let extra: Vec<u8> =
+            (0..data.len() as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        data.extend(extra);
+        data
+    });
+    let err = load_error(larger.path());
+    assert!(err.contains("its tensors need"), "{err}");
+}

@@ -668,3 +668,48 @@ fn a_long_prompt_read_in_pieces_beside_a_running_stream_answers_as_alone() {
     assert_eq!(text(&long_together.1), text(&long_alone));
     assert!(!text(&long_alone).trim().is_empty() && !text(&short_alone).trim().is_empty());
 }
+
+/// A GGUF whose architecture is a megabyte of `A`: the loader's error quotes it.
+fn gguf_with_a_huge_architecture(path: &std::path::Path) {
+    let key = b"general.architecture";
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend(0u64.to_le_bytes()); // tensors
+    bytes.extend(1u64.to_le_bytes()); // metadata keys
+    bytes.extend((key.len() as u64).to_le_bytes());
+    bytes.extend(key);
+    bytes.extend(8u32.to_le_bytes()); // a string
+    bytes.extend((1u64 << 20).to_le_bytes());
+    bytes.extend(std::iter::repeat_n(b'A', 1 << 20));
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_broken_model_file_gives_a_short_503_without_being_read_again_each_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.gguf");
+    gguf_with_a_huge_architecture(&path);
+    let server = start(&fixture("hf/llama-trained"), &["--extra-model", path.to_str().unwrap()]);
+    // The model list names models, never where their files are.
+    let listed = client().get(format!("{}/v1/models", server.base)).send().unwrap().text().unwrap();
+    assert!(listed.contains("broken.gguf") && !listed.contains(&*dir.path().to_string_lossy()), "{listed}");
+    let body =
+        json!({"model": "broken.gguf", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2});
+    let first = client().post(format!("{}/v1/chat/completions", server.base)).json(&body).send().unwrap();
+    assert_eq!(first.status(), 503);
+    assert!(first.headers().contains_key("retry-after"));
+    let text = first.text().unwrap();
+    assert!(
+        text.len() < 4096 && text.contains("could not be loaded") && text.contains("more bytes"),
+        "{:.500}",
+        text
+    );
+    // The file is mended; the failure is remembered for a while rather than read again per request.
+    std::fs::copy(fixture("gguf/gpt2.gguf"), &path).unwrap();
+    let (status, again) = chat(&server, body);
+    assert_eq!(
+        (status, again["error"]["message"].as_str().map(str::len)),
+        (503, serde_json::from_str::<Value>(&text).unwrap()["error"]["message"].as_str().map(str::len)),
+        "{again}"
+    );
+}

@@ -109,10 +109,22 @@ channel zhipu zp11.zhipusecret11 glm-4
 channel zhipu-v3 zp12.zhipusecret12 chatglm_turbo
 channel baichuan sk-bc-13 Baichuan2-Turbo
 channel baichuan-legacy bc-legacy-14 Baichuan2-53B bc-legacy-secret-14
+# For the retry checks: wrong upstream credentials, and an account out of quota.
+start mock-broke mock-provider openai --port 0 --key sk-broke-16
+broke=$url
+curl -sf "$broke/_mock/faults" -H 'content-type: application/json' \
+    -d '{"always": {"type": "status", "status": 429, "code": "insufficient_quota"}}' >/dev/null
+printf '[[channels]]\nname = "bad"\nprovider = "openai"\nbase_url = "%s"\napi_key = "sk-wrong"\nmodels = ["bad-openai"]\n' \
+    "${base[openai]}" >> "$config"
+printf '[[channels]]\nname = "broke"\nprovider = "openai"\nbase_url = "%s"\napi_key = "sk-broke-16"\nmodels = ["broke-openai"]\n' \
+    "$broke" >> "$config"
 start gateway serve --config "$config" --port 0 -q
 "$py" scripts/sdk/gateway_openai.py "$url" via-openai via-anthropic via-gemini via-ernie via-ernie-v2 \
     via-spark via-spark-http via-dashscope via-dashscope-compatible via-zhipu via-baichuan \
     --no-tools via-anthropic-legacy --no-tools via-palm --no-tools via-zhipu-v3 --no-tools via-baichuan-legacy
+
+echo "== permanent failures are tried once by the SDKs' default retry settings"
+"$py" scripts/sdk/sdk_retries.py "$url" "bad-openai=${base[openai]}" "broke-openai=$broke"
 
 echo "== agent clients (SDKs and LangChain: tools, results, structured output) through the gateway"
 "$py" scripts/sdk/agents.py "$url" via-openai via-anthropic --prompts 20

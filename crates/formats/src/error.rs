@@ -18,6 +18,8 @@ pub enum FormatError {
     Truncated { what: String, offset: u64, need: u64, file_len: u64 },
     #[error("{what} says {count} entries, more than the {file_len}-byte file can hold")]
     CountTooLarge { what: String, count: u64, file_len: u64 },
+    #[error("{what} at byte {offset} is {len} bytes long, more than {max}: the file is damaged")]
+    NameTooLong { what: String, offset: u64, len: u64, max: u64 },
     #[error("metadata key {key:?} has unknown value type {type_id}")]
     UnknownValueType { key: String, type_id: u32 },
     #[error("metadata key {key:?} nests arrays deeper than {max} levels")]

@@ -22,6 +22,10 @@ use crate::{Bytes, FormatError};
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_DIMS: u32 = 4;
+/// The GGUF specification's limit on a metadata key.
+const MAX_KEY_BYTES: u64 = 65_535;
+/// Far above any real tensor name (llama.cpp's limit is 64 bytes).
+const MAX_TENSOR_NAME_BYTES: u64 = 4096;
 const MAX_ARRAY_NESTING: usize = 8;
 /// The most memory reserved ahead for the items a count announces; beyond it, vectors grow as
 /// items are actually read.
@@ -241,7 +245,7 @@ impl Gguf {
         let mut metadata = reserve(kv_count);
         let mut seen_keys = HashSet::new();
         for _ in 0..kv_count {
-            let key = r.string("a metadata key")?;
+            let key = r.name("a metadata key", MAX_KEY_BYTES)?;
             let type_id = r.u32("a metadata value type")?;
             let value = r.value(&key, type_id, 0)?;
             if !seen_keys.insert(key.clone()) {
@@ -268,7 +272,7 @@ impl Gguf {
         let mut infos = reserve(tensor_count);
         let mut seen_names = HashSet::new();
         for _ in 0..tensor_count {
-            let name = r.string("a tensor name")?;
+            let name = r.name("a tensor name", MAX_TENSOR_NAME_BYTES)?;
             let n_dims = r.u32("a tensor's dimension count")?;
             if n_dims > MAX_DIMS {
                 return Err(FormatError::TooManyDims { tensor: name, n_dims });
@@ -491,6 +495,20 @@ impl<'a> Reader<'a> {
                 Err(FormatError::CountTooLarge { what: what.into(), count, file_len: self.buf.len() as u64 })
             }
         }
+    }
+
+    /// A key or a tensor name: short by the format's rules (keys up to 65,535 bytes; tensor
+    /// names 64 in llama.cpp, some tools write longer). A longer one is a damaged length, and
+    /// is refused before it is read (error messages quote names).
+    fn name(&mut self, what: &str, max: u64) -> Result<String, FormatError> {
+        let at = self.pos as u64;
+        let len = self.u64(what)?;
+        // Past the end of the file: reported as a truncation, by `string`.
+        if len > max && len <= self.remaining() as u64 {
+            return Err(FormatError::NameTooLong { what: what.into(), offset: at, len, max });
+        }
+        self.pos = at as usize;
+        self.string(what)
     }
 
     fn string(&mut self, what: &str) -> Result<String, FormatError> {

@@ -499,7 +499,7 @@ fn parse_checkpoint(bytes: &Bytes) -> Result<Vec<(String, HfTensor)>, PickleErro
         .map(|n| n.to_string())
         .ok_or_else(|| PickleError("no */data.pkl in the archive".into()))?;
     let prefix = pickle_name.trim_end_matches("data.pkl").to_string();
-    let pickle = read_entry(&mut zip, bytes, &pickle_name)?;
+    let pickle = read_entry(&mut zip, bytes, &pickle_name, None)?;
     let machine = Machine {
         input: &pickle,
         at: 0,
@@ -519,7 +519,8 @@ fn parse_checkpoint(bytes: &Bytes) -> Result<Vec<(String, HfTensor)>, PickleErro
         let data = match storages.get(&t.storage.key) {
             Some(d) => d.clone(),
             None => {
-                let d = read_entry(&mut zip, bytes, &format!("{prefix}data/{}", t.storage.key))?;
+                let want = t.storage.numel.checked_mul(elem).map(|n| n as u64);
+                let d = read_entry(&mut zip, bytes, &format!("{prefix}data/{}", t.storage.key), want)?;
                 storages.insert(t.storage.key.clone(), d.clone());
                 d
             }
@@ -561,15 +562,28 @@ fn parse_checkpoint(bytes: &Bytes) -> Result<Vec<(String, HfTensor)>, PickleErro
     Ok(out)
 }
 
-/// An entry's bytes: a view into the mapped file when stored uncompressed, else inflated.
+/// Inflated bytes per compressed byte at most. `torch.save` stores entries uncompressed; a
+/// re-zipped checkpoint's weights barely compress (~1.1:1); only a run of zeros (a zip bomb)
+/// compresses a hundredfold.
+const MAX_INFLATE_RATIO: u64 = 100;
+
+/// An entry's bytes: a view into the mapped file when stored uncompressed, else inflated, after
+/// its sizes are checked: the size the pickle expects (`want`, for a storage) and a plausible
+/// compression ratio, so nothing is inflated on a lying header.
 fn read_entry(
     zip: &mut zip::ZipArchive<Cursor<&[u8]>>,
     bytes: &Bytes,
     name: &str,
+    want: Option<u64>,
 ) -> Result<Bytes, PickleError> {
     use std::io::Read;
     let mut entry = zip.by_name(name).map_err(|e| PickleError(format!("entry {name}: {e}")))?;
     let size = entry.size();
+    if let Some(want) = want
+        && size != want
+    {
+        return err(format!("entry {name} holds {size} bytes; its tensors need {want}"));
+    }
     if entry.compression() == zip::CompressionMethod::Stored
         && let Some(start) = entry.data_start()
         && let (Ok(start), Ok(size)) = (usize::try_from(start), usize::try_from(size))
@@ -577,9 +591,11 @@ fn read_entry(
     {
         return Ok(bytes.slice(start..start + size));
     }
-    if size > bytes.len() as u64 * 1032 {
-        // Deflate expands at most ~1032:1; a larger claim is a lie.
-        return err(format!("entry {name} claims {size} bytes"));
+    let compressed = entry.compressed_size().max(1);
+    if size > compressed.saturating_mul(MAX_INFLATE_RATIO) {
+        return err(format!(
+            "entry {name} would inflate {compressed} bytes to {size} (more than {MAX_INFLATE_RATIO}:1): refused as a zip bomb"
+        ));
     }
     let mut data = Vec::new();
     entry

@@ -791,3 +791,20 @@ fn every_reference_vocabulary_and_synthetic_file_parses() {
         }
     }
 }
+
+/// A damaged length on a key or a tensor name is refused before the name is read: the error
+/// stays one short line, whatever the file holds (a 100 MB file once gave a 95 MB message).
+#[test]
+fn a_damaged_name_length_gives_a_short_error() {
+    let mut bytes = common::tiny_llama().to_bytes();
+    // The first key's length sits right after the header (magic, version, tensor and key counts).
+    let at = 4 + 4 + 8 + 8;
+    let filler_len = 200_000u64;
+    bytes[at..at + 8].copy_from_slice(&filler_len.to_le_bytes());
+    bytes.extend(std::iter::repeat_n(b'A', filler_len as usize));
+    let err = parse_err(bytes);
+    assert!(matches!(err, FormatError::NameTooLong { len: 200_000, max: 65_535, .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.len() < 200, "{} bytes: {message:.300}", message.len());
+    assert_one_line(&err, &["metadata key", "200000 bytes", "damaged"]);
+}

@@ -136,12 +136,55 @@ pub fn redact(text: &str, secrets: &[&str]) -> String {
     for s in secrets.iter().filter(|s| s.len() >= 4) {
         out = out.replace(*s, "[redacted]");
     }
+    redact_masked(&out)
+}
+
+/// Removes key fragments a provider masked itself (`sk-ECH****abcd`, as OpenAI's "Incorrect API
+/// key provided" quotes them): a word with a run of asterisks between key characters. Even a
+/// fragment tells which key of a channel is in use, and it is nobody's business but the
+/// operator's.
+fn redact_masked(text: &str) -> String {
+    let is_key_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '*' | '.');
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let masked = word.contains("**") && word.chars().filter(|c| c.is_ascii_alphanumeric()).count() >= 4;
+        if masked {
+            // A sentence's full stop is not part of the key.
+            let dots = word.len() - word.trim_end_matches('.').len();
+            out.push_str("[redacted]");
+            out.push_str(&".".repeat(dots));
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if is_key_char(c) {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masked_key_fragments_are_removed_and_other_text_kept() {
+        let text = "Incorrect API key provided: sk-ECH****abcd. You can find your API key at https://x.y/**.";
+        assert_eq!(
+            redact(text, &[]),
+            "Incorrect API key provided: [redacted]. You can find your API key at https://x.y/**."
+        );
+        assert_eq!(redact("a ** b and 2**3", &[]), "a ** b and 2**3");
+        assert_eq!(redact("key sk-live-1234 is bad", &["sk-live-1234"]), "key [redacted] is bad");
+    }
 
     #[test]
     fn retry_hints_prefer_milliseconds_and_are_capped() {

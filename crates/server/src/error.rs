@@ -6,6 +6,22 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// Longest message an error answer carries: a message built from a damaged file or a provider's
+/// answer can be any size, an answer cannot.
+const MAX_MESSAGE_BYTES: usize = 2000;
+
+/// `message`, cut to [`MAX_MESSAGE_BYTES`] (on a character boundary) with the cut said.
+pub fn bounded(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message.into();
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes)", &message[..end], message.len() - end).into()
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -170,17 +186,14 @@ impl ApiError {
             }
             _ => (self.status, "api_error"),
         };
-        let retry = self.retry_seconds();
         let mut response =
-            (status, Json(baimo_api::anthropic::error_json(kind, &self.message))).into_response();
-        if let Some(seconds) = retry {
-            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from(seconds));
-        }
+            (status, Json(baimo_api::anthropic::error_json(kind, &bounded(&self.message)))).into_response();
+        self.retry_headers(&mut response);
         response
     }
 
     pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
+        json!({"error": {"message": bounded(&self.message), "type": self.kind, "param": self.param, "code": self.code}})
     }
 }
 
@@ -189,5 +202,24 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(self.body())).into_response();
         self.retry_headers(&mut response);
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_bounded_on_a_character_boundary() {
+        assert_eq!(bounded("short"), "short");
+        let long = "é".repeat(5000);
+        let b = bounded(&long);
+        assert!(
+            b.len() < MAX_MESSAGE_BYTES + 40 && b.ends_with("(8000 more bytes)"),
+            "{}",
+            &b[b.len() - 30..]
+        );
+        let body = ApiError::unavailable(long).body().to_string();
+        assert!(body.len() < 2100, "{}", body.len());
     }
 }

@@ -13,6 +13,7 @@ mod anthropic;
 mod auth;
 mod backend;
 mod error;
+mod listener;
 mod metrics;
 mod openai;
 pub mod usage;
@@ -33,6 +34,7 @@ pub use access::Access;
 pub use auth::ApiKeys;
 pub use baimo_engine::{Counters, Worker, WorkerConfig};
 pub use error::ApiError;
+pub use listener::{ConnectionLimits, shutdown_signal};
 pub use usage::{UsageLog, UsageRecord};
 
 /// Reported as `system_fingerprint`.
@@ -51,6 +53,9 @@ pub struct Limits {
     pub queue: usize,
     /// Origins browsers may call the API from (`*` for any); none: no CORS headers.
     pub cors_origins: Vec<String>,
+    /// Host names an open server (no API key) answers besides localhost and IP addresses
+    /// (`*`: any); see [`check_host`].
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A model being served: its engine thread and the context its sequences get.
@@ -69,7 +74,13 @@ pub struct ModelEntry {
     loader: Loader,
     loaded: Mutex<Option<Arc<Served>>>,
     last_used: AtomicU64,
+    /// The last failure to load, and when: requests meanwhile get it without the file being
+    /// read again each time.
+    failed: Mutex<Option<(std::time::Instant, String)>>,
 }
+
+/// How long a model that failed to load is not tried again.
+const LOAD_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the handlers share.
 pub struct App {
@@ -150,6 +161,7 @@ impl App {
                 loader: Box::new(move || Err("the default model cannot be reloaded".into())),
                 loaded: Mutex::new(Some(served)),
                 last_used: AtomicU64::new(0),
+                failed: Mutex::new(None),
             });
         }
         for (names, loader) in others {
@@ -158,6 +170,7 @@ impl App {
                 loader,
                 loaded: Mutex::new(None),
                 last_used: AtomicU64::new(0),
+                failed: Mutex::new(None),
             });
         }
         App {
@@ -268,7 +281,24 @@ impl App {
         if let Some(served) = &*slot {
             return Ok(served.clone());
         }
-        let model = (entry.loader)().map_err(ApiError::unavailable)?;
+        let mut failed = entry.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, message)) = &*failed
+            && at.elapsed() < LOAD_RETRY_AFTER
+        {
+            let wait = LOAD_RETRY_AFTER.saturating_sub(at.elapsed()).as_secs().max(1);
+            return Err(ApiError::unavailable(message.clone()).with_retry_after(Some(wait)));
+        }
+        let model = match (entry.loader)() {
+            Ok(m) => m,
+            Err(e) => {
+                let message = format!("the model could not be loaded: {}", error::bounded(&e));
+                tracing::error!("{message}");
+                *failed = Some((std::time::Instant::now(), message.clone()));
+                return Err(ApiError::unavailable(message).with_retry_after(Some(LOAD_RETRY_AFTER.as_secs())));
+            }
+        };
+        *failed = None;
+        drop(failed);
         let served = App::start_model(Arc::new(model), &self.pool, self.config, &self.counters);
         *slot = Some(served.clone());
         drop(slot);
@@ -332,10 +362,118 @@ pub fn router(app: Arc<App>) -> Router {
             }
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), check_host))
         .with_state(app);
     match cors {
         Some(layer) => router.layer(layer),
         None => router,
+    }
+}
+
+/// Whether anyone may call the server (no key given on the command line, none stored).
+fn is_open(app: &App) -> bool {
+    app.limits.keys.is_open() && app.access.as_ref().is_none_or(|a| !a.has_keys().unwrap_or(false))
+}
+
+/// The host part of a `Host` header or an origin's authority, lowercased, without the port.
+fn host_name(authority: &str) -> String {
+    let name = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) { h } else { authority }
+        }),
+    };
+    name.to_ascii_lowercase()
+}
+
+/// Names an open server answers to: localhost, IP addresses (no DNS involved, so a page cannot
+/// rebind them), and the configured ones.
+fn host_allowed(name: &str, allowed: &[String]) -> bool {
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok()
+        || allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(name))
+}
+
+/// Guards a server without keys against web pages: a request naming the server by a DNS name
+/// that is not allowed (DNS rebinding), or sent by a browser from another site that is not a
+/// CORS origin, gets 403. Servers with keys check keys instead.
+async fn check_host(
+    State(app): State<Arc<App>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if is_open(&app)
+        && let Err(message) = host_and_origin_allowed(&app.limits, request.headers())
+    {
+        return ApiError {
+            status: axum::http::StatusCode::FORBIDDEN,
+            kind: "permission_error",
+            code: None,
+            param: None,
+            message,
+            retry_after: None,
+        }
+        .into_response();
+    }
+    next.run(request).await
+}
+
+fn host_and_origin_allowed(limits: &Limits, headers: &axum::http::HeaderMap) -> Result<(), String> {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host = header(axum::http::header::HOST);
+    if !host.is_empty() && !host_allowed(&host_name(host), &limits.allowed_hosts) {
+        return Err(format!(
+            "Host {host:?} is not allowed: this server has no API key, so it answers only localhost, IP addresses and --allowed-host names"
+        ));
+    }
+    let origin = header(axum::http::header::ORIGIN);
+    if !origin.is_empty() {
+        let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        let origin_host = host_name(authority);
+        let same_site = authority.eq_ignore_ascii_case(host);
+        let local = origin_host == "localhost"
+            || origin_host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        let listed = limits.cors_origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin));
+        if !(same_site || local || listed) {
+            return Err(format!(
+                "Origin {origin:?} is not allowed: this server has no API key; allow it with --cors-origin"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+
+    fn check(host: &str, origin: Option<&str>, allowed: &[&str]) -> bool {
+        let limits =
+            Limits { allowed_hosts: allowed.iter().map(|s| s.to_string()).collect(), ..Limits::default() };
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(axum::http::header::HOST, host.parse().unwrap());
+        if let Some(o) = origin {
+            headers.insert(axum::http::header::ORIGIN, o.parse().unwrap());
+        }
+        host_and_origin_allowed(&limits, &headers).is_ok()
+    }
+
+    #[test]
+    fn an_open_server_answers_local_names_and_addresses_only() {
+        for ok in ["localhost:8080", "127.0.0.1:8080", "[::1]:8080", "192.168.1.5", "app.localhost"] {
+            assert!(check(ok, None, &[]), "{ok}");
+        }
+        for bad in ["evil.example", "evil.example:8080", "localhost.evil.example"] {
+            assert!(!check(bad, None, &[]), "{bad}");
+        }
+        assert!(check("baimo.internal:80", None, &["baimo.internal"]));
+        assert!(check("anything", None, &["*"]));
+        // Browsers: the same site, local pages, nothing else.
+        assert!(check("127.0.0.1:8080", Some("http://127.0.0.1:8080"), &[]));
+        assert!(check("127.0.0.1:8080", Some("http://localhost:3000"), &[]));
+        assert!(!check("127.0.0.1:8080", Some("https://evil.example"), &[]));
+        assert!(!check("127.0.0.1:8080", Some("null"), &[]));
     }
 }
 
@@ -365,17 +503,15 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
-/// Serves until Ctrl-C; `on_listening` gets the bound address (the port may have been 0).
+/// Serves until SIGTERM or Ctrl-C, then drains the requests in flight; `on_listening` gets the
+/// bound address (the port may have been 0).
 pub async fn serve(
     app: Arc<App>,
     addr: SocketAddr,
+    connections: ConnectionLimits,
     on_listening: impl FnOnce(SocketAddr),
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     on_listening(listener.local_addr()?);
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+    listener::run(listener, router(app), connections, shutdown_signal()).await
 }

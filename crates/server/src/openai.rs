@@ -245,14 +245,20 @@ pub async fn models(State(app): State<Arc<App>>, headers: axum::http::HeaderMap)
     if let Err(e) = authorize(&app, &headers) {
         return e.into_response();
     }
-    // Every name of every configured model (loaded or not); `loaded` is baimo's addition.
+    // Every name of every configured model (loaded or not); `loaded` is baimo's addition. Names
+    // that are paths on this machine are accepted in requests but not listed: where the files
+    // lie is nobody's business but the operator's (the file name is listed instead).
+    let is_path = |n: &str| {
+        let p = std::path::Path::new(n);
+        p.is_absolute() || n.starts_with("./") || n.starts_with("../") || (n.contains('/') && p.exists())
+    };
     let data: Vec<Value> = app
         .entries
         .iter()
         .enumerate()
         .flat_map(|(i, e)| {
             let loaded = app.is_loaded(i);
-            e.names.iter().map(move |n| (n, loaded))
+            e.names.iter().filter(|n| !is_path(n)).map(move |n| (n, loaded))
         })
         .map(|(n, loaded)| json!({"id": n, "object": "model", "created": app.started, "owned_by": "baimo", "loaded": loaded}))
         .collect();

@@ -73,7 +73,7 @@ fn fault_response(status: u16, retry_after_ms: Option<u64>, code: Option<&str>) 
 
 async fn models(State(state): State<Arc<MockState>>, headers: HeaderMap) -> Response {
     if !authorized(&state, &headers) {
-        return fault_response(401, None, None);
+        return wrong_key(&headers);
     }
     axum::Json(json!({"object": "list", "data": [
         {"id": "gpt-4", "object": "model", "created": 1687882411, "owned_by": "openai"},
@@ -82,12 +82,30 @@ async fn models(State(state): State<Arc<MockState>>, headers: HeaderMap) -> Resp
     .into_response()
 }
 
+fn presented(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+}
+
 fn authorized(state: &MockState, headers: &HeaderMap) -> bool {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    state.key_ok(presented)
+    state.key_ok(presented(headers))
+}
+
+/// OpenAI's answer to a wrong key, which quotes the key masked (`sk-ECH****abcd`).
+fn wrong_key(headers: &HeaderMap) -> Response {
+    let key = presented(headers).unwrap_or("");
+    let masked = match (key.get(..6), key.len().checked_sub(4).and_then(|i| key.get(i..))) {
+        (Some(head), Some(tail)) if key.len() > 10 => format!("{head}****{tail}"),
+        _ => "****".into(),
+    };
+    error(
+        401,
+        &format!(
+            "Incorrect API key provided: {masked}. You can find your API key at https://platform.openai.com/account/api-keys."
+        ),
+        "invalid_request_error",
+        Some("invalid_api_key"),
+        None,
+    )
 }
 
 /// The last user text, the tool result that follows the last assistant turn, and the text of
@@ -110,7 +128,7 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
     let fault = state.arrive();
     delay(&fault).await;
     if !authorized(&state, &headers) {
-        return fault_response(401, None, None);
+        return wrong_key(&headers);
     }
     if let Some(Fault::Status { status, retry_after_ms, code }) = &fault {
         return fault_response(*status, *retry_after_ms, code.as_deref());
