@@ -219,8 +219,12 @@ pub fn channels(args: ChannelsArgs) -> Result<()> {
                 priority,
                 enabled: true,
             };
+            // Checked as `serve` will read it: a channel that would stop the server is not stored.
+            let channel = baimo_server::channel_from_record(&record).map_err(|e| anyhow::anyhow!(e))?;
+            baimo_gateway::providers::check_channel(&channel)
+                .map_err(|e| anyhow::anyhow!("channel {name:?}: {e}"))?;
             store.put_channel(&record)?;
-            eprintln!("channel {name} saved");
+            eprintln!("channel {name} saved (a running server takes it up within seconds)");
         }
         ChannelsCommand::List => {
             println!(
@@ -287,22 +291,25 @@ pub fn usage(args: UsageArgs) -> Result<()> {
     }
     println!(
         "{:>6} {:<24} {:>5} {:<20} {:<16} {:>7} {:>7} {:>8} {:>6} {:>7}",
-        "id", "time (UTC, ms)", "key", "model", "channel", "prompt", "output", "ms", "status", "retries"
+        "id", "time (UTC)", "key", "model", "channel", "prompt", "output", "ms", "status", "retries"
     );
     for r in &rows {
         println!(
             "{:>6} {:<24} {:>5} {:<20} {:<16} {:>7} {:>7} {:>8} {:>6} {:>7}",
             r.id,
-            r.at_ms,
+            baimo_chat::format_utc(r.at_ms.div_euclid(1000), "%Y-%m-%d %H:%M:%S"),
             r.key_id.map_or("-".into(), |k| k.to_string()),
             r.model,
             r.channel,
             r.prompt_tokens,
-            r.completion_tokens,
+            if r.estimated { format!("~{}", r.completion_tokens) } else { r.completion_tokens.to_string() },
             r.latency_ms,
             r.status,
             r.retries
         );
+    }
+    if rows.iter().any(|r| r.estimated) {
+        println!("~: estimated from the text received (a hosted stream cut before its provider counted)");
     }
     println!(
         "total: {} requests, {} prompt + {} completion tokens",

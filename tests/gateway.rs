@@ -544,7 +544,10 @@ fn the_admin_api_is_off_unless_a_key_is_set_and_manages_channels_and_keys() {
     assert_eq!(r.status(), 404);
     drop(off);
     let admin = "adm-0123456789abcdef";
-    let server = gateway(&format!("database = \"{db}\"\nadmin_key = \"{admin}\"\n"));
+    let server = gateway(&format!(
+        "database = \"{db}\"\nadmin_key = \"{admin}\"\n{}",
+        channel("configured", "anthropic", &up.base, "sk-ant-up-0006", &["claude-instant"], "")
+    ));
     let url = |p: &str| format!("{}{p}", server.base);
     assert_eq!(
         client().get(url("/admin/keys")).bearer_auth("adm-wrong-000000000").send().unwrap().status(),
@@ -558,8 +561,20 @@ fn the_admin_api_is_off_unless_a_key_is_set_and_manages_channels_and_keys() {
     assert_eq!(r.status(), 201);
     let a = post(&server.base, "/v1/chat/completions", &chat_body("claude-2", false));
     assert_eq!((a.status, a.channel.as_str()), (200, "claude"), "{}", a.body);
-    let listed = client().get(url("/admin/channels")).bearer_auth(admin).send().unwrap().text().unwrap();
-    assert!(listed.contains("\"claude\"") && !listed.contains("sk-ant-up-0006"), "{listed}");
+    let listed: Value =
+        client().get(url("/admin/channels")).bearer_auth(admin).send().unwrap().json().unwrap();
+    let sources: Vec<(&str, &str)> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(sources, [("configured", "config"), ("claude", "store")], "{listed}");
+    assert!(!listed.to_string().contains("sk-ant-up-0006"), "{listed}");
+    // A stored channel may not take a configured one's name.
+    let clash = json!({"name": "configured", "provider": "anthropic", "api_key": "k", "models": ["x"]});
+    let r = client().post(url("/admin/channels")).bearer_auth(admin).json(&clash).send().unwrap();
+    assert_eq!(r.status(), 400);
     // A bad channel is refused before it is stored.
     let bad = json!({"name": "bad", "provider": "nobody", "api_key": "k", "models": ["m"]});
     assert_eq!(
@@ -585,6 +600,30 @@ fn the_admin_api_is_off_unless_a_key_is_set_and_manages_channels_and_keys() {
     let r = client().post(url("/admin/channels/claude/disable")).bearer_auth(admin).send().unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(post_with_key(&server.base, &key, &chat_body("claude-2", false)).0, 404);
+    // A channel added from the command line (another process) serves without a restart; one
+    // that would stop the server is refused before it is stored.
+    let bad = common::baimo()
+        .args([
+            "channels",
+            "add",
+            "sp",
+            "--provider",
+            "spark",
+            "--api-key",
+            "k",
+            "--model",
+            "spark-3.5",
+            "--db",
+            db,
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("app_id"));
+    let args = ["channels", "add", "cli", "--provider", "anthropic", "--base-url", &up.base];
+    run(&[&args[..], &["--api-key", "sk-ant-up-0006", "--model", "claude-3", "--db", db]].concat());
+    eventually("the new channel serves", || {
+        post_with_key(&server.base, &key, &chat_body("claude-3", false)).0 == 200
+    });
 }
 
 #[test]
@@ -1097,6 +1136,15 @@ fn hosted_requests_ended_early_are_recorded_counted_or_estimated() {
     let v = usage_rows(db, 3);
     assert_eq!(v["data"][0]["estimated"], false, "{v}");
     assert_eq!(v["data"][0]["completion_tokens"], usage["completion_tokens"], "{v}");
+    // The table for people: dates as dates, estimates marked.
+    let table = run(&["usage", "--db", db]);
+    let is_date = |w: &str| {
+        w.len() == 10
+            && w.char_indices().all(|(i, c)| if i == 4 || i == 7 { c == '-' } else { c.is_ascii_digit() })
+    };
+    let dated = table.lines().skip(1).filter(|l| l.split_whitespace().nth(1).is_some_and(is_date)).count();
+    assert_eq!(dated, 3, "{table}");
+    assert!(table.contains(&format!("~{}", v["data"][1]["completion_tokens"])), "{table}");
 }
 
 #[test]

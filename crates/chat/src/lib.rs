@@ -50,4 +50,5 @@ mod template;
 
 pub use builtin::{BuiltinFormat, parse_chatglm3_tool_call};
 pub use message::ChatMessage;
+pub use strftime::format_utc;
 pub use template::{ChatError, ChatTemplate, RenderRequest};

@@ -201,3 +201,9 @@ mod tests {
         let _ = DateTime::from_unix_seconds(i64::MIN).format("%c");
     }
 }
+
+/// `unix_seconds` in UTC formatted as C's strftime would (for other parts of baimo that print
+/// dates: usage records).
+pub fn format_utc(unix_seconds: i64, format: &str) -> String {
+    DateTime::from_unix_seconds(unix_seconds).format(format)
+}

@@ -118,6 +118,13 @@ async fn put_channel(
         Ok(Json(r)) => r,
         Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
     };
+    // `env:` is read from the server's environment only in the config file and on the command
+    // line: over HTTP it would be kept as the literal key and fail every request.
+    let env_refs = [Some(&record.api_key), record.secret_key.as_ref(), record.app_id.as_ref()];
+    if env_refs.into_iter().flatten().any(|v| v.starts_with("env:")) {
+        return ApiError::bad_request("`env:` references are not read over the admin API: send the value")
+            .into_response();
+    }
     // Checked as the gateway will read it before it is kept: a record that would stop the next
     // start is never stored.
     let checked = crate::channel_from_record(&record).and_then(|c| {

@@ -36,7 +36,7 @@ pub async fn messages(
     let admitted = accept(&app, &headers, body, ChatRequest::from_anthropic, "anthropic", id.clone()).await;
     let Admitted { req, backend, mut tally } = match admitted {
         Ok(a) => a,
-        Err(e) => return e.anthropic_response(),
+        Err(e) => return e.refused("anthropic").anthropic_response(),
     };
     if !req.stream {
         return match backend.chat(&req, &tally.meter).await {

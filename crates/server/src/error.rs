@@ -102,6 +102,16 @@ impl ApiError {
         }
     }
 
+    /// Logs a request refused before it was admitted (admitted ones are logged by their
+    /// record): one line, as admitted requests have.
+    pub fn refused(self, front: &'static str) -> ApiError {
+        tracing::info!(
+            front, status = self.status.as_u16(), code = self.code.unwrap_or("-"),
+            param = self.param.as_deref().unwrap_or("-"), error = %bounded(&self.message), "request refused"
+        );
+        self
+    }
+
     /// The request field at fault.
     pub fn with_param(mut self, param: Option<&str>) -> ApiError {
         self.param = param.map(String::from);

@@ -40,6 +40,9 @@ pub use usage::{UsageLog, UsageRecord};
 /// Reported as `system_fingerprint`.
 pub const FINGERPRINT: &str = concat!("baimo-", env!("CARGO_PKG_VERSION"));
 
+/// How often the store's channels are read for changes made by other processes.
+const STORE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Largest request body accepted.
 const MAX_BODY_BYTES: usize = 8 << 20;
 
@@ -211,11 +214,17 @@ impl App {
     /// Builds the gateway again from the config's and the store's channels (after the admin API
     /// changed them). Channels' health starts afresh.
     pub fn rebuild_gateway(&self) -> Result<(), String> {
+        let stored = match &self.hosted.store {
+            Some(store) => store.channels().map_err(|e| e.to_string())?,
+            None => Vec::new(),
+        };
+        self.rebuild_gateway_from(&stored)
+    }
+
+    fn rebuild_gateway_from(&self, stored: &[baimo_store::ChannelRecord]) -> Result<(), String> {
         let mut channels = self.hosted.channels.clone();
-        if let Some(store) = &self.hosted.store {
-            for record in store.channels().map_err(|e| e.to_string())? {
-                channels.push(channel_from_record(&record)?);
-            }
+        for record in stored {
+            channels.push(channel_from_record(record)?);
         }
         let gateway = if channels.is_empty() {
             None
@@ -227,6 +236,32 @@ impl App {
         };
         *self.gateway.write().unwrap_or_else(|p| p.into_inner()) = gateway;
         Ok(())
+    }
+
+    /// Follows the store's channels: a change made elsewhere (`baimo channels add` in another
+    /// process) is taken up within `every`, without a restart. A change the gateway cannot take
+    /// (a channel that fails its checks) is logged and the channels stay as they were.
+    pub async fn follow_stored_channels(self: Arc<Self>, every: std::time::Duration) {
+        let Some(store) = self.hosted.store.clone() else { return };
+        let read = move || {
+            let store = store.clone();
+            async move { tokio::task::spawn_blocking(move || store.channels()).await.ok().and_then(Result::ok) }
+        };
+        let mut seen = read().await;
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(now) = read().await else { continue };
+            if seen.as_ref() == Some(&now) {
+                continue;
+            }
+            match self.rebuild_gateway_from(&now) {
+                Ok(()) => {
+                    tracing::info!(channels = now.len(), "the stored channels changed: gateway rebuilt")
+                }
+                Err(e) => tracing::error!("the stored channels changed but cannot be used: {e}"),
+            }
+            seen = Some(now);
+        }
     }
 
     pub fn hosted(&self) -> &Hosted {
@@ -513,5 +548,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     on_listening(listener.local_addr()?);
-    listener::run(listener, router(app), connections, shutdown_signal()).await
+    let follower = tokio::spawn(app.clone().follow_stored_channels(STORE_POLL));
+    let served = listener::run(listener, router(app), connections, shutdown_signal()).await;
+    follower.abort();
+    served
 }

@@ -156,7 +156,7 @@ pub async fn chat_completions(
     let admitted = accept(&app, &headers, body, ChatRequest::from_openai, "openai", id.clone()).await;
     let Admitted { req, backend, mut tally } = match admitted {
         Ok(a) => a,
-        Err(e) => return e.into_response(),
+        Err(e) => return e.refused("openai").into_response(),
     };
     if !req.stream {
         return match backend.chat(&req, &tally.meter).await {
@@ -307,7 +307,7 @@ pub async fn completions(
 ) -> Response {
     match completions_inner(app, headers, body).await {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => e.refused("completions").into_response(),
     }
 }
 
