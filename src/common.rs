@@ -11,12 +11,14 @@ use baimo_engine::{GenerateOptions, LoadedModel, SamplingParams};
 use baimo_hub::Fetcher;
 use baimo_threads::ThreadPool;
 
-/// Logs go to stderr: warnings, and the server's line per request (`BAIMO_LOG` overrides, in
-/// `tracing`'s filter syntax). Colours only on a terminal: a log file or journal gets plain text.
-pub fn init_logging() {
+/// Logs go to stderr: warnings, and the server's line per request (errors only when quiet;
+/// `BAIMO_LOG` overrides, in `tracing`'s filter syntax). Colours only on a terminal: a log file
+/// or journal gets plain text.
+pub fn init_logging(quiet: bool) {
     use std::io::IsTerminal;
+    let default = if quiet { "error" } else { "warn,baimo_server=info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BAIMO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,baimo_server=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

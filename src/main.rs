@@ -59,7 +59,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    common::init_logging();
+    // `serve -q` prints errors only (its request lines too are left out).
+    common::init_logging(matches!(&cli.command, Command::Serve(args) if args.quiet()));
     let result = match cli.command {
         Command::Run(args) => run::main(args),
         Command::Chat(args) => chat::main(args),

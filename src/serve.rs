@@ -96,6 +96,13 @@ pub struct Args {
     drain_timeout: Option<u64>,
 }
 
+impl Args {
+    /// Whether to print errors only.
+    pub fn quiet(&self) -> bool {
+        self.model.quiet
+    }
+}
+
 const CONFIG_HELP: &str = "\
 Config file (--config FILE, TOML; flags win):
   model = \"qwen2.5-coder-0.5b\"    # as MODEL_SPEC

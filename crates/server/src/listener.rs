@@ -299,22 +299,29 @@ mod tests {
     #[test]
     fn a_connection_expires_idle_or_mid_head_but_never_mid_request() {
         let limits = ConnectionLimits {
-            idle_timeout: Duration::from_millis(40),
-            header_timeout: Duration::from_millis(20),
+            idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
             ..ConnectionLimits::default()
         };
         let state = ConnState { in_flight: AtomicUsize::new(0), idle: Mutex::new((Instant::now(), None)) };
-        assert!(!state.expired(&limits));
-        state.bytes_read();
-        std::thread::sleep(Duration::from_millis(25));
+        let ago = |s: u64| Instant::now() - Duration::from_secs(s);
+        let set = |idle_since: Instant, first_byte: Option<Instant>| {
+            *state.idle.lock().unwrap() = (idle_since, first_byte);
+        };
+        assert!(!state.expired(&limits), "just opened");
+        set(ago(61), None);
+        assert!(state.expired(&limits), "silent for longer than idle_timeout");
+        set(ago(30), Some(ago(11)));
         assert!(state.expired(&limits), "a head that takes longer than header_timeout");
+        set(ago(30), Some(ago(5)));
+        assert!(!state.expired(&limits), "a head still within header_timeout");
         state.request_started();
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(!state.expired(&limits), "a request in flight");
+        set(ago(600), Some(ago(600)));
+        assert!(!state.expired(&limits), "never while a request is in flight");
         state.request_ended();
-        assert!(!state.expired(&limits), "idle again, from now");
-        std::thread::sleep(Duration::from_millis(45));
-        assert!(state.expired(&limits));
+        assert!(!state.expired(&limits), "idle again, counted from now");
+        state.bytes_read();
+        assert!(state.idle.lock().unwrap().1.is_some(), "the next head began");
     }
 
     #[test]

@@ -50,6 +50,12 @@ pub trait UsageLog: Send + Sync {
 /// before its provider reported usage); such records are marked `estimated`. On English prose
 /// it lands within ±50% of BPE tokenizers' counts (about 0.75 words per token).
 pub fn estimate_tokens(text: &str) -> u64 {
+    let (wide, other_bytes) = text_measure(text);
+    wide + other_bytes.div_ceil(4)
+}
+
+/// CJK characters, and bytes of everything else (what [`estimate_tokens`] counts).
+fn text_measure(text: &str) -> (u64, u64) {
     let (mut wide, mut other_bytes) = (0u64, 0u64);
     for c in text.chars() {
         if matches!(c as u32, 0x2E80..=0x9FFF | 0xAC00..=0xD7AF | 0xF900..=0xFAFF | 0xFF00..=0xFFEF) {
@@ -58,7 +64,7 @@ pub fn estimate_tokens(text: &str) -> u64 {
             other_bytes += c.len_utf8() as u64;
         }
     }
-    wide + other_bytes.div_ceil(4)
+    (wide, other_bytes)
 }
 
 /// The texts of a request's prompt: messages, their tool calls, the tools' definitions.
@@ -93,8 +99,10 @@ pub(crate) struct Meter {
     prompt_tokens: AtomicU64,
     /// Local: each choice's tokens generated, as the engine counts them.
     jobs: Mutex<Vec<Arc<AtomicUsize>>>,
-    /// Hosted: the answer's tokens estimated from the text received so far.
-    seen_tokens: AtomicU64,
+    /// Hosted: the answer's text received so far, measured for [`estimate_tokens`] (summed over
+    /// the stream and rounded once: rounding each piece would count every short piece as a token).
+    seen_wide: AtomicU64,
+    seen_bytes: AtomicU64,
     /// Hosted: the provider began answering (from then on, a cut answer is billed by estimate).
     answering: AtomicBool,
     /// Figures the provider reported (they replace the estimates).
@@ -124,7 +132,9 @@ impl Meter {
 
     /// Hosted: text of the answer received.
     pub fn seen(&self, text: &str) {
-        self.seen_tokens.fetch_add(estimate_tokens(text), Ordering::Relaxed);
+        let (wide, bytes) = text_measure(text);
+        self.seen_wide.fetch_add(wide, Ordering::Relaxed);
+        self.seen_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// The provider's own figures.
@@ -144,7 +154,8 @@ impl Meter {
             return (Usage { prompt_tokens, completion_tokens }, false);
         }
         if self.answering.load(Ordering::Relaxed) {
-            let completion_tokens = self.seen_tokens.load(Ordering::Relaxed);
+            let completion_tokens =
+                self.seen_wide.load(Ordering::Relaxed) + self.seen_bytes.load(Ordering::Relaxed).div_ceil(4);
             return (Usage { prompt_tokens, completion_tokens }, true);
         }
         (Usage::default(), false)
@@ -277,7 +288,10 @@ mod tests {
         let meter = Meter::default();
         assert_eq!(meter.usage(), (Usage::default(), false));
         meter.answering(10);
-        meter.seen("abcdefgh");
+        // Pieces are measured together: eight one-byte pieces are two tokens, not eight.
+        for piece in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+            meter.seen(piece);
+        }
         assert_eq!(meter.usage(), (Usage { prompt_tokens: 10, completion_tokens: 2 }, true));
         meter.reported(Usage { prompt_tokens: 12, completion_tokens: 3 });
         assert_eq!(meter.usage(), (Usage { prompt_tokens: 12, completion_tokens: 3 }, false));
