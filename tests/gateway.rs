@@ -480,6 +480,16 @@ fn one_usage_record_per_request_with_its_retries() {
     assert_eq!((streamed["stream"].as_bool(), streamed["retries"].as_u64()), (Some(true), Some(0)));
     assert_eq!(streamed["completion_tokens"], usage["completion_tokens"]);
     assert_eq!(v["totals"]["requests"], 2);
+    // The same in the metrics, by model, channel and status.
+    let metrics = client().get(format!("{}/metrics", server.base)).send().unwrap().text().unwrap();
+    let labels = "model=\"gpt-4\",channel=\"oa\"";
+    for line in [
+        format!("baimo_requests_total{{{labels},status=\"200\"}} 2"),
+        format!("baimo_upstream_retries_total{{{labels}}} 1"),
+        format!("baimo_request_duration_seconds_count{{{labels}}} 2"),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");
+    }
 }
 
 #[test]
