@@ -588,6 +588,11 @@ def build_glm(name, tok, vocab, seed):
 # halves of each head (position ids, block ids), prefix-LM mask, α-scaled residuals over the
 # normalised input, GELU. Rotary tables in float32 (the released code builds them in fp16).
 # The fixture's own tokenizer has GLM's special tokens.
+# Checked against THUDM's released code by scripts/check_chatglm6b_reference.py: 1.2e-6 once two
+# choices of this reference are applied to it, α = √(2·num_layers) from the config (THUDM's
+# GLMBlock never receives num_layers and always uses √56, the same for the real 28-layer model)
+# and float32 rotary frequencies; the released code as is differs by 2.5 here (α) and by 4e-5
+# with α alone adjusted (fp16 frequencies).
 
 GLM_SPECIALS = ["[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>"]
 
@@ -715,7 +720,10 @@ def build_chatglm6b(seed):
     with open(os.path.join(out, "logits.f32"), "wb") as f:
         f.write(struct.pack(f"<{len(flat)}f", *flat))
     # Greedy blank infilling, as ChatGLM-6B's generate runs it: the text's tokens, then [gMASK]
-    # and <sop>; next tokens by argmax until <eop> or the limit.
+    # and <sop>; next tokens by argmax until <eop> or the limit. One difference: with both [MASK]
+    # and [gMASK] in the ids, glm_layout takes [MASK]'s position (THUDM's code before its commit
+    # 9324de7 "Use gmask in first place"); THUDM's released code takes [gMASK]'s, and gives other
+    # tokens for the first case (scripts/check_chatglm6b_reference.py shows both).
     infill = []
     for text in ["The quick brown [MASK] jumps over the lazy dog.", "百模：一个程序，运行一百个模型。"]:
         prompt = tok.encode(text).ids + [ids["[gMASK]"], ids["<sop>"]]

@@ -252,7 +252,10 @@ fn model_folders_work_in_every_command() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), serde_json::to_string(&expected["tokenizer.json"]["plain"][1]).unwrap());
 
-    // perplexity: the trained fixture's held-out text, as the reference test measures it.
+    // perplexity: the trained fixture's held-out text, against transformers' figure for the same
+    // text, chunks and scoring (scripts/reference_perplexity.py wrote perplexity.json: 27.846729).
+    // baimo keeps a bf16 model's KV cache in f16 as llama.cpp does (the reference with f16-rounded
+    // keys and values gives 27.84747); measured gap 7.7e-4, bound 0.01 (13x).
     let out = run(&[
         "perplexity",
         &fixture("hf/llama-trained"),
@@ -261,7 +264,15 @@ fn model_folders_work_in_every_command() {
         "128",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("PPL = 27.8"), "{}", stdout(&out));
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("hf/llama-trained/perplexity.json")).unwrap()).unwrap();
+    let want = reference["ppl"].as_f64().unwrap();
+    let got: f64 = stdout(&out)
+        .lines()
+        .find_map(|l| l.split("PPL = ").nth(1))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no PPL line: {}", stdout(&out)));
+    assert!((got - want).abs() <= 0.01, "PPL {got}, transformers {want}");
 
     // run, with a chat template and with load-time quantization, for several families.
     for (folder, extra) in [

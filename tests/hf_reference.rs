@@ -4,6 +4,12 @@
 //! Qwen2, Qwen3, GPT-2, and LLaMA for Baichuan-7B/Baichuan2-7B) or by a forward pass written from
 //! the released modeling code where transformers has none (Baichuan-13B's ALiBi, Qwen v1's
 //! dynamic NTK and logn attention past its `seq_length` of 16). Issue bound: 1e-4.
+//!
+//! The ChatGLM-6B forward written from THUDM's modeling_chatglm.py is itself checked against
+//! that code run in PyTorch (`scripts/check_chatglm6b_reference.py`, with THUDM's files from the
+//! hub history at greensheng/chatglm-6b 8b7d335, sha256 e77d33a0…): 1.2e-6, once THUDM's
+//! residual scale follows the config's layer count (its code fixes it at 28 layers) and its
+//! rotary frequencies stay float32 (its code rounds them to fp16 first).
 
 use std::path::{Path, PathBuf};
 
