@@ -6,6 +6,7 @@ use std::ops::Range;
 
 use crate::GgmlType;
 
+use crate::lowbit;
 use crate::packed::{GROUP, PackedMatrix};
 use crate::quants::{self, Q8Kind, Q8Row, as_blocks};
 
@@ -262,6 +263,26 @@ fn scalar_fn(dtype: GgmlType) -> Option<DotFn> {
             |w, x| quants::vec_dot_q6_k(as_blocks(w), x),
             |w, x| quants::vec_dot_q6_k(as_blocks(w), x),
         ),
+        Q2_K => DotFn::Q8(
+            Blocks256,
+            |w, x| lowbit::vec_dot_q2_k(as_blocks(w), x),
+            |w, x| lowbit::vec_dot_q2_k(as_blocks(w), x),
+        ),
+        Q3_K => DotFn::Q8(
+            Blocks256,
+            |w, x| lowbit::vec_dot_q3_k(as_blocks(w), x),
+            |w, x| lowbit::vec_dot_q3_k(as_blocks(w), x),
+        ),
+        IQ4_NL => DotFn::Q8(
+            Blocks32,
+            |w, x| lowbit::vec_dot_iq4_nl(as_blocks(w), x),
+            |w, x| lowbit::vec_dot_iq4_nl(as_blocks(w), x),
+        ),
+        IQ4_XS => DotFn::Q8(
+            Blocks256,
+            |w, x| lowbit::vec_dot_iq4_xs(as_blocks(w), x),
+            |w, x| lowbit::vec_dot_iq4_xs(as_blocks(w), x),
+        ),
         F32 => DotFn::Float(quants::vec_dot_f32),
         F16 => DotFn::Float(quants::vec_dot_f16),
         BF16 => DotFn::Float(quants::vec_dot_bf16),
@@ -333,6 +354,10 @@ pub fn dequantize(dtype: GgmlType, src: &[u8], dst: &mut [f32]) {
         Q4_K => quants::dequantize_q4_k(as_blocks(src), dst),
         Q5_K => quants::dequantize_q5_k(as_blocks(src), dst),
         Q6_K => quants::dequantize_q6_k(as_blocks(src), dst),
+        Q2_K => lowbit::dequantize_q2_k(as_blocks(src), dst),
+        Q3_K => lowbit::dequantize_q3_k(as_blocks(src), dst),
+        IQ4_NL => lowbit::dequantize_iq4_nl(as_blocks(src), dst),
+        IQ4_XS => lowbit::dequantize_iq4_xs(as_blocks(src), dst),
         other => panic!("dequantize: no kernel for {other} (callers check is_supported)"),
     }
 }

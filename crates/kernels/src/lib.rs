@@ -7,6 +7,7 @@
 pub mod dispatch;
 pub mod dtype;
 pub mod flash;
+pub mod lowbit;
 pub mod ops;
 pub mod packed;
 pub mod quants;
