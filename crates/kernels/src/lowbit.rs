@@ -75,7 +75,7 @@ fn low2(qs: &[u8; 64], v: usize) -> u8 {
 /// Q3_K's 16 scales, unpacked from 12 bytes: low 4 bits from bytes 0..8 (group j: byte j % 8,
 /// nibble j / 8), high 2 bits from bytes 8..12 (byte 8 + j % 4, pair j / 4); minus 32.
 #[inline]
-fn q3_k_scales(packed: &[u8; 12]) -> [i32; 16] {
+pub(crate) fn q3_k_scales(packed: &[u8; 12]) -> [i32; 16] {
     std::array::from_fn(|j| {
         let low = (packed[j % 8] >> (4 * (j / 8))) & 0xF;
         let high = (packed[8 + j % 4] >> (2 * (j / 4))) & 3;
@@ -92,7 +92,7 @@ fn q3_k_value(b: &BlockQ3K, v: usize) -> i32 {
 
 /// IQ4_XS's scale of group `g` (0..8), minus 32.
 #[inline]
-fn iq4_xs_scale(b: &BlockIq4Xs, g: usize) -> i32 {
+pub(crate) fn iq4_xs_scale(b: &BlockIq4Xs, g: usize) -> i32 {
     let low = (b.scales_l[g / 2] >> (4 * (g % 2))) & 0xF;
     let high = ((b.scales_h >> (2 * g)) & 3) as u8;
     (low | (high << 4)) as i32 - 32

@@ -8,7 +8,7 @@ use baimo_kernels::quants::{self, QK, QK_K};
 use baimo_kernels::{ActivationFormat, GgmlType, Isa, Q8Buf, VecDot, dequantize};
 use proptest::prelude::*;
 
-const QUANT_TYPES: [GgmlType; 8] = [
+const QUANT_TYPES: [GgmlType; 12] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
@@ -17,13 +17,19 @@ const QUANT_TYPES: [GgmlType; 8] = [
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
 ];
 const FLOAT_TYPES: [GgmlType; 3] = [GgmlType::F32, GgmlType::F16, GgmlType::BF16];
 
 /// Byte offsets of the f16 fields inside one block of each type.
 fn f16_fields(dtype: GgmlType) -> &'static [usize] {
     match dtype {
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL | GgmlType::IQ4_XS => &[0],
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
         GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
         GgmlType::Q6_K => &[208],
         _ => &[],

@@ -14,6 +14,7 @@
 
 use std::arch::x86_64::*;
 
+use crate::lowbit::{BlockIq4Nl, BlockIq4Xs, BlockQ2K, BlockQ3K, IQ4_LEVELS, iq4_xs_scale, q3_k_scales};
 use crate::quants::{
     BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, Q8Row, QK, QK_K,
     as_blocks, scale_min_k4,
@@ -449,6 +450,114 @@ unsafe fn float_dot<L: FloatLoad>(w: &[u8], x: &[f32]) -> f32 {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The low-bit types (see `lowbit`): integer sums as the scalar reference forms them, then the
+// same float steps per block, so every path gives the scalar reference's bits.
+// ---------------------------------------------------------------------------------------------
+
+/// The 32 values of Q2_K / Q3_K's `qs` for the 32 values `128·half + 32·s ..`: bits `2s, 2s+1`
+/// of the half's 32 bytes.
+#[inline(always)]
+unsafe fn low2_32(qs_half: __m256i, s: usize) -> __m256i {
+    _mm256_and_si256(_mm256_srl_epi16(qs_half, _mm_cvtsi32_si128(2 * s as i32)), _mm256_set1_epi8(3))
+}
+
+#[inline(always)]
+unsafe fn q2_k<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
+    let blocks = as_blocks::<BlockQ2K>(w);
+    let mut sum = 0f32;
+    for (i, b) in blocks.iter().enumerate() {
+        let xq = x.qs.as_ptr().add(i * QK_K);
+        let mut isum = _mm256_setzero_si256();
+        for half in 0..2 {
+            let bytes = load256(b.qs.as_ptr().add(32 * half));
+            for s in 0..4 {
+                let j = 8 * half + 2 * s;
+                let xv = load256(xq.add(128 * half + 32 * s).cast());
+                let (lo, hi) = ((b.scales[j] & 0xF) as i16, (b.scales[j + 1] & 0xF) as i16);
+                isum = _mm256_add_epi32(isum, D::dot_scaled(low2_32(bytes, s), xv, lo, hi));
+            }
+        }
+        let mins: i32 = (0..16).map(|j| x.bsums[16 * i + j] as i32 * (b.scales[j] >> 4) as i32).sum();
+        let (dall, dmin) = (x.d[i] * f16(b.d), x.d[i] * f16(b.dmin));
+        sum += dall * hsum_epi32(isum) as f32 - dmin * mins as f32;
+    }
+    sum
+}
+
+/// Q3_K with its values made unsigned: `q + 4·hbit ∈ 0..8` is the value plus 4, so
+/// `Σ s·v·x = Σ s·(q + 4·hbit)·x − 4·Σ s·bsum`.
+#[inline(always)]
+unsafe fn q3_k<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
+    let blocks = as_blocks::<BlockQ3K>(w);
+    let mut sum = 0f32;
+    for (i, b) in blocks.iter().enumerate() {
+        let xq = x.qs.as_ptr().add(i * QK_K);
+        let scales = q3_k_scales(&b.scales);
+        let hmask = load256(b.hmask.as_ptr());
+        let mut isum = _mm256_setzero_si256();
+        for half in 0..2 {
+            let bytes = load256(b.qs.as_ptr().add(32 * half));
+            for s in 0..4 {
+                let g = 4 * half + s;
+                let hbit = _mm256_and_si256(
+                    _mm256_srl_epi16(hmask, _mm_cvtsi32_si128(g as i32)),
+                    _mm256_set1_epi8(1),
+                );
+                let q = _mm256_or_si256(low2_32(bytes, s), _mm256_slli_epi16(hbit, 2));
+                let xv = load256(xq.add(32 * g).cast());
+                isum = _mm256_add_epi32(
+                    isum,
+                    D::dot_scaled(q, xv, scales[2 * g] as i16, scales[2 * g + 1] as i16),
+                );
+            }
+        }
+        let offset: i32 = (0..16).map(|j| scales[j] * x.bsums[16 * i + j] as i32).sum();
+        sum += f16(b.d) * x.d[i] * (hsum_epi32(isum) - 4 * offset) as f32;
+    }
+    sum
+}
+
+/// 16 bytes of nibble indices → their 32 IQ4 levels (low nibbles first), as signed bytes.
+#[inline(always)]
+unsafe fn iq4_levels(p: *const u8) -> __m256i {
+    let table = _mm_loadu_si128(IQ4_LEVELS.as_ptr().cast());
+    let table = _mm256_set_m128i(table, table);
+    _mm256_shuffle_epi8(table, nibbles_16(p))
+}
+
+#[inline(always)]
+unsafe fn iq4_nl<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
+    let blocks = as_blocks::<BlockIq4Nl>(w);
+    let mut sum = 0f32;
+    for (i, b) in blocks.iter().enumerate() {
+        let xv = load256(x.qs.as_ptr().add(i * QK).cast());
+        let dot = hsum_epi32(dot_signed::<D>(iq4_levels(b.qs.as_ptr()), xv));
+        sum += f16(b.d) * x.d[i] * dot as f32;
+    }
+    sum
+}
+
+#[inline(always)]
+unsafe fn iq4_xs<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
+    let blocks = as_blocks::<BlockIq4Xs>(w);
+    let mut sum = 0f32;
+    for (i, b) in blocks.iter().enumerate() {
+        let xq = x.qs.as_ptr().add(i * QK_K);
+        let mut isum = _mm256_setzero_si256();
+        for g in 0..8 {
+            let levels = iq4_levels(b.qs.as_ptr().add(16 * g));
+            let xv = load256(xq.add(32 * g).cast());
+            let scale = iq4_xs_scale(b, g) as i16;
+            let dot =
+                D::dot_scaled(_mm256_sign_epi8(levels, levels), _mm256_sign_epi8(xv, levels), scale, scale);
+            isum = _mm256_add_epi32(isum, dot);
+        }
+        sum += f16(b.d) * x.d[i] * hsum_epi32(isum) as f32;
+    }
+    sum
+}
+
+// ---------------------------------------------------------------------------------------------
 // Entry points, one per (instruction set, type). Callers: `dispatch`, after checking the CPU.
 // ---------------------------------------------------------------------------------------------
 
@@ -473,7 +582,8 @@ pub mod avx2 {
     use super::*;
     entry_points!("avx2,fma,f16c", Avx2,
         q4_0 => q4_0, q4_1 => q4_1, q5_0 => q5_0, q5_1 => q5_1, q8_0 => q8_0,
-        q4_k => q4_k, q5_k => q5_k, q6_k => q6_k, q4_k_batched => q4_k_batched, q5_k_batched => q5_k_batched, q6_k_tiled => q6_k_tiled;
+        q4_k => q4_k, q5_k => q5_k, q6_k => q6_k, q4_k_batched => q4_k_batched, q5_k_batched => q5_k_batched, q6_k_tiled => q6_k_tiled,
+        q2_k => q2_k, q3_k => q3_k, iq4_nl => iq4_nl, iq4_xs => iq4_xs;
         f32 => F32w, f16 => F16w, bf16 => Bf16w);
 }
 
@@ -481,7 +591,8 @@ pub mod avx512vnni {
     use super::*;
     entry_points!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", Vnni,
         q4_0 => q4_0, q4_1 => q4_1, q5_0 => q5_0, q5_1 => q5_1, q8_0 => q8_0,
-        q4_k => q4_k, q5_k => q5_k, q6_k => q6_k, q4_k_batched => q4_k_batched, q5_k_batched => q5_k_batched, q6_k_tiled => q6_k_tiled;
+        q4_k => q4_k, q5_k => q5_k, q6_k => q6_k, q4_k_batched => q4_k_batched, q5_k_batched => q5_k_batched, q6_k_tiled => q6_k_tiled,
+        q2_k => q2_k, q3_k => q3_k, iq4_nl => iq4_nl, iq4_xs => iq4_xs;
         f32 => F32w, f16 => F16w, bf16 => Bf16w);
 }
 
