@@ -17,6 +17,24 @@ arguments that `render_jinja_template` passes to it:
 
 `strftime_now` is pinned to a fixed moment so that the output is reproducible.
 
+Besides what transformers renders, the fixture holds, under "adjusted", what Jinja2 renders
+with one of baimo's known differences removed at its cause (hf_reference.rs's
+KNOWN_DIFFERENCES compares baimo's output for those with these):
+
+* `none_iterates_as_empty` (NONE_IS_ITERABLE): every `{% for %}` iterates `none` as nothing,
+  as minijinja does. The template's syntax tree is rewritten before compiling: each loop's
+  iterable `x` becomes `x|__none_as_empty__`, a filter that turns None into `()` and returns
+  anything else unchanged. Only loops change: `tools is none`, `tools|length`,
+  `'a' in tools` and every other use of None keep Jinja2's behaviour (and still fail where
+  Jinja2 fails). Undefined already iterates as empty in Jinja2, as in minijinja.
+* `map_gives_a_list` (MAP_IS_A_LIST): the `map` filter returns a list (Jinja2's own `map`,
+  its generator collected), as minijinja's does, so that `tojson` can serialize it.
+* `safe_gives_a_str` (MARKUP_CONCAT_ESCAPES): the `safe` filter returns a plain `str` instead
+  of `Markup`, so `"..."|safe + text` concatenates without HTML-escaping `text`, as minijinja's
+  `+` does (autoescaping is off in transformers' environment, so `safe` changes nothing else).
+
+An adjusted rendering is recorded wherever it differs from the plain one.
+
 Usage (from the repository root):
 
     python3 -m venv /tmp/chatvenv && /tmp/chatvenv/bin/pip install jinja2
@@ -35,7 +53,9 @@ from pathlib import Path
 import jinja2
 from jinja2 import nodes
 from jinja2.ext import Extension, loopcontrols
+from jinja2.filters import sync_do_map
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import pass_context
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHAT_TESTS = REPO_ROOT / "crates" / "chat" / "tests"
@@ -93,9 +113,45 @@ def make_environment():
     return env
 
 
-def render(env, source, scenario):
+def none_as_empty(value):
+    return () if value is None else value
+
+
+def iterate_none_as_empty(env, source):
+    """Compiles `source` with every for-loop's iterable passed through `none_as_empty`."""
+    tree = env.parse(source)
+    for loop in tree.find_all(nodes.For):
+        loop.iter = nodes.Filter(loop.iter, "__none_as_empty__", [], [], None, None, lineno=loop.iter.lineno)
+    return env.template_class.from_code(env, env.compile(tree), env.make_globals(None), None)
+
+
+@pass_context
+def map_as_list(context, value, *args, **kwargs):
+    return list(sync_do_map(context, value, *args, **kwargs))
+
+
+def safe_as_str(value):
+    return str(value)
+
+
+def make_adjusted_environments():
+    """Each adjustment: (environment, how to compile a template in it)."""
+    none_env = make_environment()
+    none_env.filters["__none_as_empty__"] = none_as_empty
+    map_env = make_environment()
+    map_env.filters["map"] = map_as_list
+    safe_env = make_environment()
+    safe_env.filters["safe"] = safe_as_str
+    return {
+        "none_iterates_as_empty": (none_env, iterate_none_as_empty),
+        "map_gives_a_list": (map_env, jinja2.Environment.from_string),
+        "safe_gives_a_str": (safe_env, jinja2.Environment.from_string),
+    }
+
+
+def render(env, source, scenario, compile_template=jinja2.Environment.from_string):
     try:
-        template = env.from_string(source)
+        template = compile_template(env, source)
         text = template.render(
             messages=scenario["messages"],
             tools=scenario.get("tools"),
@@ -125,17 +181,24 @@ def main():
 
     scenarios = json.loads(args.conversations.read_text(encoding="utf-8"))
     env = make_environment()
+    adjusted_envs = make_adjusted_environments()
     results = {}
+    adjusted = {name: {} for name in adjusted_envs}
     for directory in args.template_dirs:
         for path in sorted(directory.glob("*.jinja")):
             source = path.read_text(encoding="utf-8")
-            results[path.stem] = {
-                name: render(env, source, scenario)
-                for name, scenario in scenarios.items()
-                if scenario_applies(scenario, source)
-            }
+            results[path.stem] = {}
+            for name, scenario in scenarios.items():
+                if not scenario_applies(scenario, source):
+                    continue
+                plain = render(env, source, scenario)
+                results[path.stem][name] = plain
+                for adjustment, (adjusted_env, compile_template) in adjusted_envs.items():
+                    other = render(adjusted_env, source, scenario, compile_template)
+                    if other != plain:
+                        adjusted[adjustment].setdefault(path.stem, {})[name] = other
     json.dump(
-        {"jinja2_version": jinja2.__version__, "templates": results},
+        {"jinja2_version": jinja2.__version__, "templates": results, "adjusted": adjusted},
         sys.stdout,
         ensure_ascii=False,
         indent=1,
