@@ -73,13 +73,14 @@ impl BuiltinFormat {
         match self {
             BuiltinFormat::Llama2 => concat!(
                 "{% if messages and messages[0]['role'] == 'system' %}",
-                "{% set system = messages[0]['content'] | trim %}{% set rest = messages[1:] %}",
+                "{% set system = messages[0]['content'] %}{% set rest = messages[1:] %}",
                 "{% else %}{% set system = none %}{% set rest = messages %}{% endif %}",
                 "{% for message in rest %}",
                 "{% if message['role'] == 'user' %}",
                 "{% set content = message['content'] | trim %}",
+                // Meta's chat_completion joins system and first turn, then strips the whole.
                 "{% if loop.first and system is not none %}",
-                "{% set content = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + content %}{% endif %}",
+                "{% set content = ('<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + message['content']) | trim %}{% endif %}",
                 "{{ bos_token }}[INST] {{ content }} [/INST]",
                 "{% elif message['role'] == 'assistant' %}",
                 " {{ message['content'] | trim }} {{ eos_token }}",

@@ -171,6 +171,12 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
+/// `unix_seconds` in UTC formatted as C's strftime would (for other parts of baimo that print
+/// dates: usage records).
+pub fn format_utc(unix_seconds: i64, format: &str) -> String {
+    DateTime::from_unix_seconds(unix_seconds).format(format)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,10 +206,4 @@ mod tests {
         let _ = DateTime::from_unix_seconds(i64::MAX).format("%c");
         let _ = DateTime::from_unix_seconds(i64::MIN).format("%c");
     }
-}
-
-/// `unix_seconds` in UTC formatted as C's strftime would (for other parts of baimo that print
-/// dates: usage records).
-pub fn format_utc(unix_seconds: i64, format: &str) -> String {
-    DateTime::from_unix_seconds(unix_seconds).format(format)
 }
