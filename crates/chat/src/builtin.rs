@@ -21,7 +21,7 @@
 //!   tool call is `<|assistant|>name\n```python\ntool_call(k=v, ...)\n```` and its result an
 //!   `<|observation|>` message ([`parse_chatglm3_tool_call`] reads the call back).
 //! - **GLM-4** (its chat template): `[gMASK]<sop>`, then `<|role|>\ncontent` per message, then
-//!   `<|assistant|>`. Tools go into a system message under `# 可用工具`, one `## name` section
+//!   `<|assistant|>`. Tools go into a system message (its default text, then `# 可用工具`), one `## name` section
 //!   each; a call is `<|assistant|>name\n{arguments}` and its result an `<|observation|>` message.
 //! - **Plain** (GPT-2 and other base models): the messages' text, one paragraph each.
 
@@ -170,7 +170,8 @@ impl BuiltinFormat {
             .to_string(),
             BuiltinFormat::Glm4 => concat!(
                 "[gMASK]<sop>",
-                "{%- if tools -%}<|system|>{{ '\\n' }}# 可用工具",
+                // glm-4-9b-chat's template opens the tools message with its default system text.
+                "{%- if tools -%}<|system|>{{ '\\n' }}你是一个名为 ChatGLM 的人工智能助手。你是基于智谱AI训练的语言模型 GLM-4 模型开发的，你的任务是针对用户的问题和要求提供适当的答复和支持。{{ '\\n\\n' }}# 可用工具",
                 "{%- for tool in tools -%}{{ '\\n\\n' }}## {{ tool['function']['name'] }}{{ '\\n\\n' }}",
                 "{{ tool['function'] | tojson(indent=4) }}{{ '\\n' }}在调用上述函数时，请使用 Json 格式表示调用的参数。",
                 "{%- endfor -%}{%- endif -%}",
