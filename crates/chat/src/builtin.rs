@@ -21,8 +21,8 @@
 //!   tool call is `<|assistant|>name\n```python\ntool_call(k=v, ...)\n```` and its result an
 //!   `<|observation|>` message ([`parse_chatglm3_tool_call`] reads the call back).
 //! - **GLM-4** (its chat template): `[gMASK]<sop>`, then `<|role|>\ncontent` per message, then
-//!   `<|assistant|>`. Tools go into a system message (its default text, then `# 可用工具`), one `## name` section
-//!   each; a call is `<|assistant|>name\n{arguments}` and its result an `<|observation|>` message.
+//!   `<|assistant|>`. Tools go into a system message (its default text, then `# 可用工具`), one
+//!   `## name` section each; a call is `<|assistant|>name\n{arguments}` and its result an `<|observation|>` message.
 //! - **Plain** (GPT-2 and other base models): the messages' text, one paragraph each.
 
 /// A family's prompt format.
