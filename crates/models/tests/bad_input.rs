@@ -246,10 +246,10 @@ fn tensor_shapes_that_disagree_with_the_metadata() {
 
 #[test]
 fn weights_of_a_type_baimo_cannot_compute_with() {
-    // Q2_K blocks hold 256 values, so this model is 256 wide.
+    // These types' blocks hold 256 values, so this model is 256 wide.
     let base = ModelFile::llama(256, 256, 2, 1, 1);
     assert!(base.load().is_ok());
-    for dtype in [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::IQ4_XS] {
+    for dtype in [GgmlType::IQ2_XXS, GgmlType::IQ3_S, GgmlType::TQ1_0] {
         let mut f = ModelFile::llama(256, 256, 2, 1, 1);
         f.tensor("blk.0.ffn_gate.weight", &[256, 256], dtype);
         assert_err(
