@@ -479,39 +479,6 @@ fn host_and_origin_allowed(limits: &Limits, headers: &axum::http::HeaderMap) -> 
     Ok(())
 }
 
-#[cfg(test)]
-mod host_tests {
-    use super::*;
-
-    fn check(host: &str, origin: Option<&str>, allowed: &[&str]) -> bool {
-        let limits =
-            Limits { allowed_hosts: allowed.iter().map(|s| s.to_string()).collect(), ..Limits::default() };
-        let mut headers = axum::http::HeaderMap::new();
-        headers.insert(axum::http::header::HOST, host.parse().unwrap());
-        if let Some(o) = origin {
-            headers.insert(axum::http::header::ORIGIN, o.parse().unwrap());
-        }
-        host_and_origin_allowed(&limits, &headers).is_ok()
-    }
-
-    #[test]
-    fn an_open_server_answers_local_names_and_addresses_only() {
-        for ok in ["localhost:8080", "127.0.0.1:8080", "[::1]:8080", "192.168.1.5", "app.localhost"] {
-            assert!(check(ok, None, &[]), "{ok}");
-        }
-        for bad in ["evil.example", "evil.example:8080", "localhost.evil.example"] {
-            assert!(!check(bad, None, &[]), "{bad}");
-        }
-        assert!(check("baimo.internal:80", None, &["baimo.internal"]));
-        assert!(check("anything", None, &["*"]));
-        // Browsers: the same site, local pages, nothing else.
-        assert!(check("127.0.0.1:8080", Some("http://127.0.0.1:8080"), &[]));
-        assert!(check("127.0.0.1:8080", Some("http://localhost:3000"), &[]));
-        assert!(!check("127.0.0.1:8080", Some("https://evil.example"), &[]));
-        assert!(!check("127.0.0.1:8080", Some("null"), &[]));
-    }
-}
-
 fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     use tower_http::cors::{AllowOrigin, Any, CorsLayer};
     if origins.is_empty() {
@@ -552,4 +519,37 @@ pub async fn serve(
     let served = listener::run(listener, router(app), connections, shutdown_signal()).await;
     follower.abort();
     served
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+
+    fn check(host: &str, origin: Option<&str>, allowed: &[&str]) -> bool {
+        let limits =
+            Limits { allowed_hosts: allowed.iter().map(|s| s.to_string()).collect(), ..Limits::default() };
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(axum::http::header::HOST, host.parse().unwrap());
+        if let Some(o) = origin {
+            headers.insert(axum::http::header::ORIGIN, o.parse().unwrap());
+        }
+        host_and_origin_allowed(&limits, &headers).is_ok()
+    }
+
+    #[test]
+    fn an_open_server_answers_local_names_and_addresses_only() {
+        for ok in ["localhost:8080", "127.0.0.1:8080", "[::1]:8080", "192.168.1.5", "app.localhost"] {
+            assert!(check(ok, None, &[]), "{ok}");
+        }
+        for bad in ["evil.example", "evil.example:8080", "localhost.evil.example"] {
+            assert!(!check(bad, None, &[]), "{bad}");
+        }
+        assert!(check("baimo.internal:80", None, &["baimo.internal"]));
+        assert!(check("anything", None, &["*"]));
+        // Browsers: the same site, local pages, nothing else.
+        assert!(check("127.0.0.1:8080", Some("http://127.0.0.1:8080"), &[]));
+        assert!(check("127.0.0.1:8080", Some("http://localhost:3000"), &[]));
+        assert!(!check("127.0.0.1:8080", Some("https://evil.example"), &[]));
+        assert!(!check("127.0.0.1:8080", Some("null"), &[]));
+    }
 }
