@@ -335,26 +335,7 @@ fn neon_fn(dtype: GgmlType) -> Option<DotFn> {
         Q5_K => DotFn::Q8(Blocks256, neon::q5_k, neon::q5_k),
         Q6_K => DotFn::Q8(Blocks256, neon::q6_k, neon::q6_k),
         // No NEON kernels for the low-bit types yet: the scalar reference serves.
-        Q2_K => DotFn::Q8(
-            Blocks256,
-            |w, x| lowbit::vec_dot_q2_k(as_blocks(w), x),
-            |w, x| lowbit::vec_dot_q2_k(as_blocks(w), x),
-        ),
-        Q3_K => DotFn::Q8(
-            Blocks256,
-            |w, x| lowbit::vec_dot_q3_k(as_blocks(w), x),
-            |w, x| lowbit::vec_dot_q3_k(as_blocks(w), x),
-        ),
-        IQ4_NL => DotFn::Q8(
-            Blocks32,
-            |w, x| lowbit::vec_dot_iq4_nl(as_blocks(w), x),
-            |w, x| lowbit::vec_dot_iq4_nl(as_blocks(w), x),
-        ),
-        IQ4_XS => DotFn::Q8(
-            Blocks256,
-            |w, x| lowbit::vec_dot_iq4_xs(as_blocks(w), x),
-            |w, x| lowbit::vec_dot_iq4_xs(as_blocks(w), x),
-        ),
+        Q2_K | Q3_K | IQ4_NL | IQ4_XS => scalar_fn(dtype)?,
         F32 => DotFn::Float(neon::f32),
         F16 => DotFn::Float(neon::f16),
         BF16 => DotFn::Float(neon::bf16),
