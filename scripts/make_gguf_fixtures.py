@@ -172,7 +172,96 @@ def chatglm2():
     finish(w)
 
 
+ATTENTION = {
+    "input_layernorm": "attn_norm", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+}
+
+
+def layers_common(w, t, cfg, i, permute_heads=None):
+    """A layer's attention tensors (q/k permuted for interleaved RoPE when `permute_heads`)."""
+    b = f"model.layers.{i}."
+    for part, g in [("q", "attn_q"), ("k", "attn_k"), ("v", "attn_v")]:
+        x = t[b + f"self_attn.{part}_proj.weight"]
+        if permute_heads and part != "v":
+            x = np.ascontiguousarray(permute(x, permute_heads[part]))
+        w.add_tensor(f"blk.{i}.{g}.weight", x)
+        if b + f"self_attn.{part}_proj.bias" in t:
+            w.add_tensor(f"blk.{i}.{g}.bias", t[b + f"self_attn.{part}_proj.bias"])
+    for hf, g in ATTENTION.items():
+        if b + hf + ".weight" in t:
+            w.add_tensor(f"blk.{i}.{g}.weight", t[b + hf + ".weight"])
+
+
+def experts(w, t, i, prefix, names, n):
+    """The experts stacked as llama.cpp's converter writes them: ffn_{gate,up,down}_exps of
+    shape (n_expert, rows, cols)."""
+    for hf, g in names:
+        w.add_tensor(f"blk.{i}.ffn_{g}_exps.weight", np.stack([t[f"{prefix}.experts.{e}.{hf}.weight"] for e in range(n)]))
+
+
+def moe_model(name, arch, permute_rope=False):
+    """Mistral, Mixtral, Qwen2-MoE and Qwen3-MoE: LLaMA-style layers, the mixtures' experts
+    stacked (llama.cpp's current layout; Mixtral as `llama` with q/k permuted)."""
+    cfg, t = load(name)
+    w = writer(name, arch)
+    nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    common_keys(w, cfg, cfg["intermediate_size"], cfg["max_position_embeddings"])
+    w.add_head_count_kv(nkv)
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // nh
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_rope_dimension_count(hd)
+    w.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
+    if cfg.get("sliding_window"):
+        w.add_sliding_window(cfg["sliding_window"])
+    n_expert = cfg.get("num_local_experts") or cfg.get("num_experts")
+    if n_expert:
+        w.add_expert_count(n_expert)
+        w.add_expert_used_count(cfg["num_experts_per_tok"])
+    if "moe_intermediate_size" in cfg:
+        w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
+    if cfg.get("shared_expert_intermediate_size"):
+        w.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
+    w.add_tensor("token_embd.weight", t["model.embed_tokens.weight"])
+    for i in range(cfg["num_hidden_layers"]):
+        layers_common(w, t, cfg, i, {"q": nh, "k": nkv} if permute_rope else None)
+        b = f"model.layers.{i}."
+        if b + "block_sparse_moe.gate.weight" in t:
+            w.add_tensor(f"blk.{i}.ffn_gate_inp.weight", t[b + "block_sparse_moe.gate.weight"])
+            experts(w, t, i, b + "block_sparse_moe", [("w1", "gate"), ("w3", "up"), ("w2", "down")], n_expert)
+        elif b + "mlp.gate.weight" in t:
+            w.add_tensor(f"blk.{i}.ffn_gate_inp.weight", t[b + "mlp.gate.weight"])
+            experts(w, t, i, b + "mlp", [("gate_proj", "gate"), ("up_proj", "up"), ("down_proj", "down")], n_expert)
+            if b + "mlp.shared_expert.gate_proj.weight" in t:
+                for part in ("gate", "up", "down"):
+                    w.add_tensor(f"blk.{i}.ffn_{part}_shexp.weight", t[b + f"mlp.shared_expert.{part}_proj.weight"])
+                w.add_tensor(f"blk.{i}.ffn_gate_inp_shexp.weight", t[b + "mlp.shared_expert_gate.weight"])
+        else:
+            for part in ("gate", "up", "down"):
+                w.add_tensor(f"blk.{i}.ffn_{part}.weight", t[b + f"mlp.{part}_proj.weight"])
+    w.add_tensor("output_norm.weight", t["model.norm.weight"])
+    w.add_tensor("output.weight", t["lm_head.weight"])
+    finish(w)
+
+
+def mistral():
+    moe_model("mistral", "llama", permute_rope=True)
+
+
+def mixtral():
+    moe_model("mixtral", "llama", permute_rope=True)
+
+
+def qwen3moe():
+    moe_model("qwen3-moe", "qwen3moe")
+
+
+def qwen2moe():
+    moe_model("qwen2-moe", "qwen2moe")
+
+
 if __name__ == "__main__":
-    for make in (qwen3, gpt2, baichuan7b, qwen1, chatglm2):
+    for make in (qwen3, gpt2, baichuan7b, qwen1, chatglm2, mistral, mixtral, qwen3moe, qwen2moe):
         make()
     print(sorted(os.listdir(os.path.join(ROOT, "gguf"))))

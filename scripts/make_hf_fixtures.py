@@ -36,6 +36,14 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
@@ -156,6 +164,30 @@ def fixtures(vocab):
             GPT2LMHeadModel,
             GPT2Config(vocab_size=vocab, n_positions=128, n_embd=32, n_layer=2, n_head=4, bos_token_id=None, eos_token_id=VOCAB - 3),
         ),
+        # Mistral: a sliding window of 16 positions, shorter than two of the sequences.
+        "mistral": (
+            MistralForCausalLM,
+            MistralConfig(**c, sliding_window=16, tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+        ),
+        # Mixtral: 4 SwiGLU experts of 64, 2 per token, renormalized.
+        "mixtral": (
+            MixtralForCausalLM,
+            MixtralConfig(**c, num_local_experts=4, num_experts_per_tok=2, sliding_window=None, tie_word_embeddings=False),
+        ),
+        # Qwen3-MoE: 8 experts of 16, 2 per token, norm_topk_prob; q/k norms, head_dim 16.
+        "qwen3-moe": (
+            Qwen3MoeForCausalLM,
+            Qwen3MoeConfig(**c, head_dim=16, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=16,
+                           norm_topk_prob=True, tie_word_embeddings=False),
+        ),
+        # Qwen2-MoE: q/k/v biases, a gated shared expert of 48, routing weights not renormalized,
+        # the second layer dense (mlp_only_layers).
+        "qwen2-moe": (
+            Qwen2MoeForCausalLM,
+            Qwen2MoeConfig(**c, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=16,
+                           shared_expert_intermediate_size=48, norm_topk_prob=False, mlp_only_layers=[1],
+                           tie_word_embeddings=False),
+        ),
     }
 
 
@@ -179,7 +211,13 @@ def sequences(vocab, seed):
     return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in LENGTHS]
 
 
-def write_expected(out, model, seqs):
+# Fixtures whose expected.json also holds a greedy continuation (GREEDY_TOKENS tokens after
+# the first sequence's first 5 tokens, transformers' `generate` without sampling).
+GREEDY = {"mistral", "mixtral", "qwen3-moe", "qwen2-moe"}
+GREEDY_TOKENS = 24
+
+
+def write_expected(out, model, seqs, greedy=False):
     vocab = model.config.vocab_size
     rows = []
     with torch.no_grad():
@@ -190,8 +228,17 @@ def write_expected(out, model, seqs):
     flat = torch.cat(rows).flatten().tolist()
     with open(os.path.join(out, "logits.f32"), "wb") as f:
         f.write(struct.pack(f"<{len(flat)}f", *flat))
+    expected = {"vocab_size": vocab, "sequences": seqs, "logits": "logits.f32"}
+    if greedy:
+        prompt = seqs[0][:5]
+        with torch.no_grad():
+            ids = model.generate(
+                torch.tensor([prompt]), max_new_tokens=GREEDY_TOKENS, min_new_tokens=GREEDY_TOKENS, do_sample=False,
+                eos_token_id=None, pad_token_id=0,
+            )[0].tolist()
+        expected["greedy"] = {"prompt": prompt, "tokens": ids[len(prompt):]}
     with open(os.path.join(out, "expected.json"), "w") as f:
-        json.dump({"vocab_size": vocab, "sequences": seqs, "logits": "logits.f32"}, f, indent=1)
+        json.dump(expected, f, indent=1)
 
 
 def build(name, cls, config, tok, seed):
@@ -203,7 +250,7 @@ def build(name, cls, config, tok, seed):
     model.save_pretrained(out)
     save_tokenizer(tok, out, CHATML)
     seqs = sequences(config.vocab_size, seed)
-    write_expected(out, model, seqs)
+    write_expected(out, model, seqs, greedy=name in GREEDY)
     return model, seqs
 
 
@@ -300,8 +347,17 @@ def build_baichuan(name, tok, vocab, seed):
     flat = torch.cat(rows).flatten().tolist()
     with open(os.path.join(out, "logits.f32"), "wb") as f:
         f.write(struct.pack(f"<{len(flat)}f", *flat))
+    expected = {"vocab_size": vocab, "sequences": seqs, "logits": "logits.f32"}
+    if greedy:
+        prompt = seqs[0][:5]
+        with torch.no_grad():
+            ids = model.generate(
+                torch.tensor([prompt]), max_new_tokens=GREEDY_TOKENS, min_new_tokens=GREEDY_TOKENS, do_sample=False,
+                eos_token_id=None, pad_token_id=0,
+            )[0].tolist()
+        expected["greedy"] = {"prompt": prompt, "tokens": ids[len(prompt):]}
     with open(os.path.join(out, "expected.json"), "w") as f:
-        json.dump({"vocab_size": vocab, "sequences": seqs, "logits": "logits.f32"}, f, indent=1)
+        json.dump(expected, f, indent=1)
     print(f"{name}: {sum(v.numel() for v in sd.values())} parameters")
 
 
@@ -404,8 +460,17 @@ def build_qwen1(tok, vocab, seed):
     flat = torch.cat(rows).flatten().tolist()
     with open(os.path.join(out, "logits.f32"), "wb") as f:
         f.write(struct.pack(f"<{len(flat)}f", *flat))
+    expected = {"vocab_size": vocab, "sequences": seqs, "logits": "logits.f32"}
+    if greedy:
+        prompt = seqs[0][:5]
+        with torch.no_grad():
+            ids = model.generate(
+                torch.tensor([prompt]), max_new_tokens=GREEDY_TOKENS, min_new_tokens=GREEDY_TOKENS, do_sample=False,
+                eos_token_id=None, pad_token_id=0,
+            )[0].tolist()
+        expected["greedy"] = {"prompt": prompt, "tokens": ids[len(prompt):]}
     with open(os.path.join(out, "expected.json"), "w") as f:
-        json.dump({"vocab_size": vocab, "sequences": seqs, "logits": "logits.f32"}, f, indent=1)
+        json.dump(expected, f, indent=1)
     print(f"qwen1: {sum(v.numel() for v in sd.values())} parameters (reference = Qwen2 within seq_length: {diff:.1e})")
 
 

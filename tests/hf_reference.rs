@@ -75,6 +75,10 @@ const FAMILIES: &[&str] = &[
     "llama-bin",
     "qwen2",
     "qwen3",
+    "mistral",
+    "mixtral",
+    "qwen3-moe",
+    "qwen2-moe",
     "gpt2",
     "baichuan-7b",
     "baichuan2-7b",
@@ -119,16 +123,28 @@ fn the_pytorch_checkpoint_loads_the_same_weights_as_safetensors() {
 /// and the KV cache is f16. Each weight and activation moves by at most half a step (1/254 of its
 /// block's largest magnitude, ~0.2% on average). These untrained models, weights of std 1/√n and
 /// no training to damp them, amplify such perturbations through two layers: measured
-/// 0.21–0.23 on logits up to ~5 (transformers on the f32 weights as reference). The bound, 0.35,
-/// is 7% of the logit range and 1.5× the measurement; a wrong block layout or scale gives errors
-/// of whole units.
+/// 0.08–0.29 on logits up to ~5 (transformers on the f32 weights as reference). The bound, 0.35,
+/// is 7% of the logit range; a wrong block layout or scale gives errors of whole units.
+///
+/// A mixture's routing is a discrete choice: where two experts' probabilities nearly tie, the
+/// rounding sends the token to the other one and that position's logits move by whole units
+/// (the router itself stays unquantized, as llama-quantize leaves it). For the mixtures the
+/// bound holds at 90% of the positions (measured: see the output).
 #[test]
 fn q8_0_quantized_at_load_time_stays_close() {
-    for name in ["llama", "qwen2", "qwen3", "gpt2"] {
+    for name in ["llama", "qwen2", "qwen3", "gpt2", "mistral", "mixtral", "qwen3-moe", "qwen2-moe"] {
         let (model, e) = load(name, Some(GgmlType::Q8_0));
-        let diff = max_abs_diff(&run(&model, &e), &e.logits);
-        eprintln!("{name:>6} q8_0: max |Δlogit| {diff:.4}");
-        assert!(diff <= 0.35, "{name}: q8_0 logits off by {diff}");
+        let got = run(&model, &e);
+        let diff = max_abs_diff(&got, &e.logits);
+        let rows: Vec<f32> =
+            got.chunks(e.vocab).zip(e.logits.chunks(e.vocab)).map(|(a, b)| max_abs_diff(a, b)).collect();
+        let within = rows.iter().filter(|&&d| d <= 0.35).count() as f64 / rows.len() as f64;
+        eprintln!("{name:>9} q8_0: max |Δlogit| {diff:.4}, {:.1}% of positions within 0.35", within * 100.0);
+        if name.contains("moe") || name == "mixtral" {
+            assert!(within >= 0.9, "{name}: q8_0 logits off at {:.1}% of positions", 100.0 - within * 100.0);
+        } else {
+            assert!(diff <= 0.35, "{name}: q8_0 logits off by {diff}");
+        }
         // And the quantization really happened: f32 results would be ~1e-5 away.
         assert!(diff > 1e-4, "{name}: q8_0 looks unquantized ({diff})");
     }
@@ -272,7 +288,8 @@ fn a_pickle_asking_for_another_global_is_refused_unexecuted() {
 }
 
 /// The same weights converted to llama.cpp's GGUF architectures (`qwen3`, `gpt2`, `chatglm`, `baichuan`
-/// with its interleaved q/k rows, `qwen` with the fused `attn_qkv`) by
+/// with its interleaved q/k rows, `qwen` with the fused `attn_qkv`; Mistral and Mixtral as `llama`,
+/// `qwen2moe` and `qwen3moe`, the experts stacked in `ffn_*_exps`) by
 /// `scripts/make_gguf_fixtures.py`: the GGUF model gives the folder's reference logits. For
 /// `qwen`, llama.cpp has no dynamic NTK or logn scaling, so only the sequence within Qwen v1's
 /// `seq_length` (16) is compared.
@@ -284,6 +301,10 @@ fn gguf_architectures_of_the_seed_families_match_the_reference() {
         ("baichuan-7b", "baichuan-7b", 3),
         ("qwen1", "qwen1", 1),
         ("chatglm2", "chatglm2", 3),
+        ("mistral", "mistral", 3),
+        ("mixtral", "mixtral", 3),
+        ("qwen3-moe", "qwen3-moe", 3),
+        ("qwen2-moe", "qwen2-moe", 3),
     ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/gguf/{file}.gguf"));
         let gguf = baimo_formats::Gguf::open(&path).unwrap();
@@ -296,6 +317,59 @@ fn gguf_architectures_of_the_seed_families_match_the_reference() {
         eprintln!("{file:>12}.gguf: max |Δlogit| {diff:.2e}");
         assert!(diff <= 1e-4, "{file}.gguf: {diff}");
     }
+}
+
+fn gguf_model(name: &str) -> Model {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/gguf/{name}.gguf"));
+    let gguf = baimo_formats::Gguf::open(&path).unwrap();
+    Model::from_gguf(&gguf).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Greedy decoding, one token per step after the prompt.
+fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let pool = ThreadPool::new(2);
+    let mut seq = model.new_sequence(prompt.len() + n);
+    let mut logits = model.forward(&pool, &mut seq, prompt, LogitsFor::Last).unwrap().to_vec();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let next = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a))).unwrap()
+            as u32;
+        out.push(next);
+        logits = model.forward(&pool, &mut seq, &[next], LogitsFor::Last).unwrap().to_vec();
+    }
+    out
+}
+
+/// The families added with their GGUF forms (sliding windows, mixtures of experts): 24 greedy
+/// tokens equal transformers' `generate`, from the folder and from the GGUF file.
+#[test]
+fn greedy_decoding_equals_transformers_generate() {
+    for name in ["mistral", "mixtral", "qwen3-moe", "qwen2-moe"] {
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture(name).join("expected.json")).unwrap()).unwrap();
+        let ids = |v: &serde_json::Value| -> Vec<u32> {
+            v.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
+        };
+        let (prompt, want) = (ids(&json["greedy"]["prompt"]), ids(&json["greedy"]["tokens"]));
+        assert_eq!(want.len(), 24);
+        let (folder, _) = load(name, None);
+        assert_eq!(greedy(&folder, &prompt, want.len()), want, "{name} folder");
+        assert_eq!(greedy(&gguf_model(name), &prompt, want.len()), want, "{name}.gguf");
+    }
+}
+
+/// The window is applied: the Mistral fixture (window 16) with the window removed gives other
+/// logits on the sequences longer than 16 (and the same on the 5-token one).
+#[test]
+fn mistral_s_sliding_window_changes_long_sequences_only() {
+    let (windowed, e) = load("mistral", None);
+    let dir = broken_copy("mistral", |d| edit_config(d, "sliding_window", serde_json::Value::Null));
+    let full = Model::from_hf(&HfFolder::open(dir.path()).unwrap(), None).unwrap();
+    let (a, b) = (run(&windowed, &e), run(&full, &e));
+    let short = e.sequences[0].len() * e.vocab;
+    assert!(max_abs_diff(&a[..short], &b[..short]) < 1e-6);
+    let diff = max_abs_diff(&a[short..], &b[short..]);
+    assert!(diff > 0.05, "the window changed nothing: {diff}");
 }
 
 /// A small LLaMA trained on most of the GPL-3 text (bf16 weights, rows of 256 and 512 values so

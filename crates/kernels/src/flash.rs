@@ -279,7 +279,9 @@ unsafe fn prefetch_row<T>(row: *const T, len: usize) {
 pub struct FlashRows<'a> {
     /// `m` rows of `head_dim` queries, scaled by `1/√d`.
     pub q: &'a [f32],
-    /// For each row, the keys of the block it may see: `0..visible[i]`.
+    /// For each row, the keys of the block it may see: `first[i]..visible[i]` (`first` is 0
+    /// but under sliding-window attention, where keys too far back are out of sight).
+    pub first: &'a [usize],
     pub visible: &'a [usize],
     /// Unnormalized outputs (`m × head_dim`), maxima and sums, updated in place.
     pub out: &'a mut [f32],
@@ -296,6 +298,7 @@ pub fn flash_step(rows: &mut FlashRows<'_>, kv: &KvBlock) {
         "flash rows layout"
     );
     assert!(rows.visible.iter().all(|&v| v <= kv.n_keys), "visible keys beyond the block");
+    assert_eq!(rows.first.len(), m, "flash rows layout");
     #[cfg(target_arch = "x86_64")]
     {
         use crate::Isa;
@@ -349,8 +352,10 @@ const LANES: usize = 16;
 #[inline(always)]
 fn flash_body(rows: &mut FlashRows<'_>, kv: &KvBlock) {
     let d = kv.head_dim;
-    for (i, &visible) in rows.visible.iter().enumerate() {
-        if visible == 0 {
+    for (i, (&first, &visible)) in rows.first.iter().zip(rows.visible).enumerate() {
+        // A row that sees none of the block's keys keeps its state (its maximum may still be
+        // −∞, and −∞ − −∞ would poison it).
+        if visible <= first {
             continue;
         }
         let q = &rows.q[i * d..(i + 1) * d];
@@ -371,7 +376,7 @@ fn flash_body(rows: &mut FlashRows<'_>, kv: &KvBlock) {
             chunk.copy_from_slice(&a);
         }
         for (j, s) in s.iter_mut().enumerate() {
-            *s = if j < visible { *s } else { f32::NEG_INFINITY };
+            *s = if (first..visible).contains(&j) { *s } else { f32::NEG_INFINITY };
         }
         let mut lane_max = [f32::NEG_INFINITY; LANES];
         for chunk in s.chunks_exact(LANES) {
@@ -401,7 +406,7 @@ fn flash_body(rows: &mut FlashRows<'_>, kv: &KvBlock) {
         while c0 + 64 <= d {
             let mut acc: [f32; 64] = out[c0..c0 + 64].try_into().unwrap();
             acc.iter_mut().for_each(|a| *a *= rescale);
-            for (j, &pj) in p[..visible].iter().enumerate() {
+            for (j, &pj) in p.iter().enumerate().take(visible).skip(first) {
                 let v: &[f32; 64] = kv.v[j * d + c0..j * d + c0 + 64].try_into().unwrap();
                 for k in 0..64 {
                     acc[k] = pj.mul_add(v[k], acc[k]);
@@ -413,7 +418,7 @@ fn flash_body(rows: &mut FlashRows<'_>, kv: &KvBlock) {
         if c0 < d {
             let rest = &mut out[c0..];
             rest.iter_mut().for_each(|a| *a *= rescale);
-            for (j, &pj) in p[..visible].iter().enumerate() {
+            for (j, &pj) in p.iter().enumerate().take(visible).skip(first) {
                 for (a, &vc) in rest.iter_mut().zip(&kv.v[j * d + c0..(j + 1) * d]) {
                     *a = pj.mul_add(vc, *a);
                 }
@@ -499,22 +504,31 @@ mod tests {
         let values: Vec<Vec<half::f16>> =
             (0..n).map(|_| (0..d).map(|_| half::f16::from_f32(rnd())).collect()).collect();
         let (key_run, value_run) = (keys.concat(), values.concat());
-        // Two query rows seeing different prefixes (causal masking): all 150 keys, and 70.
-        let q: Vec<f32> = (0..2 * d).map(|_| rnd()).collect();
-        let limits = [n, 70];
+        // Query rows seeing different runs of keys: all 150 (causal masking), the first 70, and
+        // a sliding window of 60 (keys 90..150), starting inside the second block.
+        let q: Vec<f32> = (0..3 * d).map(|_| rnd()).collect();
+        let (starts, limits): ([usize; 3], [usize; 3]) = ([0, 0, 90], [n, 70, n]);
         for scalar in [false, true] {
-            let (mut out, mut max, mut sum) = (vec![0f32; 2 * d], vec![f32::NEG_INFINITY; 2], vec![0f32; 2]);
+            let (mut out, mut max, mut sum) = (vec![0f32; 3 * d], vec![f32::NEG_INFINITY; 3], vec![0f32; 3]);
             let mut block = KvBlock::new(d);
             for p0 in (0..n).step_by(KEY_BLOCK) {
                 let nk = (n - p0).min(KEY_BLOCK);
                 block.load(nk, &key_run[p0 * d..], &value_run[p0 * d..]);
                 let visible: Vec<usize> = limits.iter().map(|&l| l.saturating_sub(p0).min(nk)).collect();
-                let mut rows =
-                    FlashRows { q: &q, visible: &visible, out: &mut out, max: &mut max, sum: &mut sum };
+                let first: Vec<usize> = starts.iter().map(|&s| s.saturating_sub(p0).min(nk)).collect();
+                let mut rows = FlashRows {
+                    q: &q,
+                    first: &first,
+                    visible: &visible,
+                    out: &mut out,
+                    max: &mut max,
+                    sum: &mut sum,
+                };
                 if scalar { flash_step_scalar(&mut rows, &block) } else { flash_step(&mut rows, &block) }
             }
             for (i, &limit) in limits.iter().enumerate() {
-                let want = reference(&q[i * d..(i + 1) * d], &keys[..limit], &values[..limit], d);
+                let (keys, values) = (&keys[starts[i]..limit], &values[starts[i]..limit]);
+                let want = reference(&q[i * d..(i + 1) * d], keys, values, d);
                 for c in 0..d {
                     let got = out[i * d + c] / sum[i];
                     assert!(
@@ -539,11 +553,17 @@ mod tests {
         let q: Vec<f32> = (0..3 * d).map(|i| ((i * 13) % 17) as f32 / 9.0 - 0.8).collect();
         let mut block = KvBlock::new(d);
         block.load(KEY_BLOCK, &keys, &values);
-        let visible = [KEY_BLOCK, 10, 1];
+        let (first, visible) = ([0, 0, 3], [KEY_BLOCK, 10, 40]);
         let run = |scalar: bool| {
             let (mut out, mut max, mut sum) = (vec![0.5f32; 3 * d], vec![0.25f32; 3], vec![1f32; 3]);
-            let mut rows =
-                FlashRows { q: &q, visible: &visible, out: &mut out, max: &mut max, sum: &mut sum };
+            let mut rows = FlashRows {
+                q: &q,
+                first: &first,
+                visible: &visible,
+                out: &mut out,
+                max: &mut max,
+                sum: &mut sum,
+            };
             if scalar {
                 flash_step_scalar(&mut rows, &block)
             } else {

@@ -15,9 +15,17 @@ pub(crate) struct Heads {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// Sliding-window attention (Mistral, Gemma's local layers): the query at position `p`
+    /// sees the keys at `p − window + 1 ..= p` only. `None`: every earlier key.
+    pub window: Option<usize>,
 }
 
 impl Heads {
+    /// The first key position the query at `pos` sees.
+    pub fn first_key(&self, pos: usize) -> usize {
+        self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
+    }
+
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim
     }
@@ -267,7 +275,8 @@ fn attend_tiled<T: KvElement>(
     ctx.for_each_chunk(n_items, 1, |items| {
         let rows_max = TOKEN_BLOCK * group;
         let (mut q, mut acc) = (vec![0f32; rows_max * hd], vec![0f32; rows_max * hd]);
-        let (mut max, mut sum, mut visible) = (vec![0f32; rows_max], vec![0f32; rows_max], vec![0; rows_max]);
+        let (mut max, mut sum) = (vec![0f32; rows_max], vec![0f32; rows_max]);
+        let (mut first, mut visible) = (vec![0; rows_max], vec![0; rows_max]);
         let mut block = take_kv_block(hd);
         for item in items {
             let item = n_items - 1 - item;
@@ -283,17 +292,21 @@ fn attend_tiled<T: KvElement>(
             acc[..m * hd].fill(0.0);
             max[..m].fill(f32::NEG_INFINITY);
             sum[..m].fill(0.0);
-            // The last token sees positions 0..n_keys (and every token the prefix).
+            // The last token sees positions up to n_keys (and every token the prefix); under a
+            // sliding window the first token sees none before `from`.
             let n_keys = (pos0 + tokens.end).max(prefix);
-            for p0 in (0..n_keys).step_by(KEY_BLOCK) {
+            let from = heads.first_key(pos0 + tokens.start);
+            for p0 in (from..n_keys).step_by(KEY_BLOCK) {
                 let nk = (n_keys - p0).min(KEY_BLOCK);
                 block.load(nk, keys.run(kvh, p0, n_keys), values.run(kvh, p0, n_keys));
-                for (r, visible) in visible[..m].iter_mut().enumerate() {
-                    let sees = (pos0 + tokens.start + r / group + 1).max(prefix);
-                    *visible = sees.saturating_sub(p0).min(nk);
+                for r in 0..m {
+                    let pos = pos0 + tokens.start + r / group;
+                    visible[r] = (pos + 1).max(prefix).saturating_sub(p0).min(nk);
+                    first[r] = heads.first_key(pos).saturating_sub(p0).min(nk);
                 }
                 let mut rows = FlashRows {
                     q: &q[..m * hd],
+                    first: &first[..m],
                     visible: &visible[..m],
                     out: &mut acc[..m * hd],
                     max: &mut max[..m],
@@ -346,7 +359,7 @@ fn attend_like_ggml(
             let acc16 = &mut acc16[..hd];
             acc16.fill(f16::ZERO);
             let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
-            for p in 0..=pos0 + t {
+            for p in heads.first_key(pos0 + t)..=pos0 + t {
                 let k = keys.row(kvh, p);
                 let s = dot_f16(k, q16) * scale;
                 // Rescale what was summed so far when the maximum grows.
@@ -541,6 +554,7 @@ pub(crate) fn attend_rows(
         for item in items {
             let (t, h) = (item / heads.n_heads, item % heads.n_heads);
             let (kvh, last) = (h / group, rows[t].pos);
+            let from = heads.first_key(last);
             let q = &qkv[t * stride + h * hd..t * stride + (h + 1) * hd];
             let hs = rows[t].cache.head_stride();
             let at = |p: usize| {
@@ -558,7 +572,7 @@ pub(crate) fn attend_rows(
                     q16.convert_from_f32_slice(q);
                     let acc = &mut acc16[..hd];
                     acc.fill(f16::ZERO);
-                    for p in 0..=last {
+                    for p in from..=last {
                         let s = dot_f16(&keys[at(p)], q16) * scale;
                         let (mut rescale, mut weight) = (1f32, 1f32);
                         if s > max {
@@ -580,7 +594,7 @@ pub(crate) fn attend_rows(
                     let (keys, values) = unsafe { (&k.get()[start..], &v.get()[start..]) };
                     let acc = &mut acc32[..hd];
                     acc.fill(0.0);
-                    for p in 0..=last {
+                    for p in from..=last {
                         let kp = &mut k32[..hd];
                         kp.copy_from_slice(&keys[at(p)]);
                         let s = q.iter().zip(kp.iter()).map(|(a, b)| a * b).sum::<f32>() * scale;
@@ -632,7 +646,8 @@ fn attend_rows_tiled(
     // not once per (row, head).
     ctx.for_each_guided(n_items, 1, |items| {
         let (mut q, mut acc) = (vec![0f32; group * hd], vec![0f32; group * hd]);
-        let (mut max, mut sum, mut visible) = (vec![0f32; group], vec![0f32; group], vec![0usize; group]);
+        let (mut max, mut sum) = (vec![0f32; group], vec![0f32; group]);
+        let (first, mut visible) = (vec![0usize; group], vec![0usize; group]);
         let mut block = take_kv_block(hd);
         let runs = |item: usize| {
             let (t, kvh) = (item / heads.n_kv_heads, item % heads.n_kv_heads);
@@ -668,7 +683,8 @@ fn attend_rows_tiled(
             max.fill(f32::NEG_INFINITY);
             sum.fill(0.0);
             let n_keys = rows[t].pos + 1;
-            for p0 in (0..n_keys).step_by(KEY_BLOCK) {
+            // Every query head of the row sees the same keys: blocks start at the first.
+            for p0 in (heads.first_key(rows[t].pos)..n_keys).step_by(KEY_BLOCK) {
                 let nk = (n_keys - p0).min(KEY_BLOCK);
                 let from = p0 * hd;
                 match runs(item) {
@@ -676,8 +692,14 @@ fn attend_rows_tiled(
                     KvRuns::F32(k, v) => block.load(nk, &k[from..], &v[from..]),
                 }
                 visible.fill(nk);
-                let mut flash =
-                    FlashRows { q: &q, visible: &visible, out: &mut acc, max: &mut max, sum: &mut sum };
+                let mut flash = FlashRows {
+                    q: &q,
+                    first: &first,
+                    visible: &visible,
+                    out: &mut acc,
+                    max: &mut max,
+                    sum: &mut sum,
+                };
                 flash_step(&mut flash, &block);
             }
             for r in 0..group {

@@ -61,6 +61,9 @@ pub fn from_hf(folder: &HfFolder, quantize: Option<GgmlType>) -> Result<Llama, M
         positions,
         rope_dynamic: None,
         logn_seq_length: None,
+        sliding_window: None,
+        sliding_layers: Vec::new(),
+        moe: None,
     };
     if positions == Positions::Alibi {
         config.rope_dims = 0;

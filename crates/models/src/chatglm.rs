@@ -63,6 +63,9 @@ pub fn from_hf(folder: &HfFolder, quantize: Option<GgmlType>) -> Result<Llama, M
             positions: Positions::Rope,
             rope_dynamic: None,
             logn_seq_length: None,
+            sliding_window: None,
+            sliding_layers: Vec::new(),
+            moe: None,
         };
         (config, &glm_name)
     } else {
@@ -101,6 +104,9 @@ pub fn from_hf(folder: &HfFolder, quantize: Option<GgmlType>) -> Result<Llama, M
             positions: Positions::Rope,
             rope_dynamic: None,
             logn_seq_length: None,
+            sliding_window: None,
+            sliding_layers: Vec::new(),
+            moe: None,
         };
         (config, &chatglm_name)
     };

@@ -100,7 +100,7 @@ impl Config {
 
     fn heads(&self) -> Heads {
         let n = self.num_attention_heads;
-        Heads { n_heads: n, n_kv_heads: n, head_dim: self.hidden_size / n }
+        Heads { n_heads: n, n_kv_heads: n, head_dim: self.hidden_size / n, window: None }
     }
 }
 

@@ -96,7 +96,12 @@ impl Config {
     }
 
     fn heads(&self) -> Heads {
-        Heads { n_heads: self.n_head, n_kv_heads: self.n_head, head_dim: self.n_embd / self.n_head }
+        Heads {
+            n_heads: self.n_head,
+            n_kv_heads: self.n_head,
+            head_dim: self.n_embd / self.n_head,
+            window: None,
+        }
     }
 }
 

@@ -173,6 +173,9 @@ impl TensorSource for HfSource<'_> {
             GgmlType::Q4_K if !cols.is_multiple_of(256) => GgmlType::Q5_0,
             other => other,
         });
+        // A mixture's router stays as stored, as llama-quantize leaves it: its few rows cost
+        // nothing, and rounding them would move tokens to other experts.
+        let target = target.filter(|_| !name.ends_with("ffn_gate_inp.weight"));
         match target {
             Some(target) if cols.is_multiple_of(target.block_size()) => {
                 let row_bytes = target.row_bytes(cols as u64).expect("small row") as usize;

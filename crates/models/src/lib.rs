@@ -10,6 +10,7 @@ pub mod glm;
 pub mod gpt2;
 mod hf;
 pub mod llama;
+mod moe;
 mod parallel;
 pub mod qwen;
 mod state;
@@ -59,11 +60,23 @@ pub enum ModelError {
 
 /// `general.architecture` values baimo can run from GGUF.
 pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["llama", "qwen", "qwen2", "qwen3", "baichuan", "chatglm", "gpt2"];
+    &["llama", "qwen", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "baichuan", "chatglm", "gpt2"];
 
 /// Hugging Face `model_type` values baimo can run from a model folder.
-pub const SUPPORTED_MODEL_TYPES: &[&str] =
-    &["llama", "qwen", "qwen2", "qwen3", "baichuan", "chatglm", "glm", "gpt2"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen",
+    "qwen2",
+    "qwen3",
+    "qwen2_moe",
+    "qwen3_moe",
+    "baichuan",
+    "chatglm",
+    "glm",
+    "gpt2",
+];
 
 /// Which order of floating-point roundings a forward pass follows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -144,7 +157,7 @@ impl Model {
     pub fn from_gguf(gguf: &Gguf) -> Result<Model, ModelError> {
         let arch = gguf.get_str("general.architecture")?;
         match arch {
-            "llama" | "qwen" | "qwen2" | "qwen3" | "baichuan" | "chatglm" => {
+            "llama" | "qwen" | "qwen2" | "qwen3" | "qwen2moe" | "qwen3moe" | "baichuan" | "chatglm" => {
                 Ok(Model::Llama(llama::Llama::from_gguf(gguf)?))
             }
             "gpt2" => Ok(Model::Gpt2(gpt2::Gpt2::from_gguf(gguf)?)),
@@ -157,7 +170,9 @@ impl Model {
     pub fn from_hf(folder: &HfFolder, quantize: Option<GgmlType>) -> Result<Model, ModelError> {
         let model_type = folder.config.get("model_type").and_then(|v| v.as_str()).unwrap_or_default();
         match model_type {
-            "llama" | "qwen2" | "qwen3" => Ok(Model::Llama(llama::Llama::from_hf(folder, quantize)?)),
+            "llama" | "mistral" | "mixtral" | "qwen2" | "qwen3" | "qwen2_moe" | "qwen3_moe" => {
+                Ok(Model::Llama(llama::Llama::from_hf(folder, quantize)?))
+            }
             "gpt2" => Ok(Model::Gpt2(gpt2::Gpt2::from_hf(folder, quantize)?)),
             "baichuan" => Ok(Model::Llama(baichuan::from_hf(folder, quantize)?)),
             "qwen" => Ok(Model::Llama(qwen::from_hf(folder, quantize)?)),

@@ -24,6 +24,7 @@ use crate::attention::{
     rope_and_cache, rope_and_cache_rows,
 };
 use crate::hf::{HfSource, JsonConfig};
+use crate::moe::{self, Moe, MoeConfig};
 use crate::parallel::{SharedActs, Store, fill_rows, matmul, matmul_swiglu, needs, requantize};
 use crate::state::{Activations, KvCache, KvPrecision, SharedKv};
 use crate::weights::{GgufTensors, SplitRows, TensorSource, Weight};
@@ -55,6 +56,14 @@ pub struct Config {
     /// Qwen v1's logn attention: queries at positions past this length are scaled by
     /// `log(position + 1) / log(length)`.
     pub logn_seq_length: Option<usize>,
+    /// Sliding-window attention (Mistral; Qwen2 past `max_window_layers`): each query sees
+    /// only this many positions, itself included.
+    pub sliding_window: Option<usize>,
+    /// Which layers use the window (one flag per layer); empty: all of them.
+    pub sliding_layers: Vec<bool>,
+    /// A mixture of experts in place of the feed-forward (in the layers whose file has a
+    /// router).
+    pub moe: Option<MoeConfig>,
 }
 
 /// RoPE bases that depend on the sequence's length.
@@ -75,7 +84,7 @@ impl Config {
         let arch = gguf.get_str("general.architecture")?.to_string();
         let rope_style = match arch.as_str() {
             "llama" | "baichuan" | "chatglm" => RopeStyle::Interleaved,
-            "qwen" | "qwen2" | "qwen3" => RopeStyle::Neox,
+            "qwen" | "qwen2" | "qwen3" | "qwen2moe" | "qwen3moe" => RopeStyle::Neox,
             other => return Err(ModelError::UnknownArchitecture(other.into())),
         };
         let key = |k: &str| format!("{arch}.{k}");
@@ -120,9 +129,34 @@ impl Config {
             positions: Positions::Rope,
             rope_dynamic: None,
             logn_seq_length: None,
+            sliding_window: match gguf.get(&key("attention.sliding_window")) {
+                None => None,
+                Some(_) => Some(gguf.get_usize(&key("attention.sliding_window"))?).filter(|&w| w > 0),
+            },
+            sliding_layers: Vec::new(),
+            moe: match gguf.get(&key("expert_count")) {
+                None => None,
+                Some(_) => Some(MoeConfig {
+                    num_experts: gguf.get_usize(&key("expert_count"))?,
+                    num_experts_per_tok: gguf.get_usize(&key("expert_used_count"))?,
+                    // Mixtral (`llama` files) gives its experts' width as feed_forward_length.
+                    moe_intermediate_size: usize_or("expert_feed_forward_length", 0)?,
+                    shared_expert_intermediate_size: usize_or("expert_shared_feed_forward_length", 0)?,
+                    // llama.cpp's choice per architecture (qwen2moe does not renormalize).
+                    norm_topk_prob: match gguf.get(&key("expert_weights_norm")) {
+                        Some(_) => gguf.get_bool(&key("expert_weights_norm"))?,
+                        None => arch != "qwen2moe",
+                    },
+                }),
+            },
             architecture: arch,
         };
         let mut config = config;
+        if let Some(moe) = &mut config.moe
+            && moe.moe_intermediate_size == 0
+        {
+            moe.moe_intermediate_size = config.intermediate_size;
+        }
         // llama.cpp's rule for `baichuan` files: 40 layers are Baichuan-13B's (ALiBi).
         if config.architecture == "baichuan" && config.num_hidden_layers == 40 {
             config.positions = Positions::Alibi;
@@ -132,12 +166,13 @@ impl Config {
         Ok(config)
     }
 
-    /// From a Hugging Face `config.json` (`model_type` llama, qwen2 or qwen3). Returns the config
-    /// and Llama 3's per-frequency RoPE divisors when `rope_scaling` asks for them.
+    /// From a Hugging Face `config.json` (`model_type` llama, mistral, mixtral, qwen2, qwen3,
+    /// qwen2_moe or qwen3_moe). Returns the config and Llama 3's per-frequency RoPE divisors when
+    /// `rope_scaling` asks for them.
     pub fn from_hf(json: &serde_json::Value) -> Result<(Config, Option<Vec<f32>>), ModelError> {
         let j = JsonConfig { json };
         let arch = j.str("model_type").unwrap_or_default().to_string();
-        if !matches!(arch.as_str(), "llama" | "qwen2" | "qwen3") {
+        if !HF_MODEL_TYPES.contains(&arch.as_str()) {
             return Err(ModelError::UnknownModelType(arch));
         }
         let hidden_size = j.usize("hidden_size")?;
@@ -171,8 +206,12 @@ impl Config {
             positions: Positions::Rope,
             rope_dynamic: None,
             logn_seq_length: None,
+            sliding_window: None,
+            sliding_layers: Vec::new(),
+            moe: None,
             architecture: arch,
         };
+        config.read_hf_window_and_experts(&j)?;
         let mut freq_factors = None;
         if let Some(s) = scaling {
             let kind = s.str("rope_type").or_else(|| s.str("type")).unwrap_or("default");
@@ -198,6 +237,56 @@ impl Config {
         }
         config.validate()?;
         Ok((config, freq_factors))
+    }
+
+    /// Sliding windows and experts, as the Hugging Face families name them.
+    fn read_hf_window_and_experts(&mut self, j: &JsonConfig<'_>) -> Result<(), ModelError> {
+        let arch = self.architecture.as_str();
+        let layers = self.num_hidden_layers;
+        // transformers 5 writes the layers' kinds out; older configs give a rule per family.
+        let window = j.usize_or("sliding_window", 0)?;
+        if window > 0 {
+            if let Some(kinds) = j.json.get("layer_types").and_then(|v| v.as_array()) {
+                self.sliding_layers = kinds.iter().map(|k| k.as_str() == Some("sliding_attention")).collect();
+                if self.sliding_layers.len() != layers {
+                    return Err(ModelError::InvalidConfig(format!(
+                        "{} layer_types for {layers} layers",
+                        self.sliding_layers.len()
+                    )));
+                }
+                self.sliding_window = self.sliding_layers.contains(&true).then_some(window);
+            } else if matches!(arch, "mistral" | "mixtral") {
+                self.sliding_window = Some(window);
+            } else if j.bool_or("use_sliding_window", false)? {
+                let from = j.usize_or("max_window_layers", 0)?;
+                self.sliding_layers = (0..layers).map(|l| l >= from).collect();
+                self.sliding_window = Some(window);
+            }
+        }
+        self.moe = match arch {
+            "mixtral" => Some(MoeConfig {
+                num_experts: j.usize("num_local_experts")?,
+                num_experts_per_tok: j.usize("num_experts_per_tok")?,
+                moe_intermediate_size: self.intermediate_size,
+                shared_expert_intermediate_size: 0,
+                norm_topk_prob: true,
+            }),
+            "qwen2_moe" | "qwen3_moe" => Some(MoeConfig {
+                num_experts: j.usize("num_experts")?,
+                num_experts_per_tok: j.usize("num_experts_per_tok")?,
+                moe_intermediate_size: j.usize("moe_intermediate_size")?,
+                shared_expert_intermediate_size: j.usize_or("shared_expert_intermediate_size", 0)?,
+                norm_topk_prob: j.bool_or("norm_topk_prob", false)?,
+            }),
+            _ => None,
+        };
+        Ok(())
+    }
+
+    /// The head geometry of layer `l` (its attention window).
+    fn layer_heads(&self, l: usize) -> Heads {
+        let windowed = self.sliding_layers.get(l).copied().unwrap_or(true);
+        Heads { window: self.sliding_window.filter(|_| windowed), ..self.heads() }
     }
 
     /// The RoPE base for a pass ending at position `len` (dynamic NTK grows it past the trained
@@ -256,6 +345,12 @@ impl Config {
         if !numbers_ok {
             return bad("RoPE base, RoPE scaling factor and RMSNorm epsilon must be positive".into());
         }
+        if self.sliding_window == Some(0) {
+            return bad("a sliding window of 0 positions".into());
+        }
+        if let Some(moe) = &self.moe {
+            moe.validate()?;
+        }
         Ok(())
     }
 
@@ -264,6 +359,7 @@ impl Config {
             n_heads: self.num_attention_heads,
             n_kv_heads: self.num_key_value_heads,
             head_dim: self.head_dim,
+            window: None,
         }
     }
 }
@@ -307,10 +403,39 @@ struct Layer {
     k_norm: Option<Vec<f32>>,   // (head_dim), Qwen3 only
     o_proj: Weight,             // (hidden, n_heads·head_dim)
     ffn_norm: Vec<f32>,         // (hidden)
-    gate_proj: Weight,          // (intermediate, hidden)
-    up_proj: Weight,            // (intermediate, hidden)
-    down_proj: Weight,          // (hidden, intermediate)
+    ffn: Ffn,
 }
+
+/// A layer's feed-forward: SwiGLU, or a mixture of SwiGLU experts. (One per layer: the size of
+/// the variants does not matter.)
+#[allow(clippy::large_enum_variant)]
+enum Ffn {
+    Dense {
+        gate_proj: Weight, // (intermediate, hidden)
+        up_proj: Weight,   // (intermediate, hidden)
+        down_proj: Weight, // (hidden, intermediate)
+    },
+    Experts(Moe),
+}
+
+impl Ffn {
+    fn input_weights(&self) -> Vec<&Weight> {
+        match self {
+            Ffn::Dense { gate_proj, up_proj, .. } => vec![gate_proj, up_proj],
+            Ffn::Experts(m) => m.input_weights(),
+        }
+    }
+
+    fn down_weights(&self) -> Vec<&Weight> {
+        match self {
+            Ffn::Dense { down_proj, .. } => vec![down_proj],
+            Ffn::Experts(_) => Vec::new(),
+        }
+    }
+}
+
+/// `model_type` values of the Hugging Face families this file computes directly.
+const HF_MODEL_TYPES: &[&str] = &["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe"];
 
 pub struct Llama {
     pub config: Config,
@@ -333,6 +458,9 @@ pub(crate) fn hf_name(gguf_name: &str) -> Option<String> {
         _ => {
             let rest = gguf_name.strip_prefix("blk.")?;
             let (layer, part) = rest.split_once('.')?;
+            if let Some((kind, e)) = expert_part(part) {
+                return Some(format!("model.layers.{layer}.mlp.experts.{e}.{kind}_proj.weight"));
+            }
             let hf = match part {
                 "attn_norm.weight" => "input_layernorm.weight",
                 "attn_q.weight" => "self_attn.q_proj.weight",
@@ -348,6 +476,11 @@ pub(crate) fn hf_name(gguf_name: &str) -> Option<String> {
                 "ffn_gate.weight" => "mlp.gate_proj.weight",
                 "ffn_up.weight" => "mlp.up_proj.weight",
                 "ffn_down.weight" => "mlp.down_proj.weight",
+                "ffn_gate_inp.weight" => "mlp.gate.weight",
+                "ffn_gate_shexp.weight" => "mlp.shared_expert.gate_proj.weight",
+                "ffn_up_shexp.weight" => "mlp.shared_expert.up_proj.weight",
+                "ffn_down_shexp.weight" => "mlp.shared_expert.down_proj.weight",
+                "ffn_gate_inp_shexp.weight" => "mlp.shared_expert_gate.weight",
                 _ => return None,
             };
             format!("model.layers.{layer}.{hf}")
@@ -355,18 +488,48 @@ pub(crate) fn hf_name(gguf_name: &str) -> Option<String> {
     })
 }
 
+/// `ffn_gate.3.weight` → `("gate", 3)`: one expert's matrix, as older GGUFs name them and as
+/// the loader asks Hugging Face checkpoints for them.
+fn expert_part(part: &str) -> Option<(&str, usize)> {
+    let rest = part.strip_prefix("ffn_")?.strip_suffix(".weight")?;
+    let (kind, e) = rest.split_once('.')?;
+    matches!(kind, "gate" | "up" | "down").then_some((kind, e.parse().ok()?))
+}
+
+/// Mixtral's names: the mixture is `block_sparse_moe`, its experts' matrices `w1` (gate), `w3`
+/// (up) and `w2` (down).
+fn mixtral_hf_name(gguf_name: &str) -> Option<String> {
+    let Some((layer, part)) = gguf_name.strip_prefix("blk.").and_then(|r| r.split_once('.')) else {
+        return hf_name(gguf_name);
+    };
+    let moe = |rest: String| Some(format!("model.layers.{layer}.block_sparse_moe.{rest}"));
+    match (part, expert_part(part)) {
+        ("ffn_gate_inp.weight", _) => moe("gate.weight".into()),
+        (_, Some((kind, e))) => {
+            let w = match kind {
+                "gate" => "w1",
+                "down" => "w2",
+                _ => "w3",
+            };
+            moe(format!("experts.{e}.{w}.weight"))
+        }
+        _ => hf_name(gguf_name),
+    }
+}
+
 /// Buffers of one sequence's forward pass, for up to `batch` tokens at a time.
 pub struct Scratch {
     batch: usize,
-    x: Vec<f32>,           // (batch, hidden) the residual stream
-    attn_in: Activations,  // (batch, hidden) RMSNorm(x), input of q/k/v
-    qkv: Vec<f32>,         // (batch, q_dim + 2·kv_dim)
-    attn_out: Activations, // (batch, q_dim), input of o_proj
-    ffn_in: Activations,   // (batch, hidden) RMSNorm(h), input of gate/up
-    ffn_mid: Activations,  // (batch, intermediate), input of down_proj
-    head_in: Activations,  // (rows, hidden) final RMSNorm, input of lm_head
-    cos_sin: Vec<f32>,     // (batch, rope_dims)
-    logits: Vec<f32>,      // (rows, vocab)
+    x: Vec<f32>,            // (batch, hidden) the residual stream
+    attn_in: Activations,   // (batch, hidden) RMSNorm(x), input of q/k/v
+    qkv: Vec<f32>,          // (batch, q_dim + 2·kv_dim)
+    attn_out: Activations,  // (batch, q_dim), input of o_proj
+    ffn_in: Activations,    // (batch, hidden) RMSNorm(h), input of gate/up
+    ffn_mid: Activations,   // (batch, intermediate), input of down_proj
+    head_in: Activations,   // (rows, hidden) final RMSNorm, input of lm_head
+    cos_sin: Vec<f32>,      // (batch, rope_dims)
+    logits: Vec<f32>,       // (rows, vocab)
+    moe: Box<moe::Scratch>, // a mixture's buffers (empty without one)
     /// The RoPE base fixed when the sequence's prompt was read (Qwen v1's dynamic NTK).
     rope_base: f32,
 }
@@ -428,7 +591,9 @@ impl Llama {
     pub fn from_hf(folder: &HfFolder, quantize: Option<GgmlType>) -> Result<Llama, ModelError> {
         let (config, rope_freq_factors) = Config::from_hf(&folder.config)?;
         let tied = JsonConfig { json: &folder.config }.bool_or("tie_word_embeddings", false)?;
-        let t = HfSource::new(&folder.tensors, &hf_name, quantize);
+        let rename: &crate::hf::Rename =
+            if config.architecture == "mixtral" { &mixtral_hf_name } else { &hf_name };
+        let t = HfSource::new(&folder.tensors, rename, quantize);
         Llama::load(config, &t, tied, rope_freq_factors, folder.tensors.len())
     }
 
@@ -490,9 +655,17 @@ impl Llama {
                 k_norm: t.optional_vector(&name("attn_k_norm.weight"), c.head_dim)?,
                 o_proj: t.matrix(&name("attn_output.weight"), hidden, q_dim)?,
                 ffn_norm: t.vector(&name("ffn_norm.weight"), hidden)?,
-                gate_proj: t.matrix(&name("ffn_gate.weight"), c.intermediate_size, hidden)?,
-                up_proj: t.matrix(&name("ffn_up.weight"), c.intermediate_size, hidden)?,
-                down_proj: t.matrix(&name("ffn_down.weight"), hidden, c.intermediate_size)?,
+                // A router makes the layer a mixture (Qwen2-MoE's dense layers have none).
+                ffn: match &c.moe {
+                    Some(moe) if t.has(&name("ffn_gate_inp.weight")) => {
+                        Ffn::Experts(Moe::load(t, i, moe, hidden)?)
+                    }
+                    _ => Ffn::Dense {
+                        gate_proj: t.matrix(&name("ffn_gate.weight"), c.intermediate_size, hidden)?,
+                        up_proj: t.matrix(&name("ffn_up.weight"), c.intermediate_size, hidden)?,
+                        down_proj: t.matrix(&name("ffn_down.weight"), hidden, c.intermediate_size)?,
+                    },
+                },
             });
         }
         let kv_precision = if [&embed_tokens, &lm_head]
@@ -520,13 +693,21 @@ impl Llama {
     }
 
     pub fn weight_bytes(&self) -> usize {
+        // A mixture counts the experts one token runs: what a decoding step reads.
         let layers: usize = self
             .layers
             .iter()
-            .flat_map(|l| {
-                [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj]
+            .map(|l| {
+                let attention: usize =
+                    [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj].map(Weight::n_bytes).iter().sum();
+                let ffn = match &l.ffn {
+                    Ffn::Dense { gate_proj, up_proj, down_proj } => {
+                        gate_proj.n_bytes() + up_proj.n_bytes() + down_proj.n_bytes()
+                    }
+                    Ffn::Experts(m) => m.active_bytes(),
+                };
+                attention + ffn
             })
-            .map(Weight::n_bytes)
             .sum();
         // One embedding row is read per token; the output matrix is read whole.
         layers + self.lm_head.n_bytes()
@@ -556,8 +737,16 @@ impl Llama {
             attn_in: acts(c.hidden_size, batch, all(|l| vec![&l.q_proj, &l.k_proj, &l.v_proj])),
             qkv: vec![0.0; batch * (q_dim + 2 * kv_dim)],
             attn_out: acts(q_dim, batch, all(|l| vec![&l.o_proj])),
-            ffn_in: acts(c.hidden_size, batch, all(|l| vec![&l.gate_proj, &l.up_proj])),
-            ffn_mid: acts(c.intermediate_size, batch, all(|l| vec![&l.down_proj])),
+            ffn_in: acts(c.hidden_size, batch, all(|l| l.ffn.input_weights())),
+            ffn_mid: acts(c.intermediate_size, batch, all(|l| l.ffn.down_weights())),
+            moe: Box::new(moe::Scratch::new(
+                self.layers.iter().filter_map(|l| match &l.ffn {
+                    Ffn::Experts(m) => Some(m),
+                    Ffn::Dense { .. } => None,
+                }),
+                c.hidden_size,
+                batch,
+            )),
             head_in: acts(c.hidden_size, batch, vec![&self.lm_head]),
             cos_sin: vec![0.0; batch * c.rope_dims],
             logits: Vec::new(),
@@ -679,6 +868,7 @@ impl Llama {
         let ffn_in = SharedActs::new(&mut s.ffn_in, exact);
         let ffn_mid = SharedActs::new(&mut s.ffn_mid, exact);
         let head_in = SharedActs::new(&mut s.head_in, exact);
+        let moe = s.moe.shared(exact);
         let logits = SharedMut::new(&mut s.logits[..n * vocab]);
         pool.run(|ctx| {
             ctx.for_each_chunk(n, 1, |rows| {
@@ -706,21 +896,11 @@ impl Llama {
                     head_norms(ctx, heads, &qkv, n, q_norm, k_norm, eps);
                 }
                 rope_and_cache_rows(ctx, heads, &qkv, &rows, cos_sin, c.rope_style);
-                attend_rows(ctx, heads, &qkv, &rows, accumulate, attn_out.f32_shared());
+                attend_rows(ctx, c.layer_heads(l), &qkv, &rows, accumulate, attn_out.f32_shared());
                 requantize(ctx, &attn_out, n);
                 matmul(ctx, &[&layer.o_proj], &attn_out, n, &x, hidden, Store::Add { bias: None });
                 fill_rows(ctx, &ffn_in, n, |t, out| rms_norm(x_row(t), &layer.ffn_norm, eps, out));
-                matmul_swiglu(
-                    ctx,
-                    &layer.gate_proj,
-                    &layer.up_proj,
-                    &ffn_in,
-                    n,
-                    ffn_mid.f32_shared(),
-                    c.intermediate_size,
-                );
-                requantize(ctx, &ffn_mid, n);
-                matmul(ctx, &[&layer.down_proj], &ffn_mid, n, &x, hidden, Store::Add { bias: None });
+                layer.feed_forward(ctx, &ffn_in, &ffn_mid, &moe, n, &x);
             }
             fill_rows(ctx, &head_in, n, |t, out| rms_norm(x_row(t), &self.norm, eps, out));
             matmul(ctx, &[&self.lm_head], &head_in, n, &logits, vocab, Store::Write { bias: None });
@@ -765,6 +945,7 @@ impl Llama {
         let ffn_in = SharedActs::new(&mut s.ffn_in, exact);
         let ffn_mid = SharedActs::new(&mut s.ffn_mid, exact);
         let head_in = SharedActs::new(&mut s.head_in, exact);
+        let moe = s.moe.shared(exact);
         let logits = SharedMut::new(&mut s.logits[logit_rows.start * vocab..logit_rows.end * vocab]);
         let layer_stride = kv.layer_start(1);
         let shared_kv = kv.shared();
@@ -811,6 +992,7 @@ impl Llama {
                 // a = softmax(q·Kᵀ/√d (+ ALiBi))·V;  h = x + W_o · a
                 match c.positions {
                     Positions::Rope => {
+                        let heads = c.layer_heads(l);
                         attend(ctx, heads, &qkv, n, pos0, &cache, accumulate, attn_out.f32_shared())
                     }
                     Positions::Alibi => attend_alibi(
@@ -830,17 +1012,7 @@ impl Llama {
                 fill_rows(ctx, &ffn_in, n, |t, out| {
                     rms_norm(unsafe { &x.get()[t * hidden..(t + 1) * hidden] }, &layer.ffn_norm, eps, out)
                 });
-                matmul_swiglu(
-                    ctx,
-                    &layer.gate_proj,
-                    &layer.up_proj,
-                    &ffn_in,
-                    n,
-                    ffn_mid.f32_shared(),
-                    c.intermediate_size,
-                );
-                requantize(ctx, &ffn_mid, n);
-                matmul(ctx, &[&layer.down_proj], &ffn_mid, n, &x, hidden, Store::Add { bias: None });
+                layer.feed_forward(ctx, &ffn_in, &ffn_mid, &moe, n, &x);
             }
             // logits = lm_head · RMSNorm(x), for the tokens asked for
             let n_out = n - first_out;
@@ -852,6 +1024,30 @@ impl Llama {
                 matmul(ctx, &[&self.lm_head], &head_in, n_out, &logits, vocab, Store::Write { bias: None });
             }
         });
+    }
+}
+
+impl Layer {
+    /// `x += FFN(m)` for the `n` rows of `ffn_in` (`m = RMSNorm(h)`): SwiGLU
+    /// `W_down · (silu(W_gate·m) ⊙ W_up·m)`, or the mixture of experts.
+    fn feed_forward(
+        &self,
+        ctx: &baimo_threads::Ctx<'_>,
+        ffn_in: &SharedActs<'_>,
+        ffn_mid: &SharedActs<'_>,
+        moe: &moe::SharedScratch<'_>,
+        n: usize,
+        x: &SharedMut<'_, f32>,
+    ) {
+        match &self.ffn {
+            Ffn::Dense { gate_proj, up_proj, down_proj } => {
+                matmul_swiglu(ctx, gate_proj, up_proj, ffn_in, n, ffn_mid.f32_shared(), gate_proj.rows);
+                requantize(ctx, ffn_mid, n);
+                let hidden = down_proj.rows;
+                matmul(ctx, &[down_proj], ffn_mid, n, x, hidden, Store::Add { bias: None });
+            }
+            Ffn::Experts(m) => m.forward(ctx, ffn_in, n, x, moe),
+        }
     }
 }
 

@@ -46,6 +46,9 @@ pub fn from_hf(folder: &HfFolder, quantize: Option<GgmlType>) -> Result<Llama, M
         positions: Positions::Rope,
         rope_dynamic: j.bool_or("use_dynamic_ntk", false)?.then_some(DynamicRope::QwenNtk { seq_length }),
         logn_seq_length: j.bool_or("use_logn_attn", false)?.then_some(seq_length),
+        sliding_window: None,
+        sliding_layers: Vec::new(),
+        moe: None,
     };
     config.validate()?;
     let tied = j.bool_or("tie_word_embeddings", false)?;

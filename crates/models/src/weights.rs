@@ -116,6 +116,30 @@ pub trait TensorSource {
     fn optional_vector(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
         if self.has(name) { self.vector(name, len).map(Some) } else { Ok(None) }
     }
+
+    /// `n` matrices stored as one tensor (ggml `ne = [cols, rows, n]`, a mixture's experts), as
+    /// one matrix of `n·rows` rows. Only GGUF files store them so.
+    fn stacked(&self, name: &str, _n: usize, _rows: usize, _cols: usize) -> Result<Weight, ModelError> {
+        Err(ModelError::MissingTensor(name.into()))
+    }
+
+    /// The `n` matrices of a mixture's experts, `rows` × `cols` each: the stacked tensor
+    /// `merged` (current GGUFs) or one tensor per expert named `per_expert(e)` (older GGUFs,
+    /// Hugging Face checkpoints).
+    fn experts(
+        &self,
+        merged: &str,
+        per_expert: &dyn Fn(usize) -> String,
+        n: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<Weight>, ModelError> {
+        if !self.has(merged) {
+            return (0..n).map(|e| self.matrix(&per_expert(e), rows, cols)).collect();
+        }
+        let all = self.stacked(merged, n, rows, cols)?;
+        (0..n).map(|e| Ok(all.row_range(&format!("{merged}[{e}]"), e * rows, rows)?.with_tiles())).collect()
+    }
 }
 
 /// Looks tensors up in a GGUF file and checks their shapes against what the model expects.
@@ -140,6 +164,20 @@ impl TensorSource for GgufTensors<'_> {
             });
         }
         Weight::new(name, info.dtype, rows, cols, self.gguf.tensor_data(info))
+    }
+
+    fn stacked(&self, name: &str, n: usize, rows: usize, cols: usize) -> Result<Weight, ModelError> {
+        let info = self.gguf.tensor_info(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+        let ne: Vec<u64> = info.ne.iter().copied().chain(std::iter::repeat(1)).take(4).collect();
+        let total = n.checked_mul(rows);
+        if ne != [cols as u64, rows as u64, n as u64, 1] || total.is_none() {
+            return Err(ModelError::ShapeMismatch {
+                tensor: name.into(),
+                expected: format!("[{cols}, {rows}, {n}]"),
+                found: format!("{:?}", info.ne),
+            });
+        }
+        Weight::new(name, info.dtype, n * rows, cols, self.gguf.tensor_data(info))
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
@@ -194,5 +232,9 @@ impl TensorSource for SplitRows<'_> {
             }
             None => self.base.vector(name, len),
         }
+    }
+
+    fn stacked(&self, name: &str, n: usize, rows: usize, cols: usize) -> Result<Weight, ModelError> {
+        self.base.stacked(name, n, rows, cols)
     }
 }
