@@ -10,6 +10,7 @@ Needs gguf, numpy, safetensors (pip). Run from the repository root after make_hf
 """
 
 import json
+import math
 import os
 
 import gguf
@@ -261,7 +262,36 @@ def qwen2moe():
     moe_model("qwen2-moe", "qwen2moe")
 
 
+def phi3():
+    """Phi-3 as llama.cpp's converter writes it: qkv and gate_up kept fused (attn_qkv, ffn_up),
+    LongRoPE's factors as tensors and its attention factor as a key."""
+    cfg, t = load("phi3")
+    w = writer("phi3", "phi3")
+    nh = cfg["num_attention_heads"]
+    hd = cfg["hidden_size"] // nh
+    rope = cfg["rope_parameters"]
+    common_keys(w, cfg, cfg["intermediate_size"], cfg["max_position_embeddings"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_rope_dimension_count(int(hd * cfg["partial_rotary_factor"]))
+    w.add_rope_freq_base(rope["rope_theta"])
+    orig = cfg["original_max_position_embeddings"]
+    w.add_rope_scaling_orig_ctx_len(orig)
+    scale = cfg["max_position_embeddings"] / orig
+    w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(orig)))
+    w.add_tensor("rope_factors_long.weight", np.array(rope["long_factor"], dtype=np.float32))
+    w.add_tensor("rope_factors_short.weight", np.array(rope["short_factor"], dtype=np.float32))
+    w.add_tensor("token_embd.weight", t["model.embed_tokens.weight"])
+    for i in range(cfg["num_hidden_layers"]):
+        b = f"model.layers.{i}."
+        for hf, g in [("input_layernorm", "attn_norm"), ("self_attn.qkv_proj", "attn_qkv"), ("self_attn.o_proj", "attn_output"),
+                      ("post_attention_layernorm", "ffn_norm"), ("mlp.gate_up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down")]:
+            w.add_tensor(f"blk.{i}.{g}.weight", t[b + hf + ".weight"])
+    w.add_tensor("output_norm.weight", t["model.norm.weight"])
+    w.add_tensor("output.weight", t["lm_head.weight"])
+    finish(w)
+
+
 if __name__ == "__main__":
-    for make in (qwen3, gpt2, baichuan7b, qwen1, chatglm2, mistral, mixtral, qwen3moe, qwen2moe):
+    for make in (qwen3, gpt2, baichuan7b, qwen1, chatglm2, mistral, mixtral, qwen3moe, qwen2moe, phi3):
         make()
     print(sorted(os.listdir(os.path.join(ROOT, "gguf"))))

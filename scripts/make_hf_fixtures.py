@@ -40,6 +40,8 @@ from transformers import (
     MistralForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2MoeConfig,
     Qwen2MoeForCausalLM,
     Qwen3MoeConfig,
@@ -188,6 +190,14 @@ def fixtures(vocab):
                            shared_expert_intermediate_size=48, norm_topk_prob=False, mlp_only_layers=[1],
                            tie_word_embeddings=False),
         ),
+        # Phi-3: fused qkv_proj and gate_up_proj, half of each head rotated, LongRoPE (short
+        # factors up to 32 positions, long ones past them: the 80-token sequence).
+        "phi3": (
+            Phi3ForCausalLM,
+            Phi3Config(**c, partial_rotary_factor=0.5, original_max_position_embeddings=32, tie_word_embeddings=False,
+                       rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                        "short_factor": [1.0, 1.3], "long_factor": [2.5, 7.0]}),
+        ),
     }
 
 
@@ -213,7 +223,7 @@ def sequences(vocab, seed):
 
 # Fixtures whose expected.json also holds a greedy continuation (GREEDY_TOKENS tokens after
 # the first sequence's first 5 tokens, transformers' `generate` without sampling).
-GREEDY = {"mistral", "mixtral", "qwen3-moe", "qwen2-moe"}
+GREEDY = {"mistral", "mixtral", "qwen3-moe", "qwen2-moe", "phi3"}
 GREEDY_TOKENS = 24
 
 

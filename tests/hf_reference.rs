@@ -79,6 +79,7 @@ const FAMILIES: &[&str] = &[
     "mixtral",
     "qwen3-moe",
     "qwen2-moe",
+    "phi3",
     "gpt2",
     "baichuan-7b",
     "baichuan2-7b",
@@ -305,6 +306,7 @@ fn gguf_architectures_of_the_seed_families_match_the_reference() {
         ("mixtral", "mixtral", 3),
         ("qwen3-moe", "qwen3-moe", 3),
         ("qwen2-moe", "qwen2-moe", 3),
+        ("phi3", "phi3", 3),
     ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/gguf/{file}.gguf"));
         let gguf = baimo_formats::Gguf::open(&path).unwrap();
@@ -340,11 +342,12 @@ fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
     out
 }
 
-/// The families added with their GGUF forms (sliding windows, mixtures of experts): 24 greedy
+/// The families added with their GGUF forms (sliding windows, mixtures of experts, Phi-3's
+/// fused projections and LongRoPE): 24 greedy
 /// tokens equal transformers' `generate`, from the folder and from the GGUF file.
 #[test]
 fn greedy_decoding_equals_transformers_generate() {
-    for name in ["mistral", "mixtral", "qwen3-moe", "qwen2-moe"] {
+    for name in ["mistral", "mixtral", "qwen3-moe", "qwen2-moe", "phi3"] {
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(fixture(name).join("expected.json")).unwrap()).unwrap();
         let ids = |v: &serde_json::Value| -> Vec<u32> {

@@ -84,7 +84,7 @@ impl Config {
         let arch = gguf.get_str("general.architecture")?.to_string();
         let rope_style = match arch.as_str() {
             "llama" | "baichuan" | "chatglm" => RopeStyle::Interleaved,
-            "qwen" | "qwen2" | "qwen3" | "qwen2moe" | "qwen3moe" => RopeStyle::Neox,
+            "qwen" | "qwen2" | "qwen3" | "qwen2moe" | "qwen3moe" | "phi3" => RopeStyle::Neox,
             other => return Err(ModelError::UnknownArchitecture(other.into())),
         };
         let key = |k: &str| format!("{arch}.{k}");
@@ -444,6 +444,8 @@ pub struct Llama {
     norm: Vec<f32>,                      // (hidden)
     lm_head: Weight,                     // (vocab, hidden); the embedding matrix when tied
     rope_freq_factors: Option<Vec<f32>>, // (rope_dims / 2), Llama 3.1 long-context scaling
+    /// Phi-3's LongRoPE, replacing `rope_freq_factors` when set.
+    pub(crate) long_rope: Option<LongRope>,
     /// f32 when the weights are (so results follow the f32 reference), else f16.
     kv_precision: KvPrecision,
     alibi_slopes: Vec<f32>, // (n_heads), ALiBi models only
@@ -552,12 +554,13 @@ impl Llama {
             .map_err(|_| ModelError::InvalidConfig("vocabulary size".into()))?;
         let t = GgufTensors { gguf };
         let rope_freq_factors = t.optional_vector("rope_freqs.weight", config.rope_dims / 2)?;
-        if !matches!(config.architecture.as_str(), "qwen" | "chatglm") {
+        if !matches!(config.architecture.as_str(), "qwen" | "chatglm" | "phi3") {
             return Llama::load(config, &t, true, rope_freq_factors, gguf.tensors().len());
         }
-        // Qwen v1 and ChatGLM: q, k and v fused in attn_qkv (with its bias). Qwen's
+        // Qwen v1, ChatGLM and Phi-3: q, k and v fused in attn_qkv (with its bias). Qwen's
         // feed_forward_length counts both halves of the MLP (llama.cpp's converter writes
-        // `intermediate_size`); ChatGLM's ffn_up holds the gate and then the up projection.
+        // `intermediate_size`); ChatGLM's and Phi-3's ffn_up hold the gate and then the up
+        // projection.
         if config.architecture == "qwen" {
             config.intermediate_size /= 2;
         }
@@ -576,14 +579,29 @@ impl Llama {
                     parts.insert(format!("blk.{i}.attn_{part}.{kind}"), (fused.clone(), start, rows, total));
                 }
             }
-            if config.architecture == "chatglm" {
+            if matches!(config.architecture.as_str(), "chatglm" | "phi3") {
                 let (ffn, fused) = (config.intermediate_size, format!("blk.{i}.ffn_up.weight"));
                 parts.insert(format!("blk.{i}.ffn_gate.weight"), (fused.clone(), 0, ffn, 2 * ffn));
                 parts.insert(fused.clone(), (fused, ffn, ffn, 2 * ffn));
             }
         }
         let split = SplitRows { base: &t, parts };
-        Llama::load(config, &split, true, rope_freq_factors, gguf.tensors().len())
+        let mut model = Llama::load(config, &split, true, rope_freq_factors, gguf.tensors().len())?;
+        if model.config.architecture == "phi3" && t.has("rope_factors_long.weight") {
+            let half = model.config.rope_dims / 2;
+            let key = |k: &str| format!("phi3.rope.scaling.{k}");
+            let long_rope = LongRope {
+                short: t.vector("rope_factors_short.weight", half)?,
+                long: t.vector("rope_factors_long.weight", half)?,
+                original: gguf.get_usize(&key("original_context_length"))?,
+                attention_factor: match gguf.get(&key("attn_factor")) {
+                    Some(_) => gguf.get_f32(&key("attn_factor"))?,
+                    None => 1.0,
+                },
+            };
+            model.set_long_rope(long_rope)?;
+        }
+        Ok(model)
     }
 
     /// From a Hugging Face folder (`LlamaForCausalLM`, `Qwen2ForCausalLM`,
@@ -680,6 +698,7 @@ impl Llama {
         Ok(Llama {
             norm: t.vector("output_norm.weight", hidden)?,
             rope_freq_factors,
+            long_rope: None,
             embed_tokens,
             lm_head,
             layers,
@@ -856,7 +875,7 @@ impl Llama {
             positions.push(pos);
             let cs = &mut s.cos_sin[t * c.rope_dims..(t + 1) * c.rope_dims];
             let angle = pos as f32 / c.rope_linear_factor;
-            rope_angles(angle, c.rope_dims, c.rope_theta, self.rope_freq_factors.as_deref(), cs);
+            self.rotary(angle, c.rope_theta, kv.max_len(), cs);
         }
         let strides: Vec<usize> = caches.iter().map(|kv| kv.layer_start(1)).collect();
         let shared: Vec<SharedKv<'_>> = caches.iter_mut().map(|kv| kv.shared()).collect();
@@ -931,7 +950,7 @@ impl Llama {
         for t in 0..n {
             let pos = (pos0 + t) as f32 / c.rope_linear_factor;
             let cs = &mut s.cos_sin[t * c.rope_dims..(t + 1) * c.rope_dims];
-            rope_angles(pos, c.rope_dims, rope_base, self.rope_freq_factors.as_deref(), cs);
+            self.rotary(pos, rope_base, kv.max_len(), cs);
         }
         // Tokens whose logits are wanted: the last `logit_rows.len()` of the batch.
         let first_out = n - logit_rows.len();
@@ -1024,6 +1043,47 @@ impl Llama {
                 matmul(ctx, &[&self.lm_head], &head_in, n_out, &logits, vocab, Store::Write { bias: None });
             }
         });
+    }
+}
+
+/// LongRoPE (Ding et al. 2024; Phi-3): per-frequency divisors for sequences within the trained
+/// length and others for longer ones, and cos/sin scaled by `attention_factor`. The choice
+/// follows the sequence's capacity, as llama.cpp's follows its context size (transformers'
+/// follows the length of each forward call; the same for a sequence run in one call).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct LongRope {
+    pub short: Vec<f32>, // (rope_dims / 2)
+    pub long: Vec<f32>,  // (rope_dims / 2)
+    /// `original_max_position_embeddings`: longer sequences take `long`.
+    pub original: usize,
+    pub attention_factor: f32,
+}
+
+impl Llama {
+    pub(crate) fn set_long_rope(&mut self, lr: LongRope) -> Result<(), ModelError> {
+        let half = self.config.rope_dims / 2;
+        if lr.short.len() != half || lr.long.len() != half {
+            return Err(ModelError::InvalidConfig(format!("LongRoPE factors for {half} frequencies")));
+        }
+        let bad = |f: &f32| !(f.is_finite() && *f > 0.0);
+        if lr.short.iter().chain(&lr.long).any(bad) || bad(&lr.attention_factor) {
+            return Err(ModelError::InvalidConfig("LongRoPE factors must be positive".into()));
+        }
+        self.long_rope = Some(lr);
+        Ok(())
+    }
+
+    /// `cos_sin` of the rotation at `pos` (already scaled) in a sequence of capacity `max_len`.
+    fn rotary(&self, pos: f32, base: f32, max_len: usize, cos_sin: &mut [f32]) {
+        let dims = self.config.rope_dims;
+        match &self.long_rope {
+            None => rope_angles(pos, dims, base, self.rope_freq_factors.as_deref(), cos_sin),
+            Some(lr) => {
+                let factors = if max_len > lr.original { &lr.long } else { &lr.short };
+                rope_angles(pos, dims, base, Some(factors), cos_sin);
+                cos_sin.iter_mut().for_each(|x| *x *= lr.attention_factor);
+            }
+        }
     }
 }
 
