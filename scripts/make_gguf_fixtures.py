@@ -291,7 +291,56 @@ def phi3():
     finish(w)
 
 
+def gemma(name, arch):
+    """Gemma 2 and 3 as llama.cpp's converter writes them: every norm weight stored as 1 + w,
+    the output tied to the embeddings. `attention.scale` carries the fixtures'
+    query_pre_attn_scalar (llama.cpp derives it from the head size)."""
+    cfg, t = load(name)
+    w = writer(name, arch)
+    hd = cfg["head_dim"]
+    common_keys(w, cfg, cfg["intermediate_size"], cfg["max_position_embeddings"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_sliding_window(cfg["sliding_window"])
+    w.add_attention_scale(cfg["query_pre_attn_scalar"] ** -0.5)
+    rope = cfg["rope_parameters"]
+    full = rope.get("full_attention", rope)
+    w.add_rope_freq_base(full["rope_theta"])
+    if full.get("rope_type") == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(full["factor"])
+    if cfg.get("attn_logit_softcapping"):
+        w.add_attn_logit_softcapping(cfg["attn_logit_softcapping"])
+    if cfg.get("final_logit_softcapping"):
+        w.add_final_logit_softcapping(cfg["final_logit_softcapping"])
+    w.add_tensor("token_embd.weight", t["model.embed_tokens.weight"])
+    names = {
+        "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+        "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "post_attention_norm",
+        "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
+        "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+    }
+    for i in range(cfg["num_hidden_layers"]):
+        for hf, g in names.items():
+            key = f"model.layers.{i}.{hf}.weight"
+            if key in t:
+                x = t[key]
+                w.add_tensor(f"blk.{i}.{g}.weight", x + 1 if g.endswith("norm") else x)
+    w.add_tensor("output_norm.weight", t["model.norm.weight"] + 1)
+    finish(w)
+
+
+def gemma2():
+    gemma("gemma2", "gemma2")
+
+
+def gemma3():
+    gemma("gemma3", "gemma3")
+
+
 if __name__ == "__main__":
-    for make in (qwen3, gpt2, baichuan7b, qwen1, chatglm2, mistral, mixtral, qwen3moe, qwen2moe, phi3):
+    for make in (qwen3, gpt2, baichuan7b, qwen1, chatglm2, mistral, mixtral, qwen3moe, qwen2moe, phi3, gemma2, gemma3):
         make()
     print(sorted(os.listdir(os.path.join(ROOT, "gguf"))))

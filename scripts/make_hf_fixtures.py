@@ -30,6 +30,10 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers.models.bloom.modeling_bloom import build_alibi_tensor
 from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GlmConfig,
     GlmForCausalLM,
     GPT2Config,
@@ -198,6 +202,23 @@ def fixtures(vocab):
                        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
                                         "short_factor": [1.0, 1.3], "long_factor": [2.5, 7.0]}),
         ),
+        # Gemma 2: GeGLU, scaled embeddings, four norms per layer, a window of 8 on layer 0,
+        # scores and logits soft-capped (caps small enough to bite on these logits), and a
+        # query_pre_attn_scalar other than the head size.
+        "gemma2": (
+            Gemma2ForCausalLM,
+            Gemma2Config(**c, head_dim=16, sliding_window=8, query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
+                         final_logit_softcapping=3.0, tie_word_embeddings=True),
+        ),
+        # Gemma 3: six layers (five local with window 8, one global), q/k norms, the local
+        # layers' RoPE base 10⁴ and the global one 10⁶ linearly scaled by 2.
+        "gemma3": (
+            Gemma3ForCausalLM,
+            Gemma3TextConfig(**{**c, "num_hidden_layers": 6}, head_dim=16, sliding_window=8, query_pre_attn_scalar=20,
+                             tie_word_embeddings=True,
+                             rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0},
+                                              "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
+        ),
     }
 
 
@@ -223,7 +244,7 @@ def sequences(vocab, seed):
 
 # Fixtures whose expected.json also holds a greedy continuation (GREEDY_TOKENS tokens after
 # the first sequence's first 5 tokens, transformers' `generate` without sampling).
-GREEDY = {"mistral", "mixtral", "qwen3-moe", "qwen2-moe", "phi3"}
+GREEDY = {"mistral", "mixtral", "qwen3-moe", "qwen2-moe", "phi3", "gemma2", "gemma3"}
 GREEDY_TOKENS = 24
 
 
@@ -255,6 +276,9 @@ def build(name, cls, config, tok, seed):
     out = os.path.join(ROOT, name)
     shutil.rmtree(out, ignore_errors=True)
     torch.manual_seed(seed)
+    # Gemma 2's attention soft-capping exists only in the eager implementation (SDPA skips it).
+    if name == "gemma2":
+        config._attn_implementation = "eager"
     model = cls(config).float().eval()
     randomise(model, seed)
     model.save_pretrained(out)

@@ -67,7 +67,18 @@ fn a_batch_of_sequences_decodes_as_each_alone_on_smollm2() {
 fn a_batch_of_sequences_decodes_as_each_alone_on_hf_fixtures() {
     // Mistral's window (16) is passed by the 20-token prompt; the mixtures route each row of
     // the batch on its own.
-    for name in ["qwen2", "qwen3", "llama3", "mistral", "mixtral", "qwen3-moe", "qwen2-moe", "phi3"] {
+    for name in [
+        "qwen2",
+        "qwen3",
+        "llama3",
+        "mistral",
+        "mixtral",
+        "qwen3-moe",
+        "qwen2-moe",
+        "phi3",
+        "gemma2",
+        "gemma3",
+    ] {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf").join(name);
         let model = Model::from_hf(&baimo_formats::HfFolder::open(&dir).unwrap(), None).unwrap();
         let prompts = vec![vec![5, 6, 7], vec![100, 200, 30, 40, 50, 60, 70], vec![9], (40..60).collect()];

@@ -283,6 +283,8 @@ pub struct FlashRows<'a> {
     /// but under sliding-window attention, where keys too far back are out of sight).
     pub first: &'a [usize],
     pub visible: &'a [usize],
+    /// Gemma 2's logit soft-capping: scores become `cap · tanh(s / cap)` before the softmax.
+    pub softcap: Option<f32>,
     /// Unnormalized outputs (`m × head_dim`), maxima and sums, updated in place.
     pub out: &'a mut [f32],
     pub max: &'a mut [f32],
@@ -374,6 +376,9 @@ fn flash_body(rows: &mut FlashRows<'_>, kv: &KvBlock) {
         let mut s = [0f32; KEY_BLOCK];
         for (chunk, a) in s.chunks_exact_mut(LANES).zip([a0, a1, a2, a3]) {
             chunk.copy_from_slice(&a);
+        }
+        if let Some(cap) = rows.softcap {
+            s.iter_mut().for_each(|s| *s = cap * (*s / cap).tanh());
         }
         for (j, s) in s.iter_mut().enumerate() {
             *s = if (first..visible).contains(&j) { *s } else { f32::NEG_INFINITY };
@@ -520,6 +525,7 @@ mod tests {
                     q: &q,
                     first: &first,
                     visible: &visible,
+                    softcap: None,
                     out: &mut out,
                     max: &mut max,
                     sum: &mut sum,
@@ -560,6 +566,7 @@ mod tests {
                 q: &q,
                 first: &first,
                 visible: &visible,
+                softcap: None,
                 out: &mut out,
                 max: &mut max,
                 sum: &mut sum,

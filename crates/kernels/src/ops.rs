@@ -109,6 +109,14 @@ pub fn swiglu_scalar(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `out = gelu(gate) ⊙ up` (tanh GELU), the gated half of GeGLU (Gemma's feed-forward).
+pub fn geglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert!(gate.len() == out.len() && up.len() == out.len(), "geglu lengths");
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = gelu(g) * u;
+    }
+}
+
 /// `out[i] = e^((x[i] − shift) · scale)` with [`exp_approx::exp`]: the unnormalised weights of a
 /// softmax at temperature `1 / scale` (the sampler draws from them over a whole vocabulary every
 /// token, so this is vectorized where the CPU allows).

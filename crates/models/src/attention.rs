@@ -18,9 +18,28 @@ pub(crate) struct Heads {
     /// Sliding-window attention (Mistral, Gemma's local layers): the query at position `p`
     /// sees the keys at `p − window + 1 ..= p` only. `None`: every earlier key.
     pub window: Option<usize>,
+    /// The factor on `q·k`: `1/√head_dim` unless the family says otherwise (Gemma's
+    /// `query_pre_attn_scalar^−½`).
+    pub scale: Option<f32>,
+    /// Gemma 2's soft-capping of the scores: `cap · tanh(s / cap)`.
+    pub softcap: Option<f32>,
 }
 
 impl Heads {
+    /// The factor on `q·k`.
+    pub fn score_scale(&self) -> f32 {
+        self.scale.unwrap_or(1.0 / (self.head_dim as f32).sqrt())
+    }
+
+    /// A score as the softmax takes it (soft-capped where the family caps).
+    #[inline]
+    pub fn cap(&self, s: f32) -> f32 {
+        match self.softcap {
+            Some(cap) => cap * (s / cap).tanh(),
+            None => s,
+        }
+    }
+
     /// The first key position the query at `pos` sees.
     pub fn first_key(&self, pos: usize) -> usize {
         self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
@@ -267,7 +286,7 @@ fn attend_tiled<T: KvElement>(
     let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
     let stride = q_dim + 2 * kv_dim;
     let group = heads.n_heads / heads.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = heads.score_scale();
     // SAFETY: qkv is not written during this step (rope_and_cache ended at a barrier).
     let qkv = unsafe { qkv.get() };
     let n_blocks = n_tokens.div_ceil(TOKEN_BLOCK);
@@ -308,6 +327,7 @@ fn attend_tiled<T: KvElement>(
                     q: &q[..m * hd],
                     first: &first[..m],
                     visible: &visible[..m],
+                    softcap: heads.softcap,
                     out: &mut acc[..m * hd],
                     max: &mut max[..m],
                     sum: &mut sum[..m],
@@ -342,7 +362,7 @@ fn attend_like_ggml(
     let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
     let stride = q_dim + 2 * kv_dim;
     let group = heads.n_heads / heads.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = heads.score_scale();
     // SAFETY: qkv is not written during this step (rope_and_cache ended at a barrier).
     let qkv = unsafe { qkv.get() };
     let mut q16_row = [f16::ZERO; MAX_HEAD_DIM];
@@ -361,7 +381,7 @@ fn attend_like_ggml(
             let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
             for p in heads.first_key(pos0 + t)..=pos0 + t {
                 let k = keys.row(kvh, p);
-                let s = dot_f16(k, q16) * scale;
+                let s = heads.cap(dot_f16(k, q16) * scale);
                 // Rescale what was summed so far when the maximum grows.
                 let (mut rescale, mut weight) = (1f32, 1f32);
                 if s > max {
@@ -437,7 +457,7 @@ fn alibi_rows<T: KvElement>(
     let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
     let stride = q_dim + 2 * kv_dim;
     let group = heads.n_heads / heads.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = heads.score_scale();
     // SAFETY: qkv is not written during this step.
     let qkv = unsafe { qkv.get() };
     ctx.for_each_chunk(n_tokens * heads.n_heads, 1, |items| {
@@ -544,7 +564,7 @@ pub(crate) fn attend_rows(
     let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
     let stride = q_dim + 2 * kv_dim;
     let group = heads.n_heads / heads.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = heads.score_scale();
     // SAFETY: qkv and the caches are not written during this step.
     let qkv = unsafe { qkv.get() };
     ctx.for_each_chunk(rows.len() * heads.n_heads, 1, |items| {
@@ -573,7 +593,7 @@ pub(crate) fn attend_rows(
                     let acc = &mut acc16[..hd];
                     acc.fill(f16::ZERO);
                     for p in from..=last {
-                        let s = dot_f16(&keys[at(p)], q16) * scale;
+                        let s = heads.cap(dot_f16(&keys[at(p)], q16) * scale);
                         let (mut rescale, mut weight) = (1f32, 1f32);
                         if s > max {
                             rescale = (max - s).exp();
@@ -597,7 +617,7 @@ pub(crate) fn attend_rows(
                     for p in from..=last {
                         let kp = &mut k32[..hd];
                         kp.copy_from_slice(&keys[at(p)]);
-                        let s = q.iter().zip(kp.iter()).map(|(a, b)| a * b).sum::<f32>() * scale;
+                        let s = heads.cap(q.iter().zip(kp.iter()).map(|(a, b)| a * b).sum::<f32>() * scale);
                         let (mut rescale, mut weight) = (1f32, 1f32);
                         if s > max {
                             rescale = (max - s).exp();
@@ -638,7 +658,7 @@ fn attend_rows_tiled(
     let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
     let stride = q_dim + 2 * kv_dim;
     let group = heads.n_heads / heads.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = heads.score_scale();
     // SAFETY: qkv and the caches are not written during this step.
     let qkv = unsafe { qkv.get() };
     let n_items = rows.len() * heads.n_kv_heads;
@@ -696,6 +716,7 @@ fn attend_rows_tiled(
                     q: &q,
                     first: &first,
                     visible: &visible,
+                    softcap: heads.softcap,
                     out: &mut acc,
                     max: &mut max,
                     sum: &mut sum,

@@ -64,6 +64,7 @@ pub fn from_hf(folder: &HfFolder, quantize: Option<GgmlType>) -> Result<Llama, M
         sliding_window: None,
         sliding_layers: Vec::new(),
         moe: None,
+        gemma: None,
     };
     if positions == Positions::Alibi {
         config.rope_dims = 0;

@@ -66,6 +66,7 @@ pub fn from_hf(folder: &HfFolder, quantize: Option<GgmlType>) -> Result<Llama, M
             sliding_window: None,
             sliding_layers: Vec::new(),
             moe: None,
+            gemma: None,
         };
         (config, &glm_name)
     } else {
@@ -107,6 +108,7 @@ pub fn from_hf(folder: &HfFolder, quantize: Option<GgmlType>) -> Result<Llama, M
             sliding_window: None,
             sliding_layers: Vec::new(),
             moe: None,
+            gemma: None,
         };
         (config, &chatglm_name)
     };

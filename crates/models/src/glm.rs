@@ -100,7 +100,14 @@ impl Config {
 
     fn heads(&self) -> Heads {
         let n = self.num_attention_heads;
-        Heads { n_heads: n, n_kv_heads: n, head_dim: self.hidden_size / n, window: None }
+        Heads {
+            n_heads: n,
+            n_kv_heads: n,
+            head_dim: self.hidden_size / n,
+            window: None,
+            scale: None,
+            softcap: None,
+        }
     }
 }
 

@@ -101,6 +101,8 @@ impl Config {
             n_kv_heads: self.n_head,
             head_dim: self.n_embd / self.n_head,
             window: None,
+            scale: None,
+            softcap: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 mod attention;
 pub mod baichuan;
 pub mod chatglm;
+pub mod gemma;
 pub mod glm;
 pub mod gpt2;
 mod hf;
@@ -60,8 +61,10 @@ pub enum ModelError {
 }
 
 /// `general.architecture` values baimo can run from GGUF.
-pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["llama", "qwen", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "phi3", "baichuan", "chatglm", "gpt2"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "llama", "qwen", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "phi3", "gemma2", "gemma3", "baichuan",
+    "chatglm", "gpt2",
+];
 
 /// Hugging Face `model_type` values baimo can run from a model folder.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
@@ -74,6 +77,8 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "qwen2_moe",
     "qwen3_moe",
     "phi3",
+    "gemma2",
+    "gemma3_text",
     "baichuan",
     "chatglm",
     "glm",
@@ -159,8 +164,8 @@ impl Model {
     pub fn from_gguf(gguf: &Gguf) -> Result<Model, ModelError> {
         let arch = gguf.get_str("general.architecture")?;
         match arch {
-            "llama" | "qwen" | "qwen2" | "qwen3" | "qwen2moe" | "qwen3moe" | "phi3" | "baichuan"
-            | "chatglm" => Ok(Model::Llama(llama::Llama::from_gguf(gguf)?)),
+            "llama" | "qwen" | "qwen2" | "qwen3" | "qwen2moe" | "qwen3moe" | "phi3" | "gemma2" | "gemma3"
+            | "baichuan" | "chatglm" => Ok(Model::Llama(llama::Llama::from_gguf(gguf)?)),
             "gpt2" => Ok(Model::Gpt2(gpt2::Gpt2::from_gguf(gguf)?)),
             other => Err(ModelError::UnknownArchitecture(other.into())),
         }
@@ -177,6 +182,7 @@ impl Model {
             "gpt2" => Ok(Model::Gpt2(gpt2::Gpt2::from_hf(folder, quantize)?)),
             "baichuan" => Ok(Model::Llama(baichuan::from_hf(folder, quantize)?)),
             "phi3" => Ok(Model::Llama(phi3::from_hf(folder, quantize)?)),
+            "gemma2" | "gemma3_text" => Ok(Model::Llama(gemma::from_hf(folder, quantize)?)),
             "qwen" => Ok(Model::Llama(qwen::from_hf(folder, quantize)?)),
             "chatglm" if chatglm::is_glm_v1(&folder.config) => {
                 Ok(Model::Glm(glm::Glm::from_hf(folder, quantize)?))

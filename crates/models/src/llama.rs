@@ -23,9 +23,10 @@ use crate::attention::{
     Accumulate, Heads, MAX_HEAD_DIM, RowCache, alibi_slopes, attend, attend_alibi, attend_rows,
     rope_and_cache, rope_and_cache_rows,
 };
+use crate::gemma::GemmaConfig;
 use crate::hf::{HfSource, JsonConfig};
 use crate::moe::{self, Moe, MoeConfig};
-use crate::parallel::{SharedActs, Store, fill_rows, matmul, matmul_swiglu, needs, requantize};
+use crate::parallel::{Glu, SharedActs, Store, fill_rows, matmul, matmul_glu, needs, requantize};
 use crate::state::{Activations, KvCache, KvPrecision, SharedKv};
 use crate::weights::{GgufTensors, SplitRows, TensorSource, Weight};
 use crate::{Arithmetic, LogitsFor, ModelError};
@@ -64,6 +65,8 @@ pub struct Config {
     /// A mixture of experts in place of the feed-forward (in the layers whose file has a
     /// router).
     pub moe: Option<MoeConfig>,
+    /// Gemma's departures from LLaMA (scaled embeddings, GeGLU, soft-capping, …).
+    pub gemma: Option<GemmaConfig>,
 }
 
 /// RoPE bases that depend on the sequence's length.
@@ -84,7 +87,9 @@ impl Config {
         let arch = gguf.get_str("general.architecture")?.to_string();
         let rope_style = match arch.as_str() {
             "llama" | "baichuan" | "chatglm" => RopeStyle::Interleaved,
-            "qwen" | "qwen2" | "qwen3" | "qwen2moe" | "qwen3moe" | "phi3" => RopeStyle::Neox,
+            "qwen" | "qwen2" | "qwen3" | "qwen2moe" | "qwen3moe" | "phi3" | "gemma2" | "gemma3" => {
+                RopeStyle::Neox
+            }
             other => return Err(ModelError::UnknownArchitecture(other.into())),
         };
         let key = |k: &str| format!("{arch}.{k}");
@@ -149,6 +154,7 @@ impl Config {
                     },
                 }),
             },
+            gemma: None,
             architecture: arch,
         };
         let mut config = config;
@@ -156,6 +162,9 @@ impl Config {
             && moe.moe_intermediate_size == 0
         {
             moe.moe_intermediate_size = config.intermediate_size;
+        }
+        if matches!(config.architecture.as_str(), "gemma2" | "gemma3") {
+            crate::gemma::config_from_gguf(gguf, &mut config)?;
         }
         // llama.cpp's rule for `baichuan` files: 40 layers are Baichuan-13B's (ALiBi).
         if config.architecture == "baichuan" && config.num_hidden_layers == 40 {
@@ -209,6 +218,7 @@ impl Config {
             sliding_window: None,
             sliding_layers: Vec::new(),
             moe: None,
+            gemma: None,
             architecture: arch,
         };
         config.read_hf_window_and_experts(&j)?;
@@ -286,7 +296,19 @@ impl Config {
     /// The head geometry of layer `l` (its attention window).
     fn layer_heads(&self, l: usize) -> Heads {
         let windowed = self.sliding_layers.get(l).copied().unwrap_or(true);
-        Heads { window: self.sliding_window.filter(|_| windowed), ..self.heads() }
+        Heads {
+            window: self.sliding_window.filter(|_| windowed),
+            scale: self.gemma.as_ref().map(|g| 1.0 / g.query_pre_attn_scalar.sqrt()),
+            softcap: self.gemma.as_ref().and_then(|g| g.attn_logit_softcapping),
+            ..self.heads()
+        }
+    }
+
+    /// Whether layer `l` rotates with the local RoPE table (Gemma 3's sliding layers).
+    fn local_rope(&self, l: usize) -> bool {
+        self.gemma.as_ref().is_some_and(|g| g.rope_local_base_freq.is_some())
+            && self.sliding_window.is_some()
+            && self.sliding_layers.get(l).copied().unwrap_or(true)
     }
 
     /// The RoPE base for a pass ending at position `len` (dynamic NTK grows it past the trained
@@ -360,6 +382,8 @@ impl Config {
             n_kv_heads: self.num_key_value_heads,
             head_dim: self.head_dim,
             window: None,
+            scale: None,
+            softcap: None,
         }
     }
 }
@@ -402,8 +426,14 @@ struct Layer {
     q_norm: Option<Vec<f32>>,   // (head_dim), Qwen3 only
     k_norm: Option<Vec<f32>>,   // (head_dim), Qwen3 only
     o_proj: Weight,             // (hidden, n_heads·head_dim)
+    /// Gemma: RMSNorm of the attention's output before the residual add.
+    post_attn_norm: Option<Vec<f32>>, // (hidden)
     ffn_norm: Vec<f32>,         // (hidden)
     ffn: Ffn,
+    /// Gemma: RMSNorm of the feed-forward's output before the residual add.
+    post_ffn_norm: Option<Vec<f32>>, // (hidden)
+    /// The activation of the gated feed-forward.
+    glu: Glu,
 }
 
 /// A layer's feed-forward: SwiGLU, or a mixture of SwiGLU experts. (One per layer: the size of
@@ -522,16 +552,18 @@ fn mixtral_hf_name(gguf_name: &str) -> Option<String> {
 /// Buffers of one sequence's forward pass, for up to `batch` tokens at a time.
 pub struct Scratch {
     batch: usize,
-    x: Vec<f32>,            // (batch, hidden) the residual stream
-    attn_in: Activations,   // (batch, hidden) RMSNorm(x), input of q/k/v
-    qkv: Vec<f32>,          // (batch, q_dim + 2·kv_dim)
-    attn_out: Activations,  // (batch, q_dim), input of o_proj
-    ffn_in: Activations,    // (batch, hidden) RMSNorm(h), input of gate/up
-    ffn_mid: Activations,   // (batch, intermediate), input of down_proj
-    head_in: Activations,   // (rows, hidden) final RMSNorm, input of lm_head
-    cos_sin: Vec<f32>,      // (batch, rope_dims)
-    logits: Vec<f32>,       // (rows, vocab)
-    moe: Box<moe::Scratch>, // a mixture's buffers (empty without one)
+    x: Vec<f32>,             // (batch, hidden) the residual stream
+    attn_in: Activations,    // (batch, hidden) RMSNorm(x), input of q/k/v
+    qkv: Vec<f32>,           // (batch, q_dim + 2·kv_dim)
+    attn_out: Activations,   // (batch, q_dim), input of o_proj
+    ffn_in: Activations,     // (batch, hidden) RMSNorm(h), input of gate/up
+    ffn_mid: Activations,    // (batch, intermediate), input of down_proj
+    head_in: Activations,    // (rows, hidden) final RMSNorm, input of lm_head
+    cos_sin: Vec<f32>,       // (batch, rope_dims)
+    cos_sin_local: Vec<f32>, // (batch, rope_dims) Gemma 3's sliding layers
+    sublayer_out: Vec<f32>,  // (batch, hidden) an output to normalize before the residual add
+    logits: Vec<f32>,        // (rows, vocab)
+    moe: Box<moe::Scratch>,  // a mixture's buffers (empty without one)
     /// The RoPE base fixed when the sequence's prompt was read (Qwen v1's dynamic NTK).
     rope_base: f32,
 }
@@ -672,6 +704,9 @@ impl Llama {
                 q_norm: t.optional_vector(&name("attn_q_norm.weight"), c.head_dim)?,
                 k_norm: t.optional_vector(&name("attn_k_norm.weight"), c.head_dim)?,
                 o_proj: t.matrix(&name("attn_output.weight"), hidden, q_dim)?,
+                post_attn_norm: t.optional_vector(&name("post_attention_norm.weight"), hidden)?,
+                post_ffn_norm: t.optional_vector(&name("post_ffw_norm.weight"), hidden)?,
+                glu: if c.gemma.is_some() { Glu::Gelu } else { Glu::Silu },
                 ffn_norm: t.vector(&name("ffn_norm.weight"), hidden)?,
                 // A router makes the layer a mixture (Qwen2-MoE's dense layers have none).
                 ffn: match &c.moe {
@@ -768,6 +803,8 @@ impl Llama {
             )),
             head_in: acts(c.hidden_size, batch, vec![&self.lm_head]),
             cos_sin: vec![0.0; batch * c.rope_dims],
+            cos_sin_local: vec![0.0; if c.gemma.is_some() { batch * c.rope_dims } else { 0 }],
+            sublayer_out: vec![0.0; if c.gemma.is_some() { batch * c.hidden_size } else { 0 }],
             logits: Vec::new(),
             rope_base: c.rope_theta,
         }
@@ -876,10 +913,16 @@ impl Llama {
             let cs = &mut s.cos_sin[t * c.rope_dims..(t + 1) * c.rope_dims];
             let angle = pos as f32 / c.rope_linear_factor;
             self.rotary(angle, c.rope_theta, kv.max_len(), cs);
+            if let Some(base) = c.gemma.as_ref().and_then(|g| g.rope_local_base_freq) {
+                let cs = &mut s.cos_sin_local[t * c.rope_dims..(t + 1) * c.rope_dims];
+                rope_angles(pos as f32, c.rope_dims, base, None, cs);
+            }
         }
         let strides: Vec<usize> = caches.iter().map(|kv| kv.layer_start(1)).collect();
         let shared: Vec<SharedKv<'_>> = caches.iter_mut().map(|kv| kv.shared()).collect();
         let cos_sin = &s.cos_sin[..n * c.rope_dims];
+        let cos_sin_local = &s.cos_sin_local[..if c.gemma.is_some() { n * c.rope_dims } else { 0 }];
+        let sublayer_out = SharedMut::new(&mut s.sublayer_out);
         let x = SharedMut::new(&mut s.x);
         let attn_in = SharedActs::new(&mut s.attn_in, exact);
         let qkv = SharedMut::new(&mut s.qkv);
@@ -893,9 +936,13 @@ impl Llama {
             ctx.for_each_chunk(n, 1, |rows| {
                 for t in rows {
                     // SAFETY: row t of x is written by the thread that claimed it.
-                    self.embed_tokens.dequantize_row(tokens[t] as usize, unsafe {
-                        x.slice_mut(t * hidden..(t + 1) * hidden)
-                    });
+                    let row = unsafe { x.slice_mut(t * hidden..(t + 1) * hidden) };
+                    self.embed_tokens.dequantize_row(tokens[t] as usize, row);
+                    // Gemma: x = √hidden · embedding
+                    if c.gemma.is_some() {
+                        let scale = (hidden as f32).sqrt();
+                        row.iter_mut().for_each(|v| *v *= scale);
+                    }
                 }
             });
             // SAFETY (here and below): x is only read while other buffers are written.
@@ -914,15 +961,17 @@ impl Llama {
                 if let (Some(q_norm), Some(k_norm)) = (&layer.q_norm, &layer.k_norm) {
                     head_norms(ctx, heads, &qkv, n, q_norm, k_norm, eps);
                 }
-                rope_and_cache_rows(ctx, heads, &qkv, &rows, cos_sin, c.rope_style);
+                let table = if c.local_rope(l) { cos_sin_local } else { cos_sin };
+                rope_and_cache_rows(ctx, heads, &qkv, &rows, table, c.rope_style);
                 attend_rows(ctx, c.layer_heads(l), &qkv, &rows, accumulate, attn_out.f32_shared());
                 requantize(ctx, &attn_out, n);
-                matmul(ctx, &[&layer.o_proj], &attn_out, n, &x, hidden, Store::Add { bias: None });
+                layer.attention_output(ctx, &attn_out, n, &x, &sublayer_out, eps);
                 fill_rows(ctx, &ffn_in, n, |t, out| rms_norm(x_row(t), &layer.ffn_norm, eps, out));
-                layer.feed_forward(ctx, &ffn_in, &ffn_mid, &moe, n, &x);
+                layer.feed_forward(ctx, &ffn_in, &ffn_mid, &moe, n, &x, &sublayer_out, eps);
             }
             fill_rows(ctx, &head_in, n, |t, out| rms_norm(x_row(t), &self.norm, eps, out));
             matmul(ctx, &[&self.lm_head], &head_in, n, &logits, vocab, Store::Write { bias: None });
+            self.soft_cap_logits(ctx, &logits, n);
         });
         Ok(&s.logits[..n * vocab])
     }
@@ -951,10 +1000,17 @@ impl Llama {
             let pos = (pos0 + t) as f32 / c.rope_linear_factor;
             let cs = &mut s.cos_sin[t * c.rope_dims..(t + 1) * c.rope_dims];
             self.rotary(pos, rope_base, kv.max_len(), cs);
+            // Gemma 3's sliding layers: their own base, unscaled positions.
+            if let Some(base) = c.gemma.as_ref().and_then(|g| g.rope_local_base_freq) {
+                let cs = &mut s.cos_sin_local[t * c.rope_dims..(t + 1) * c.rope_dims];
+                rope_angles((pos0 + t) as f32, c.rope_dims, base, None, cs);
+            }
         }
         // Tokens whose logits are wanted: the last `logit_rows.len()` of the batch.
         let first_out = n - logit_rows.len();
         let cos_sin = &s.cos_sin[..n * c.rope_dims];
+        let cos_sin_local = &s.cos_sin_local[..if c.gemma.is_some() { n * c.rope_dims } else { 0 }];
+        let sublayer_out = SharedMut::new(&mut s.sublayer_out);
 
         let Rounding { exact, accumulate } = rounding;
         let x = SharedMut::new(&mut s.x);
@@ -974,9 +1030,13 @@ impl Llama {
             ctx.for_each_chunk(n, 1, |rows| {
                 for t in rows {
                     // SAFETY: row t of x is written by the thread that claimed it.
-                    self.embed_tokens.dequantize_row(tokens[t] as usize, unsafe {
-                        x.slice_mut(t * hidden..(t + 1) * hidden)
-                    });
+                    let row = unsafe { x.slice_mut(t * hidden..(t + 1) * hidden) };
+                    self.embed_tokens.dequantize_row(tokens[t] as usize, row);
+                    // Gemma: x = √hidden · embedding
+                    if c.gemma.is_some() {
+                        let scale = (hidden as f32).sqrt();
+                        row.iter_mut().for_each(|v| *v *= scale);
+                    }
                 }
             });
             for (l, layer) in self.layers.iter().enumerate() {
@@ -1001,7 +1061,8 @@ impl Llama {
                     head_norms(ctx, heads, &qkv, n, q_norm, k_norm, eps);
                 }
                 // RoPE(q), RoPE(k); k, v → cache
-                rope_and_cache(ctx, heads, &qkv, n, pos0, cos_sin, c.rope_style, &cache);
+                let table = if c.local_rope(l) { cos_sin_local } else { cos_sin };
+                rope_and_cache(ctx, heads, &qkv, n, pos0, table, c.rope_style, &cache);
                 // Qwen v1: q ·= log(p + 1) / log(seq_length) past the trained length
                 if let Some(trained) = c.logn_seq_length
                     && pos0 + n > trained
@@ -1026,12 +1087,12 @@ impl Llama {
                     ),
                 }
                 requantize(ctx, &attn_out, n);
-                matmul(ctx, &[&layer.o_proj], &attn_out, n, &x, hidden, Store::Add { bias: None });
+                layer.attention_output(ctx, &attn_out, n, &x, &sublayer_out, eps);
                 // m = RMSNorm(h);  x = h + W_down · (silu(W_gate·m) ⊙ W_up·m)
                 fill_rows(ctx, &ffn_in, n, |t, out| {
                     rms_norm(unsafe { &x.get()[t * hidden..(t + 1) * hidden] }, &layer.ffn_norm, eps, out)
                 });
-                layer.feed_forward(ctx, &ffn_in, &ffn_mid, &moe, n, &x);
+                layer.feed_forward(ctx, &ffn_in, &ffn_mid, &moe, n, &x, &sublayer_out, eps);
             }
             // logits = lm_head · RMSNorm(x), for the tokens asked for
             let n_out = n - first_out;
@@ -1041,6 +1102,7 @@ impl Llama {
                     rms_norm(unsafe { &x.get()[row * hidden..(row + 1) * hidden] }, &self.norm, eps, out)
                 });
                 matmul(ctx, &[&self.lm_head], &head_in, n_out, &logits, vocab, Store::Write { bias: None });
+                self.soft_cap_logits(ctx, &logits, n_out);
             }
         });
     }
@@ -1088,8 +1150,31 @@ impl Llama {
 }
 
 impl Layer {
+    /// `x += W_o · a` for the `n` rows of `attn_out`, through Gemma's post-attention norm
+    /// where the layer has one.
+    fn attention_output(
+        &self,
+        ctx: &baimo_threads::Ctx<'_>,
+        attn_out: &SharedActs<'_>,
+        n: usize,
+        x: &SharedMut<'_, f32>,
+        sublayer_out: &SharedMut<'_, f32>,
+        eps: f32,
+    ) {
+        let hidden = self.o_proj.rows;
+        match &self.post_attn_norm {
+            None => matmul(ctx, &[&self.o_proj], attn_out, n, x, hidden, Store::Add { bias: None }),
+            Some(norm) => {
+                matmul(ctx, &[&self.o_proj], attn_out, n, sublayer_out, hidden, Store::Write { bias: None });
+                add_normed(ctx, x, sublayer_out, norm, eps, n, hidden);
+            }
+        }
+    }
+
     /// `x += FFN(m)` for the `n` rows of `ffn_in` (`m = RMSNorm(h)`): SwiGLU
-    /// `W_down · (silu(W_gate·m) ⊙ W_up·m)`, or the mixture of experts.
+    /// `W_down · (silu(W_gate·m) ⊙ W_up·m)` (GeGLU for Gemma, then its post-feed-forward norm),
+    /// or the mixture of experts.
+    #[allow(clippy::too_many_arguments)]
     fn feed_forward(
         &self,
         ctx: &baimo_threads::Ctx<'_>,
@@ -1098,16 +1183,79 @@ impl Layer {
         moe: &moe::SharedScratch<'_>,
         n: usize,
         x: &SharedMut<'_, f32>,
+        sublayer_out: &SharedMut<'_, f32>,
+        eps: f32,
     ) {
         match &self.ffn {
             Ffn::Dense { gate_proj, up_proj, down_proj } => {
-                matmul_swiglu(ctx, gate_proj, up_proj, ffn_in, n, ffn_mid.f32_shared(), gate_proj.rows);
+                matmul_glu(
+                    ctx,
+                    gate_proj,
+                    up_proj,
+                    ffn_in,
+                    n,
+                    ffn_mid.f32_shared(),
+                    gate_proj.rows,
+                    self.glu,
+                );
                 requantize(ctx, ffn_mid, n);
                 let hidden = down_proj.rows;
-                matmul(ctx, &[down_proj], ffn_mid, n, x, hidden, Store::Add { bias: None });
+                match &self.post_ffn_norm {
+                    None => matmul(ctx, &[down_proj], ffn_mid, n, x, hidden, Store::Add { bias: None }),
+                    Some(norm) => {
+                        matmul(
+                            ctx,
+                            &[down_proj],
+                            ffn_mid,
+                            n,
+                            sublayer_out,
+                            hidden,
+                            Store::Write { bias: None },
+                        );
+                        add_normed(ctx, x, sublayer_out, norm, eps, n, hidden);
+                    }
+                }
             }
             Ffn::Experts(m) => m.forward(ctx, ffn_in, n, x, moe),
         }
+    }
+}
+
+/// `x[t] += RMSNorm(y[t]) ⊙ w` for `n` rows (Gemma's post-norms).
+fn add_normed(
+    ctx: &baimo_threads::Ctx<'_>,
+    x: &SharedMut<'_, f32>,
+    y: &SharedMut<'_, f32>,
+    w: &[f32],
+    eps: f32,
+    n: usize,
+    hidden: usize,
+) {
+    ctx.for_each_chunk(n, 1, |rows| {
+        let mut normed = vec![0f32; hidden];
+        for t in rows {
+            // SAFETY: row t of x belongs to this chunk alone; y is not written in this step.
+            let (x, y) = unsafe {
+                (x.slice_mut(t * hidden..(t + 1) * hidden), &y.get()[t * hidden..(t + 1) * hidden])
+            };
+            rms_norm(y, w, eps, &mut normed);
+            x.iter_mut().zip(&normed).for_each(|(x, v)| *x += v);
+        }
+    });
+}
+
+impl Llama {
+    /// Gemma 2's final soft-capping, `cap · tanh(logit / cap)`, on `n` rows of logits.
+    fn soft_cap_logits(&self, ctx: &baimo_threads::Ctx<'_>, logits: &SharedMut<'_, f32>, n: usize) {
+        let Some(cap) = self.config.gemma.as_ref().and_then(|g| g.final_logit_softcapping) else { return };
+        let vocab = self.config.vocab_size;
+        ctx.for_each_chunk(n, 1, |rows| {
+            for t in rows {
+                // SAFETY: row t belongs to this chunk alone.
+                let row = unsafe { logits.slice_mut(t * vocab..(t + 1) * vocab) };
+                row.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+            }
+        });
     }
 }
 

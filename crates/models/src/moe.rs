@@ -16,7 +16,7 @@
 use baimo_threads::{Ctx, SharedMut};
 
 use crate::ModelError;
-use crate::parallel::{SharedActs, Store, fill_rows, matmul, matmul_swiglu, needs, requantize};
+use crate::parallel::{Glu, SharedActs, Store, fill_rows, matmul, matmul_glu, needs, requantize};
 use crate::state::Activations;
 use crate::weights::{TensorSource, Weight};
 
@@ -196,7 +196,7 @@ impl Moe {
         out: &SharedMut<'_, f32>,
     ) {
         let ff = e.gate.rows;
-        matmul_swiglu(ctx, &e.gate, &e.up, rows, m, mid.f32_shared(), ff);
+        matmul_glu(ctx, &e.gate, &e.up, rows, m, mid.f32_shared(), ff, Glu::Silu);
         requantize(ctx, mid, m);
         matmul(ctx, &[&e.down], mid, m, out, self.router.cols, Store::Write { bias: None });
     }

@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use baimo_kernels::ops::swiglu;
+use baimo_kernels::ops::{geglu, swiglu};
 use baimo_kernels::packed::GROUP;
 use baimo_kernels::quants::quantize_q8;
 use baimo_kernels::{ActivationFormat, Q8Buf, Q8Kind, Q8Row, Q8RowMut};
@@ -351,9 +351,19 @@ fn matmul_block(
     });
 }
 
-/// `out[t·stride + r] = silu((W_gate·x_t)[r]) · (W_up·x_t)[r]`: the SwiGLU feed-forward's first
+/// The activation of a gated feed-forward's first half.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Glu {
+    /// `silu(g) ⊙ u` (SwiGLU: LLaMA, Qwen, Mistral, Phi-3, …).
+    Silu,
+    /// `gelu(g) ⊙ u` with tanh GELU (GeGLU: Gemma).
+    Gelu,
+}
+
+/// `out[t·stride + r] = act((W_gate·x_t)[r]) · (W_up·x_t)[r]`: a gated feed-forward's first
 /// half, both products of a row done together so the activation needs no extra pass.
-pub(crate) fn matmul_swiglu(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_glu(
     ctx: &Ctx<'_>,
     gate: &Weight,
     up: &Weight,
@@ -361,6 +371,7 @@ pub(crate) fn matmul_swiglu(
     n_tokens: usize,
     out: &SharedMut<'_, f32>,
     stride: usize,
+    glu: Glu,
 ) {
     debug_assert!(gate.rows == up.rows && gate.cols == x.n && up.cols == x.n);
     let x = x.token_rows(0, n_tokens);
@@ -375,7 +386,10 @@ pub(crate) fn matmul_swiglu(
             for (t, (g, v)) in g[..n_tokens].iter().zip(&v[..n_tokens]).enumerate() {
                 // SAFETY: rows `rows` of every token are written only by the thread that claimed them.
                 let out = unsafe { out.slice_mut(t * stride + rows.start..t * stride + rows.end) };
-                swiglu(&g[..width], &v[..width], out);
+                match glu {
+                    Glu::Silu => swiglu(&g[..width], &v[..width], out),
+                    Glu::Gelu => geglu(&g[..width], &v[..width], out),
+                }
             }
         }
     });

@@ -65,6 +65,7 @@ pub fn from_hf(folder: &HfFolder, quantize: Option<GgmlType>) -> Result<Llama, M
         sliding_window: Some(j.usize_or("sliding_window", 0)?).filter(|&w| w > 0),
         sliding_layers: Vec::new(),
         moe: None,
+        gemma: None,
     };
     config.validate()?;
     let long_rope = match &scaling {

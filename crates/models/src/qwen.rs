@@ -49,6 +49,7 @@ pub fn from_hf(folder: &HfFolder, quantize: Option<GgmlType>) -> Result<Llama, M
         sliding_window: None,
         sliding_layers: Vec::new(),
         moe: None,
+        gemma: None,
     };
     config.validate()?;
     let tied = j.bool_or("tie_word_embeddings", false)?;
