@@ -61,25 +61,38 @@ pub fn main(args: Args) -> Result<()> {
         std::fs::metadata(&model.path).map_or(0, |m| m.len()) as f64 / (1u64 << 20) as f64
     );
     if !args.json {
-        println!("| model | size | arch | threads | kernels | test | t/s |");
-        println!("| --- | ---: | --- | ---: | --- | ---: | ---: |");
+        println!("| model | size | arch | threads | kernels | test | t/s | weights read |");
+        println!("| --- | ---: | --- | ---: | --- | ---: | ---: | ---: |");
     }
+    // A generation step reads the weights once (a mixture of experts only its routed experts'):
+    // bytes per step × steps per second is the weight traffic, to set against the memory
+    // bandwidth. A batched step (`tgN@P`) serves P tokens with one read.
+    let active = model.info.active_weight_bytes as f64;
     for r in &results {
         let (mean, std) = mean_std(&r.tokens_per_second);
+        let steps_per_second = match r.test.split_once('@') {
+            _ if !r.test.starts_with("tg") => None,
+            Some((_, p)) => p.parse::<f64>().ok().map(|p| mean / p),
+            None => Some(mean),
+        };
+        let traffic = steps_per_second.map(|s| s * active / 1e9);
         if args.json {
             let line = serde_json::json!({
                 "model": model.name, "path": model.path, "test": r.test, "threads": pool.n_threads(),
                 "tokens_per_second": r.tokens_per_second, "mean": mean, "std": std,
+                "weight_bytes": model.info.weight_bytes, "active_weight_bytes": model.info.active_weight_bytes,
+                "weight_gb_per_second": traffic,
             });
             println!("{line}");
         } else {
             println!(
-                "| {} | {size} | {} | {} | {} | {} | {mean:.2} ± {std:.2} |",
+                "| {} | {size} | {} | {} | {} | {} | {mean:.2} ± {std:.2} | {} |",
                 model.name,
                 model.info.architecture,
                 pool.n_threads(),
                 baimo_kernels::Isa::best().name(),
-                r.test
+                r.test,
+                traffic.map_or("".to_string(), |gb| format!("{:.0} MB/token, {gb:.1} GB/s", active / 1e6)),
             );
         }
     }

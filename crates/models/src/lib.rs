@@ -127,8 +127,11 @@ pub struct ModelInfo {
     pub context_length: usize,
     pub n_layers: usize,
     pub hidden_size: usize,
-    /// Bytes of weight data the forward pass reads.
+    /// Bytes of weight data the forward pass uses (what the model holds in memory).
     pub weight_bytes: usize,
+    /// Bytes of weight data one decoding step reads: `weight_bytes` but for mixtures of
+    /// experts, which read only the experts each token is routed to.
+    pub active_weight_bytes: usize,
 }
 
 enum Scratch {
@@ -201,6 +204,7 @@ impl Model {
                 n_layers: m.config.num_hidden_layers,
                 hidden_size: m.config.hidden_size,
                 weight_bytes: m.weight_bytes(),
+                active_weight_bytes: m.active_weight_bytes(),
             },
             Model::Glm(m) => ModelInfo {
                 architecture: "chatglm-6b".into(),
@@ -209,6 +213,7 @@ impl Model {
                 n_layers: m.config.num_layers,
                 hidden_size: m.config.hidden_size,
                 weight_bytes: m.weight_bytes(),
+                active_weight_bytes: m.weight_bytes(),
             },
             Model::Gpt2(m) => ModelInfo {
                 architecture: "gpt2".into(),
@@ -217,6 +222,7 @@ impl Model {
                 n_layers: m.config.n_layer,
                 hidden_size: m.config.n_embd,
                 weight_bytes: m.weight_bytes(),
+                active_weight_bytes: m.weight_bytes(),
             },
         }
     }

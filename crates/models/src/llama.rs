@@ -746,25 +746,31 @@ impl Llama {
         })
     }
 
+    /// Bytes of all the weights the forward pass uses.
     pub fn weight_bytes(&self) -> usize {
-        // A mixture counts the experts one token runs: what a decoding step reads.
-        let layers: usize = self
-            .layers
+        self.layer_bytes(Moe::total_bytes) + self.lm_head.n_bytes()
+    }
+
+    /// Bytes one decoding step reads: a mixture counts only the experts a token runs. (One
+    /// embedding row is read per token; the output matrix is read whole.)
+    pub fn active_weight_bytes(&self) -> usize {
+        self.layer_bytes(Moe::active_bytes) + self.lm_head.n_bytes()
+    }
+
+    fn layer_bytes(&self, mixture: fn(&Moe) -> usize) -> usize {
+        self.layers
             .iter()
             .map(|l| {
-                let attention: usize =
-                    [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj].map(Weight::n_bytes).iter().sum();
+                let attention: usize = [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj].map(Weight::n_bytes).iter().sum();
                 let ffn = match &l.ffn {
                     Ffn::Dense { gate_proj, up_proj, down_proj } => {
                         gate_proj.n_bytes() + up_proj.n_bytes() + down_proj.n_bytes()
                     }
-                    Ffn::Experts(m) => m.active_bytes(),
+                    Ffn::Experts(m) => mixture(m),
                 };
                 attention + ffn
             })
-            .sum();
-        // One embedding row is read per token; the output matrix is read whole.
-        layers + self.lm_head.n_bytes()
+            .sum()
     }
 
     pub fn new_cache(&self, max_len: usize) -> KvCache {

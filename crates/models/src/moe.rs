@@ -61,6 +61,12 @@ pub(crate) struct Expert {
     down: Weight, // (hidden, ff)
 }
 
+impl Expert {
+    fn n_bytes(&self) -> usize {
+        self.gate.n_bytes() + self.up.n_bytes() + self.down.n_bytes()
+    }
+}
+
 /// A layer's mixture: the router, the routed experts and, for Qwen2-MoE, the shared expert with
 /// its sigmoid gate.
 pub(crate) struct Moe {
@@ -133,9 +139,13 @@ impl Moe {
     /// Bytes of expert weights one token reads (`top_k` routed experts plus the shared one and
     /// the router): what a decoding step streams, against `weights()` for the whole layer.
     pub(crate) fn active_bytes(&self) -> usize {
-        let expert = |e: &Expert| e.gate.n_bytes() + e.up.n_bytes() + e.down.n_bytes();
-        let routed = self.experts.first().map_or(0, expert) * self.top_k;
-        routed + self.shared.as_ref().map_or(0, expert) + self.router.n_bytes()
+        let routed = self.experts.first().map_or(0, Expert::n_bytes) * self.top_k;
+        routed + self.shared.as_ref().map_or(0, Expert::n_bytes) + self.router.n_bytes()
+    }
+
+    /// Bytes of all the mixture's matrices.
+    pub(crate) fn total_bytes(&self) -> usize {
+        self.experts.iter().chain(&self.shared).map(Expert::n_bytes).sum::<usize>() + self.router.n_bytes()
     }
 
     /// `x[t] += y(m_t)` for the `n` rows of `input` (the normalized residual stream).
