@@ -78,13 +78,19 @@ fn a_batch_of_sequences_decodes_as_each_alone_on_hf_fixtures() {
         "phi3",
         "gemma2",
         "gemma3",
+        "gpt2",
     ] {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf").join(name);
-        let model = Model::from_hf(&baimo_formats::HfFolder::open(&dir).unwrap(), None).unwrap();
         let prompts = vec![vec![5, 6, 7], vec![100, 200, 30, 40, 50, 60, 70], vec![9], (40..60).collect()];
-        let (worst, same) = batched_vs_alone(&model, &prompts, 6);
-        eprintln!("{name}: max |Δlogit| batched vs alone {worst:.2e}");
-        assert!(same && worst <= 1e-4, "{name}: {worst}");
+        // f32 weights (f32 cache, tiled attention), and quantized at load time (f16 cache,
+        // attention in ggml's order: the sliding window and Gemma's soft-cap in that path too).
+        for quantize in [None, Some(baimo_kernels::GgmlType::Q8_0)] {
+            let folder = baimo_formats::HfFolder::open(&dir).unwrap();
+            let model = Model::from_hf(&folder, quantize).unwrap();
+            let (worst, same) = batched_vs_alone(&model, &prompts, 6);
+            eprintln!("{name} {quantize:?}: max |Δlogit| batched vs alone {worst:.2e}");
+            assert!(same && worst <= 1e-4, "{name} {quantize:?}: {worst}");
+        }
     }
 }
 

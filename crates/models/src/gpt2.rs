@@ -16,10 +16,12 @@ use baimo_kernels::GgmlType;
 use baimo_kernels::ops::{RopeStyle, gelu, layer_norm};
 use baimo_threads::{SharedMut, ThreadPool};
 
-use crate::attention::{Accumulate, Heads, MAX_HEAD_DIM, attend, rope_and_cache};
+use crate::attention::{
+    Accumulate, Heads, MAX_HEAD_DIM, RowCache, attend, attend_rows, rope_and_cache, rope_and_cache_rows,
+};
 use crate::hf::{HfSource, JsonConfig};
 use crate::parallel::{SharedActs, Store, fill_rows, matmul, needs, requantize};
-use crate::state::{Activations, KvCache, KvPrecision};
+use crate::state::{Activations, KvCache, KvPrecision, SharedKv};
 use crate::weights::{GgufTensors, TensorSource, Weight};
 use crate::{Arithmetic, LogitsFor, ModelError};
 
@@ -118,6 +120,37 @@ struct Layer {
     c_fc_bias: Vec<f32>,        // (n_inner)
     mlp_proj: Weight,           // (n_embd, n_inner)
     mlp_proj_bias: Vec<f32>,    // (n_embd)
+}
+
+impl Layer {
+    /// The rest of the block once attention has filled `attn_out`:
+    /// `h = x + W_o · a + b_o;  x = h + W_down · gelu(W_up · LN₂(h) + b_up) + b_down`.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        ctx: &baimo_threads::Ctx<'_>,
+        c: &Config,
+        attn_out: &SharedActs<'_>,
+        ffn_in: &SharedActs<'_>,
+        ffn_mid: &SharedActs<'_>,
+        n: usize,
+        x: &SharedMut<'_, f32>,
+    ) {
+        let h = c.n_embd;
+        requantize(ctx, attn_out, n);
+        let bias = Some(&self.attn_proj_bias[..]);
+        matmul(ctx, &[&self.attn_proj], attn_out, n, x, h, Store::Add { bias });
+        // SAFETY: x is only read while ffn_in is written.
+        let x_row = |t: usize| unsafe { &x.get()[t * h..(t + 1) * h] };
+        fill_rows(ctx, ffn_in, n, |t, out| {
+            layer_norm(x_row(t), &self.ln_2.0, &self.ln_2.1, c.layer_norm_epsilon, out)
+        });
+        let bias = Some(&self.c_fc_bias[..]);
+        matmul(ctx, &[&self.c_fc], ffn_in, n, ffn_mid.f32_shared(), c.n_inner, Store::Write { bias });
+        fill_rows(ctx, ffn_mid, n, |_, row| row.iter_mut().for_each(|v| *v = gelu(*v)));
+        let bias = Some(&self.mlp_proj_bias[..]);
+        matmul(ctx, &[&self.mlp_proj], ffn_mid, n, x, h, Store::Add { bias });
+    }
 }
 
 pub struct Gpt2 {
@@ -323,6 +356,96 @@ impl Gpt2 {
         Ok(&scratch.logits)
     }
 
+    /// One decoding step for several sequences at once (continuous batching): token `t` goes to
+    /// the next position of `caches[t]`. Each weight is read once for all the rows; positions,
+    /// caches and attention stay each sequence's own, so every row gets the logits its sequence
+    /// gets alone. Returns one row of logits per sequence.
+    pub fn decode_rows<'s>(
+        &self,
+        pool: &ThreadPool,
+        caches: &mut [&mut KvCache],
+        s: &'s mut Scratch,
+        tokens: &[u32],
+        arithmetic: Arithmetic,
+    ) -> Result<&'s [f32], ModelError> {
+        let c = &self.config;
+        let n = tokens.len();
+        if n != caches.len() || n > s.batch {
+            return Err(ModelError::Shape(format!(
+                "{n} tokens for {} sequences (at most {})",
+                caches.len(),
+                s.batch
+            )));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(ModelError::TokenOutOfRange { token: bad, vocab_size: c.vocab_size });
+        }
+        if let Some(full) = caches.iter().find(|kv| kv.len() + 1 > kv.max_len().min(c.n_positions)) {
+            return Err(ModelError::ContextFull {
+                needed: full.len() + 1,
+                max: full.max_len().min(c.n_positions),
+            });
+        }
+        let heads = c.heads();
+        let (h, vocab, eps) = (c.n_embd, c.vocab_size, c.layer_norm_epsilon);
+        let exact = arithmetic == Arithmetic::LlamaCpp;
+        // As a single sequence's decoding step takes it (see `forward`).
+        let accumulate = Accumulate::for_batch(1);
+        s.logits.resize(n * vocab, 0.0);
+        let positions: Vec<usize> = caches
+            .iter_mut()
+            .map(|kv| {
+                kv.grow(1);
+                kv.len() - 1
+            })
+            .collect();
+        let strides: Vec<usize> = caches.iter().map(|kv| kv.layer_start(1)).collect();
+        let shared: Vec<SharedKv<'_>> = caches.iter_mut().map(|kv| kv.shared()).collect();
+        let x = SharedMut::new(&mut s.x);
+        let attn_in = SharedActs::new(&mut s.attn_in, exact);
+        let qkv = SharedMut::new(&mut s.qkv);
+        let attn_out = SharedActs::new(&mut s.attn_out, exact);
+        let ffn_in = SharedActs::new(&mut s.ffn_in, exact);
+        let ffn_mid = SharedActs::new(&mut s.ffn_mid, exact);
+        let head_in = SharedActs::new(&mut s.head_in, exact);
+        let logits = SharedMut::new(&mut s.logits[..n * vocab]);
+        pool.run(|ctx| {
+            // x = wte[token] + wpe[position], each row at its sequence's position
+            ctx.for_each_chunk(n, 1, |rows| {
+                let mut position = vec![0f32; h];
+                for t in rows {
+                    // SAFETY: row t of x is written by the thread that claimed it.
+                    let row = unsafe { x.slice_mut(t * h..(t + 1) * h) };
+                    self.wte.dequantize_row(tokens[t] as usize, row);
+                    self.wpe.dequantize_row(positions[t], &mut position);
+                    row.iter_mut().zip(&position).for_each(|(a, &p)| *a += p);
+                }
+            });
+            // SAFETY (here and below): x is only read while other buffers are written.
+            let x_row = |t: usize| unsafe { &x.get()[t * h..(t + 1) * h] };
+            for (l, layer) in self.layers.iter().enumerate() {
+                let rows: Vec<RowCache<'_, '_>> = shared
+                    .iter()
+                    .zip(&strides)
+                    .zip(&positions)
+                    .map(|((kv, &stride), &pos)| RowCache { cache: kv.layer(l * stride), pos })
+                    .collect();
+                fill_rows(ctx, &attn_in, n, |t, out| {
+                    layer_norm(x_row(t), &layer.ln_1.0, &layer.ln_1.1, eps, out)
+                });
+                let bias = Some(&layer.c_attn_bias[..]);
+                matmul(ctx, &[&layer.c_attn], &attn_in, n, &qkv, 3 * h, Store::Write { bias });
+                // No rotation (an empty table): each row's key and value go to its own cache.
+                rope_and_cache_rows(ctx, heads, &qkv, &rows, &[], RopeStyle::Neox);
+                attend_rows(ctx, heads, &qkv, &rows, accumulate, attn_out.f32_shared());
+                layer.finish(ctx, c, &attn_out, &ffn_in, &ffn_mid, n, &x);
+            }
+            fill_rows(ctx, &head_in, n, |t, out| layer_norm(x_row(t), &self.ln_f.0, &self.ln_f.1, eps, out));
+            matmul(ctx, &[&self.lm_head], &head_in, n, &logits, vocab, Store::Write { bias: None });
+        });
+        Ok(&s.logits[..n * vocab])
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn forward_batch(
         &self,
@@ -376,26 +499,7 @@ impl Gpt2 {
                 rope_and_cache(ctx, heads, &qkv, n, pos0, &[], RopeStyle::Neox, &cache);
                 // h = x + W_o · softmax(q·Kᵀ/√d)·V + b_o
                 attend(ctx, heads, &qkv, n, pos0, &cache, accumulate, attn_out.f32_shared());
-                requantize(ctx, &attn_out, n);
-                let bias = Some(&layer.attn_proj_bias[..]);
-                matmul(ctx, &[&layer.attn_proj], &attn_out, n, &x, h, Store::Add { bias });
-                // x = h + W_down · gelu(W_up · LN₂(h) + b_up) + b_down
-                fill_rows(ctx, &ffn_in, n, |t, out| {
-                    layer_norm(x_row(t), &layer.ln_2.0, &layer.ln_2.1, eps, out)
-                });
-                let bias = Some(&layer.c_fc_bias[..]);
-                matmul(
-                    ctx,
-                    &[&layer.c_fc],
-                    &ffn_in,
-                    n,
-                    ffn_mid.f32_shared(),
-                    c.n_inner,
-                    Store::Write { bias },
-                );
-                fill_rows(ctx, &ffn_mid, n, |_, row| row.iter_mut().for_each(|v| *v = gelu(*v)));
-                let bias = Some(&layer.mlp_proj_bias[..]);
-                matmul(ctx, &[&layer.mlp_proj], &ffn_mid, n, &x, h, Store::Add { bias });
+                layer.finish(ctx, c, &attn_out, &ffn_in, &ffn_mid, n, &x);
             }
             // logits = wte · LN_f(x), for the tokens asked for
             let n_out = n - first_out;

@@ -237,17 +237,21 @@ impl Model {
         seqs: &mut [&mut Sequence],
         tokens: &[u32],
     ) -> Result<Vec<f32>, ModelError> {
-        let Model::Llama(m) = self else {
-            return Err(ModelError::Unsupported("batched decoding of this family".into()));
-        };
         let Some((first, rest)) = seqs.split_first_mut() else { return Ok(Vec::new()) };
         let arithmetic = first.arithmetic;
-        let Scratch::Llama(scratch) = &mut first.scratch else {
-            return Err(ModelError::Unsupported("a sequence of another model family".into()));
-        };
         let mut caches: Vec<&mut KvCache> =
             std::iter::once(&mut first.kv).chain(rest.iter_mut().map(|s| &mut s.kv)).collect();
-        Ok(m.decode_rows(pool, &mut caches, scratch, tokens, arithmetic)?.to_vec())
+        // The first sequence's buffers serve the whole batch.
+        match (self, &mut first.scratch) {
+            (Model::Llama(m), Scratch::Llama(s)) => {
+                Ok(m.decode_rows(pool, &mut caches, s, tokens, arithmetic)?.to_vec())
+            }
+            (Model::Gpt2(m), Scratch::Gpt2(s)) => {
+                Ok(m.decode_rows(pool, &mut caches, s, tokens, arithmetic)?.to_vec())
+            }
+            (Model::Glm(_), _) => Err(ModelError::Unsupported("batched decoding of ChatGLM-6B".into())),
+            _ => Err(ModelError::Unsupported("a sequence of another model family".into())),
+        }
     }
 
     /// Whether the cached state of a prompt's first tokens stays valid when other tokens follow

@@ -761,7 +761,8 @@ impl Llama {
         self.layers
             .iter()
             .map(|l| {
-                let attention: usize = [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj].map(Weight::n_bytes).iter().sum();
+                let attention: usize =
+                    [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj].map(Weight::n_bytes).iter().sum();
                 let ffn = match &l.ffn {
                     Ffn::Dense { gate_proj, up_proj, down_proj } => {
                         gate_proj.n_bytes() + up_proj.n_bytes() + down_proj.n_bytes()
