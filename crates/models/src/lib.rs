@@ -38,9 +38,9 @@ pub enum LogitsFor {
 pub enum ModelError {
     #[error(transparent)]
     Format(#[from] FormatError),
-    #[error("unknown model architecture {0:?} (baimo runs: {archs})", archs = SUPPORTED_ARCHITECTURES.join(", "))]
+    #[error("unknown model architecture {0:?} (baimo runs: {archs})", archs = supported_architectures().join(", "))]
     UnknownArchitecture(String),
-    #[error("unknown model_type {0:?} in config.json (baimo runs: {types})", types = SUPPORTED_MODEL_TYPES.join(", "))]
+    #[error("unknown model_type {0:?} in config.json (baimo runs: {types})", types = supported_model_types().join(", "))]
     UnknownModelType(String),
     #[error("missing tensor {0:?}")]
     MissingTensor(String),
@@ -60,30 +60,86 @@ pub enum ModelError {
     ContextFull { needed: usize, max: usize },
 }
 
-/// `general.architecture` values baimo can run from GGUF.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
-    "llama", "qwen", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "phi3", "gemma2", "gemma3", "baichuan",
-    "chatglm", "gpt2",
+/// How a family's files are read: its names in GGUF (`general.architecture`) and in Hugging
+/// Face `config.json` (`model_type`), and the loaders. The one place a family is registered: a
+/// new family computed by an existing pass is its own file plus one line here.
+struct Family {
+    gguf: &'static [&'static str],
+    hf: &'static [&'static str],
+    from_gguf: Option<GgufLoader>,
+    from_hf: Option<HfLoader>,
+}
+
+type GgufLoader = fn(&Gguf) -> Result<Model, ModelError>;
+type HfLoader = fn(&HfFolder, Option<GgmlType>) -> Result<Model, ModelError>;
+
+fn llama_gguf(g: &Gguf) -> Result<Model, ModelError> {
+    Ok(Model::Llama(llama::Llama::from_gguf(g)?))
+}
+
+const FAMILIES: &[Family] = &[
+    // LLaMA and the decoders written like it: Mistral (sliding window), Mixtral and the Qwen
+    // mixtures (experts), Qwen2/3; Mistral and Mixtral GGUFs say `llama`.
+    Family {
+        gguf: &["llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe"],
+        hf: &["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe"],
+        from_gguf: Some(llama_gguf),
+        from_hf: Some(|f, q| Ok(Model::Llama(llama::Llama::from_hf(f, q)?))),
+    },
+    Family {
+        gguf: &["qwen"],
+        hf: &["qwen"],
+        from_gguf: Some(llama_gguf),
+        from_hf: Some(|f, q| Ok(Model::Llama(qwen::from_hf(f, q)?))),
+    },
+    Family {
+        gguf: &["baichuan"],
+        hf: &["baichuan"],
+        from_gguf: Some(llama_gguf),
+        from_hf: Some(|f, q| Ok(Model::Llama(baichuan::from_hf(f, q)?))),
+    },
+    Family {
+        gguf: &["phi3"],
+        hf: &["phi3"],
+        from_gguf: Some(llama_gguf),
+        from_hf: Some(|f, q| Ok(Model::Llama(phi3::from_hf(f, q)?))),
+    },
+    Family {
+        gguf: &["gemma2", "gemma3"],
+        hf: &["gemma2", "gemma3_text"],
+        from_gguf: Some(llama_gguf),
+        from_hf: Some(|f, q| Ok(Model::Llama(gemma::from_hf(f, q)?))),
+    },
+    // ChatGLM-6B (GLM's own pass) and ChatGLM2/3, GLM-4 (the LLaMA pass) share `chatglm`.
+    Family {
+        gguf: &["chatglm"],
+        hf: &["chatglm", "glm"],
+        from_gguf: Some(llama_gguf),
+        from_hf: Some(|f, q| {
+            if chatglm::is_glm_v1(&f.config) {
+                Ok(Model::Glm(glm::Glm::from_hf(f, q)?))
+            } else {
+                Ok(Model::Llama(chatglm::from_hf(f, q)?))
+            }
+        }),
+    },
+    Family {
+        gguf: &["gpt2"],
+        hf: &["gpt2"],
+        from_gguf: Some(|g| Ok(Model::Gpt2(gpt2::Gpt2::from_gguf(g)?))),
+        from_hf: Some(|f, q| Ok(Model::Gpt2(gpt2::Gpt2::from_hf(f, q)?))),
+    },
 ];
 
+/// `general.architecture` values baimo can run from GGUF.
+pub fn supported_architectures() -> Vec<&'static str> {
+    FAMILIES.iter().filter(|f| f.from_gguf.is_some()).flat_map(|f| f.gguf.iter().copied()).collect()
+}
+
 /// Hugging Face `model_type` values baimo can run from a model folder.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
-    "llama",
-    "mistral",
-    "mixtral",
-    "qwen",
-    "qwen2",
-    "qwen3",
-    "qwen2_moe",
-    "qwen3_moe",
-    "phi3",
-    "gemma2",
-    "gemma3_text",
-    "baichuan",
-    "chatglm",
-    "glm",
-    "gpt2",
-];
+pub fn supported_model_types() -> Vec<&'static str> {
+    FAMILIES.iter().filter(|f| f.from_hf.is_some()).flat_map(|f| f.hf.iter().copied()).collect()
+}
 
 /// Which order of floating-point roundings a forward pass follows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -166,11 +222,9 @@ pub const DEFAULT_BATCH: usize = 64;
 impl Model {
     pub fn from_gguf(gguf: &Gguf) -> Result<Model, ModelError> {
         let arch = gguf.get_str("general.architecture")?;
-        match arch {
-            "llama" | "qwen" | "qwen2" | "qwen3" | "qwen2moe" | "qwen3moe" | "phi3" | "gemma2" | "gemma3"
-            | "baichuan" | "chatglm" => Ok(Model::Llama(llama::Llama::from_gguf(gguf)?)),
-            "gpt2" => Ok(Model::Gpt2(gpt2::Gpt2::from_gguf(gguf)?)),
-            other => Err(ModelError::UnknownArchitecture(other.into())),
+        match FAMILIES.iter().find(|f| f.gguf.contains(&arch)).and_then(|f| f.from_gguf) {
+            Some(load) => load(gguf),
+            None => Err(ModelError::UnknownArchitecture(arch.into())),
         }
     }
 
@@ -178,20 +232,9 @@ impl Model {
     /// load time (Q8_0, Q4_0, Q4_K, ...).
     pub fn from_hf(folder: &HfFolder, quantize: Option<GgmlType>) -> Result<Model, ModelError> {
         let model_type = folder.config.get("model_type").and_then(|v| v.as_str()).unwrap_or_default();
-        match model_type {
-            "llama" | "mistral" | "mixtral" | "qwen2" | "qwen3" | "qwen2_moe" | "qwen3_moe" => {
-                Ok(Model::Llama(llama::Llama::from_hf(folder, quantize)?))
-            }
-            "gpt2" => Ok(Model::Gpt2(gpt2::Gpt2::from_hf(folder, quantize)?)),
-            "baichuan" => Ok(Model::Llama(baichuan::from_hf(folder, quantize)?)),
-            "phi3" => Ok(Model::Llama(phi3::from_hf(folder, quantize)?)),
-            "gemma2" | "gemma3_text" => Ok(Model::Llama(gemma::from_hf(folder, quantize)?)),
-            "qwen" => Ok(Model::Llama(qwen::from_hf(folder, quantize)?)),
-            "chatglm" if chatglm::is_glm_v1(&folder.config) => {
-                Ok(Model::Glm(glm::Glm::from_hf(folder, quantize)?))
-            }
-            "chatglm" | "glm" => Ok(Model::Llama(chatglm::from_hf(folder, quantize)?)),
-            other => Err(ModelError::UnknownModelType(other.into())),
+        match FAMILIES.iter().find(|f| f.hf.contains(&model_type)).and_then(|f| f.from_hf) {
+            Some(load) => load(folder, quantize),
+            None => Err(ModelError::UnknownModelType(model_type.into())),
         }
     }
 
