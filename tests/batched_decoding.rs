@@ -94,6 +94,21 @@ fn a_batch_of_sequences_decodes_as_each_alone_on_hf_fixtures() {
     }
 }
 
+/// ChatGLM-6B's decoding steps keep each sequence's 2-D positions: contexts with `[gMASK]` or
+/// `[MASK]` then `<sop>` (the span's block ids count from there), and one without (causal).
+#[test]
+fn a_batch_of_chatglm_6b_sequences_decodes_as_each_alone() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/chatglm-6b");
+    // [MASK] 315, [gMASK] 316, <sop> 318 in the fixture's vocabulary.
+    let prompts = vec![vec![5, 6, 7, 316, 318], vec![100, 315, 30, 40, 50, 316, 318], vec![9, 10, 11]];
+    for quantize in [None, Some(baimo_kernels::GgmlType::Q8_0)] {
+        let model = Model::from_hf(&baimo_formats::HfFolder::open(&dir).unwrap(), quantize).unwrap();
+        let (worst, same) = batched_vs_alone(&model, &prompts, 6);
+        eprintln!("chatglm-6b {quantize:?}: max |Δlogit| batched vs alone {worst:.2e}");
+        assert!(same && worst <= 1e-4, "{quantize:?}: {worst}");
+    }
+}
+
 /// The server reads a long prompt in pieces between decoding steps (256 tokens, the last piece at
 /// least a batch of 64): the pieces must leave the cache and logits one call leaves, bit for bit,
 /// in both arithmetics — including a remainder that would be shorter than a batch on its own.

@@ -25,12 +25,15 @@ use baimo_kernels::GgmlType;
 use baimo_kernels::ops::{RopeStyle, gelu, layer_norm, rope_angles, rope_apply};
 use baimo_threads::{Ctx, SharedMut, ThreadPool};
 
-use crate::attention::{Heads, MAX_HEAD_DIM, attend_prefix_lm, rope_and_cache};
+use crate::attention::{
+    Accumulate, Heads, MAX_HEAD_DIM, RowCache, attend_prefix_lm, attend_rows, rope_and_cache,
+    rope_and_cache_rows,
+};
 use crate::hf::{HfSource, JsonConfig};
 use crate::parallel::{SharedActs, Store, fill_rows, matmul, needs, requantize};
-use crate::state::{Activations, KvCache, KvPrecision};
+use crate::state::{Activations, KvCache, KvPrecision, SharedKv};
 use crate::weights::{TensorSource, Weight};
-use crate::{Arithmetic, LogitsFor, ModelError};
+use crate::{Arithmetic, LogitsFor, ModelError, Sequence};
 
 /// Hyper-parameters, named as in ChatGLM-6B's `config.json`.
 #[derive(Clone, Debug, PartialEq)]
@@ -144,6 +147,21 @@ struct Layout {
 }
 
 impl Layout {
+    /// Records where the mask tokens and `<sop>` of `tokens` (at indices from `pos0`) are.
+    fn note(&mut self, c: &Config, pos0: usize, tokens: &[u32]) {
+        for (i, &token) in tokens.iter().enumerate() {
+            if self.sop.is_none() {
+                if token == c.mask_token_id && self.mask.is_none() {
+                    self.mask = Some(pos0 + i);
+                } else if token == c.gmask_token_id && self.gmask.is_none() {
+                    self.gmask = Some(pos0 + i);
+                } else if token == c.bos_token_id {
+                    self.sop = Some(pos0 + i);
+                }
+            }
+        }
+    }
+
     /// Position id and block id of the token at index `p`.
     fn ids(&self, p: usize) -> (usize, usize) {
         match self.sop {
@@ -295,24 +313,116 @@ impl Glm {
             *scratch = self.new_scratch(tokens.len());
             scratch.layout = layout;
         }
-        let pos0 = kv.len();
-        for (i, &token) in tokens.iter().enumerate() {
-            let l = &mut scratch.layout;
-            if l.sop.is_none() {
-                if token == c.mask_token_id && l.mask.is_none() {
-                    l.mask = Some(pos0 + i);
-                } else if token == c.gmask_token_id && l.gmask.is_none() {
-                    l.gmask = Some(pos0 + i);
-                } else if token == c.bos_token_id {
-                    l.sop = Some(pos0 + i);
-                }
-            }
-        }
+        scratch.layout.note(c, kv.len(), tokens);
         let rows_out = if want == LogitsFor::All { tokens.len() } else { 1 };
         scratch.logits.resize(rows_out * c.vocab_size, 0.0);
         let logit_rows = if want == LogitsFor::All { 0..tokens.len() } else { 0..1 };
         self.forward_batch(pool, kv, scratch, tokens, logit_rows, arithmetic == Arithmetic::LlamaCpp);
         Ok(&scratch.logits)
+    }
+
+    /// One decoding step for several sequences at once (continuous batching): `tokens[i]` goes
+    /// to the next position of `seqs[i]`, which must have read their context (a decoding step is
+    /// causal, as the span after `<sop>` is). Each row keeps its sequence's 2-D positions, cache
+    /// and attention (the f32 path a single step takes), so it gets the logits it gets alone.
+    pub(crate) fn decode_seqs(
+        &self,
+        pool: &ThreadPool,
+        seqs: &mut [&mut Sequence],
+        tokens: &[u32],
+    ) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        let n = tokens.len();
+        if n != seqs.len() {
+            return Err(ModelError::Shape(format!("{n} tokens for {} sequences", seqs.len())));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(ModelError::TokenOutOfRange { token: bad, vocab_size: c.vocab_size });
+        }
+        let mut layouts = Vec::with_capacity(n);
+        for (seq, &token) in seqs.iter().zip(tokens) {
+            let crate::Scratch::Glm(scratch) = &seq.scratch else {
+                return Err(ModelError::Unsupported("a sequence of another model family".into()));
+            };
+            let max = seq.kv.max_len().min(c.max_sequence_length);
+            if seq.kv.len() + 1 > max {
+                return Err(ModelError::ContextFull { needed: seq.kv.len() + 1, max });
+            }
+            let mut layout = scratch.layout;
+            layout.note(c, seq.kv.len(), &[token]);
+            layouts.push(layout);
+        }
+        let exact = seqs.first().is_some_and(|s| s.arithmetic == Arithmetic::LlamaCpp);
+        let Some((first, rest)) = seqs.split_first_mut() else { return Ok(Vec::new()) };
+        let crate::Scratch::Glm(s) = &mut first.scratch else { unreachable!("checked above") };
+        if n > s.batch {
+            return Err(ModelError::Shape(format!("{n} sequences in a batch of {}", s.batch)));
+        }
+        let mut caches: Vec<&mut KvCache> =
+            std::iter::once(&mut first.kv).chain(rest.iter_mut().map(|s| &mut s.kv)).collect();
+        let heads = c.heads();
+        let (h, vocab, eps) = (c.hidden_size, c.vocab_size, c.layernorm_epsilon);
+        let (hd, half) = (heads.head_dim, heads.head_dim / 2);
+        let alpha = (2.0 * c.num_layers as f32).sqrt();
+        let mut positions = Vec::with_capacity(n);
+        for (t, kv) in caches.iter_mut().enumerate() {
+            let pos = kv.len();
+            kv.grow(1);
+            positions.push(pos);
+            let (position, block) = layouts[t].ids(pos);
+            let cs = &mut s.cos_sin[t * hd..(t + 1) * hd];
+            rope_angles(position as f32, half, 10_000.0, None, &mut cs[..half]);
+            rope_angles(block as f32, half, 10_000.0, None, &mut cs[half..]);
+        }
+        s.logits.resize(n * vocab, 0.0);
+        let strides: Vec<usize> = caches.iter().map(|kv| kv.layer_start(1)).collect();
+        let shared: Vec<SharedKv<'_>> = caches.iter_mut().map(|kv| kv.shared()).collect();
+        let cos_sin = &s.cos_sin[..n * hd];
+        let x = SharedMut::new(&mut s.x);
+        let attn_in = SharedActs::new(&mut s.attn_in, exact);
+        let qkv = SharedMut::new(&mut s.qkv);
+        let attn_out = SharedActs::new(&mut s.attn_out, exact);
+        let ffn_in = SharedActs::new(&mut s.ffn_in, exact);
+        let ffn_mid = SharedActs::new(&mut s.ffn_mid, exact);
+        let head_in = SharedActs::new(&mut s.head_in, exact);
+        let logits = SharedMut::new(&mut s.logits[..n * vocab]);
+        pool.run(|ctx| {
+            ctx.for_each_chunk(n, 1, |rows| {
+                for t in rows {
+                    // SAFETY: row t of x is written by the thread that claimed it.
+                    self.word_embeddings
+                        .dequantize_row(tokens[t] as usize, unsafe { x.slice_mut(t * h..(t + 1) * h) });
+                }
+            });
+            // SAFETY (here and below): x is only read while other buffers are written.
+            let x_row = |t: usize| unsafe { &x.get()[t * h..(t + 1) * h] };
+            for (l, layer) in self.layers.iter().enumerate() {
+                let rows: Vec<RowCache<'_, '_>> = shared
+                    .iter()
+                    .zip(&strides)
+                    .zip(&positions)
+                    .map(|((kv, &stride), &pos)| RowCache { cache: kv.layer(l * stride), pos })
+                    .collect();
+                let (w, b) = &layer.input_layernorm;
+                fill_rows(ctx, &attn_in, n, |t, out| layer_norm(x_row(t), w, b, eps, out));
+                let parts: Vec<&Weight> = layer.qkv.iter().collect();
+                matmul(ctx, &parts, &attn_in, n, &qkv, 3 * h, Store::Write { bias: Some(&layer.qkv_bias) });
+                rope_2d(ctx, heads, &qkv, n, cos_sin);
+                rope_and_cache_rows(ctx, heads, &qkv, &rows, &[], RopeStyle::Neox);
+                attend_rows(ctx, heads, &qkv, &rows, Accumulate::F32, attn_out.f32_shared());
+                layer.finish(ctx, c, &attn_in, &attn_out, &ffn_in, &ffn_mid, n, &x, alpha);
+            }
+            let (w, b) = &self.final_layernorm;
+            fill_rows(ctx, &head_in, n, |t, out| layer_norm(x_row(t), w, b, eps, out));
+            matmul(ctx, &[&self.lm_head], &head_in, n, &logits, vocab, Store::Write { bias: None });
+        });
+        let out = s.logits[..n * vocab].to_vec();
+        for (seq, layout) in seqs.iter_mut().zip(layouts) {
+            if let crate::Scratch::Glm(scratch) = &mut seq.scratch {
+                scratch.layout = layout;
+            }
+        }
+        Ok(out)
     }
 
     fn forward_batch(
@@ -374,35 +484,7 @@ impl Glm {
                 rope_2d(ctx, heads, &qkv, n, cos_sin);
                 rope_and_cache(ctx, heads, &qkv, n, pos0, &[], RopeStyle::Neox, &cache);
                 attend_prefix_lm(ctx, heads, &qkv, n, pos0, &cache, prefix, attn_out.f32_shared());
-                requantize(ctx, &attn_out, n);
-                // h₁ = α·a + W_o·attn + b_o
-                scale_into(ctx, &x, attn_in.f32_shared(), n, h, alpha);
-                matmul(
-                    ctx,
-                    &[&layer.dense],
-                    &attn_out,
-                    n,
-                    &x,
-                    h,
-                    Store::Add { bias: Some(&layer.dense_bias) },
-                );
-                // m = LN₂(h₁);  h = α·m + W_down·gelu(W_up·m + b_up) + b_down
-                let (w, b) = &layer.post_attention_layernorm;
-                fill_rows(ctx, &ffn_in, n, |t, out| layer_norm(x_row(t), w, b, eps, out));
-                let bias = Some(&layer.dense_h_to_4h_bias[..]);
-                matmul(
-                    ctx,
-                    &[&layer.dense_h_to_4h],
-                    &ffn_in,
-                    n,
-                    ffn_mid.f32_shared(),
-                    c.inner_hidden_size,
-                    Store::Write { bias },
-                );
-                fill_rows(ctx, &ffn_mid, n, |_, row| row.iter_mut().for_each(|v| *v = gelu(*v)));
-                scale_into(ctx, &x, ffn_in.f32_shared(), n, h, alpha);
-                let bias = Some(&layer.dense_4h_to_h_bias[..]);
-                matmul(ctx, &[&layer.dense_4h_to_h], &ffn_mid, n, &x, h, Store::Add { bias });
+                layer.finish(ctx, c, &attn_in, &attn_out, &ffn_in, &ffn_mid, n, &x, alpha);
             }
             let n_out = n - first_out;
             if n_out > 0 {
@@ -411,6 +493,47 @@ impl Glm {
                 matmul(ctx, &[&self.lm_head], &head_in, n_out, &logits, vocab, Store::Write { bias: None });
             }
         });
+    }
+}
+
+impl Layer {
+    /// The block once attention has filled `attn_out` (`attn_in` holds `a = LN₁(h)`):
+    /// `h₁ = α·a + W_o·attn + b_o;  m = LN₂(h₁);  h = α·m + W_down·gelu(W_up·m + b_up) + b_down`.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        ctx: &Ctx<'_>,
+        c: &Config,
+        attn_in: &SharedActs<'_>,
+        attn_out: &SharedActs<'_>,
+        ffn_in: &SharedActs<'_>,
+        ffn_mid: &SharedActs<'_>,
+        n: usize,
+        x: &SharedMut<'_, f32>,
+        alpha: f32,
+    ) {
+        let (h, eps) = (c.hidden_size, c.layernorm_epsilon);
+        requantize(ctx, attn_out, n);
+        scale_into(ctx, x, attn_in.f32_shared(), n, h, alpha);
+        matmul(ctx, &[&self.dense], attn_out, n, x, h, Store::Add { bias: Some(&self.dense_bias) });
+        // SAFETY: x is only read while ffn_in is written.
+        let x_row = |t: usize| unsafe { &x.get()[t * h..(t + 1) * h] };
+        let (w, b) = &self.post_attention_layernorm;
+        fill_rows(ctx, ffn_in, n, |t, out| layer_norm(x_row(t), w, b, eps, out));
+        let bias = Some(&self.dense_h_to_4h_bias[..]);
+        matmul(
+            ctx,
+            &[&self.dense_h_to_4h],
+            ffn_in,
+            n,
+            ffn_mid.f32_shared(),
+            c.inner_hidden_size,
+            Store::Write { bias },
+        );
+        fill_rows(ctx, ffn_mid, n, |_, row| row.iter_mut().for_each(|v| *v = gelu(*v)));
+        scale_into(ctx, x, ffn_in.f32_shared(), n, h, alpha);
+        let bias = Some(&self.dense_4h_to_h_bias[..]);
+        matmul(ctx, &[&self.dense_4h_to_h], ffn_mid, n, x, h, Store::Add { bias });
     }
 }
 

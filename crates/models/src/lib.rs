@@ -280,6 +280,9 @@ impl Model {
         seqs: &mut [&mut Sequence],
         tokens: &[u32],
     ) -> Result<Vec<f32>, ModelError> {
+        if let Model::Glm(m) = self {
+            return m.decode_seqs(pool, seqs, tokens);
+        }
         let Some((first, rest)) = seqs.split_first_mut() else { return Ok(Vec::new()) };
         let arithmetic = first.arithmetic;
         let mut caches: Vec<&mut KvCache> =
@@ -292,7 +295,6 @@ impl Model {
             (Model::Gpt2(m), Scratch::Gpt2(s)) => {
                 Ok(m.decode_rows(pool, &mut caches, s, tokens, arithmetic)?.to_vec())
             }
-            (Model::Glm(_), _) => Err(ModelError::Unsupported("batched decoding of ChatGLM-6B".into())),
             _ => Err(ModelError::Unsupported("a sequence of another model family".into())),
         }
     }
