@@ -518,6 +518,36 @@ impl TileDot {
                             t::q8_0_fast8,
                         ],
                     ),
+                    GgmlType::IQ4_NL => legacy(
+                        [t::iq4_nl_fast1, t::iq4_nl_fast2],
+                        [
+                            t::iq4_nl_fast1,
+                            t::iq4_nl_fast2,
+                            t::iq4_nl_fast3,
+                            t::iq4_nl_fast4,
+                            t::iq4_nl_fast5,
+                            t::iq4_nl_fast6,
+                            t::iq4_nl_fast7,
+                            t::iq4_nl_fast8,
+                        ],
+                    ),
+                    // Q8_K activations, one order (see `iq4_xs`): the Legacy hand-out serves.
+                    GgmlType::IQ4_XS => Some((
+                        Q8Kind::Blocks256,
+                        Legacy {
+                            exact: [t::iq4_xs1, t::iq4_xs2],
+                            fast: [
+                                t::iq4_xs1,
+                                t::iq4_xs2,
+                                t::iq4_xs3,
+                                t::iq4_xs4,
+                                t::iq4_xs5,
+                                t::iq4_xs6,
+                                t::iq4_xs7,
+                                t::iq4_xs8,
+                            ],
+                        },
+                    )),
                     GgmlType::Q4_K => Some((
                         Q8Kind::Blocks256,
                         Q4K {

@@ -180,14 +180,15 @@ pub fn vec_dot_q3_k(w: &[BlockQ3K], x: Q8Row<'_>) -> f32 {
     sum
 }
 
-/// IQ4_NL · Q8_0: `Σ_blocks d·x.d·Σ K[q]·x`.
+/// IQ4_NL · Q8_0: `Σ_blocks d·x.d·Σ K[q]·x`, one fused multiply-add per block (the order the
+/// tiled kernel keeps, so both give the same bits).
 pub fn vec_dot_iq4_nl(w: &[BlockIq4Nl], x: Q8Row<'_>) -> f32 {
     let mut sum = 0f32;
     for (i, b) in w.iter().enumerate() {
         let xq = &x.qs[i * QK..(i + 1) * QK];
         let dot: i32 =
             iq4_indices(&b.qs).iter().zip(xq).map(|(&q, &x)| IQ4_LEVELS[q as usize] as i32 * x as i32).sum();
-        sum += f16_to_f32(b.d) * x.d[i] * dot as f32;
+        sum = (f16_to_f32(b.d) * x.d[i]).mul_add(dot as f32, sum);
     }
     sum
 }
@@ -207,7 +208,8 @@ pub fn vec_dot_iq4_xs(w: &[BlockIq4Xs], x: Q8Row<'_>) -> f32 {
                 .sum();
             isum += iq4_xs_scale(b, g) * dot;
         }
-        sum += f16_to_f32(b.d) * x.d[i] * isum as f32;
+        // Fused, as the tiled kernel.
+        sum = (f16_to_f32(b.d) * x.d[i]).mul_add(isum as f32, sum);
     }
     sum
 }

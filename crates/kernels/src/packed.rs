@@ -13,6 +13,13 @@
 //!                     4s..4s+4 (low nibbles values 4s.., high nibbles values 16 + 4s..);
 //!                     Q8_0: [8 steps][16 rows][4 bytes], values 4s..4s+4 stored as w + 128
 //! ```
+//! IQ4_NL takes Q4_0's layout; its nibbles index the 16 levels (the kernel looks them up).
+//! IQ4_XS, per super-block of 256 values:
+//! ```text
+//! d[16]: f16
+//! scales[8][16]: i8                  group g's scale minus 32, row r
+//! qs[8 groups][4 steps][16 rows][4]  as IQ4_NL's block, for each group of 32 values
+//! ```
 //! Q4_K, per super-block of 256 values:
 //! ```text
 //! d[16], dmin[16]: f16
@@ -28,6 +35,7 @@
 //! Rows past the matrix's end (when it has no multiple of 16) are zero and their results unused.
 
 use crate::GgmlType;
+use crate::lowbit::{BlockIq4Nl, BlockIq4Xs, iq4_xs_scale};
 use crate::quants::{
     BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, as_blocks, scale_min_k4,
 };
@@ -77,6 +85,7 @@ impl PackedMatrix {
                 };
                 match dtype {
                     GgmlType::Q4_K => pack_q4_k(b, &row, dst),
+                    GgmlType::IQ4_XS => pack_iq4_xs(b, &row, dst),
                     GgmlType::Q6_K => pack_q6_k(b, &row, dst),
                     _ => pack_legacy(dtype, b, &row, dst),
                 }
@@ -107,6 +116,9 @@ pub fn group_block_bytes(dtype: GgmlType) -> Option<usize> {
         GgmlType::Q5_0 => 32 + 64 + 256,
         GgmlType::Q5_1 => 32 + 32 + 64 + 256,
         GgmlType::Q8_0 => 32 + 512,
+        // Q4_0's layout: the nibbles are indices into IQ4_NL's levels.
+        GgmlType::IQ4_NL => 32 + 256,
+        GgmlType::IQ4_XS => 32 + 128 + 2048,
         GgmlType::Q4_K => 32 + 32 + 128 + 128 + 2048,
         GgmlType::Q6_K => 32 + 256 + 2048 + 1024,
         _ => return None,
@@ -148,6 +160,10 @@ fn pack_legacy<'s>(dtype: GgmlType, b: usize, row: &dyn Fn(usize) -> Option<&'s 
             GgmlType::Q8_0 => {
                 let blk = &as_blocks::<BlockQ8_0>(bytes)[b];
                 (blk.d, 0, 0, bytemuck::cast_slice(&blk.qs))
+            }
+            GgmlType::IQ4_NL => {
+                let blk = &as_blocks::<BlockIq4Nl>(bytes)[b];
+                (blk.d, 0, 0, &blk.qs)
             }
             _ => unreachable!("group_block_bytes gates the types"),
         };
@@ -193,6 +209,24 @@ fn pack_q4_k<'s>(b: usize, row: &dyn Fn(usize) -> Option<&'s [u8]>, dst: &mut [u
         for (step, four) in blk.qs.chunks_exact(4).enumerate() {
             let at = qs_at + 64 * step + 4 * r;
             dst[at..at + 4].copy_from_slice(four);
+        }
+    }
+}
+
+/// IQ4_XS super-block `b` of 16 rows (layout above).
+fn pack_iq4_xs<'s>(b: usize, row: &dyn Fn(usize) -> Option<&'s [u8]>, dst: &mut [u8]) {
+    let (scales_at, qs_at) = (32, 32 + 128);
+    for r in 0..GROUP {
+        let Some(bytes) = row(r) else { continue };
+        let blk = &as_blocks::<BlockIq4Xs>(bytes)[b];
+        dst[2 * r..2 * r + 2].copy_from_slice(&blk.d.to_le_bytes());
+        for g in 0..8 {
+            // The scale with its offset taken off (−32..31), as a signed byte.
+            dst[scales_at + 16 * g + r] = iq4_xs_scale(blk, g) as i8 as u8;
+            for (s, four) in blk.qs[16 * g..16 * g + 16].chunks_exact(4).enumerate() {
+                let at = qs_at + 256 * g + 64 * s + 4 * r;
+                dst[at..at + 4].copy_from_slice(four);
+            }
         }
     }
 }

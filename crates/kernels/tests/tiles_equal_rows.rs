@@ -1,6 +1,7 @@
 //! Asked for exact results, the tiled kernels over packed weight groups give, bit for bit, those
 //! of the single-row kernels (same integer sums, same float operations in the same order) for
-//! every batch smaller than `FAST_BATCH`, and for the K-quants at every size. The fast kernels:
+//! every batch smaller than `FAST_BATCH`, and for the K-quants and IQ4_NL/IQ4_XS (one order) at
+//! every size. The fast kernels:
 //! Q4_K and Q6_K still reproduce a single-row order (Q6_K that of large batches); the legacy
 //! types must agree with an exact (f64) product to float accuracy.
 
@@ -8,7 +9,7 @@ use baimo_kernels::dispatch::FAST_BATCH;
 use baimo_kernels::{GgmlType, Isa, PackedMatrix, Q8Buf, Q8Kind, TileDot, VecDot, dequantize};
 use proptest::prelude::*;
 
-const TYPES: [GgmlType; 7] = [
+const TYPES: [GgmlType; 9] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
@@ -16,6 +17,8 @@ const TYPES: [GgmlType; 7] = [
     GgmlType::Q8_0,
     GgmlType::Q4_K,
     GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
 ];
 
 fn splitmix(seed: u64) -> impl FnMut() -> u64 {

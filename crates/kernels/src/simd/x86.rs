@@ -532,7 +532,8 @@ unsafe fn iq4_nl<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
     for (i, b) in blocks.iter().enumerate() {
         let xv = load256(x.qs.as_ptr().add(i * QK).cast());
         let dot = hsum_epi32(dot_signed::<D>(iq4_levels(b.qs.as_ptr()), xv));
-        sum += f16(b.d) * x.d[i] * dot as f32;
+        // Fused, as the scalar reference and the tiled kernel.
+        sum = (f16(b.d) * x.d[i]).mul_add(dot as f32, sum);
     }
     sum
 }
@@ -552,7 +553,8 @@ unsafe fn iq4_xs<D: DotU8I8>(w: &[u8], x: Q8Row<'_>) -> f32 {
                 D::dot_scaled(_mm256_sign_epi8(levels, levels), _mm256_sign_epi8(xv, levels), scale, scale);
             isum = _mm256_add_epi32(isum, dot);
         }
-        sum += f16(b.d) * x.d[i] * hsum_epi32(isum) as f32;
+        // Fused, as the scalar reference and the tiled kernel.
+        sum = (f16(b.d) * x.d[i]).mul_add(hsum_epi32(isum) as f32, sum);
     }
     sum
 }

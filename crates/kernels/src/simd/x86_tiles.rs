@@ -29,6 +29,15 @@ pub const Q4_1: u8 = 1;
 pub const Q5_0: u8 = 2;
 pub const Q5_1: u8 = 3;
 pub const Q8_0: u8 = 4;
+pub const IQ4_NL: u8 = 5;
+
+/// IQ4_NL's levels plus 128 (as the unsigned operand of the int8 dot products), one copy per
+/// 128-bit lane for the byte shuffle.
+#[inline(always)]
+unsafe fn iq4_nl_table() -> __m512i {
+    let levels = crate::lowbit::IQ4_LEVELS.map(|l| (l as i16 + 128) as u8);
+    _mm512_broadcast_i32x4(_mm_loadu_si128(levels.as_ptr().cast()))
+}
 
 const fn has_min(ty: u8) -> bool {
     ty == Q4_1 || ty == Q5_1
@@ -41,7 +50,7 @@ const fn offset_shift(ty: u8) -> u32 {
     match ty {
         Q4_0 => 3,
         Q5_0 => 4,
-        Q8_0 => 7,
+        Q8_0 | IQ4_NL => 7,
         _ => 0,
     }
 }
@@ -102,6 +111,11 @@ unsafe fn legacy_step<const TY: u8>(base: *const u8, ps: usize) -> (__m512i, __m
     let nib = _mm512_set1_epi8(0xF);
     let mut lo = _mm512_and_si512(raw, nib);
     let mut hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib);
+    if TY == IQ4_NL {
+        // Each nibble picks its level (+ 128) within its 128-bit lane.
+        let table = iq4_nl_table();
+        return (_mm512_shuffle_epi8(table, lo), _mm512_shuffle_epi8(table, hi));
+    }
     if has_qh(TY) {
         let fifth = _mm512_set1_epi8(0x10);
         let mask = |s: usize| (base.add(qh_at + 8 * s) as *const u64).read_unaligned();
@@ -244,6 +258,64 @@ pub unsafe fn legacy_fast<const TY: u8, const T: usize>(
                 let m = load_f16x16(base.add(m_at));
                 acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(*xs[t].s.get_unchecked(b)), acc[t]);
             }
+        }
+    }
+    for t in 0..T {
+        store(&mut out[t], acc[t]);
+    }
+}
+
+const IQ4XS_BYTES: usize = 32 + 128 + 2048;
+
+/// IQ4_XS against Q8_K activations, one order for exact and fast (the single-row kernel's): per
+/// group of 32, the levels' integer dot product times the group's scale, summed over the
+/// super-block, then one fused multiply-add by `d_w·d_x` per super-block.
+#[inline(always)]
+pub unsafe fn iq4_xs<const T: usize>(
+    group: &[u8],
+    n_blocks: usize,
+    xs: &[Q8Row<'_>],
+    out: &mut [[f32; GROUP]],
+) {
+    debug_assert!(xs.len() == T && out.len() >= T && group.len() >= n_blocks * IQ4XS_BYTES);
+    let (scales_at, qs_at) = (32, 32 + 128);
+    let table = iq4_nl_table();
+    let nib = _mm512_set1_epi8(0xF);
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..n_blocks {
+        let base = group.as_ptr().add(b * IQ4XS_BYTES);
+        if T >= PREFETCH_FROM_TOKENS {
+            prefetch_ahead(base, IQ4XS_BYTES);
+        }
+        let mut isum = [_mm512_setzero_si512(); T];
+        for g in 0..8 {
+            let scale = i8x16(base.add(scales_at + 16 * g));
+            // The levels are stored + 128: start each group's sum from −128·Σx.
+            let mut gsum = [_mm512_setzero_si512(); T];
+            for t in 0..T {
+                let bs = &xs[t].bsums;
+                let sum =
+                    *bs.get_unchecked(16 * b + 2 * g) as i32 + *bs.get_unchecked(16 * b + 2 * g + 1) as i32;
+                gsum[t] = _mm512_set1_epi32(-(sum << 7));
+            }
+            for ps in 0..4 {
+                let raw = load512(base.add(qs_at + 256 * g + 64 * ps));
+                let lo = _mm512_shuffle_epi8(table, _mm512_and_si512(raw, nib));
+                let hi = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib));
+                let at = 256 * b + 32 * g + 4 * ps;
+                for t in 0..T {
+                    gsum[t] = _mm512_dpbusd_epi32(gsum[t], lo, bcast_x(&xs[t], at));
+                    gsum[t] = _mm512_dpbusd_epi32(gsum[t], hi, bcast_x(&xs[t], at + 16));
+                }
+            }
+            for t in 0..T {
+                isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(gsum[t], scale));
+            }
+        }
+        let d = load_f16x16(base);
+        for t in 0..T {
+            let s = _mm512_mul_ps(d, _mm512_set1_ps(*xs[t].d.get_unchecked(b)));
+            acc[t] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(isum[t]), acc[t]);
         }
     }
     for t in 0..T {
@@ -537,6 +609,27 @@ legacy_entries!(
         q8_0_fast8 = 8
     ]
 );
+
+// IQ4_NL has one order for both: its single-row kernel takes legacy_fast's (one fused
+// multiply-add per block).
+entries! {
+    iq4_xs1 = iq4_xs::<1>;
+    iq4_xs2 = iq4_xs::<2>;
+    iq4_xs3 = iq4_xs::<3>;
+    iq4_xs4 = iq4_xs::<4>;
+    iq4_xs5 = iq4_xs::<5>;
+    iq4_xs6 = iq4_xs::<6>;
+    iq4_xs7 = iq4_xs::<7>;
+    iq4_xs8 = iq4_xs::<8>;
+    iq4_nl_fast1 = legacy_fast::<{ IQ4_NL }, 1>;
+    iq4_nl_fast2 = legacy_fast::<{ IQ4_NL }, 2>;
+    iq4_nl_fast3 = legacy_fast::<{ IQ4_NL }, 3>;
+    iq4_nl_fast4 = legacy_fast::<{ IQ4_NL }, 4>;
+    iq4_nl_fast5 = legacy_fast::<{ IQ4_NL }, 5>;
+    iq4_nl_fast6 = legacy_fast::<{ IQ4_NL }, 6>;
+    iq4_nl_fast7 = legacy_fast::<{ IQ4_NL }, 7>;
+    iq4_nl_fast8 = legacy_fast::<{ IQ4_NL }, 8>;
+}
 
 entries! {
     q4_k_single1 = q4_k::<1, false>;
