@@ -289,7 +289,7 @@ def llama_worker(spec: dict) -> dict:
     # the callback is not garbage-collected while C holds it.
     @L.llama_log_callback
     def log_cb(level, text, _user):
-        if level == 3:  # GGML_LOG_LEVEL_ERROR
+        if level == 4:  # GGML_LOG_LEVEL_ERROR (3 is WARN in ggml.h)
             sys.stderr.write(text.decode(errors="replace"))
     L.llama_log_set(log_cb, ctypes.c_void_p(0))
     out: dict = {"harness_rss_kib": _rss_kib_now(),

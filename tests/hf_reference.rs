@@ -1,7 +1,8 @@
 //! Models read from Hugging Face folders against PyTorch: the tiny random fixtures of
 //! `scripts/make_hf_fixtures.py` (one per family and RoPE variant), with logits for every position
 //! of sequences of 5, 23 and 80 tokens computed in float32 by transformers' own classes (LLaMA,
-//! Qwen2, Qwen3, GPT-2, and LLaMA for Baichuan-7B/Baichuan2-7B) or by a forward pass written from
+//! Qwen2, Qwen3, GPT-2, Mistral, Mixtral, Qwen2-MoE, Qwen3-MoE, Phi-3, Gemma 2, Gemma 3, and LLaMA
+//! for Baichuan-7B/Baichuan2-7B) or by a forward pass written from
 //! the released modeling code where transformers has none (Baichuan-13B's ALiBi, Qwen v1's
 //! dynamic NTK and logn attention past its `seq_length` of 16). Issue bound: 1e-4.
 //!
