@@ -531,6 +531,39 @@ impl TileDot {
                             t::iq4_nl_fast8,
                         ],
                     ),
+                    // Q8_K activations, one order (see `q2_k`): the Legacy hand-out serves.
+                    GgmlType::Q2_K => Some((
+                        Q8Kind::Blocks256,
+                        Legacy {
+                            exact: [t::q2_k1, t::q2_k2],
+                            fast: [
+                                t::q2_k1,
+                                t::q2_k2,
+                                t::q2_k3,
+                                t::q2_k4,
+                                t::q2_k5,
+                                t::q2_k6,
+                                t::q2_k7,
+                                t::q2_k8,
+                            ],
+                        },
+                    )),
+                    GgmlType::Q3_K => Some((
+                        Q8Kind::Blocks256,
+                        Legacy {
+                            exact: [t::q3_k1, t::q3_k2],
+                            fast: [
+                                t::q3_k1,
+                                t::q3_k2,
+                                t::q3_k3,
+                                t::q3_k4,
+                                t::q3_k5,
+                                t::q3_k6,
+                                t::q3_k7,
+                                t::q3_k8,
+                            ],
+                        },
+                    )),
                     // Q8_K activations, one order (see `iq4_xs`): the Legacy hand-out serves.
                     GgmlType::IQ4_XS => Some((
                         Q8Kind::Blocks256,

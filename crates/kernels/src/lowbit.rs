@@ -67,7 +67,7 @@ const _: () = {
 /// The 2-bit field of value `v` (0..256) in Q2_K/Q3_K's `qs`: each 128 values use 32 bytes, four
 /// fields per byte, the field chosen by which 32 of the 128.
 #[inline]
-fn low2(qs: &[u8; 64], v: usize) -> u8 {
+pub(crate) fn low2(qs: &[u8; 64], v: usize) -> u8 {
     let (half, rest) = (v / 128, v % 128);
     (qs[half * 32 + rest % 32] >> (2 * (rest / 32))) & 3
 }
@@ -85,7 +85,7 @@ pub(crate) fn q3_k_scales(packed: &[u8; 12]) -> [i32; 16] {
 
 /// Q3_K's signed value: the low 2 bits, minus 4 when the high bit is clear.
 #[inline]
-fn q3_k_value(b: &BlockQ3K, v: usize) -> i32 {
+pub(crate) fn q3_k_value(b: &BlockQ3K, v: usize) -> i32 {
     let high = (b.hmask[v % 32] >> (v / 32)) & 1;
     low2(&b.qs, v) as i32 - if high == 0 { 4 } else { 0 }
 }

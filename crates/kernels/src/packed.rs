@@ -14,6 +14,20 @@
 //!                     Q8_0: [8 steps][16 rows][4 bytes], values 4s..4s+4 stored as w + 128
 //! ```
 //! IQ4_NL takes Q4_0's layout; its nibbles index the 16 levels (the kernel looks them up).
+//! Q2_K, per super-block of 256 values:
+//! ```text
+//! d[16], dmin[16]: f16
+//! scales[16][16]: u8                 sub-block j's byte (scale low nibble, minimum high), row r
+//! qs[16 sub-blocks][16 rows][4]      byte k, bits 2c..2c+2: value 16j + 4c + k, so a shift by
+//!                                    2c and a mask give values 16j + 4c .. + 4 in a lane
+//! ```
+//! Q3_K, per super-block of 256 values, each value stored plus 4 (0..8):
+//! ```text
+//! d[16]: f16
+//! scales[16][16]: i8                 sub-block j's scale (minus 32), row r
+//! qs[16 sub-blocks][16 rows][4]      the low two bits, as Q2_K's
+//! high[16 sub-blocks][4 steps]: u64  bit 4r + k: the third bit of value 16j + 4c + k, row r
+//! ```
 //! IQ4_XS, per super-block of 256 values:
 //! ```text
 //! d[16]: f16
@@ -35,7 +49,9 @@
 //! Rows past the matrix's end (when it has no multiple of 16) are zero and their results unused.
 
 use crate::GgmlType;
-use crate::lowbit::{BlockIq4Nl, BlockIq4Xs, iq4_xs_scale};
+use crate::lowbit::{
+    BlockIq4Nl, BlockIq4Xs, BlockQ2K, BlockQ3K, iq4_xs_scale, low2, q3_k_scales, q3_k_value,
+};
 use crate::quants::{
     BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, as_blocks, scale_min_k4,
 };
@@ -86,6 +102,8 @@ impl PackedMatrix {
                 match dtype {
                     GgmlType::Q4_K => pack_q4_k(b, &row, dst),
                     GgmlType::IQ4_XS => pack_iq4_xs(b, &row, dst),
+                    GgmlType::Q2_K => pack_q2_k(b, &row, dst),
+                    GgmlType::Q3_K => pack_q3_k(b, &row, dst),
                     GgmlType::Q6_K => pack_q6_k(b, &row, dst),
                     _ => pack_legacy(dtype, b, &row, dst),
                 }
@@ -119,6 +137,8 @@ pub fn group_block_bytes(dtype: GgmlType) -> Option<usize> {
         // Q4_0's layout: the nibbles are indices into IQ4_NL's levels.
         GgmlType::IQ4_NL => 32 + 256,
         GgmlType::IQ4_XS => 32 + 128 + 2048,
+        GgmlType::Q2_K => 32 + 32 + 256 + 1024,
+        GgmlType::Q3_K => 32 + 256 + 1024 + 512,
         GgmlType::Q4_K => 32 + 32 + 128 + 128 + 2048,
         GgmlType::Q6_K => 32 + 256 + 2048 + 1024,
         _ => return None,
@@ -209,6 +229,50 @@ fn pack_q4_k<'s>(b: usize, row: &dyn Fn(usize) -> Option<&'s [u8]>, dst: &mut [u
         for (step, four) in blk.qs.chunks_exact(4).enumerate() {
             let at = qs_at + 64 * step + 4 * r;
             dst[at..at + 4].copy_from_slice(four);
+        }
+    }
+}
+
+/// Q2_K super-block `b` of 16 rows (layout above).
+fn pack_q2_k<'s>(b: usize, row: &dyn Fn(usize) -> Option<&'s [u8]>, dst: &mut [u8]) {
+    let (scales_at, qs_at) = (64, 64 + 256);
+    for r in 0..GROUP {
+        let Some(bytes) = row(r) else { continue };
+        let blk = &as_blocks::<BlockQ2K>(bytes)[b];
+        dst[2 * r..2 * r + 2].copy_from_slice(&blk.d.to_le_bytes());
+        dst[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&blk.dmin.to_le_bytes());
+        for j in 0..16 {
+            dst[scales_at + 16 * j + r] = blk.scales[j];
+            for k in 0..4 {
+                let byte = (0..4).fold(0u8, |acc, c| acc | (low2(&blk.qs, 16 * j + 4 * c + k) << (2 * c)));
+                dst[qs_at + 64 * j + 4 * r + k] = byte;
+            }
+        }
+    }
+}
+
+/// Q3_K super-block `b` of 16 rows (layout above).
+fn pack_q3_k<'s>(b: usize, row: &dyn Fn(usize) -> Option<&'s [u8]>, dst: &mut [u8]) {
+    let (scales_at, qs_at, high_at) = (32, 32 + 256, 32 + 256 + 1024);
+    for r in 0..GROUP {
+        let Some(bytes) = row(r) else { continue };
+        let blk = &as_blocks::<BlockQ3K>(bytes)[b];
+        dst[2 * r..2 * r + 2].copy_from_slice(&blk.d.to_le_bytes());
+        let scales = q3_k_scales(&blk.scales);
+        for j in 0..16 {
+            dst[scales_at + 16 * j + r] = scales[j] as i8 as u8;
+            for c in 0..4 {
+                let at = high_at + 8 * (4 * j + c);
+                let mut word = u64::from_le_bytes(dst[at..at + 8].try_into().unwrap());
+                for k in 0..4 {
+                    // The value plus 4 (0..8): its low pair with the others of the lane, its
+                    // third bit in the step's mask.
+                    let u = (q3_k_value(blk, 16 * j + 4 * c + k) + 4) as u8;
+                    dst[qs_at + 64 * j + 4 * r + k] |= (u & 3) << (2 * c);
+                    word |= ((u >> 2) as u64) << (4 * r + k);
+                }
+                dst[at..at + 8].copy_from_slice(&word.to_le_bytes());
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use baimo_kernels::dispatch::FAST_BATCH;
 use baimo_kernels::{GgmlType, Isa, PackedMatrix, Q8Buf, Q8Kind, TileDot, VecDot, dequantize};
 use proptest::prelude::*;
 
-const TYPES: [GgmlType; 9] = [
+const TYPES: [GgmlType; 11] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
@@ -19,6 +19,8 @@ const TYPES: [GgmlType; 9] = [
     GgmlType::Q6_K,
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
 ];
 
 fn splitmix(seed: u64) -> impl FnMut() -> u64 {
@@ -39,6 +41,8 @@ fn random_matrix(dtype: GgmlType, rows: usize, cols: usize, rng: &mut impl FnMut
     let f16_fields: &[usize] = match dtype {
         GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K => &[0, 2],
         GgmlType::Q6_K => &[208],
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
         _ => &[0],
     };
     for blk in bytes.chunks_exact_mut(size) {

@@ -265,6 +265,115 @@ pub unsafe fn legacy_fast<const TY: u8, const T: usize>(
     }
 }
 
+const Q2K_BYTES: usize = 32 + 32 + 256 + 1024;
+
+/// Q2_K against Q8_K activations, one order for exact and fast (the single-row kernel's): per
+/// super-block `Σ_j s_j·Σ q·x` and `Σ_j m_j·bsum_j` in integers, then
+/// `acc + ((d_w·d_x)·isum − (dmin_w·d_x)·msum)` with separate roundings, as that kernel.
+#[inline(always)]
+pub unsafe fn q2_k<const T: usize>(
+    group: &[u8],
+    n_blocks: usize,
+    xs: &[Q8Row<'_>],
+    out: &mut [[f32; GROUP]],
+) {
+    debug_assert!(xs.len() == T && out.len() >= T && group.len() >= n_blocks * Q2K_BYTES);
+    let (scales_at, qs_at) = (64, 64 + 256);
+    let two_bits = _mm512_set1_epi8(3);
+    let low_nibble = _mm512_set1_epi32(0xF);
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..n_blocks {
+        let base = group.as_ptr().add(b * Q2K_BYTES);
+        if T >= PREFETCH_FROM_TOKENS {
+            prefetch_ahead(base, Q2K_BYTES);
+        }
+        let mut isum = [_mm512_setzero_si512(); T];
+        let mut msum = [_mm512_setzero_si512(); T];
+        for j in 0..16 {
+            let packed_scales = u8x16(base.add(scales_at + 16 * j));
+            let scale = _mm512_and_si512(packed_scales, low_nibble);
+            let min = _mm512_srli_epi32(packed_scales, 4);
+            let raw = load512(base.add(qs_at + 64 * j));
+            let mut gsum = [_mm512_setzero_si512(); T];
+            for c in 0..4 {
+                // A 16-bit shift moves no bit of a byte's low pair across bytes for shifts < 8.
+                let q = _mm512_and_si512(_mm512_srl_epi16(raw, _mm_cvtsi32_si128(2 * c as i32)), two_bits);
+                for t in 0..T {
+                    gsum[t] = _mm512_dpbusd_epi32(gsum[t], q, bcast_x(&xs[t], 256 * b + 16 * j + 4 * c));
+                }
+            }
+            for t in 0..T {
+                isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(gsum[t], scale));
+                let bsum = _mm512_set1_epi32(*xs[t].bsums.get_unchecked(16 * b + j) as i32);
+                msum[t] = _mm512_add_epi32(msum[t], _mm512_mullo_epi32(min, bsum));
+            }
+        }
+        let (d, dmin) = (load_f16x16(base), load_f16x16(base.add(32)));
+        for t in 0..T {
+            let xd = _mm512_set1_ps(*xs[t].d.get_unchecked(b));
+            let main = _mm512_mul_ps(_mm512_mul_ps(xd, d), _mm512_cvtepi32_ps(isum[t]));
+            let mins = _mm512_mul_ps(_mm512_mul_ps(xd, dmin), _mm512_cvtepi32_ps(msum[t]));
+            acc[t] = _mm512_add_ps(acc[t], _mm512_sub_ps(main, mins));
+        }
+    }
+    for t in 0..T {
+        store(&mut out[t], acc[t]);
+    }
+}
+
+const Q3K_BYTES: usize = 32 + 256 + 1024 + 512;
+
+/// Q3_K against Q8_K activations, one order for exact and fast (the single-row kernel's): the
+/// values plus 4 as unsigned bytes, each sub-block's sum started at −4·bsum, times its scale;
+/// then `acc + (d_w·d_x)·isum` with separate roundings, as that kernel.
+#[inline(always)]
+pub unsafe fn q3_k<const T: usize>(
+    group: &[u8],
+    n_blocks: usize,
+    xs: &[Q8Row<'_>],
+    out: &mut [[f32; GROUP]],
+) {
+    debug_assert!(xs.len() == T && out.len() >= T && group.len() >= n_blocks * Q3K_BYTES);
+    let (scales_at, qs_at, high_at) = (32, 32 + 256, 32 + 256 + 1024);
+    let two_bits = _mm512_set1_epi8(3);
+    let four = _mm512_set1_epi8(4);
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..n_blocks {
+        let base = group.as_ptr().add(b * Q3K_BYTES);
+        if T >= PREFETCH_FROM_TOKENS {
+            prefetch_ahead(base, Q3K_BYTES);
+        }
+        let mut isum = [_mm512_setzero_si512(); T];
+        for j in 0..16 {
+            let scale = i8x16(base.add(scales_at + 16 * j));
+            let raw = load512(base.add(qs_at + 64 * j));
+            let mut gsum = [_mm512_setzero_si512(); T];
+            for t in 0..T {
+                gsum[t] = _mm512_set1_epi32(-4 * *xs[t].bsums.get_unchecked(16 * b + j) as i32);
+            }
+            for c in 0..4 {
+                let low = _mm512_and_si512(_mm512_srl_epi16(raw, _mm_cvtsi32_si128(2 * c as i32)), two_bits);
+                let high = (base.add(high_at + 8 * (4 * j + c)) as *const u64).read_unaligned();
+                let q = _mm512_mask_add_epi8(low, high, low, four);
+                for t in 0..T {
+                    gsum[t] = _mm512_dpbusd_epi32(gsum[t], q, bcast_x(&xs[t], 256 * b + 16 * j + 4 * c));
+                }
+            }
+            for t in 0..T {
+                isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(gsum[t], scale));
+            }
+        }
+        let d = load_f16x16(base);
+        for t in 0..T {
+            let s = _mm512_mul_ps(d, _mm512_set1_ps(*xs[t].d.get_unchecked(b)));
+            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(s, _mm512_cvtepi32_ps(isum[t])));
+        }
+    }
+    for t in 0..T {
+        store(&mut out[t], acc[t]);
+    }
+}
+
 const IQ4XS_BYTES: usize = 32 + 128 + 2048;
 
 /// IQ4_XS against Q8_K activations, one order for exact and fast (the single-row kernel's): per
@@ -613,6 +722,22 @@ legacy_entries!(
 // IQ4_NL has one order for both: its single-row kernel takes legacy_fast's (one fused
 // multiply-add per block).
 entries! {
+    q3_k1 = q3_k::<1>;
+    q3_k2 = q3_k::<2>;
+    q3_k3 = q3_k::<3>;
+    q3_k4 = q3_k::<4>;
+    q3_k5 = q3_k::<5>;
+    q3_k6 = q3_k::<6>;
+    q3_k7 = q3_k::<7>;
+    q3_k8 = q3_k::<8>;
+    q2_k1 = q2_k::<1>;
+    q2_k2 = q2_k::<2>;
+    q2_k3 = q2_k::<3>;
+    q2_k4 = q2_k::<4>;
+    q2_k5 = q2_k::<5>;
+    q2_k6 = q2_k::<6>;
+    q2_k7 = q2_k::<7>;
+    q2_k8 = q2_k::<8>;
     iq4_xs1 = iq4_xs::<1>;
     iq4_xs2 = iq4_xs::<2>;
     iq4_xs3 = iq4_xs::<3>;
