@@ -23,6 +23,11 @@
 //! - **GLM-4** (its chat template): `[gMASK]<sop>`, then `<|role|>\ncontent` per message, then
 //!   `<|assistant|>`. Tools go into a system message (its default text, then `# 可用工具`), one
 //!   `## name` section each; a call is `<|assistant|>name\n{arguments}` and its result an `<|observation|>` message.
+//! - **Gemma** (Google's chat template, gemma-2-2b-it): `<bos>`, then per message
+//!   `<start_of_turn>role\ncontent<end_of_turn>\n` with the role `model` for the assistant and
+//!   the content trimmed, then `<start_of_turn>model\n`. Gemma 2's template refuses a system
+//!   message; this one puts it before the first user message followed by a blank line, as Gemma
+//!   3's template does.
 //! - **Plain** (GPT-2 and other base models): the messages' text, one paragraph each.
 
 /// A family's prompt format.
@@ -45,6 +50,7 @@ pub enum BuiltinFormat {
     ChatGlm2,
     ChatGlm3,
     Glm4,
+    Gemma,
     Plain,
 }
 
@@ -64,6 +70,7 @@ impl BuiltinFormat {
             BuiltinFormat::ChatGlm2 => "chatglm2",
             BuiltinFormat::ChatGlm3 => "chatglm3",
             BuiltinFormat::Glm4 => "glm4",
+            BuiltinFormat::Gemma => "gemma",
             BuiltinFormat::Plain => "plain",
         }
     }
@@ -184,6 +191,19 @@ impl BuiltinFormat {
                 "{%- set role = 'observation' if message['role'] == 'tool' else message['role'] -%}",
                 "<|{{ role }}|>{{ '\\n' }}{{ message['content'] }}",
                 "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+            )
+            .to_string(),
+            BuiltinFormat::Gemma => concat!(
+                "{{ bos_token }}",
+                "{% if messages and messages[0]['role'] == 'system' %}",
+                "{% set prefix = messages[0]['content'] + '\n\n' %}{% set rest = messages[1:] %}",
+                "{% else %}{% set prefix = '' %}{% set rest = messages %}{% endif %}",
+                "{% for message in rest %}",
+                "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}",
+                "{{ '<start_of_turn>' + role + '\n' }}{% if loop.first %}{{ prefix }}{% endif %}",
+                "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}",
+                "{% endfor %}",
+                "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
             )
             .to_string(),
             BuiltinFormat::Plain => {

@@ -167,3 +167,47 @@ fn chatglm3_tool_call_round_trip() {
     assert_eq!(Value::Object(args), json!({"a": true, "b": null, "c": "x", "d": [1, 2]}));
     assert!(parse_chatglm3_tool_call("just an answer").is_none());
 }
+
+/// Gemma's format against Google's own template (gemma-2-2b-it, from ../shared/reference):
+/// the same text for every fixture conversation that template accepts (no system message, user
+/// and assistant alternating from the user). With a system message, which that template refuses,
+/// the text goes before the first user message, followed by a blank line, as Gemma 3 does.
+#[test]
+fn gemma_renders_as_google_s_template() {
+    let fixture = fixture();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/reference/templates/google-gemma-2-2b-it.jinja");
+    let source = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("{} ({e}): the tests need ../shared/ beside the repository", path.display())
+    });
+    let google = ChatTemplate::new(&source, "<bos>", "<eos>").unwrap();
+    let ours = ChatTemplate::new(&BuiltinFormat::Gemma.template_source(), "<bos>", "<eos>").unwrap();
+    let (mut compared, mut with_system) = (0, 0);
+    // Gemma has no tool role: the conversations of users, assistants and a system.
+    let plain = |c: &&Conversation| {
+        c.messages.iter().all(|m| ["system", "user", "assistant"].contains(&m.role.as_str()))
+    };
+    for (name, conversation) in fixture.conversations.iter().filter(|(_, c)| plain(c)) {
+        let request = RenderRequest {
+            messages: &conversation.messages,
+            add_generation_prompt: true,
+            ..Default::default()
+        };
+        let text = ours.render(&request).unwrap_or_else(|e| panic!("{name}: {e}"));
+        match google.render(&request) {
+            Ok(expected) => {
+                assert_eq!(text, expected, "{name}");
+                compared += 1;
+            }
+            Err(_) if conversation.messages[0].role == "system" => {
+                let system = conversation.messages[0].text().unwrap();
+                let first = conversation.messages[1].text().unwrap();
+                let start = format!("<bos><start_of_turn>user\n{system}\n\n{}", first.trim());
+                assert!(text.starts_with(&start), "{name}: {text:?}");
+                with_system += 1;
+            }
+            Err(err) => panic!("{name}: Google's template refuses it ({err}) and it has no system message"),
+        }
+    }
+    assert!(compared >= 3 && with_system >= 1, "{compared} compared, {with_system} with a system message");
+}

@@ -189,6 +189,7 @@ pub fn builtin_format(family: &str, tokenizer: &Tokenizer) -> Option<BuiltinForm
         }
         "chatglm" | "glm" => BuiltinFormat::ChatGlm2,
         "gpt2" => BuiltinFormat::Plain,
+        "gemma2" | "gemma3" => BuiltinFormat::Gemma,
         _ => return None,
     })
 }
