@@ -11,7 +11,9 @@ The logits come from transformers' own classes (LlamaForCausalLM, Qwen2ForCausal
 Qwen3ForCausalLM, GPT2LMHeadModel) run in float32 on the CPU, one forward pass over each whole sequence.
 
 Needs torch, transformers (5.x), tokenizers and safetensors; CI does not run this (the fixtures are
-committed). Run from the repository root:
+committed). The Mistral, Mixtral, Qwen2/3-MoE, Phi-3 and Gemma 2/3 fixtures were made with
+transformers 5.0.0 on torch 2.5.1 (later 5.x releases want torch 2.6; uninstall the `kernels`
+package if transformers' import fails on it). Run from the repository root:
 
     python3 scripts/make_hf_fixtures.py            # all fixtures
     python3 scripts/make_hf_fixtures.py qwen3      # only some
