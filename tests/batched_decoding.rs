@@ -65,8 +65,10 @@ fn a_batch_of_sequences_decodes_as_each_alone_on_smollm2() {
 
 #[test]
 fn a_batch_of_sequences_decodes_as_each_alone_on_hf_fixtures() {
-    // Mistral's window (16) is passed by the 20-token prompt; the mixtures route each row of
-    // the batch on its own.
+    // The 30-token prompt passes Mistral's window (16) and Qwen v1's seq_length (16), and its
+    // steps LLaMA-dynamic's trained length (32). The mixtures route each row on its own,
+    // Baichuan-13B's rows take ALiBi at their own positions, Qwen v1 keeps each sequence's NTK
+    // base and scales each row's query for its own position.
     for name in [
         "qwen2",
         "qwen3",
@@ -79,9 +81,13 @@ fn a_batch_of_sequences_decodes_as_each_alone_on_hf_fixtures() {
         "gemma2",
         "gemma3",
         "gpt2",
+        "baichuan-13b",
+        "baichuan2-13b",
+        "qwen1",
+        "llama-dynamic",
     ] {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf").join(name);
-        let prompts = vec![vec![5, 6, 7], vec![100, 200, 30, 40, 50, 60, 70], vec![9], (40..60).collect()];
+        let prompts = vec![vec![5, 6, 7], vec![100, 200, 30, 40, 50, 60, 70], vec![9], (40..70).collect()];
         // f32 weights (f32 cache, tiled attention), and quantized at load time (f16 cache,
         // attention in ggml's order: the sliding window and Gemma's soft-cap in that path too).
         for quantize in [None, Some(baimo_kernels::GgmlType::Q8_0)] {

@@ -457,36 +457,93 @@ fn alibi_rows<T: KvElement>(
     let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
     let stride = q_dim + 2 * kv_dim;
     let group = heads.n_heads / heads.n_kv_heads;
-    let scale = heads.score_scale();
     // SAFETY: qkv is not written during this step.
     let qkv = unsafe { qkv.get() };
     ctx.for_each_chunk(n_tokens * heads.n_heads, 1, |items| {
         let mut scores = vec![0f32; pos0 + n_tokens];
-        let (mut k, mut v) = ([0f32; MAX_HEAD_DIM], [0f32; MAX_HEAD_DIM]);
         for item in items {
             let (t, h) = (item / heads.n_heads, item % heads.n_heads);
-            let (kvh, i) = (h / group, pos0 + t);
             let q = &qkv[t * stride + h * hd..t * stride + (h + 1) * hd];
-            let mut max = f32::NEG_INFINITY;
-            for (j, s) in scores[..=i].iter_mut().enumerate() {
-                T::widen(keys.row(kvh, j), &mut k[..hd]);
-                let dot: f32 = q.iter().zip(&k[..hd]).map(|(a, b)| a * b).sum();
-                *s = dot * scale + slopes[h] * (j as f32 - i as f32);
-                max = max.max(*s);
-            }
-            let mut sum = 0f32;
-            for s in &mut scores[..=i] {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
             // SAFETY: head h of token t's output belongs to this item alone.
             let o = unsafe { out.slice_mut(t * q_dim + h * hd..t * q_dim + (h + 1) * hd) };
-            o.fill(0.0);
-            for (j, &w) in scores[..=i].iter().enumerate() {
-                T::widen(values.row(kvh, j), &mut v[..hd]);
-                o.iter_mut().zip(&v[..hd]).for_each(|(o, &x)| *o += w * x);
+            alibi_head(heads, q, &keys, &values, h / group, pos0 + t, slopes[h], &mut scores, o);
+        }
+    });
+}
+
+/// One query head at position `i` over keys `0..=i` of key/value head `kvh`, with ALiBi's bias.
+#[allow(clippy::too_many_arguments)]
+fn alibi_head<T: KvElement>(
+    heads: Heads,
+    q: &[f32],
+    keys: &HeadRows<'_, T>,
+    values: &HeadRows<'_, T>,
+    kvh: usize,
+    i: usize,
+    slope: f32,
+    scores: &mut Vec<f32>,
+    o: &mut [f32],
+) {
+    let hd = heads.head_dim;
+    let scale = heads.score_scale();
+    let (mut k, mut v) = ([0f32; MAX_HEAD_DIM], [0f32; MAX_HEAD_DIM]);
+    if scores.len() <= i {
+        scores.resize(i + 1, 0.0);
+    }
+    let mut max = f32::NEG_INFINITY;
+    for (j, s) in scores[..=i].iter_mut().enumerate() {
+        T::widen(keys.row(kvh, j), &mut k[..hd]);
+        let dot: f32 = q.iter().zip(&k[..hd]).map(|(a, b)| a * b).sum();
+        *s = dot * scale + slope * (j as f32 - i as f32);
+        max = max.max(*s);
+    }
+    let mut sum = 0f32;
+    for s in &mut scores[..=i] {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    o.fill(0.0);
+    for (j, &w) in scores[..=i].iter().enumerate() {
+        T::widen(values.row(kvh, j), &mut v[..hd]);
+        o.iter_mut().zip(&v[..hd]).for_each(|(o, &x)| *o += w * x);
+    }
+    o.iter_mut().for_each(|x| *x /= sum);
+}
+
+/// [`attend_alibi`] for rows of different sequences, each over its own cache up to its position
+/// (the same arithmetic as a single sequence's step).
+pub(crate) fn attend_alibi_rows(
+    ctx: &Ctx<'_>,
+    heads: Heads,
+    qkv: &SharedMut<'_, f32>,
+    rows: &[RowCache<'_, '_>],
+    slopes: &[f32],
+    out: &SharedMut<'_, f32>,
+) {
+    let (hd, q_dim, kv_dim) = (heads.head_dim, heads.q_dim(), heads.kv_dim());
+    let stride = q_dim + 2 * kv_dim;
+    let group = heads.n_heads / heads.n_kv_heads;
+    // SAFETY: qkv and the caches are not written during this step.
+    let qkv = unsafe { qkv.get() };
+    ctx.for_each_chunk(rows.len() * heads.n_heads, 1, |items| {
+        let mut scores = Vec::new();
+        for item in items {
+            let (t, h) = (item / heads.n_heads, item % heads.n_heads);
+            let q = &qkv[t * stride + h * hd..t * stride + (h + 1) * hd];
+            // SAFETY: head h of row t's output belongs to this item alone.
+            let o = unsafe { out.slice_mut(t * q_dim + h * hd..t * q_dim + (h + 1) * hd) };
+            let (kvh, pos) = (h / group, rows[t].pos);
+            // SAFETY: see above.
+            match rows[t].cache {
+                LayerCache::F16 { k, v, start, head_stride } => unsafe {
+                    let (keys, values) = head_rows(&k.get()[start..], &v.get()[start..], head_stride, hd);
+                    alibi_head(heads, q, &keys, &values, kvh, pos, slopes[h], &mut scores, o)
+                },
+                LayerCache::F32 { k, v, start, head_stride } => unsafe {
+                    let (keys, values) = head_rows(&k.get()[start..], &v.get()[start..], head_stride, hd);
+                    alibi_head(heads, q, &keys, &values, kvh, pos, slopes[h], &mut scores, o)
+                },
             }
-            o.iter_mut().for_each(|x| *x /= sum);
         }
     });
 }

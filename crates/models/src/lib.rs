@@ -283,6 +283,17 @@ impl Model {
         if let Model::Glm(m) = self {
             return m.decode_seqs(pool, seqs, tokens);
         }
+        // Each LLaMA-pass sequence's RoPE base for this step (Qwen v1 keeps its own).
+        let rope_bases: Vec<f32> = match self {
+            Model::Llama(m) => seqs
+                .iter()
+                .map(|s| match &s.scratch {
+                    Scratch::Llama(scratch) => m.step_rope_base(scratch, s.kv.len()),
+                    _ => m.config.rope_theta,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let Some((first, rest)) = seqs.split_first_mut() else { return Ok(Vec::new()) };
         let arithmetic = first.arithmetic;
         let mut caches: Vec<&mut KvCache> =
@@ -290,7 +301,7 @@ impl Model {
         // The first sequence's buffers serve the whole batch.
         match (self, &mut first.scratch) {
             (Model::Llama(m), Scratch::Llama(s)) => {
-                Ok(m.decode_rows(pool, &mut caches, s, tokens, arithmetic)?.to_vec())
+                Ok(m.decode_rows(pool, &mut caches, s, tokens, &rope_bases, arithmetic)?.to_vec())
             }
             (Model::Gpt2(m), Scratch::Gpt2(s)) => {
                 Ok(m.decode_rows(pool, &mut caches, s, tokens, arithmetic)?.to_vec())

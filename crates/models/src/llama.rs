@@ -20,8 +20,8 @@ use baimo_kernels::ops::{RopeStyle, rms_norm, rope_angles};
 use baimo_threads::{SharedMut, ThreadPool};
 
 use crate::attention::{
-    Accumulate, Heads, MAX_HEAD_DIM, RowCache, alibi_slopes, attend, attend_alibi, attend_rows,
-    rope_and_cache, rope_and_cache_rows,
+    Accumulate, Heads, MAX_HEAD_DIM, RowCache, alibi_slopes, attend, attend_alibi, attend_alibi_rows,
+    attend_rows, rope_and_cache, rope_and_cache_rows,
 };
 use crate::gemma::GemmaConfig;
 use crate::hf::{HfSource, JsonConfig};
@@ -879,25 +879,25 @@ impl Llama {
     /// rows; positions, caches and attention stay each sequence's own, so every row gets the
     /// logits its sequence would get alone (f16 caches: the same arithmetic; f32 caches: within
     /// rounding). Returns one row of logits per sequence.
+    /// `rope_bases[t]`: the RoPE base of row `t`'s sequence at this step (see [`Self::step_rope_base`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn decode_rows<'s>(
         &self,
         pool: &ThreadPool,
         caches: &mut [&mut KvCache],
         s: &'s mut Scratch,
         tokens: &[u32],
+        rope_bases: &[f32],
         arithmetic: Arithmetic,
     ) -> Result<&'s [f32], ModelError> {
         let c = &self.config;
         let n = tokens.len();
-        if n != caches.len() || n > s.batch {
+        if n != caches.len() || n != rope_bases.len() || n > s.batch {
             return Err(ModelError::Shape(format!(
                 "{n} tokens for {} sequences (at most {})",
                 caches.len(),
                 s.batch
             )));
-        }
-        if c.positions != Positions::Rope || c.rope_dynamic.is_some() || c.logn_seq_length.is_some() {
-            return Err(ModelError::Unsupported("batched decoding of this architecture".into()));
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
             return Err(ModelError::TokenOutOfRange { token: bad, vocab_size: c.vocab_size });
@@ -919,7 +919,7 @@ impl Llama {
             positions.push(pos);
             let cs = &mut s.cos_sin[t * c.rope_dims..(t + 1) * c.rope_dims];
             let angle = pos as f32 / c.rope_linear_factor;
-            self.rotary(angle, c.rope_theta, kv.max_len(), cs);
+            self.rotary(angle, rope_bases[t], kv.max_len(), cs);
             if let Some(base) = c.gemma.as_ref().and_then(|g| g.rope_local_base_freq) {
                 let cs = &mut s.cos_sin_local[t * c.rope_dims..(t + 1) * c.rope_dims];
                 rope_angles(pos as f32, c.rope_dims, base, None, cs);
@@ -970,7 +970,22 @@ impl Llama {
                 }
                 let table = if c.local_rope(l) { cos_sin_local } else { cos_sin };
                 rope_and_cache_rows(ctx, heads, &qkv, &rows, table, c.rope_style);
-                attend_rows(ctx, c.layer_heads(l), &qkv, &rows, accumulate, attn_out.f32_shared());
+                // Qwen v1: each row's query scaled for its own position
+                if let Some(trained) = c.logn_seq_length {
+                    ctx.for_each_chunk(n, 1, |items| {
+                        for t in items {
+                            logn_scale_row(heads, &qkv, t, positions[t], trained);
+                        }
+                    });
+                }
+                match c.positions {
+                    Positions::Rope => {
+                        attend_rows(ctx, c.layer_heads(l), &qkv, &rows, accumulate, attn_out.f32_shared())
+                    }
+                    Positions::Alibi => {
+                        attend_alibi_rows(ctx, heads, &qkv, &rows, &self.alibi_slopes, attn_out.f32_shared())
+                    }
+                }
                 requantize(ctx, &attn_out, n);
                 layer.attention_output(ctx, &attn_out, n, &x, &sublayer_out, eps);
                 fill_rows(ctx, &ffn_in, n, |t, out| rms_norm(x_row(t), &layer.ffn_norm, eps, out));
@@ -1129,6 +1144,16 @@ pub(crate) struct LongRope {
 }
 
 impl Llama {
+    /// The RoPE base a sequence's next decoding step takes, its cache holding `len` positions:
+    /// Qwen v1's fixed at its prompt (kept in the sequence's scratch), dynamic NTK's grown with
+    /// the length, else `rope_theta`.
+    pub fn step_rope_base(&self, s: &Scratch, len: usize) -> f32 {
+        match self.config.rope_dynamic {
+            Some(DynamicRope::QwenNtk { .. }) => s.rope_base,
+            _ => self.config.rope_base(len + 1),
+        }
+    }
+
     pub(crate) fn set_long_rope(&mut self, lr: LongRope) -> Result<(), ModelError> {
         let half = self.config.rope_dims / 2;
         if lr.short.len() != half || lr.long.len() != half {
@@ -1293,6 +1318,18 @@ fn head_norms(
             rms_norm(&copy[..hd], weight, eps, head);
         }
     });
+}
+
+/// Scales row `t`'s query heads by `ln(p + 1) / ln(trained)` when its position `p` is past
+/// `trained` (Qwen v1's `logn_tensor`).
+fn logn_scale_row(heads: Heads, qkv: &SharedMut<'_, f32>, t: usize, p: usize, trained: usize) {
+    if p + 1 > trained {
+        let stride = heads.q_dim() + 2 * heads.kv_dim();
+        let factor = ((p + 1) as f64).ln() / (trained as f64).ln();
+        // SAFETY: row t's query heads belong to the caller's item alone.
+        let q = unsafe { qkv.slice_mut(t * stride..t * stride + heads.q_dim()) };
+        q.iter_mut().for_each(|x| *x = (*x as f64 * factor) as f32);
+    }
 }
 
 /// Qwen v1's dynamic NTK base for a prompt of `len` tokens (see [`DynamicRope::QwenNtk`]).
