@@ -26,12 +26,12 @@ use baimo_kernels::ops::{RopeStyle, gelu, layer_norm, rope_angles, rope_apply};
 use baimo_threads::{Ctx, SharedMut, ThreadPool};
 
 use crate::attention::{
-    Accumulate, Heads, MAX_HEAD_DIM, RowCache, attend_prefix_lm, attend_rows, rope_and_cache,
+    Accumulate, Heads, MAX_HEAD_DIM, RowCaches, attend_prefix_lm, attend_rows, rope_and_cache,
     rope_and_cache_rows,
 };
 use crate::hf::{HfSource, JsonConfig};
 use crate::parallel::{SharedActs, Store, fill_rows, matmul, needs, requantize};
-use crate::state::{Activations, KvCache, KvPrecision, SharedKv};
+use crate::state::{Activations, KvCache, KvPrecision};
 use crate::weights::{TensorSource, Weight};
 use crate::{Arithmetic, LogitsFor, ModelError, Sequence};
 
@@ -364,19 +364,14 @@ impl Glm {
         let (h, vocab, eps) = (c.hidden_size, c.vocab_size, c.layernorm_epsilon);
         let (hd, half) = (heads.head_dim, heads.head_dim / 2);
         let alpha = (2.0 * c.num_layers as f32).sqrt();
-        let mut positions = Vec::with_capacity(n);
-        for (t, kv) in caches.iter_mut().enumerate() {
-            let pos = kv.len();
-            kv.grow(1);
-            positions.push(pos);
+        let row_caches = RowCaches::grow(&mut caches);
+        for (t, &pos) in row_caches.positions.iter().enumerate() {
             let (position, block) = layouts[t].ids(pos);
             let cs = &mut s.cos_sin[t * hd..(t + 1) * hd];
             rope_angles(position as f32, half, 10_000.0, None, &mut cs[..half]);
             rope_angles(block as f32, half, 10_000.0, None, &mut cs[half..]);
         }
         s.logits.resize(n * vocab, 0.0);
-        let strides: Vec<usize> = caches.iter().map(|kv| kv.layer_start(1)).collect();
-        let shared: Vec<SharedKv<'_>> = caches.iter_mut().map(|kv| kv.shared()).collect();
         let cos_sin = &s.cos_sin[..n * hd];
         let x = SharedMut::new(&mut s.x);
         let attn_in = SharedActs::new(&mut s.attn_in, exact);
@@ -397,12 +392,7 @@ impl Glm {
             // SAFETY (here and below): x is only read while other buffers are written.
             let x_row = |t: usize| unsafe { &x.get()[t * h..(t + 1) * h] };
             for (l, layer) in self.layers.iter().enumerate() {
-                let rows: Vec<RowCache<'_, '_>> = shared
-                    .iter()
-                    .zip(&strides)
-                    .zip(&positions)
-                    .map(|((kv, &stride), &pos)| RowCache { cache: kv.layer(l * stride), pos })
-                    .collect();
+                let rows = row_caches.layer(l);
                 let (w, b) = &layer.input_layernorm;
                 fill_rows(ctx, &attn_in, n, |t, out| layer_norm(x_row(t), w, b, eps, out));
                 let parts: Vec<&Weight> = layer.qkv.iter().collect();

@@ -17,11 +17,11 @@ use baimo_kernels::ops::{RopeStyle, gelu, layer_norm};
 use baimo_threads::{SharedMut, ThreadPool};
 
 use crate::attention::{
-    Accumulate, Heads, MAX_HEAD_DIM, RowCache, attend, attend_rows, rope_and_cache, rope_and_cache_rows,
+    Accumulate, Heads, MAX_HEAD_DIM, RowCaches, attend, attend_rows, rope_and_cache, rope_and_cache_rows,
 };
 use crate::hf::{HfSource, JsonConfig};
 use crate::parallel::{SharedActs, Store, fill_rows, matmul, needs, requantize};
-use crate::state::{Activations, KvCache, KvPrecision, SharedKv};
+use crate::state::{Activations, KvCache, KvPrecision};
 use crate::weights::{GgufTensors, TensorSource, Weight};
 use crate::{Arithmetic, LogitsFor, ModelError};
 
@@ -120,6 +120,29 @@ struct Layer {
     c_fc_bias: Vec<f32>,        // (n_inner)
     mlp_proj: Weight,           // (n_embd, n_inner)
     mlp_proj_bias: Vec<f32>,    // (n_embd)
+}
+
+impl Gpt2 {
+    /// `x[t] = wte[tokens[t]] + wpe[position(t)]` for every token.
+    fn embed(
+        &self,
+        ctx: &baimo_threads::Ctx<'_>,
+        x: &SharedMut<'_, f32>,
+        tokens: &[u32],
+        position: impl Fn(usize) -> usize + Sync,
+    ) {
+        let h = self.config.n_embd;
+        ctx.for_each_chunk(tokens.len(), 1, |rows| {
+            let mut wpe = vec![0f32; h];
+            for t in rows {
+                // SAFETY: row t of x is written by the thread that claimed it.
+                let row = unsafe { x.slice_mut(t * h..(t + 1) * h) };
+                self.wte.dequantize_row(tokens[t] as usize, row);
+                self.wpe.dequantize_row(position(t), &mut wpe);
+                row.iter_mut().zip(&wpe).for_each(|(a, &p)| *a += p);
+            }
+        });
+    }
 }
 
 impl Layer {
@@ -392,15 +415,8 @@ impl Gpt2 {
         // As a single sequence's decoding step takes it (see `forward`).
         let accumulate = Accumulate::for_batch(1);
         s.logits.resize(n * vocab, 0.0);
-        let positions: Vec<usize> = caches
-            .iter_mut()
-            .map(|kv| {
-                kv.grow(1);
-                kv.len() - 1
-            })
-            .collect();
-        let strides: Vec<usize> = caches.iter().map(|kv| kv.layer_start(1)).collect();
-        let shared: Vec<SharedKv<'_>> = caches.iter_mut().map(|kv| kv.shared()).collect();
+        let row_caches = RowCaches::grow(caches);
+        let positions = &row_caches.positions;
         let x = SharedMut::new(&mut s.x);
         let attn_in = SharedActs::new(&mut s.attn_in, exact);
         let qkv = SharedMut::new(&mut s.qkv);
@@ -411,25 +427,11 @@ impl Gpt2 {
         let logits = SharedMut::new(&mut s.logits[..n * vocab]);
         pool.run(|ctx| {
             // x = wte[token] + wpe[position], each row at its sequence's position
-            ctx.for_each_chunk(n, 1, |rows| {
-                let mut position = vec![0f32; h];
-                for t in rows {
-                    // SAFETY: row t of x is written by the thread that claimed it.
-                    let row = unsafe { x.slice_mut(t * h..(t + 1) * h) };
-                    self.wte.dequantize_row(tokens[t] as usize, row);
-                    self.wpe.dequantize_row(positions[t], &mut position);
-                    row.iter_mut().zip(&position).for_each(|(a, &p)| *a += p);
-                }
-            });
+            self.embed(ctx, &x, tokens, |t| positions[t]);
             // SAFETY (here and below): x is only read while other buffers are written.
             let x_row = |t: usize| unsafe { &x.get()[t * h..(t + 1) * h] };
             for (l, layer) in self.layers.iter().enumerate() {
-                let rows: Vec<RowCache<'_, '_>> = shared
-                    .iter()
-                    .zip(&strides)
-                    .zip(&positions)
-                    .map(|((kv, &stride), &pos)| RowCache { cache: kv.layer(l * stride), pos })
-                    .collect();
+                let rows = row_caches.layer(l);
                 fill_rows(ctx, &attn_in, n, |t, out| {
                     layer_norm(x_row(t), &layer.ln_1.0, &layer.ln_1.1, eps, out)
                 });
@@ -476,16 +478,7 @@ impl Gpt2 {
 
         pool.run(|ctx| {
             // x = wte[token] + wpe[position]
-            ctx.for_each_chunk(n, 1, |rows| {
-                let mut position = vec![0f32; h];
-                for t in rows {
-                    // SAFETY: row t of x is written by the thread that claimed it.
-                    let row = unsafe { x.slice_mut(t * h..(t + 1) * h) };
-                    self.wte.dequantize_row(tokens[t] as usize, row);
-                    self.wpe.dequantize_row(pos0 + t, &mut position);
-                    row.iter_mut().zip(&position).for_each(|(a, &p)| *a += p);
-                }
-            });
+            self.embed(ctx, &x, tokens, |t| pos0 + t);
             // SAFETY (here and below): x is only read while other buffers are written.
             let x_row = |t: usize| unsafe { &x.get()[t * h..(t + 1) * h] };
             for (l, layer) in self.layers.iter().enumerate() {

@@ -20,14 +20,14 @@ use baimo_kernels::ops::{RopeStyle, rms_norm, rope_angles};
 use baimo_threads::{SharedMut, ThreadPool};
 
 use crate::attention::{
-    Accumulate, Heads, MAX_HEAD_DIM, RowCache, alibi_slopes, attend, attend_alibi, attend_alibi_rows,
+    Accumulate, Heads, MAX_HEAD_DIM, RowCaches, alibi_slopes, attend, attend_alibi, attend_alibi_rows,
     attend_rows, rope_and_cache, rope_and_cache_rows,
 };
 use crate::gemma::GemmaConfig;
 use crate::hf::{HfSource, JsonConfig};
 use crate::moe::{self, Moe, MoeConfig};
 use crate::parallel::{Glu, SharedActs, Store, fill_rows, matmul, matmul_glu, needs, requantize};
-use crate::state::{Activations, KvCache, KvPrecision, SharedKv};
+use crate::state::{Activations, KvCache, KvPrecision};
 use crate::weights::{GgufTensors, SplitRows, TensorSource, Weight};
 use crate::{Arithmetic, LogitsFor, ModelError};
 
@@ -912,21 +912,18 @@ impl Llama {
         // As a single sequence's decoding step would take it (see `forward`).
         let accumulate = if exact { Accumulate::for_batch(1) } else { Accumulate::F32 };
         s.logits.resize(n * vocab, 0.0);
-        let mut positions = Vec::with_capacity(n);
-        for (t, kv) in caches.iter_mut().enumerate() {
-            let pos = kv.len();
-            kv.grow(1);
-            positions.push(pos);
+        let max_lens: Vec<usize> = caches.iter().map(|kv| kv.max_len()).collect();
+        let row_caches = RowCaches::grow(caches);
+        let positions = &row_caches.positions;
+        for (t, &pos) in positions.iter().enumerate() {
             let cs = &mut s.cos_sin[t * c.rope_dims..(t + 1) * c.rope_dims];
             let angle = pos as f32 / c.rope_linear_factor;
-            self.rotary(angle, rope_bases[t], kv.max_len(), cs);
+            self.rotary(angle, rope_bases[t], max_lens[t], cs);
             if let Some(base) = c.gemma.as_ref().and_then(|g| g.rope_local_base_freq) {
                 let cs = &mut s.cos_sin_local[t * c.rope_dims..(t + 1) * c.rope_dims];
                 rope_angles(pos as f32, c.rope_dims, base, None, cs);
             }
         }
-        let strides: Vec<usize> = caches.iter().map(|kv| kv.layer_start(1)).collect();
-        let shared: Vec<SharedKv<'_>> = caches.iter_mut().map(|kv| kv.shared()).collect();
         let cos_sin = &s.cos_sin[..n * c.rope_dims];
         let cos_sin_local = &s.cos_sin_local[..if c.gemma.is_some() { n * c.rope_dims } else { 0 }];
         let sublayer_out = SharedMut::new(&mut s.sublayer_out);
@@ -955,12 +952,7 @@ impl Llama {
             // SAFETY (here and below): x is only read while other buffers are written.
             let x_row = |t: usize| unsafe { &x.get()[t * hidden..(t + 1) * hidden] };
             for (l, layer) in self.layers.iter().enumerate() {
-                let rows: Vec<RowCache<'_, '_>> = shared
-                    .iter()
-                    .zip(&strides)
-                    .zip(&positions)
-                    .map(|((kv, &stride), &pos)| RowCache { cache: kv.layer(l * stride), pos })
-                    .collect();
+                let rows = row_caches.layer(l);
                 fill_rows(ctx, &attn_in, n, |t, out| rms_norm(x_row(t), &layer.attn_norm, eps, out));
                 let bias = layer.qkv_bias.as_deref();
                 let parts = [&layer.q_proj, &layer.k_proj, &layer.v_proj];
