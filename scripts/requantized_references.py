@@ -25,6 +25,10 @@ next to them (the quantization issue's acceptance on real files).
      the versions. With --check-sources it first runs the same perplexity on the source files,
      which must reproduce llama-perplexity's figures in the shared README (18.3914, 5.3184).
 
+`agreement --against DIR` sets two llama.cpp reference sets side by side (llama.cpp with its
+repacked weights, the default, against `make --no-repack --fixtures DIR`): llama.cpp's own
+disagreement with itself, the yardstick for `compare`.
+
 `compare` runs baimo on every file that has a fixture and prints llama.cpp's and baimo's figures
 side by side: greedy tokens through `baimo serve FILE --arithmetic llama-cpp` (/v1/completions
 with the prompt ids, temperature 0, logprobs 20, one request at a time, no prefix cache), which
@@ -710,9 +714,45 @@ def compare(args) -> int:
     return 0
 
 
+def agreement(args) -> int:
+    """llama.cpp against itself: two reference sets of the same files (e.g. `make` with and
+    without --no-repack) side by side, as `compare` sets baimo against one. The yardstick for
+    `compare`: how far apart two of llama.cpp's own kernel paths put the same file's tokens."""
+    print("| model | type | greedy: prompts equal | first mismatch (token index) | "
+          "max |Δ| of the top-20 last-prompt logits |")
+    print("| --- | --- | ---: | --- | ---: |")
+    total = prompts = 0
+    for name in args.models:
+        for kind in args.types:
+            a, b = (d / f"{name}-{kind}.json" for d in (args.fixtures, args.against))
+            if not (a.is_file() and b.is_file()):
+                continue
+            ga, gb = (json.loads(f.read_text())["greedy"] for f in (a, b))
+            firsts, worst = [], 0.0
+            for x, y in zip(ga, gb):
+                if x["prompt_ids"] != y["prompt_ids"]:
+                    raise Failure(f"{a} and {b} hold other prompts")
+                same = 0
+                while (same < min(len(x["greedy_ids"]), len(y["greedy_ids"]))
+                       and x["greedy_ids"][same] == y["greedy_ids"][same]):
+                    same += 1
+                if x["greedy_ids"] != y["greedy_ids"]:
+                    firsts.append(str(same))
+                top_b = dict(map(tuple, y["top20_last_prompt_logits"]))
+                for tok, logit in x["top20_last_prompt_logits"]:
+                    if tok in top_b:
+                        worst = max(worst, abs(logit - top_b[tok]))
+            eq = len(ga) - len(firsts)
+            total, prompts = total + eq, prompts + len(ga)
+            print(f"| {name} | {kind} | {eq}/{len(ga)} | {', '.join(firsts) or '-'} | "
+                  f"{worst:.3f} |")
+    print(f"\n{total}/{prompts} prompts give the same greedy tokens under both references")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("action", choices=["make", "compare"])
+    p.add_argument("action", choices=["make", "compare", "agreement"])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--types", nargs="+", default=list(TYPES), choices=list(TYPES))
     p.add_argument("--venv", type=Path, default=REPO / ".venv-bench",
@@ -742,8 +782,14 @@ def main(argv: list[str]) -> int:
                    help="make: llama.cpp without its repacked weights (use_extra_bufts off), "
                         "greedy only; for diagnosis, with --fixtures elsewhere")
     p.add_argument("--json", type=Path, help="compare: also write the rows here")
+    p.add_argument("--against", type=Path,
+                   help="agreement: the second reference set (e.g. made with --no-repack)")
     args = p.parse_args(argv)
     try:
+        if args.action == "agreement":
+            if args.against is None:
+                raise Failure("agreement needs --against DIR")
+            return agreement(args)
         return make(args) if args.action == "make" else compare(args)
     except Failure as e:
         print(f"error: {e}", file=sys.stderr)
