@@ -9,8 +9,6 @@ use baimo_threads::{Ctx, SharedMut};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use crate::state::{KvCache, SharedKv};
-
 /// Head geometry; query head `h` reads key/value head `h / (n_heads / n_kv_heads)` (GQA).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Heads {
@@ -555,40 +553,6 @@ pub(crate) fn attend_alibi_rows(
 pub(crate) struct RowCache<'a, 'b> {
     pub cache: LayerCache<'a, 'b>,
     pub pos: usize,
-}
-
-/// The caches of a batch of sequences for one decoding step (continuous batching), each grown by
-/// the position its row writes.
-pub(crate) struct RowCaches<'b> {
-    shared: Vec<SharedKv<'b>>,
-    strides: Vec<usize>,
-    /// The position of each row's token.
-    pub positions: Vec<usize>,
-}
-
-impl<'b> RowCaches<'b> {
-    pub(crate) fn grow(caches: &'b mut [&mut KvCache]) -> RowCaches<'b> {
-        let positions = caches
-            .iter_mut()
-            .map(|kv| {
-                kv.grow(1);
-                kv.len() - 1
-            })
-            .collect();
-        let strides = caches.iter().map(|kv| kv.layer_start(1)).collect();
-        let shared = caches.iter_mut().map(|kv| kv.shared()).collect();
-        RowCaches { shared, strides, positions }
-    }
-
-    /// Each row's part of layer `l` of its cache.
-    pub(crate) fn layer(&self, l: usize) -> Vec<RowCache<'_, '_>> {
-        self.shared
-            .iter()
-            .zip(&self.strides)
-            .zip(&self.positions)
-            .map(|((kv, &stride), &pos)| RowCache { cache: kv.layer(l * stride), pos })
-            .collect()
-    }
 }
 
 /// [`rope_and_cache`] for rows that each belong to another sequence: row `t`'s query and key

@@ -25,15 +25,13 @@ use baimo_kernels::GgmlType;
 use baimo_kernels::ops::{RopeStyle, gelu, layer_norm, rope_angles, rope_apply};
 use baimo_threads::{Ctx, SharedMut, ThreadPool};
 
-use crate::attention::{
-    Accumulate, Heads, MAX_HEAD_DIM, RowCaches, attend_prefix_lm, attend_rows, rope_and_cache,
-    rope_and_cache_rows,
-};
+use crate::ModelError;
+use crate::attention::{Accumulate, Heads, MAX_HEAD_DIM, attend_prefix_lm};
+use crate::driver::{Batch, LayerRows, Pass};
 use crate::hf::{HfSource, JsonConfig};
 use crate::parallel::{SharedActs, Store, fill_rows, matmul, needs, requantize};
 use crate::state::{Activations, KvCache, KvPrecision};
 use crate::weights::{TensorSource, Weight};
-use crate::{Arithmetic, LogitsFor, ModelError, Sequence};
 
 /// Hyper-parameters, named as in ChatGLM-6B's `config.json`.
 #[derive(Clone, Debug, PartialEq)]
@@ -138,7 +136,7 @@ pub struct Glm {
 
 /// Where a sequence stands in GLM's layout: the mask token it fills and where `<sop>` came.
 #[derive(Clone, Copy, Debug, Default)]
-struct Layout {
+pub(crate) struct Layout {
     /// Index of the first `[MASK]`, else the first `[gMASK]`, among the context tokens.
     mask: Option<usize>,
     gmask: Option<usize>,
@@ -284,164 +282,78 @@ impl Glm {
             logits: Vec::new(),
         }
     }
+}
 
-    /// Runs `tokens` at the sequence's next positions. The whole context (up to and including
-    /// `<sop>`) must come in one call, since it attends in both directions; the scratch grows to
-    /// hold it.
-    pub fn forward<'s>(
-        &self,
-        pool: &ThreadPool,
-        kv: &mut KvCache,
-        scratch: &'s mut Scratch,
-        tokens: &[u32],
-        want: LogitsFor,
-        arithmetic: Arithmetic,
-    ) -> Result<&'s [f32], ModelError> {
-        let c = &self.config;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            return Err(ModelError::TokenOutOfRange { token: bad, vocab_size: c.vocab_size });
-        }
-        let max = kv.max_len().min(c.max_sequence_length);
-        if kv.len() + tokens.len() > max {
-            return Err(ModelError::ContextFull { needed: kv.len() + tokens.len(), max });
-        }
-        if kv.is_empty() {
-            scratch.layout = Layout::default();
-        }
-        if tokens.len() > scratch.batch {
-            let layout = scratch.layout;
-            *scratch = self.new_scratch(tokens.len());
-            scratch.layout = layout;
-        }
-        scratch.layout.note(c, kv.len(), tokens);
-        let rows_out = if want == LogitsFor::All { tokens.len() } else { 1 };
-        scratch.logits.resize(rows_out * c.vocab_size, 0.0);
-        let logit_rows = if want == LogitsFor::All { 0..tokens.len() } else { 0..1 };
-        self.forward_batch(pool, kv, scratch, tokens, logit_rows, arithmetic == Arithmetic::LlamaCpp);
-        Ok(&scratch.logits)
+/// The driver's side of the GLM pass (see `driver.rs`); a row's fact is its sequence's layout.
+impl Pass for Glm {
+    type Scratch = Scratch;
+    type Row = Layout;
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
     }
 
-    /// One decoding step for several sequences at once (continuous batching): `tokens[i]` goes
-    /// to the next position of `seqs[i]`, which must have read their context (a decoding step is
-    /// causal, as the span after `<sop>` is). Each row keeps its sequence's 2-D positions, cache
-    /// and attention (the f32 path a single step takes), so it gets the logits it gets alone.
-    pub(crate) fn decode_seqs(
-        &self,
-        pool: &ThreadPool,
-        seqs: &mut [&mut Sequence],
-        tokens: &[u32],
-    ) -> Result<Vec<f32>, ModelError> {
-        let c = &self.config;
-        let n = tokens.len();
-        if n != seqs.len() {
-            return Err(ModelError::Shape(format!("{n} tokens for {} sequences", seqs.len())));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            return Err(ModelError::TokenOutOfRange { token: bad, vocab_size: c.vocab_size });
-        }
-        let mut layouts = Vec::with_capacity(n);
-        for (seq, &token) in seqs.iter().zip(tokens) {
-            let crate::Scratch::Glm(scratch) = &seq.scratch else {
-                return Err(ModelError::Unsupported("a sequence of another model family".into()));
-            };
-            let max = seq.kv.max_len().min(c.max_sequence_length);
-            if seq.kv.len() + 1 > max {
-                return Err(ModelError::ContextFull { needed: seq.kv.len() + 1, max });
-            }
-            let mut layout = scratch.layout;
-            layout.note(c, seq.kv.len(), &[token]);
-            layouts.push(layout);
-        }
-        let exact = seqs.first().is_some_and(|s| s.arithmetic == Arithmetic::LlamaCpp);
-        let Some((first, rest)) = seqs.split_first_mut() else { return Ok(Vec::new()) };
-        let crate::Scratch::Glm(s) = &mut first.scratch else { unreachable!("checked above") };
-        if n > s.batch {
-            return Err(ModelError::Shape(format!("{n} sequences in a batch of {}", s.batch)));
-        }
-        let mut caches: Vec<&mut KvCache> =
-            std::iter::once(&mut first.kv).chain(rest.iter_mut().map(|s| &mut s.kv)).collect();
-        let heads = c.heads();
-        let (h, vocab, eps) = (c.hidden_size, c.vocab_size, c.layernorm_epsilon);
-        let (hd, half) = (heads.head_dim, heads.head_dim / 2);
-        let alpha = (2.0 * c.num_layers as f32).sqrt();
-        let row_caches = RowCaches::grow(&mut caches);
-        for (t, &pos) in row_caches.positions.iter().enumerate() {
-            let (position, block) = layouts[t].ids(pos);
-            let cs = &mut s.cos_sin[t * hd..(t + 1) * hd];
-            rope_angles(position as f32, half, 10_000.0, None, &mut cs[..half]);
-            rope_angles(block as f32, half, 10_000.0, None, &mut cs[half..]);
-        }
-        s.logits.resize(n * vocab, 0.0);
-        let cos_sin = &s.cos_sin[..n * hd];
-        let x = SharedMut::new(&mut s.x);
-        let attn_in = SharedActs::new(&mut s.attn_in, exact);
-        let qkv = SharedMut::new(&mut s.qkv);
-        let attn_out = SharedActs::new(&mut s.attn_out, exact);
-        let ffn_in = SharedActs::new(&mut s.ffn_in, exact);
-        let ffn_mid = SharedActs::new(&mut s.ffn_mid, exact);
-        let head_in = SharedActs::new(&mut s.head_in, exact);
-        let logits = SharedMut::new(&mut s.logits[..n * vocab]);
-        pool.run(|ctx| {
-            ctx.for_each_chunk(n, 1, |rows| {
-                for t in rows {
-                    // SAFETY: row t of x is written by the thread that claimed it.
-                    self.word_embeddings
-                        .dequantize_row(tokens[t] as usize, unsafe { x.slice_mut(t * h..(t + 1) * h) });
-                }
-            });
-            // SAFETY (here and below): x is only read while other buffers are written.
-            let x_row = |t: usize| unsafe { &x.get()[t * h..(t + 1) * h] };
-            for (l, layer) in self.layers.iter().enumerate() {
-                let rows = row_caches.layer(l);
-                let (w, b) = &layer.input_layernorm;
-                fill_rows(ctx, &attn_in, n, |t, out| layer_norm(x_row(t), w, b, eps, out));
-                let parts: Vec<&Weight> = layer.qkv.iter().collect();
-                matmul(ctx, &parts, &attn_in, n, &qkv, 3 * h, Store::Write { bias: Some(&layer.qkv_bias) });
-                rope_2d(ctx, heads, &qkv, n, cos_sin);
-                rope_and_cache_rows(ctx, heads, &qkv, &rows, &[], RopeStyle::Neox);
-                attend_rows(ctx, heads, &qkv, &rows, Accumulate::F32, attn_out.f32_shared());
-                layer.finish(ctx, c, &attn_in, &attn_out, &ffn_in, &ffn_mid, n, &x, alpha);
-            }
-            let (w, b) = &self.final_layernorm;
-            fill_rows(ctx, &head_in, n, |t, out| layer_norm(x_row(t), w, b, eps, out));
-            matmul(ctx, &[&self.lm_head], &head_in, n, &logits, vocab, Store::Write { bias: None });
-        });
-        let out = s.logits[..n * vocab].to_vec();
-        for (seq, layout) in seqs.iter_mut().zip(layouts) {
-            if let crate::Scratch::Glm(scratch) = &mut seq.scratch {
-                scratch.layout = layout;
-            }
-        }
-        Ok(out)
+    fn max_positions(&self) -> usize {
+        self.config.max_sequence_length
     }
 
-    fn forward_batch(
-        &self,
-        pool: &ThreadPool,
-        kv: &mut KvCache,
-        s: &mut Scratch,
-        tokens: &[u32],
-        logit_rows: std::ops::Range<usize>,
-        exact: bool,
-    ) {
+    fn scratch(s: &mut crate::Scratch) -> Option<&mut Scratch> {
+        match s {
+            crate::Scratch::Glm(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn batch_size(s: &Scratch) -> usize {
+        s.batch
+    }
+
+    fn logits(s: &mut Scratch) -> &mut Vec<f32> {
+        &mut s.logits
+    }
+
+    /// The whole context (up to and including `<sop>`) must come in one call, since it attends
+    /// in both directions: the scratch grows to hold it.
+    fn begin(&self, s: &mut Scratch, len: usize, tokens: &[u32]) -> Layout {
+        if len == 0 {
+            s.layout = Layout::default();
+        }
+        if tokens.len() > s.batch {
+            let layout = s.layout;
+            *s = self.new_scratch(tokens.len());
+            s.layout = layout;
+        }
+        s.layout.note(&self.config, len, tokens);
+        s.layout
+    }
+
+    /// A decoding step is causal, as the span after `<sop>` is; the row keeps its sequence's
+    /// 2-D positions.
+    fn step_row(&self, s: &Scratch, len: usize, token: u32) -> Layout {
+        let mut layout = s.layout;
+        layout.note(&self.config, len, &[token]);
+        layout
+    }
+
+    fn end_step(s: &mut Scratch, layout: Layout) {
+        s.layout = layout;
+    }
+
+    fn run(&self, pool: &ThreadPool, s: &mut Scratch, b: &Batch<'_, Layout>) {
         let c = &self.config;
         let heads = c.heads();
-        let (n, h, vocab, eps) = (tokens.len(), c.hidden_size, c.vocab_size, c.layernorm_epsilon);
+        let (n, h, vocab, eps) = (b.len(), c.hidden_size, c.vocab_size, c.layernorm_epsilon);
         let (hd, half) = (heads.head_dim, heads.head_dim / 2);
         let alpha = (2.0 * c.num_layers as f32).sqrt();
-        let pos0 = kv.len();
-        kv.grow(n);
         // Angles for both halves of every token: (position id), then (block id), over d/2.
         for t in 0..n {
-            let (position, block) = s.layout.ids(pos0 + t);
+            let (position, block) = b.row(t).ids(b.position(t));
             let cs = &mut s.cos_sin[t * hd..(t + 1) * hd];
             rope_angles(position as f32, half, 10_000.0, None, &mut cs[..half]);
             rope_angles(block as f32, half, 10_000.0, None, &mut cs[half..]);
         }
-        // The context attends both ways: every query sees the keys before <sop>.
-        let prefix = s.layout.sop.unwrap_or(0);
-        let first_out = n - logit_rows.len();
         let cos_sin = &s.cos_sin[..n * hd];
+        let exact = b.exact;
         let x = SharedMut::new(&mut s.x);
         let attn_in = SharedActs::new(&mut s.attn_in, exact);
         let qkv = SharedMut::new(&mut s.qkv);
@@ -449,37 +361,47 @@ impl Glm {
         let ffn_in = SharedActs::new(&mut s.ffn_in, exact);
         let ffn_mid = SharedActs::new(&mut s.ffn_mid, exact);
         let head_in = SharedActs::new(&mut s.head_in, exact);
-        let logits = SharedMut::new(&mut s.logits[logit_rows.start * vocab..logit_rows.end * vocab]);
-        let layer_stride = kv.layer_start(1);
-        let shared_kv = kv.shared();
+        let logits = b.logits(&mut s.logits, vocab);
 
         pool.run(|ctx| {
             ctx.for_each_chunk(n, 1, |rows| {
                 for t in rows {
                     // SAFETY: row t of x is written by the thread that claimed it.
-                    self.word_embeddings
-                        .dequantize_row(tokens[t] as usize, unsafe { x.slice_mut(t * h..(t + 1) * h) });
+                    let row = unsafe { x.slice_mut(t * h..(t + 1) * h) };
+                    self.word_embeddings.dequantize_row(b.tokens[t] as usize, row);
                 }
             });
             // SAFETY (here and below): x is only read while other buffers are written.
             let x_row = |t: usize| unsafe { &x.get()[t * h..(t + 1) * h] };
             for (l, layer) in self.layers.iter().enumerate() {
-                let cache = shared_kv.layer(l * layer_stride);
+                let rows = b.rows.layer(l);
                 // a = LN₁(h);  q|k|v = W_qkv·a + b
-                let (w, b) = &layer.input_layernorm;
-                fill_rows(ctx, &attn_in, n, |t, out| layer_norm(x_row(t), w, b, eps, out));
+                let (w, bias) = &layer.input_layernorm;
+                fill_rows(ctx, &attn_in, n, |t, out| layer_norm(x_row(t), w, bias, eps, out));
                 let parts: Vec<&Weight> = layer.qkv.iter().collect();
                 matmul(ctx, &parts, &attn_in, n, &qkv, 3 * h, Store::Write { bias: Some(&layer.qkv_bias) });
                 // 2-D RoPE on q and k, then k and v into the cache.
                 rope_2d(ctx, heads, &qkv, n, cos_sin);
-                rope_and_cache(ctx, heads, &qkv, n, pos0, &[], RopeStyle::Neox, &cache);
-                attend_prefix_lm(ctx, heads, &qkv, n, pos0, &cache, prefix, attn_out.f32_shared());
+                rows.rope_and_cache(ctx, heads, &qkv, &[], RopeStyle::Neox);
+                match &rows {
+                    // The context attends both ways: every query sees the keys before <sop>.
+                    LayerRows::Run { cache, pos0, n } => {
+                        let prefix = b.row(0).sop.unwrap_or(0);
+                        attend_prefix_lm(ctx, heads, &qkv, *n, *pos0, cache, prefix, attn_out.f32_shared())
+                    }
+                    // Steps of several sequences are causal, in f32 as a step alone.
+                    LayerRows::Step(_) => {
+                        rows.attend(ctx, heads, &qkv, Accumulate::F32, attn_out.f32_shared())
+                    }
+                }
                 layer.finish(ctx, c, &attn_in, &attn_out, &ffn_in, &ffn_mid, n, &x, alpha);
             }
-            let n_out = n - first_out;
+            let n_out = b.n_out();
             if n_out > 0 {
-                let (w, b) = &self.final_layernorm;
-                fill_rows(ctx, &head_in, n_out, |t, out| layer_norm(x_row(first_out + t), w, b, eps, out));
+                let (w, bias) = &self.final_layernorm;
+                fill_rows(ctx, &head_in, n_out, |t, out| {
+                    layer_norm(x_row(b.first_out + t), w, bias, eps, out)
+                });
                 matmul(ctx, &[&self.lm_head], &head_in, n_out, &logits, vocab, Store::Write { bias: None });
             }
         });

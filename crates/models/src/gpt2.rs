@@ -16,14 +16,13 @@ use baimo_kernels::GgmlType;
 use baimo_kernels::ops::{RopeStyle, gelu, layer_norm};
 use baimo_threads::{SharedMut, ThreadPool};
 
-use crate::attention::{
-    Accumulate, Heads, MAX_HEAD_DIM, RowCaches, attend, attend_rows, rope_and_cache, rope_and_cache_rows,
-};
+use crate::ModelError;
+use crate::attention::{Heads, MAX_HEAD_DIM};
+use crate::driver::{Batch, Pass};
 use crate::hf::{HfSource, JsonConfig};
 use crate::parallel::{SharedActs, Store, fill_rows, matmul, needs, requantize};
 use crate::state::{Activations, KvCache, KvPrecision};
 use crate::weights::{GgufTensors, TensorSource, Weight};
-use crate::{Arithmetic, LogitsFor, ModelError};
 
 /// Hyper-parameters, named as in Hugging Face `config.json`.
 #[derive(Clone, Debug, PartialEq)]
@@ -343,80 +342,46 @@ impl Gpt2 {
             logits: Vec::new(),
         }
     }
+}
 
-    pub fn forward<'s>(
-        &self,
-        pool: &ThreadPool,
-        kv: &mut KvCache,
-        scratch: &'s mut Scratch,
-        tokens: &[u32],
-        want: LogitsFor,
-        arithmetic: Arithmetic,
-    ) -> Result<&'s [f32], ModelError> {
-        let c = &self.config;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            return Err(ModelError::TokenOutOfRange { token: bad, vocab_size: c.vocab_size });
-        }
-        let max = kv.max_len().min(c.n_positions);
-        if kv.len() + tokens.len() > max {
-            return Err(ModelError::ContextFull { needed: kv.len() + tokens.len(), max });
-        }
-        let rows_out = if want == LogitsFor::All { tokens.len() } else { 1 };
-        scratch.logits.resize(rows_out * c.vocab_size, 0.0);
-        let exact = arithmetic == Arithmetic::LlamaCpp;
-        let accumulate = Accumulate::for_batch(tokens.len());
-        let mut written = 0;
-        for batch in tokens.chunks(scratch.batch) {
-            let is_last = written + batch.len() == tokens.len();
-            let logit_rows = match want {
-                LogitsFor::All => written..written + batch.len(),
-                LogitsFor::Last if is_last => 0..1,
-                LogitsFor::Last => 0..0,
-            };
-            self.forward_batch(pool, kv, scratch, batch, logit_rows, exact, accumulate);
-            written += batch.len();
-        }
-        Ok(&scratch.logits)
+/// The driver's side of the GPT-2 pass (see `driver.rs`).
+impl Pass for Gpt2 {
+    type Scratch = Scratch;
+    type Row = ();
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
     }
 
-    /// One decoding step for several sequences at once (continuous batching): token `t` goes to
-    /// the next position of `caches[t]`. Each weight is read once for all the rows; positions,
-    /// caches and attention stay each sequence's own, so every row gets the logits its sequence
-    /// gets alone. Returns one row of logits per sequence.
-    pub fn decode_rows<'s>(
-        &self,
-        pool: &ThreadPool,
-        caches: &mut [&mut KvCache],
-        s: &'s mut Scratch,
-        tokens: &[u32],
-        arithmetic: Arithmetic,
-    ) -> Result<&'s [f32], ModelError> {
+    /// The learned position table ends at `n_positions`.
+    fn max_positions(&self) -> usize {
+        self.config.n_positions
+    }
+
+    fn scratch(s: &mut crate::Scratch) -> Option<&mut Scratch> {
+        match s {
+            crate::Scratch::Gpt2(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn batch_size(s: &Scratch) -> usize {
+        s.batch
+    }
+
+    fn logits(s: &mut Scratch) -> &mut Vec<f32> {
+        &mut s.logits
+    }
+
+    fn begin(&self, _s: &mut Scratch, _len: usize, _tokens: &[u32]) {}
+
+    fn step_row(&self, _s: &Scratch, _len: usize, _token: u32) {}
+
+    fn run(&self, pool: &ThreadPool, s: &mut Scratch, b: &Batch<'_, ()>) {
         let c = &self.config;
-        let n = tokens.len();
-        if n != caches.len() || n > s.batch {
-            return Err(ModelError::Shape(format!(
-                "{n} tokens for {} sequences (at most {})",
-                caches.len(),
-                s.batch
-            )));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            return Err(ModelError::TokenOutOfRange { token: bad, vocab_size: c.vocab_size });
-        }
-        if let Some(full) = caches.iter().find(|kv| kv.len() + 1 > kv.max_len().min(c.n_positions)) {
-            return Err(ModelError::ContextFull {
-                needed: full.len() + 1,
-                max: full.max_len().min(c.n_positions),
-            });
-        }
         let heads = c.heads();
-        let (h, vocab, eps) = (c.n_embd, c.vocab_size, c.layer_norm_epsilon);
-        let exact = arithmetic == Arithmetic::LlamaCpp;
-        // As a single sequence's decoding step takes it (see `forward`).
-        let accumulate = Accumulate::for_batch(1);
-        s.logits.resize(n * vocab, 0.0);
-        let row_caches = RowCaches::grow(caches);
-        let positions = &row_caches.positions;
+        let (n, h, vocab, eps) = (b.len(), c.n_embd, c.vocab_size, c.layer_norm_epsilon);
+        let exact = b.exact;
         let x = SharedMut::new(&mut s.x);
         let attn_in = SharedActs::new(&mut s.attn_in, exact);
         let qkv = SharedMut::new(&mut s.qkv);
@@ -424,81 +389,31 @@ impl Gpt2 {
         let ffn_in = SharedActs::new(&mut s.ffn_in, exact);
         let ffn_mid = SharedActs::new(&mut s.ffn_mid, exact);
         let head_in = SharedActs::new(&mut s.head_in, exact);
-        let logits = SharedMut::new(&mut s.logits[..n * vocab]);
-        pool.run(|ctx| {
-            // x = wte[token] + wpe[position], each row at its sequence's position
-            self.embed(ctx, &x, tokens, |t| positions[t]);
-            // SAFETY (here and below): x is only read while other buffers are written.
-            let x_row = |t: usize| unsafe { &x.get()[t * h..(t + 1) * h] };
-            for (l, layer) in self.layers.iter().enumerate() {
-                let rows = row_caches.layer(l);
-                fill_rows(ctx, &attn_in, n, |t, out| {
-                    layer_norm(x_row(t), &layer.ln_1.0, &layer.ln_1.1, eps, out)
-                });
-                let bias = Some(&layer.c_attn_bias[..]);
-                matmul(ctx, &[&layer.c_attn], &attn_in, n, &qkv, 3 * h, Store::Write { bias });
-                // No rotation (an empty table): each row's key and value go to its own cache.
-                rope_and_cache_rows(ctx, heads, &qkv, &rows, &[], RopeStyle::Neox);
-                attend_rows(ctx, heads, &qkv, &rows, accumulate, attn_out.f32_shared());
-                layer.finish(ctx, c, &attn_out, &ffn_in, &ffn_mid, n, &x);
-            }
-            fill_rows(ctx, &head_in, n, |t, out| layer_norm(x_row(t), &self.ln_f.0, &self.ln_f.1, eps, out));
-            matmul(ctx, &[&self.lm_head], &head_in, n, &logits, vocab, Store::Write { bias: None });
-        });
-        Ok(&s.logits[..n * vocab])
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn forward_batch(
-        &self,
-        pool: &ThreadPool,
-        kv: &mut KvCache,
-        s: &mut Scratch,
-        tokens: &[u32],
-        logit_rows: std::ops::Range<usize>,
-        exact: bool,
-        accumulate: Accumulate,
-    ) {
-        let c = &self.config;
-        let heads = c.heads();
-        let (n, h, vocab, eps) = (tokens.len(), c.n_embd, c.vocab_size, c.layer_norm_epsilon);
-        let pos0 = kv.len();
-        kv.grow(n);
-        let first_out = n - logit_rows.len();
-        let x = SharedMut::new(&mut s.x);
-        let attn_in = SharedActs::new(&mut s.attn_in, exact);
-        let qkv = SharedMut::new(&mut s.qkv);
-        let attn_out = SharedActs::new(&mut s.attn_out, exact);
-        let ffn_in = SharedActs::new(&mut s.ffn_in, exact);
-        let ffn_mid = SharedActs::new(&mut s.ffn_mid, exact);
-        let head_in = SharedActs::new(&mut s.head_in, exact);
-        let logits = SharedMut::new(&mut s.logits[logit_rows.start * vocab..logit_rows.end * vocab]);
-        let layer_stride = kv.layer_start(1);
-        let shared_kv = kv.shared();
+        let logits = b.logits(&mut s.logits, vocab);
 
         pool.run(|ctx| {
             // x = wte[token] + wpe[position]
-            self.embed(ctx, &x, tokens, |t| pos0 + t);
+            self.embed(ctx, &x, b.tokens, |t| b.position(t));
             // SAFETY (here and below): x is only read while other buffers are written.
             let x_row = |t: usize| unsafe { &x.get()[t * h..(t + 1) * h] };
             for (l, layer) in self.layers.iter().enumerate() {
-                let cache = shared_kv.layer(l * layer_stride);
+                let rows = b.rows.layer(l);
                 // q|k|v = W_qkv · LN₁(x) + b;  no rotation, keys and values to the cache
                 fill_rows(ctx, &attn_in, n, |t, out| {
                     layer_norm(x_row(t), &layer.ln_1.0, &layer.ln_1.1, eps, out)
                 });
                 let bias = Some(&layer.c_attn_bias[..]);
                 matmul(ctx, &[&layer.c_attn], &attn_in, n, &qkv, 3 * h, Store::Write { bias });
-                rope_and_cache(ctx, heads, &qkv, n, pos0, &[], RopeStyle::Neox, &cache);
+                rows.rope_and_cache(ctx, heads, &qkv, &[], RopeStyle::Neox);
                 // h = x + W_o · softmax(q·Kᵀ/√d)·V + b_o
-                attend(ctx, heads, &qkv, n, pos0, &cache, accumulate, attn_out.f32_shared());
+                rows.attend(ctx, heads, &qkv, b.accumulate, attn_out.f32_shared());
                 layer.finish(ctx, c, &attn_out, &ffn_in, &ffn_mid, n, &x);
             }
-            // logits = wte · LN_f(x), for the tokens asked for
-            let n_out = n - first_out;
+            // logits = wte · LN_f(x), for the rows asked for
+            let n_out = b.n_out();
             if n_out > 0 {
                 fill_rows(ctx, &head_in, n_out, |t, out| {
-                    layer_norm(x_row(first_out + t), &self.ln_f.0, &self.ln_f.1, eps, out)
+                    layer_norm(x_row(b.first_out + t), &self.ln_f.0, &self.ln_f.1, eps, out)
                 });
                 matmul(ctx, &[&self.lm_head], &head_in, n_out, &logits, vocab, Store::Write { bias: None });
             }

@@ -6,6 +6,7 @@
 mod attention;
 pub mod baichuan;
 pub mod chatglm;
+mod driver;
 pub mod gemma;
 pub mod glm;
 pub mod gpt2;
@@ -272,41 +273,18 @@ impl Model {
 
     /// One decoding step for several sequences at once (continuous batching): `tokens[i]` is
     /// the next token of `seqs[i]`. Returns the logits, one row of `vocab_size` per sequence,
-    /// as each sequence would get them alone. Families without a batched path say so
-    /// (`ModelError::Unsupported`); callers then step the sequences one by one.
+    /// as each sequence would get them alone (every family decodes in batches through the one
+    /// driver, `driver.rs`).
     pub fn decode_batch(
         &self,
         pool: &ThreadPool,
         seqs: &mut [&mut Sequence],
         tokens: &[u32],
     ) -> Result<Vec<f32>, ModelError> {
-        if let Model::Glm(m) = self {
-            return m.decode_seqs(pool, seqs, tokens);
-        }
-        // Each LLaMA-pass sequence's RoPE base for this step (Qwen v1 keeps its own).
-        let rope_bases: Vec<f32> = match self {
-            Model::Llama(m) => seqs
-                .iter()
-                .map(|s| match &s.scratch {
-                    Scratch::Llama(scratch) => m.step_rope_base(scratch, s.kv.len()),
-                    _ => m.config.rope_theta,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        let Some((first, rest)) = seqs.split_first_mut() else { return Ok(Vec::new()) };
-        let arithmetic = first.arithmetic;
-        let mut caches: Vec<&mut KvCache> =
-            std::iter::once(&mut first.kv).chain(rest.iter_mut().map(|s| &mut s.kv)).collect();
-        // The first sequence's buffers serve the whole batch.
-        match (self, &mut first.scratch) {
-            (Model::Llama(m), Scratch::Llama(s)) => {
-                Ok(m.decode_rows(pool, &mut caches, s, tokens, &rope_bases, arithmetic)?.to_vec())
-            }
-            (Model::Gpt2(m), Scratch::Gpt2(s)) => {
-                Ok(m.decode_rows(pool, &mut caches, s, tokens, arithmetic)?.to_vec())
-            }
-            _ => Err(ModelError::Unsupported("a sequence of another model family".into())),
+        match self {
+            Model::Llama(m) => driver::decode(m, pool, seqs, tokens),
+            Model::Gpt2(m) => driver::decode(m, pool, seqs, tokens),
+            Model::Glm(m) => driver::decode(m, pool, seqs, tokens),
         }
     }
 
@@ -368,16 +346,14 @@ impl Model {
         tokens: &[u32],
         want: LogitsFor,
     ) -> Result<&'s [f32], ModelError> {
+        let (kv, arithmetic) = (&mut seq.kv, seq.arithmetic);
+        // A sequence is made by its model's `new_sequence`.
+        let other_family = || ModelError::Unsupported("a sequence of another model family".into());
         match (self, &mut seq.scratch) {
-            (Model::Llama(m), Scratch::Llama(s)) => {
-                m.forward(pool, &mut seq.kv, s, tokens, want, seq.arithmetic)
-            }
-            (Model::Gpt2(m), Scratch::Gpt2(s)) => {
-                m.forward(pool, &mut seq.kv, s, tokens, want, seq.arithmetic)
-            }
-            (Model::Glm(m), Scratch::Glm(s)) => m.forward(pool, &mut seq.kv, s, tokens, want, seq.arithmetic),
-            // A sequence is made by its model's `new_sequence`.
-            _ => Err(ModelError::Unsupported("a sequence of another model family".into())),
+            (Model::Llama(m), Scratch::Llama(s)) => driver::forward(m, pool, kv, s, tokens, want, arithmetic),
+            (Model::Gpt2(m), Scratch::Gpt2(s)) => driver::forward(m, pool, kv, s, tokens, want, arithmetic),
+            (Model::Glm(m), Scratch::Glm(s)) => driver::forward(m, pool, kv, s, tokens, want, arithmetic),
+            _ => Err(other_family()),
         }
     }
 }

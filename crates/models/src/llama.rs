@@ -19,17 +19,15 @@ use baimo_kernels::GgmlType;
 use baimo_kernels::ops::{RopeStyle, rms_norm, rope_angles};
 use baimo_threads::{SharedMut, ThreadPool};
 
-use crate::attention::{
-    Accumulate, Heads, MAX_HEAD_DIM, RowCaches, alibi_slopes, attend, attend_alibi, attend_alibi_rows,
-    attend_rows, rope_and_cache, rope_and_cache_rows,
-};
+use crate::ModelError;
+use crate::attention::{Heads, MAX_HEAD_DIM, alibi_slopes};
+use crate::driver::{Batch, Pass};
 use crate::gemma::GemmaConfig;
 use crate::hf::{HfSource, JsonConfig};
 use crate::moe::{self, Moe, MoeConfig};
 use crate::parallel::{Glu, SharedActs, Store, fill_rows, matmul, matmul_glu, needs, requantize};
 use crate::state::{Activations, KvCache, KvPrecision};
 use crate::weights::{GgufTensors, SplitRows, TensorSource, Weight};
-use crate::{Arithmetic, LogitsFor, ModelError};
 
 /// Hyper-parameters, named as in Hugging Face `config.json`.
 #[derive(Clone, Debug, PartialEq)]
@@ -568,14 +566,6 @@ pub struct Scratch {
     rope_base: f32,
 }
 
-/// How one forward pass rounds (from its [`Arithmetic`] and its length).
-#[derive(Clone, Copy)]
-struct Rounding {
-    /// Matrix products in llama.cpp's order (see `TileDot::run`).
-    exact: bool,
-    accumulate: Accumulate,
-}
-
 impl Llama {
     pub fn from_gguf(gguf: &Gguf) -> Result<Llama, ModelError> {
         let mut config = Config::from_gguf(gguf)?;
@@ -816,117 +806,76 @@ impl Llama {
             rope_base: c.rope_theta,
         }
     }
+}
 
-    /// Runs `tokens` at the next positions of `kv` and returns the logits asked for: one row of
-    /// `vocab_size` for the last token, or one per token.
-    pub fn forward<'s>(
-        &self,
-        pool: &ThreadPool,
-        kv: &mut KvCache,
-        scratch: &'s mut Scratch,
-        tokens: &[u32],
-        want: LogitsFor,
-        arithmetic: Arithmetic,
-    ) -> Result<&'s [f32], ModelError> {
-        let c = &self.config;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            return Err(ModelError::TokenOutOfRange { token: bad, vocab_size: c.vocab_size });
-        }
-        if kv.len() + tokens.len() > kv.max_len() {
-            return Err(ModelError::ContextFull { needed: kv.len() + tokens.len(), max: kv.max_len() });
-        }
-        let rows_out = match want {
-            LogitsFor::Last => 1,
-            LogitsFor::All => tokens.len(),
-        };
-        scratch.logits.resize(rows_out * c.vocab_size, 0.0);
-        let rounding = Rounding {
-            exact: arithmetic == Arithmetic::LlamaCpp,
-            // llama.cpp decides its attention path by the rows of the whole prompt (one batch there).
-            // Fast arithmetic always takes the tiled f32 path (also for one token).
-            accumulate: match arithmetic {
-                Arithmetic::Fast => Accumulate::F32,
-                Arithmetic::LlamaCpp => Accumulate::for_batch(tokens.len()),
-            },
-        };
-        // Dynamic NTK scaling takes the base from the length this call reaches, as transformers
-        // does for one forward pass over the whole sequence.
-        let rope_base = match c.rope_dynamic {
-            Some(DynamicRope::QwenNtk { seq_length }) => {
-                if kv.is_empty() {
-                    scratch.rope_base = qwen_ntk_base(c.rope_theta, c.rope_dims, tokens.len(), seq_length);
-                }
-                scratch.rope_base
-            }
-            _ => c.rope_base(kv.len() + tokens.len()),
-        };
-        let mut written = 0;
-        for batch in tokens.chunks(scratch.batch) {
-            let is_last = written + batch.len() == tokens.len();
-            let logit_rows = match want {
-                LogitsFor::All => written..written + batch.len(),
-                LogitsFor::Last if is_last => 0..1,
-                LogitsFor::Last => 0..0,
-            };
-            self.forward_batch(pool, kv, scratch, batch, logit_rows, rounding, rope_base);
-            written += batch.len();
-        }
-        Ok(&scratch.logits)
+/// The driver's side of the LLaMA pass (see `driver.rs`); a row's fact is its RoPE base.
+impl Pass for Llama {
+    type Scratch = Scratch;
+    type Row = f32;
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
     }
 
-    /// One decoding step for several sequences at once (continuous batching): token `t` goes to
-    /// the next position of `caches[t]`. The matrix products read each weight once for all the
-    /// rows; positions, caches and attention stay each sequence's own, so every row gets the
-    /// logits its sequence would get alone (f16 caches: the same arithmetic; f32 caches: within
-    /// rounding). Returns one row of logits per sequence.
-    /// `rope_bases[t]`: the RoPE base of row `t`'s sequence at this step (see [`Self::step_rope_base`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn decode_rows<'s>(
-        &self,
-        pool: &ThreadPool,
-        caches: &mut [&mut KvCache],
-        s: &'s mut Scratch,
-        tokens: &[u32],
-        rope_bases: &[f32],
-        arithmetic: Arithmetic,
-    ) -> Result<&'s [f32], ModelError> {
+    fn scratch(s: &mut crate::Scratch) -> Option<&mut Scratch> {
+        match s {
+            crate::Scratch::Llama(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn batch_size(s: &Scratch) -> usize {
+        s.batch
+    }
+
+    fn logits(s: &mut Scratch) -> &mut Vec<f32> {
+        &mut s.logits
+    }
+
+    /// Dynamic NTK scaling takes the base from the length this call reaches, as transformers
+    /// does for one forward pass over the whole sequence; Qwen v1 fixes it at the prompt.
+    fn begin(&self, s: &mut Scratch, len: usize, tokens: &[u32]) -> f32 {
         let c = &self.config;
-        let n = tokens.len();
-        if n != caches.len() || n != rope_bases.len() || n > s.batch {
-            return Err(ModelError::Shape(format!(
-                "{n} tokens for {} sequences (at most {})",
-                caches.len(),
-                s.batch
-            )));
+        match c.rope_dynamic {
+            Some(DynamicRope::QwenNtk { seq_length }) => {
+                if len == 0 {
+                    s.rope_base = qwen_ntk_base(c.rope_theta, c.rope_dims, tokens.len(), seq_length);
+                }
+                s.rope_base
+            }
+            _ => c.rope_base(len + tokens.len()),
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            return Err(ModelError::TokenOutOfRange { token: bad, vocab_size: c.vocab_size });
+    }
+
+    fn step_row(&self, s: &Scratch, len: usize, _token: u32) -> f32 {
+        match self.config.rope_dynamic {
+            Some(DynamicRope::QwenNtk { .. }) => s.rope_base,
+            _ => self.config.rope_base(len + 1),
         }
-        if let Some(full) = caches.iter().find(|kv| kv.len() + 1 > kv.max_len()) {
-            return Err(ModelError::ContextFull { needed: full.len() + 1, max: full.max_len() });
-        }
+    }
+
+    fn run(&self, pool: &ThreadPool, s: &mut Scratch, b: &Batch<'_, f32>) {
+        let c = &self.config;
         let heads = c.heads();
-        let (hidden, vocab, eps) = (c.hidden_size, c.vocab_size, c.rms_norm_eps);
+        let (n, hidden, vocab) = (b.len(), c.hidden_size, c.vocab_size);
         let (q_dim, kv_dim) = (heads.q_dim(), heads.kv_dim());
-        let exact = arithmetic == Arithmetic::LlamaCpp;
-        // As a single sequence's decoding step would take it (see `forward`).
-        let accumulate = if exact { Accumulate::for_batch(1) } else { Accumulate::F32 };
-        s.logits.resize(n * vocab, 0.0);
-        let max_lens: Vec<usize> = caches.iter().map(|kv| kv.max_len()).collect();
-        let row_caches = RowCaches::grow(caches);
-        let positions = &row_caches.positions;
-        for (t, &pos) in positions.iter().enumerate() {
+        let eps = c.rms_norm_eps;
+        for t in 0..n {
+            let pos = b.position(t);
             let cs = &mut s.cos_sin[t * c.rope_dims..(t + 1) * c.rope_dims];
-            let angle = pos as f32 / c.rope_linear_factor;
-            self.rotary(angle, rope_bases[t], max_lens[t], cs);
+            self.rotary(pos as f32 / c.rope_linear_factor, b.row(t), b.max_len(t), cs);
+            // Gemma 3's sliding layers: their own base, unscaled positions.
             if let Some(base) = c.gemma.as_ref().and_then(|g| g.rope_local_base_freq) {
                 let cs = &mut s.cos_sin_local[t * c.rope_dims..(t + 1) * c.rope_dims];
                 rope_angles(pos as f32, c.rope_dims, base, None, cs);
             }
         }
+        // Qwen v1: q ·= log(p + 1) / log(seq_length) past the trained length
+        let logn = c.logn_seq_length.filter(|&trained| (0..n).any(|t| b.position(t) + 1 > trained));
         let cos_sin = &s.cos_sin[..n * c.rope_dims];
         let cos_sin_local = &s.cos_sin_local[..if c.gemma.is_some() { n * c.rope_dims } else { 0 }];
         let sublayer_out = SharedMut::new(&mut s.sublayer_out);
+        let exact = b.exact;
         let x = SharedMut::new(&mut s.x);
         let attn_in = SharedActs::new(&mut s.attn_in, exact);
         let qkv = SharedMut::new(&mut s.qkv);
@@ -935,13 +884,15 @@ impl Llama {
         let ffn_mid = SharedActs::new(&mut s.ffn_mid, exact);
         let head_in = SharedActs::new(&mut s.head_in, exact);
         let moe = s.moe.shared(exact);
-        let logits = SharedMut::new(&mut s.logits[..n * vocab]);
+        let logits = b.logits(&mut s.logits, vocab);
+
         pool.run(|ctx| {
+            // x = embed_tokens[tokens]
             ctx.for_each_chunk(n, 1, |rows| {
                 for t in rows {
                     // SAFETY: row t of x is written by the thread that claimed it.
                     let row = unsafe { x.slice_mut(t * hidden..(t + 1) * hidden) };
-                    self.embed_tokens.dequantize_row(tokens[t] as usize, row);
+                    self.embed_tokens.dequantize_row(b.tokens[t] as usize, row);
                     // Gemma: x = √hidden · embedding
                     if c.gemma.is_some() {
                         let scale = (hidden as f32).sqrt();
@@ -952,169 +903,46 @@ impl Llama {
             // SAFETY (here and below): x is only read while other buffers are written.
             let x_row = |t: usize| unsafe { &x.get()[t * hidden..(t + 1) * hidden] };
             for (l, layer) in self.layers.iter().enumerate() {
-                let rows = row_caches.layer(l);
+                let rows = b.rows.layer(l);
+                // n = RMSNorm(x);  q|k|v = W_qkv · n (+ b)
                 fill_rows(ctx, &attn_in, n, |t, out| rms_norm(x_row(t), &layer.attn_norm, eps, out));
                 let bias = layer.qkv_bias.as_deref();
                 let parts = [&layer.q_proj, &layer.k_proj, &layer.v_proj];
                 matmul(ctx, &parts, &attn_in, n, &qkv, q_dim + 2 * kv_dim, Store::Write { bias });
-                if let (Some(q_norm), Some(k_norm)) = (&layer.q_norm, &layer.k_norm) {
-                    head_norms(ctx, heads, &qkv, n, q_norm, k_norm, eps);
-                }
-                let table = if c.local_rope(l) { cos_sin_local } else { cos_sin };
-                rope_and_cache_rows(ctx, heads, &qkv, &rows, table, c.rope_style);
-                // Qwen v1: each row's query scaled for its own position
-                if let Some(trained) = c.logn_seq_length {
-                    ctx.for_each_chunk(n, 1, |items| {
-                        for t in items {
-                            logn_scale_row(heads, &qkv, t, positions[t], trained);
-                        }
-                    });
-                }
-                match c.positions {
-                    Positions::Rope => {
-                        attend_rows(ctx, c.layer_heads(l), &qkv, &rows, accumulate, attn_out.f32_shared())
-                    }
-                    Positions::Alibi => {
-                        attend_alibi_rows(ctx, heads, &qkv, &rows, &self.alibi_slopes, attn_out.f32_shared())
-                    }
-                }
-                requantize(ctx, &attn_out, n);
-                layer.attention_output(ctx, &attn_out, n, &x, &sublayer_out, eps);
-                fill_rows(ctx, &ffn_in, n, |t, out| rms_norm(x_row(t), &layer.ffn_norm, eps, out));
-                layer.feed_forward(ctx, &ffn_in, &ffn_mid, &moe, n, &x, &sublayer_out, eps);
-            }
-            fill_rows(ctx, &head_in, n, |t, out| rms_norm(x_row(t), &self.norm, eps, out));
-            matmul(ctx, &[&self.lm_head], &head_in, n, &logits, vocab, Store::Write { bias: None });
-            self.soft_cap_logits(ctx, &logits, n);
-        });
-        Ok(&s.logits[..n * vocab])
-    }
-
-    /// One batch of at most `scratch.batch` tokens. `logit_rows` says where in `scratch.logits`
-    /// the rows for this batch's tokens go (for `Last`, only the final token's row).
-    #[allow(clippy::too_many_arguments)]
-    fn forward_batch(
-        &self,
-        pool: &ThreadPool,
-        kv: &mut KvCache,
-        s: &mut Scratch,
-        tokens: &[u32],
-        logit_rows: std::ops::Range<usize>,
-        rounding: Rounding,
-        rope_base: f32,
-    ) {
-        let c = &self.config;
-        let heads = c.heads();
-        let (n, hidden, vocab) = (tokens.len(), c.hidden_size, c.vocab_size);
-        let (q_dim, kv_dim) = (heads.q_dim(), heads.kv_dim());
-        let eps = c.rms_norm_eps;
-        let pos0 = kv.len();
-        kv.grow(n);
-        for t in 0..n {
-            let pos = (pos0 + t) as f32 / c.rope_linear_factor;
-            let cs = &mut s.cos_sin[t * c.rope_dims..(t + 1) * c.rope_dims];
-            self.rotary(pos, rope_base, kv.max_len(), cs);
-            // Gemma 3's sliding layers: their own base, unscaled positions.
-            if let Some(base) = c.gemma.as_ref().and_then(|g| g.rope_local_base_freq) {
-                let cs = &mut s.cos_sin_local[t * c.rope_dims..(t + 1) * c.rope_dims];
-                rope_angles((pos0 + t) as f32, c.rope_dims, base, None, cs);
-            }
-        }
-        // Tokens whose logits are wanted: the last `logit_rows.len()` of the batch.
-        let first_out = n - logit_rows.len();
-        let cos_sin = &s.cos_sin[..n * c.rope_dims];
-        let cos_sin_local = &s.cos_sin_local[..if c.gemma.is_some() { n * c.rope_dims } else { 0 }];
-        let sublayer_out = SharedMut::new(&mut s.sublayer_out);
-
-        let Rounding { exact, accumulate } = rounding;
-        let x = SharedMut::new(&mut s.x);
-        let attn_in = SharedActs::new(&mut s.attn_in, exact);
-        let qkv = SharedMut::new(&mut s.qkv);
-        let attn_out = SharedActs::new(&mut s.attn_out, exact);
-        let ffn_in = SharedActs::new(&mut s.ffn_in, exact);
-        let ffn_mid = SharedActs::new(&mut s.ffn_mid, exact);
-        let head_in = SharedActs::new(&mut s.head_in, exact);
-        let moe = s.moe.shared(exact);
-        let logits = SharedMut::new(&mut s.logits[logit_rows.start * vocab..logit_rows.end * vocab]);
-        let layer_stride = kv.layer_start(1);
-        let shared_kv = kv.shared();
-
-        pool.run(|ctx| {
-            // x = embed_tokens[tokens]
-            ctx.for_each_chunk(n, 1, |rows| {
-                for t in rows {
-                    // SAFETY: row t of x is written by the thread that claimed it.
-                    let row = unsafe { x.slice_mut(t * hidden..(t + 1) * hidden) };
-                    self.embed_tokens.dequantize_row(tokens[t] as usize, row);
-                    // Gemma: x = √hidden · embedding
-                    if c.gemma.is_some() {
-                        let scale = (hidden as f32).sqrt();
-                        row.iter_mut().for_each(|v| *v *= scale);
-                    }
-                }
-            });
-            for (l, layer) in self.layers.iter().enumerate() {
-                let cache = shared_kv.layer(l * layer_stride);
-                // n = RMSNorm(x);  q|k|v = W_qkv · n (+ b)
-                // SAFETY (here and below): x is only read while other buffers are written.
-                fill_rows(ctx, &attn_in, n, |t, out| {
-                    rms_norm(unsafe { &x.get()[t * hidden..(t + 1) * hidden] }, &layer.attn_norm, eps, out)
-                });
-                let bias = layer.qkv_bias.as_deref();
-                matmul(
-                    ctx,
-                    &[&layer.q_proj, &layer.k_proj, &layer.v_proj],
-                    &attn_in,
-                    n,
-                    &qkv,
-                    q_dim + 2 * kv_dim,
-                    Store::Write { bias },
-                );
                 // Qwen3: q, k = RMSNorm per head
                 if let (Some(q_norm), Some(k_norm)) = (&layer.q_norm, &layer.k_norm) {
                     head_norms(ctx, heads, &qkv, n, q_norm, k_norm, eps);
                 }
                 // RoPE(q), RoPE(k); k, v → cache
                 let table = if c.local_rope(l) { cos_sin_local } else { cos_sin };
-                rope_and_cache(ctx, heads, &qkv, n, pos0, table, c.rope_style, &cache);
-                // Qwen v1: q ·= log(p + 1) / log(seq_length) past the trained length
-                if let Some(trained) = c.logn_seq_length
-                    && pos0 + n > trained
-                {
-                    logn_scale_queries(ctx, heads, &qkv, n, pos0, trained);
+                rows.rope_and_cache(ctx, heads, &qkv, table, c.rope_style);
+                if let Some(trained) = logn {
+                    ctx.for_each_chunk(n, 1, |items| {
+                        for t in items {
+                            logn_scale_row(heads, &qkv, t, b.position(t), trained);
+                        }
+                    });
                 }
                 // a = softmax(q·Kᵀ/√d (+ ALiBi))·V;  h = x + W_o · a
                 match c.positions {
                     Positions::Rope => {
-                        let heads = c.layer_heads(l);
-                        attend(ctx, heads, &qkv, n, pos0, &cache, accumulate, attn_out.f32_shared())
+                        rows.attend(ctx, c.layer_heads(l), &qkv, b.accumulate, attn_out.f32_shared())
                     }
-                    Positions::Alibi => attend_alibi(
-                        ctx,
-                        heads,
-                        &qkv,
-                        n,
-                        pos0,
-                        &cache,
-                        &self.alibi_slopes,
-                        attn_out.f32_shared(),
-                    ),
+                    Positions::Alibi => {
+                        rows.attend_alibi(ctx, heads, &qkv, &self.alibi_slopes, attn_out.f32_shared())
+                    }
                 }
                 requantize(ctx, &attn_out, n);
                 layer.attention_output(ctx, &attn_out, n, &x, &sublayer_out, eps);
                 // m = RMSNorm(h);  x = h + W_down · (silu(W_gate·m) ⊙ W_up·m)
-                fill_rows(ctx, &ffn_in, n, |t, out| {
-                    rms_norm(unsafe { &x.get()[t * hidden..(t + 1) * hidden] }, &layer.ffn_norm, eps, out)
-                });
+                fill_rows(ctx, &ffn_in, n, |t, out| rms_norm(x_row(t), &layer.ffn_norm, eps, out));
                 layer.feed_forward(ctx, &ffn_in, &ffn_mid, &moe, n, &x, &sublayer_out, eps);
             }
-            // logits = lm_head · RMSNorm(x), for the tokens asked for
-            let n_out = n - first_out;
+            // logits = lm_head · RMSNorm(x), for the rows asked for
+            let n_out = b.n_out();
             if n_out > 0 {
-                fill_rows(ctx, &head_in, n_out, |t, out| {
-                    let row = first_out + t;
-                    rms_norm(unsafe { &x.get()[row * hidden..(row + 1) * hidden] }, &self.norm, eps, out)
-                });
+                let first = b.first_out;
+                fill_rows(ctx, &head_in, n_out, |t, out| rms_norm(x_row(first + t), &self.norm, eps, out));
                 matmul(ctx, &[&self.lm_head], &head_in, n_out, &logits, vocab, Store::Write { bias: None });
                 self.soft_cap_logits(ctx, &logits, n_out);
             }
@@ -1136,16 +964,6 @@ pub(crate) struct LongRope {
 }
 
 impl Llama {
-    /// The RoPE base a sequence's next decoding step takes, its cache holding `len` positions:
-    /// Qwen v1's fixed at its prompt (kept in the sequence's scratch), dynamic NTK's grown with
-    /// the length, else `rope_theta`.
-    pub fn step_rope_base(&self, s: &Scratch, len: usize) -> f32 {
-        match self.config.rope_dynamic {
-            Some(DynamicRope::QwenNtk { .. }) => s.rope_base,
-            _ => self.config.rope_base(len + 1),
-        }
-    }
-
     pub(crate) fn set_long_rope(&mut self, lr: LongRope) -> Result<(), ModelError> {
         let half = self.config.rope_dims / 2;
         if lr.short.len() != half || lr.long.len() != half {
@@ -1330,28 +1148,4 @@ fn qwen_ntk_base(base: f32, dims: usize, len: usize, seq_length: usize) -> f32 {
     let alpha = (2f64.powf(context.ceil()) - 1.0).max(1.0);
     let d = dims as f64;
     (base as f64 * alpha.powf(d / (d - 2.0))) as f32
-}
-
-/// Scales the query heads of token rows at positions past `trained` by
-/// `ln(p + 1) / ln(trained)` (Qwen v1's `logn_tensor`).
-fn logn_scale_queries(
-    ctx: &baimo_threads::Ctx<'_>,
-    heads: Heads,
-    qkv: &SharedMut<'_, f32>,
-    n: usize,
-    pos0: usize,
-    trained: usize,
-) {
-    let stride = heads.q_dim() + 2 * heads.kv_dim();
-    ctx.for_each_chunk(n, 1, |tokens| {
-        for t in tokens {
-            let p = pos0 + t;
-            if p + 1 > trained {
-                let factor = ((p + 1) as f64).ln() / (trained as f64).ln();
-                // SAFETY: token t's query heads belong to this thread alone.
-                let q = unsafe { qkv.slice_mut(t * stride..t * stride + heads.q_dim()) };
-                q.iter_mut().for_each(|x| *x = (*x as f64 * factor) as f32);
-            }
-        }
-    });
 }
