@@ -21,18 +21,39 @@ use crate::attention::{
     rope_and_cache, rope_and_cache_rows,
 };
 use crate::state::{KvCache, SharedKv};
-use crate::{Arithmetic, LogitsFor, ModelError, Scratch, Sequence};
+use crate::{Arithmetic, InfillTokens, LogitsFor, ModelError, ModelInfo, Scratch, Sequence};
 
 /// What a family's forward pass provides to the driver.
 pub(crate) trait Pass {
     /// The buffers of one sequence's forward passes (a step of continuous batching works in its
     /// first sequence's).
-    type Scratch;
+    type Scratch: 'static;
     /// What a row needs from its sequence besides its position: Qwen v1's RoPE base (fixed by
     /// its prompt), GLM's 2-D layout.
     type Row: Copy;
 
     fn vocab_size(&self) -> usize;
+
+    fn info(&self) -> ModelInfo;
+
+    /// A new sequence's cache (at most `max_len` positions) and buffers (`batch` rows).
+    fn new_state(&self, max_len: usize, batch: usize) -> (KvCache, Scratch);
+
+    /// Whether the cached state of a prompt's first tokens stays valid when other tokens follow.
+    fn causal_prefix(&self) -> bool {
+        true
+    }
+
+    /// Whether a prompt read in several calls (see `Model::reads_prompt_in_pieces`) gets the
+    /// state one call gives it.
+    fn reads_prompt_in_pieces(&self) -> bool {
+        true
+    }
+
+    /// GLM's blank-infilling tokens, for the models that have them.
+    fn infill_tokens(&self) -> Option<InfillTokens> {
+        None
+    }
 
     /// Positions a sequence can hold by the model's own bound (GPT-2's position table, GLM's
     /// `max_sequence_length`); the cache's capacity bounds it too.
@@ -247,17 +268,28 @@ fn check_tokens(tokens: &[u32], vocab_size: usize) -> Result<(), ModelError> {
     }
 }
 
-/// Runs `tokens` at the next positions of `kv` and returns the logits asked for: one row of
+fn other_family() -> ModelError {
+    // A sequence is made by its model's `new_sequence`.
+    ModelError::Unsupported("a sequence of another model family".into())
+}
+
+/// State for a new sequence of at most `max_len` positions.
+pub(crate) fn new_sequence<P: Pass>(pass: &P, max_len: usize, batch: usize) -> Sequence {
+    let (kv, scratch) = pass.new_state(max_len, batch);
+    Sequence { kv, arithmetic: Arithmetic::default(), scratch }
+}
+
+/// Runs `tokens` at the next positions of `seq` and returns the logits asked for: one row of
 /// `vocab_size` for the last token, or one per token.
 pub(crate) fn forward<'s, P: Pass>(
     pass: &P,
     pool: &ThreadPool,
-    kv: &mut KvCache,
-    s: &'s mut P::Scratch,
+    seq: &'s mut Sequence,
     tokens: &[u32],
     want: LogitsFor,
-    arithmetic: Arithmetic,
 ) -> Result<&'s [f32], ModelError> {
+    let (kv, arithmetic) = (&mut seq.kv, seq.arithmetic);
+    let s = P::scratch(&mut seq.scratch).ok_or_else(other_family)?;
     let vocab = pass.vocab_size();
     check_tokens(tokens, vocab)?;
     let max = kv.max_len().min(pass.max_positions());
@@ -315,7 +347,6 @@ pub(crate) fn decode<P: Pass>(
         return Err(ModelError::Shape(format!("{n} tokens for {} sequences", seqs.len())));
     }
     check_tokens(tokens, vocab)?;
-    let other_family = || ModelError::Unsupported("a sequence of another model family".into());
     let mut facts = Vec::with_capacity(n);
     for (seq, &token) in seqs.iter_mut().zip(tokens) {
         let max = seq.kv.max_len().min(pass.max_positions());

@@ -25,13 +25,13 @@ use baimo_kernels::GgmlType;
 use baimo_kernels::ops::{RopeStyle, gelu, layer_norm, rope_angles, rope_apply};
 use baimo_threads::{Ctx, SharedMut, ThreadPool};
 
-use crate::ModelError;
 use crate::attention::{Accumulate, Heads, MAX_HEAD_DIM, attend_prefix_lm};
 use crate::driver::{Batch, LayerRows, Pass};
 use crate::hf::{HfSource, JsonConfig};
 use crate::parallel::{SharedActs, Store, fill_rows, matmul, needs, requantize};
 use crate::state::{Activations, KvCache, KvPrecision};
 use crate::weights::{TensorSource, Weight};
+use crate::{InfillTokens, ModelError, ModelInfo};
 
 /// Hyper-parameters, named as in ChatGLM-6B's `config.json`.
 #[derive(Clone, Debug, PartialEq)]
@@ -291,6 +291,42 @@ impl Pass for Glm {
 
     fn vocab_size(&self) -> usize {
         self.config.vocab_size
+    }
+
+    fn info(&self) -> ModelInfo {
+        let c = &self.config;
+        ModelInfo {
+            architecture: "chatglm-6b".into(),
+            vocab_size: c.vocab_size,
+            context_length: c.max_sequence_length,
+            n_layers: c.num_layers,
+            hidden_size: c.hidden_size,
+            weight_bytes: self.weight_bytes(),
+            active_weight_bytes: self.weight_bytes(),
+        }
+    }
+
+    fn new_state(&self, max_len: usize, batch: usize) -> (KvCache, crate::Scratch) {
+        (self.new_cache(max_len), crate::Scratch::Glm(self.new_scratch(batch)))
+    }
+
+    /// The context attends both ways: a cached prefix changes when other tokens follow it.
+    fn causal_prefix(&self) -> bool {
+        false
+    }
+
+    fn reads_prompt_in_pieces(&self) -> bool {
+        false
+    }
+
+    fn infill_tokens(&self) -> Option<InfillTokens> {
+        let c = &self.config;
+        Some(InfillTokens {
+            mask: c.mask_token_id,
+            gmask: c.gmask_token_id,
+            sop: c.bos_token_id,
+            eop: c.eos_token_id,
+        })
     }
 
     fn max_positions(&self) -> usize {

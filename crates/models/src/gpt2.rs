@@ -16,13 +16,13 @@ use baimo_kernels::GgmlType;
 use baimo_kernels::ops::{RopeStyle, gelu, layer_norm};
 use baimo_threads::{SharedMut, ThreadPool};
 
-use crate::ModelError;
 use crate::attention::{Heads, MAX_HEAD_DIM};
 use crate::driver::{Batch, Pass};
 use crate::hf::{HfSource, JsonConfig};
 use crate::parallel::{SharedActs, Store, fill_rows, matmul, needs, requantize};
 use crate::state::{Activations, KvCache, KvPrecision};
 use crate::weights::{GgufTensors, TensorSource, Weight};
+use crate::{ModelError, ModelInfo};
 
 /// Hyper-parameters, named as in Hugging Face `config.json`.
 #[derive(Clone, Debug, PartialEq)]
@@ -351,6 +351,23 @@ impl Pass for Gpt2 {
 
     fn vocab_size(&self) -> usize {
         self.config.vocab_size
+    }
+
+    fn info(&self) -> ModelInfo {
+        let c = &self.config;
+        ModelInfo {
+            architecture: "gpt2".into(),
+            vocab_size: c.vocab_size,
+            context_length: c.n_positions,
+            n_layers: c.n_layer,
+            hidden_size: c.n_embd,
+            weight_bytes: self.weight_bytes(),
+            active_weight_bytes: self.weight_bytes(),
+        }
+    }
+
+    fn new_state(&self, max_len: usize, batch: usize) -> (KvCache, crate::Scratch) {
+        (self.new_cache(max_len), crate::Scratch::Gpt2(self.new_scratch(batch)))
     }
 
     /// The learned position table ends at `n_positions`.

@@ -22,6 +22,7 @@ mod weights;
 use baimo_formats::{FormatError, Gguf, HfFolder};
 use baimo_kernels::GgmlType;
 use baimo_threads::ThreadPool;
+use driver::Pass;
 
 pub use state::{KvCache, KvPrecision};
 pub use weights::Weight;
@@ -156,7 +157,20 @@ pub enum Arithmetic {
     Fast,
 }
 
-/// A loaded model of any supported family.
+/// `$body` with `$m` bound to the model's pass, whichever it is (each implements
+/// `driver::Pass`).
+macro_rules! each_pass {
+    ($model:expr, $m:ident => $body:expr) => {
+        match $model {
+            Model::Llama($m) => $body,
+            Model::Gpt2($m) => $body,
+            Model::Glm($m) => $body,
+        }
+    };
+}
+
+/// A loaded model of any supported family: one variant per forward pass (most families are
+/// computed by the LLaMA pass).
 pub enum Model {
     Llama(llama::Llama),
     Gpt2(gpt2::Gpt2),
@@ -240,35 +254,7 @@ impl Model {
     }
 
     pub fn info(&self) -> ModelInfo {
-        match self {
-            Model::Llama(m) => ModelInfo {
-                architecture: m.config.architecture.clone(),
-                vocab_size: m.config.vocab_size,
-                context_length: m.config.max_position_embeddings,
-                n_layers: m.config.num_hidden_layers,
-                hidden_size: m.config.hidden_size,
-                weight_bytes: m.weight_bytes(),
-                active_weight_bytes: m.active_weight_bytes(),
-            },
-            Model::Glm(m) => ModelInfo {
-                architecture: "chatglm-6b".into(),
-                vocab_size: m.config.vocab_size,
-                context_length: m.config.max_sequence_length,
-                n_layers: m.config.num_layers,
-                hidden_size: m.config.hidden_size,
-                weight_bytes: m.weight_bytes(),
-                active_weight_bytes: m.weight_bytes(),
-            },
-            Model::Gpt2(m) => ModelInfo {
-                architecture: "gpt2".into(),
-                vocab_size: m.config.vocab_size,
-                context_length: m.config.n_positions,
-                n_layers: m.config.n_layer,
-                hidden_size: m.config.n_embd,
-                weight_bytes: m.weight_bytes(),
-                active_weight_bytes: m.weight_bytes(),
-            },
-        }
+        each_pass!(self, m => m.info())
     }
 
     /// One decoding step for several sequences at once (continuous batching): `tokens[i]` is
@@ -281,17 +267,13 @@ impl Model {
         seqs: &mut [&mut Sequence],
         tokens: &[u32],
     ) -> Result<Vec<f32>, ModelError> {
-        match self {
-            Model::Llama(m) => driver::decode(m, pool, seqs, tokens),
-            Model::Gpt2(m) => driver::decode(m, pool, seqs, tokens),
-            Model::Glm(m) => driver::decode(m, pool, seqs, tokens),
-        }
+        each_pass!(self, m => driver::decode(m, pool, seqs, tokens))
     }
 
     /// Whether the cached state of a prompt's first tokens stays valid when other tokens follow
     /// them (true for causal models; GLM's context attends both ways).
     pub fn causal_prefix(&self) -> bool {
-        !matches!(self, Model::Glm(_))
+        each_pass!(self, m => m.causal_prefix())
     }
 
     /// Whether a prompt read in several `forward` calls whose lengths are multiples of
@@ -299,42 +281,17 @@ impl Model {
     /// one) gets exactly the state one call gives it. Not for GLM (its context attends both
     /// ways) nor for dynamic NTK scaling (Qwen v1 takes the base from the first call's length).
     pub fn reads_prompt_in_pieces(&self) -> bool {
-        match self {
-            Model::Llama(m) => m.config.rope_dynamic.is_none(),
-            Model::Gpt2(_) => true,
-            Model::Glm(_) => false,
-        }
+        each_pass!(self, m => m.reads_prompt_in_pieces())
     }
 
     /// GLM's blank-infilling tokens, for the models that have them.
     pub fn infill_tokens(&self) -> Option<InfillTokens> {
-        match self {
-            Model::Glm(m) => Some(InfillTokens {
-                mask: m.config.mask_token_id,
-                gmask: m.config.gmask_token_id,
-                sop: m.config.bos_token_id,
-                eop: m.config.eos_token_id,
-            }),
-            _ => None,
-        }
+        each_pass!(self, m => m.infill_tokens())
     }
 
     /// State for a new sequence of at most `max_len` positions.
     pub fn new_sequence(&self, max_len: usize) -> Sequence {
-        match self {
-            Model::Llama(m) => {
-                let scratch = Scratch::Llama(m.new_scratch(DEFAULT_BATCH));
-                Sequence { kv: m.new_cache(max_len), arithmetic: Arithmetic::default(), scratch }
-            }
-            Model::Gpt2(m) => {
-                let scratch = Scratch::Gpt2(m.new_scratch(DEFAULT_BATCH));
-                Sequence { kv: m.new_cache(max_len), arithmetic: Arithmetic::default(), scratch }
-            }
-            Model::Glm(m) => {
-                let scratch = Scratch::Glm(m.new_scratch(DEFAULT_BATCH));
-                Sequence { kv: m.new_cache(max_len), arithmetic: Arithmetic::default(), scratch }
-            }
-        }
+        each_pass!(self, m => driver::new_sequence(m, max_len, DEFAULT_BATCH))
     }
 
     /// Runs `tokens` at the sequence's next positions; returns the logits asked for (rows of
@@ -346,14 +303,6 @@ impl Model {
         tokens: &[u32],
         want: LogitsFor,
     ) -> Result<&'s [f32], ModelError> {
-        let (kv, arithmetic) = (&mut seq.kv, seq.arithmetic);
-        // A sequence is made by its model's `new_sequence`.
-        let other_family = || ModelError::Unsupported("a sequence of another model family".into());
-        match (self, &mut seq.scratch) {
-            (Model::Llama(m), Scratch::Llama(s)) => driver::forward(m, pool, kv, s, tokens, want, arithmetic),
-            (Model::Gpt2(m), Scratch::Gpt2(s)) => driver::forward(m, pool, kv, s, tokens, want, arithmetic),
-            (Model::Glm(m), Scratch::Glm(s)) => driver::forward(m, pool, kv, s, tokens, want, arithmetic),
-            _ => Err(other_family()),
-        }
+        each_pass!(self, m => driver::forward(m, pool, seq, tokens, want))
     }
 }

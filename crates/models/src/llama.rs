@@ -19,7 +19,6 @@ use baimo_kernels::GgmlType;
 use baimo_kernels::ops::{RopeStyle, rms_norm, rope_angles};
 use baimo_threads::{SharedMut, ThreadPool};
 
-use crate::ModelError;
 use crate::attention::{Heads, MAX_HEAD_DIM, alibi_slopes};
 use crate::driver::{Batch, Pass};
 use crate::gemma::GemmaConfig;
@@ -28,6 +27,7 @@ use crate::moe::{self, Moe, MoeConfig};
 use crate::parallel::{Glu, SharedActs, Store, fill_rows, matmul, matmul_glu, needs, requantize};
 use crate::state::{Activations, KvCache, KvPrecision};
 use crate::weights::{GgufTensors, SplitRows, TensorSource, Weight};
+use crate::{ModelError, ModelInfo};
 
 /// Hyper-parameters, named as in Hugging Face `config.json`.
 #[derive(Clone, Debug, PartialEq)]
@@ -815,6 +815,28 @@ impl Pass for Llama {
 
     fn vocab_size(&self) -> usize {
         self.config.vocab_size
+    }
+
+    fn info(&self) -> ModelInfo {
+        let c = &self.config;
+        ModelInfo {
+            architecture: c.architecture.clone(),
+            vocab_size: c.vocab_size,
+            context_length: c.max_position_embeddings,
+            n_layers: c.num_hidden_layers,
+            hidden_size: c.hidden_size,
+            weight_bytes: self.weight_bytes(),
+            active_weight_bytes: self.active_weight_bytes(),
+        }
+    }
+
+    fn new_state(&self, max_len: usize, batch: usize) -> (KvCache, crate::Scratch) {
+        (self.new_cache(max_len), crate::Scratch::Llama(self.new_scratch(batch)))
+    }
+
+    /// Not with dynamic NTK scaling: Qwen v1 takes the base from the first call's length.
+    fn reads_prompt_in_pieces(&self) -> bool {
+        self.config.rope_dynamic.is_none()
     }
 
     fn scratch(s: &mut crate::Scratch) -> Option<&mut Scratch> {
