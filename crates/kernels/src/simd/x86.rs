@@ -877,3 +877,96 @@ pub unsafe fn f32_to_f16_avx512(src: &[f32], dst: &mut [u16]) {
         dst[j] = half::f16::from_f32(src[j]).to_bits();
     }
 }
+
+/// ggml's `nearest_int` on 16 lanes: `x + 1.5·2²³`, its low mantissa bits minus `2²²` (the
+/// scalar `quants::nearest_int` bit for bit, NaNs and infinities included).
+#[inline(always)]
+unsafe fn nearest_int16(x: __m512) -> __m512i {
+    let bits = _mm512_castps_si512(_mm512_add_ps(x, _mm512_set1_ps(12582912.0)));
+    _mm512_sub_epi32(_mm512_and_si512(bits, _mm512_set1_epi32(0x007f_ffff)), _mm512_set1_epi32(0x0040_0000))
+}
+
+/// The largest magnitude of 16 lanes, NaNs ignored (`vmaxps` keeps its second operand when
+/// the first is NaN, as `f32::max` keeps the non-NaN one).
+#[inline(always)]
+unsafe fn amax16(x: __m512, acc: __m512) -> __m512 {
+    _mm512_max_ps(_mm512_abs_ps(x), acc)
+}
+
+/// f32 → f16 → f32, rounding to nearest even (the scales ggml stores as f16).
+#[inline(always)]
+unsafe fn round_to_f16(x: f32) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(x))))
+}
+
+/// [`crate::quants::quantize_q8`] for AVX-512: the scalar reference's steps, 16 values at a
+/// time (every step is exact or elementwise, so the bits are the reference's).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
+pub unsafe fn quantize_q8_avx512(kind: crate::quants::Q8Kind, x: &[f32], out: crate::quants::Q8RowMut<'_>) {
+    use crate::quants::Q8Kind;
+    match kind {
+        Q8Kind::Blocks32 => {
+            assert!(x.len().is_multiple_of(QK) && out.qs.len() >= x.len());
+            for b in 0..x.len() / QK {
+                let p = x.as_ptr().add(b * QK);
+                let (lo, hi) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+                let amax = _mm512_reduce_max_ps(amax16(hi, amax16(lo, _mm512_setzero_ps())));
+                let d = amax / 127.0;
+                let id = _mm512_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+                let q_lo = _mm512_cvtepi32_epi8(nearest_int16(_mm512_mul_ps(lo, id)));
+                let q_hi = _mm512_cvtepi32_epi8(nearest_int16(_mm512_mul_ps(hi, id)));
+                _mm_storeu_si128(out.qs.as_mut_ptr().add(b * QK).cast(), q_lo);
+                _mm_storeu_si128(out.qs.as_mut_ptr().add(b * QK + 16).cast(), q_hi);
+                let sum_lo = _mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(q_lo)) as i16;
+                let sum_hi = _mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(q_hi)) as i16;
+                out.d[b] = round_to_f16(d);
+                out.s[b] = round_to_f16(d * (sum_lo as i32 + sum_hi as i32) as f32);
+                out.bsums[2 * b] = sum_lo;
+                out.bsums[2 * b + 1] = sum_hi;
+            }
+        }
+        Q8Kind::Blocks256 => {
+            assert!(x.len().is_multiple_of(QK_K) && out.qs.len() >= x.len());
+            for b in 0..x.len() / QK_K {
+                let p = x.as_ptr().add(b * QK_K);
+                let load = |j: usize| _mm512_loadu_ps(p.add(16 * j));
+                let mut acc = _mm512_setzero_ps();
+                for j in 0..16 {
+                    acc = amax16(load(j), acc);
+                }
+                let amax = _mm512_reduce_max_ps(acc);
+                // The first value of that magnitude, with its sign (as the reference's scan).
+                let mut max = 0.0;
+                if amax != 0.0 {
+                    for j in 0..16 {
+                        let hits =
+                            _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_abs_ps(load(j)), _mm512_set1_ps(amax));
+                        if hits != 0 {
+                            max = *p.add(16 * j + hits.trailing_zeros() as usize);
+                            break;
+                        }
+                    }
+                }
+                let qs = out.qs.as_mut_ptr().add(b * QK_K);
+                if amax == 0.0 || max == 0.0 {
+                    out.d[b] = 0.0;
+                    std::ptr::write_bytes(qs, 0, QK_K);
+                    out.bsums[16 * b..16 * b + 16].fill(0);
+                    continue;
+                }
+                let iscale = -127.0 / max;
+                let scale = _mm512_set1_ps(iscale);
+                for j in 0..16 {
+                    let q = _mm512_min_epi32(
+                        nearest_int16(_mm512_mul_ps(scale, load(j))),
+                        _mm512_set1_epi32(127),
+                    );
+                    let q8 = _mm512_cvtepi32_epi8(q);
+                    _mm_storeu_si128(qs.add(16 * j).cast(), q8);
+                    out.bsums[16 * b + j] = _mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(q8)) as i16;
+                }
+                out.d[b] = 1.0 / iscale;
+            }
+        }
+    }
+}
