@@ -351,37 +351,77 @@ fn exp_nonpositive(x: f32) -> f32 {
 /// Lanes of the partial sums and maxima (a fixed order, so every build adds alike).
 const LANES: usize = 16;
 
+/// Query rows stepped together: each score and output sum is a chain of fused multiply-adds
+/// (four cycles each), and one row gives only four independent chains (half of what two FMA
+/// units take); two rows give eight. Each row's chains keep the one-row order, so grouping
+/// changes no bit.
+const ROW_GROUP: usize = 2;
+
 #[inline(always)]
 fn flash_body(rows: &mut FlashRows<'_>, kv: &KvBlock) {
-    let d = kv.head_dim;
-    for (i, (&first, &visible)) in rows.first.iter().zip(rows.visible).enumerate() {
+    let m = rows.visible.len();
+    let sees = |i: usize| rows.visible[i] > rows.first[i];
+    let mut i = 0;
+    while i < m {
         // A row that sees none of the block's keys keeps its state (its maximum may still be
-        // −∞, and −∞ − −∞ would poison it).
-        if visible <= first {
-            continue;
+        // −∞, and −∞ − −∞ would poison it): groups are made of rows that see some.
+        if i + ROW_GROUP <= m && (i..i + ROW_GROUP).all(sees) {
+            flash_group::<ROW_GROUP>(rows, kv, i);
+            i += ROW_GROUP;
+        } else {
+            if sees(i) {
+                flash_group::<1>(rows, kv, i);
+            }
+            i += 1;
         }
-        let q = &rows.q[i * d..(i + 1) * d];
-        // s = q · Kᵀ, one score per key of the block; keys the row may not see score −∞.
-        // Four registers of scores (64 keys), summed over the head's components.
-        let (mut a0, mut a1, mut a2, mut a3) = ([0f32; LANES], [0f32; LANES], [0f32; LANES], [0f32; LANES]);
-        for (c, &qc) in q.iter().enumerate() {
-            let kt: &[f32; KEY_BLOCK] = kv.kt[c * KEY_BLOCK..(c + 1) * KEY_BLOCK].try_into().unwrap();
+    }
+}
+
+/// `acc[k] += p · v[k]` for a 64-wide slice of a row.
+#[inline(always)]
+fn add_scaled(acc: &mut [f32; 64], p: f32, v: &[f32; 64]) {
+    for k in 0..64 {
+        acc[k] = p.mul_add(v[k], acc[k]);
+    }
+}
+
+/// Block `kv` applied to rows `i0..i0 + R` of `rows`, each of which sees some of its keys.
+// Index loops: one index walks several arrays (queries, scores, weights) at once.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn flash_group<const R: usize>(rows: &mut FlashRows<'_>, kv: &KvBlock, i0: usize) {
+    let d = kv.head_dim;
+    let first: [usize; R] = std::array::from_fn(|r| rows.first[i0 + r]);
+    let visible: [usize; R] = std::array::from_fn(|r| rows.visible[i0 + r]);
+    let q: [&[f32]; R] = std::array::from_fn(|r| &rows.q[(i0 + r) * d..(i0 + r + 1) * d]);
+    // s = q · Kᵀ, one score per key of the block; keys a row may not see score −∞.
+    // Four registers of scores (64 keys) per row, summed over the head's components.
+    let mut a = [[[0f32; LANES]; 4]; R];
+    for c in 0..d {
+        let kt: &[f32; KEY_BLOCK] = kv.kt[c * KEY_BLOCK..(c + 1) * KEY_BLOCK].try_into().unwrap();
+        for r in 0..R {
+            let qc = q[r][c];
             for k in 0..LANES {
-                a0[k] = qc.mul_add(kt[k], a0[k]);
-                a1[k] = qc.mul_add(kt[LANES + k], a1[k]);
-                a2[k] = qc.mul_add(kt[2 * LANES + k], a2[k]);
-                a3[k] = qc.mul_add(kt[3 * LANES + k], a3[k]);
+                a[r][0][k] = qc.mul_add(kt[k], a[r][0][k]);
+                a[r][1][k] = qc.mul_add(kt[LANES + k], a[r][1][k]);
+                a[r][2][k] = qc.mul_add(kt[2 * LANES + k], a[r][2][k]);
+                a[r][3][k] = qc.mul_add(kt[3 * LANES + k], a[r][3][k]);
             }
         }
+    }
+    let mut p = [[0f32; KEY_BLOCK]; R];
+    let mut rescale = [0f32; R];
+    for r in 0..R {
+        let i = i0 + r;
         let mut s = [0f32; KEY_BLOCK];
-        for (chunk, a) in s.chunks_exact_mut(LANES).zip([a0, a1, a2, a3]) {
-            chunk.copy_from_slice(&a);
+        for (chunk, acc) in s.chunks_exact_mut(LANES).zip(&a[r]) {
+            chunk.copy_from_slice(acc);
         }
         if let Some(cap) = rows.softcap {
             s.iter_mut().for_each(|s| *s = cap * (*s / cap).tanh());
         }
         for (j, s) in s.iter_mut().enumerate() {
-            *s = if (first..visible).contains(&j) { *s } else { f32::NEG_INFINITY };
+            *s = if (first[r]..visible[r]).contains(&j) { *s } else { f32::NEG_INFINITY };
         }
         let mut lane_max = [f32::NEG_INFINITY; LANES];
         for chunk in s.chunks_exact(LANES) {
@@ -391,41 +431,59 @@ fn flash_body(rows: &mut FlashRows<'_>, kv: &KvBlock) {
         }
         let block_max = lane_max.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         let new_max = rows.max[i].max(block_max);
-        let rescale = exp_nonpositive(rows.max[i] - new_max);
-        let mut p = [0f32; KEY_BLOCK];
+        rescale[r] = exp_nonpositive(rows.max[i] - new_max);
         for j in 0..KEY_BLOCK {
-            p[j] = exp_nonpositive(s[j] - new_max);
+            p[r][j] = exp_nonpositive(s[j] - new_max);
         }
         let mut lane_sum = [0f32; LANES];
-        for chunk in p.chunks_exact(LANES) {
+        for chunk in p[r].chunks_exact(LANES) {
             for k in 0..LANES {
                 lane_sum[k] += chunk[k];
             }
         }
         let block_sum: f32 = lane_sum.iter().sum();
-        rows.sum[i] = rows.sum[i].mul_add(rescale, block_sum);
+        rows.sum[i] = rows.sum[i].mul_add(rescale[r], block_sum);
         rows.max[i] = new_max;
-        // out = out·rescale + Σ_j p_j·v_j, a register-sized slice of the row at a time.
-        let out = &mut rows.out[i * d..(i + 1) * d];
-        let mut c0 = 0;
-        while c0 + 64 <= d {
-            let mut acc: [f32; 64] = out[c0..c0 + 64].try_into().unwrap();
-            acc.iter_mut().for_each(|a| *a *= rescale);
-            for (j, &pj) in p.iter().enumerate().take(visible).skip(first) {
-                let v: &[f32; 64] = kv.v[j * d + c0..j * d + c0 + 64].try_into().unwrap();
-                for k in 0..64 {
-                    acc[k] = pj.mul_add(v[k], acc[k]);
-                }
+    }
+    // out = out·rescale + Σ_j p_j·v_j, a register-sized slice of each row at a time, every row
+    // adding the keys it sees in key order: its own keys before the ones all rows see, those
+    // together, then its own after them.
+    let (shared_lo, shared_hi) = (*first.iter().max().unwrap(), *visible.iter().min().unwrap());
+    let shared_hi = shared_hi.max(shared_lo);
+    let value = |j: usize, c0: usize| -> &[f32; 64] { kv.v[j * d + c0..j * d + c0 + 64].try_into().unwrap() };
+    let mut c0 = 0;
+    while c0 + 64 <= d {
+        let mut acc = [[0f32; 64]; R];
+        for r in 0..R {
+            let out: &[f32; 64] = rows.out[(i0 + r) * d + c0..(i0 + r) * d + c0 + 64].try_into().unwrap();
+            for k in 0..64 {
+                acc[r][k] = out[k] * rescale[r];
             }
-            out[c0..c0 + 64].copy_from_slice(&acc);
-            c0 += 64;
+            for j in first[r]..shared_lo.min(visible[r]) {
+                add_scaled(&mut acc[r], p[r][j], value(j, c0));
+            }
         }
-        if c0 < d {
-            let rest = &mut out[c0..];
-            rest.iter_mut().for_each(|a| *a *= rescale);
-            for (j, &pj) in p.iter().enumerate().take(visible).skip(first) {
+        for j in shared_lo..shared_hi {
+            let v = value(j, c0);
+            for r in 0..R {
+                add_scaled(&mut acc[r], p[r][j], v);
+            }
+        }
+        for r in 0..R {
+            for j in shared_hi.max(first[r])..visible[r] {
+                add_scaled(&mut acc[r], p[r][j], value(j, c0));
+            }
+            rows.out[(i0 + r) * d + c0..(i0 + r) * d + c0 + 64].copy_from_slice(&acc[r]);
+        }
+        c0 += 64;
+    }
+    if c0 < d {
+        for r in 0..R {
+            let rest = &mut rows.out[(i0 + r) * d + c0..(i0 + r + 1) * d];
+            rest.iter_mut().for_each(|a| *a *= rescale[r]);
+            for j in first[r]..visible[r] {
                 for (a, &vc) in rest.iter_mut().zip(&kv.v[j * d + c0..(j + 1) * d]) {
-                    *a = pj.mul_add(vc, *a);
+                    *a = p[r][j].mul_add(vc, *a);
                 }
             }
         }
@@ -492,6 +550,61 @@ mod tests {
                 assert_eq!(&got.v[..n_keys * d], &want.v[..n_keys * d], "values, d {d}, {n_keys} keys");
                 assert_eq!(got.n_keys, n_keys);
             }
+        }
+    }
+
+    /// Rows stepped together (in groups sharing each key and value load) end with the bits they
+    /// get stepped one by one, whatever keys each sees (none, a prefix, a window).
+    #[test]
+    fn grouped_rows_equal_rows_alone() {
+        let d = 80; // a 64-wide slice and a rest
+        let mut seed = 11u64;
+        let mut rnd = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        };
+        let keys: Vec<half::f16> = (0..KEY_BLOCK * d).map(|_| half::f16::from_f32(rnd() * 2.0)).collect();
+        let values: Vec<half::f16> = (0..KEY_BLOCK * d).map(|_| half::f16::from_f32(rnd())).collect();
+        let mut block = KvBlock::new(d);
+        block.load(KEY_BLOCK, &keys, &values);
+        // Pairs (0, 1), (4, 5), (6, 7), ... are grouped; row 3 sees nothing; rows 8 and 9 see
+        // disjoint runs, rows 10 and 11 overlapping ones.
+        let first = [0, 0, 3, 0, 10, 0, 0, 20, 0, 40, 5, 30, 7];
+        let visible = [64, 1, 40, 0, 64, 33, 64, 30, 20, 64, 64, 50, 9];
+        let m = first.len();
+        let q: Vec<f32> = (0..m * d).map(|_| rnd()).collect();
+        for softcap in [None, Some(3.0)] {
+            let mut out: Vec<f32> = (0..m * d).map(|i| (i % 17) as f32 * 0.25).collect();
+            let mut max: Vec<f32> =
+                (0..m).map(|i| if i % 3 == 0 { f32::NEG_INFINITY } else { 0.5 }).collect();
+            let mut sum = vec![1.5f32; m];
+            let (mut alone_out, mut alone_max, mut alone_sum) = (out.clone(), max.clone(), sum.clone());
+            let mut all = FlashRows {
+                q: &q,
+                first: &first,
+                visible: &visible,
+                softcap,
+                out: &mut out,
+                max: &mut max,
+                sum: &mut sum,
+            };
+            flash_step(&mut all, &block);
+            for i in 0..m {
+                let mut one = FlashRows {
+                    q: &q[i * d..(i + 1) * d],
+                    first: &first[i..i + 1],
+                    visible: &visible[i..i + 1],
+                    softcap,
+                    out: &mut alone_out[i * d..(i + 1) * d],
+                    max: &mut alone_max[i..i + 1],
+                    sum: &mut alone_sum[i..i + 1],
+                };
+                flash_step(&mut one, &block);
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(&alone_out), "outputs, softcap {softcap:?}");
+            assert_eq!(bits(&max), bits(&alone_max), "maxima");
+            assert_eq!(bits(&sum), bits(&alone_sum), "sums");
         }
     }
 
