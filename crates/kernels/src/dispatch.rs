@@ -588,6 +588,13 @@ impl TileDot {
                             batched: t::q4_k_batched4,
                         },
                     )),
+                    GgmlType::Q5_K => Some((
+                        Q8Kind::Blocks256,
+                        Q4K {
+                            single: [t::q5_k_single1, t::q5_k_single2, t::q5_k_single3, t::q5_k_single4],
+                            batched: t::q5_k_batched4,
+                        },
+                    )),
                     GgmlType::Q6_K => Some((
                         Q8Kind::Blocks256,
                         Q6K {

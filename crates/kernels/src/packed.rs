@@ -41,6 +41,11 @@
 //! qs[4 chunks][8 steps][16 rows][4]  chunk c, step s = the row's qs bytes 32c + 4s..: low
 //!                                    nibbles values 64c + 4s.., high nibbles 64c + 32 + 4s..
 //! ```
+//! Q5_K takes Q4_K's layout and adds the fifth bits after the values:
+//! ```text
+//! qh[4 chunks][8 steps][2]: u64      bit 4r + k of word (c, s, 0): the fifth bit of value
+//!                                    64c + 4s + k of row r; of word (c, s, 1): of 64c + 32 + 4s + k
+//! ```
 //! Q6_K, per super-block: `d[16]: f16`, `scales[16][16]: i8`, then the 6-bit values in 16 steps
 //! `i` of three parts `[16 rows][4]` each, read together: the low nibbles of positions 4i..
 //! (bits 0..4) and 128 + 4i.. (bits 4..8); the same for 64 + 4i.. and 192 + 4i..; and the top
@@ -53,7 +58,8 @@ use crate::lowbit::{
     BlockIq4Nl, BlockIq4Xs, BlockQ2K, BlockQ3K, iq4_xs_scale, low2, q3_k_scales, q3_k_value,
 };
 use crate::quants::{
-    BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, as_blocks, scale_min_k4,
+    BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, as_blocks,
+    scale_min_k4,
 };
 
 /// Rows per group.
@@ -100,7 +106,14 @@ impl PackedMatrix {
                     (r < rows).then(|| &src[r * row_bytes..(r + 1) * row_bytes])
                 };
                 match dtype {
-                    GgmlType::Q4_K => pack_q4_k(b, &row, dst),
+                    GgmlType::Q4_K => pack_k4(&row, dst, |bytes| {
+                        let blk = &as_blocks::<BlockQ4K>(bytes)[b];
+                        (blk.d, blk.dmin, &blk.scales, &blk.qs, None)
+                    }),
+                    GgmlType::Q5_K => pack_k4(&row, dst, |bytes| {
+                        let blk = &as_blocks::<BlockQ5K>(bytes)[b];
+                        (blk.d, blk.dmin, &blk.scales, &blk.qs, Some(&blk.qh))
+                    }),
                     GgmlType::IQ4_XS => pack_iq4_xs(b, &row, dst),
                     GgmlType::Q2_K => pack_q2_k(b, &row, dst),
                     GgmlType::Q3_K => pack_q3_k(b, &row, dst),
@@ -140,6 +153,7 @@ pub fn group_block_bytes(dtype: GgmlType) -> Option<usize> {
         GgmlType::Q2_K => 32 + 32 + 256 + 1024,
         GgmlType::Q3_K => 32 + 256 + 1024 + 512,
         GgmlType::Q4_K => 32 + 32 + 128 + 128 + 2048,
+        GgmlType::Q5_K => 32 + 32 + 128 + 128 + 2048 + 512,
         GgmlType::Q6_K => 32 + 256 + 2048 + 1024,
         _ => return None,
     })
@@ -213,22 +227,45 @@ fn pack_legacy<'s>(dtype: GgmlType, b: usize, row: &dyn Fn(usize) -> Option<&'s 
     }
 }
 
-/// Q4_K super-block `b` of 16 rows (layout above).
-fn pack_q4_k<'s>(b: usize, row: &dyn Fn(usize) -> Option<&'s [u8]>, dst: &mut [u8]) {
+/// The parts of a Q4_K or Q5_K super-block: d, dmin, packed scales, 4-bit values, fifth bits.
+type K4Parts<'s> = (u16, u16, &'s [u8; 12], &'s [u8; 128], Option<&'s [u8; 32]>);
+
+/// A Q4_K or Q5_K super-block of 16 rows (layout above); `parts` finds it in a row's bytes.
+fn pack_k4<'s>(
+    row: &dyn Fn(usize) -> Option<&'s [u8]>,
+    dst: &mut [u8],
+    parts: impl Fn(&'s [u8]) -> K4Parts<'s>,
+) {
     let (scales_at, mins_at, qs_at) = (64, 64 + 128, 64 + 256);
+    let qh_at = qs_at + 2048;
     for r in 0..GROUP {
         let Some(bytes) = row(r) else { continue };
-        let blk = &as_blocks::<BlockQ4K>(bytes)[b];
-        dst[2 * r..2 * r + 2].copy_from_slice(&blk.d.to_le_bytes());
-        dst[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&blk.dmin.to_le_bytes());
+        let (d, dmin, scales, qs, qh) = parts(bytes);
+        dst[2 * r..2 * r + 2].copy_from_slice(&d.to_le_bytes());
+        dst[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&dmin.to_le_bytes());
         for s in 0..8 {
-            let (sc, m) = scale_min_k4(s, &blk.scales);
+            let (sc, m) = scale_min_k4(s, scales);
             dst[scales_at + 16 * s + r] = sc;
             dst[mins_at + 16 * s + r] = m;
         }
-        for (step, four) in blk.qs.chunks_exact(4).enumerate() {
+        for (step, four) in qs.chunks_exact(4).enumerate() {
             let at = qs_at + 64 * step + 4 * r;
             dst[at..at + 4].copy_from_slice(four);
+        }
+        // Q5_K: bit 2c of qh[l] tops value 64c + l, bit 2c + 1 value 64c + 32 + l.
+        let Some(qh) = qh else { continue };
+        for step in 0..32 {
+            let (c, s) = (step / 8, step % 8);
+            for half in 0..2 {
+                let at = qh_at + 8 * (2 * step + half);
+                let mut word = u64::from_le_bytes(dst[at..at + 8].try_into().unwrap());
+                for k in 0..4 {
+                    if qh[4 * s + k] >> (2 * c + half) & 1 != 0 {
+                        word |= 1 << (4 * r + k);
+                    }
+                }
+                dst[at..at + 8].copy_from_slice(&word.to_le_bytes());
+            }
         }
     }
 }

@@ -9,13 +9,14 @@ use baimo_kernels::dispatch::FAST_BATCH;
 use baimo_kernels::{GgmlType, Isa, PackedMatrix, Q8Buf, Q8Kind, TileDot, VecDot, dequantize};
 use proptest::prelude::*;
 
-const TYPES: [GgmlType; 11] = [
+const TYPES: [GgmlType; 12] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q5_1,
     GgmlType::Q8_0,
     GgmlType::Q4_K,
+    GgmlType::Q5_K,
     GgmlType::Q6_K,
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
@@ -39,7 +40,7 @@ fn random_matrix(dtype: GgmlType, rows: usize, cols: usize, rng: &mut impl FnMut
     let size = dtype.type_size();
     let mut bytes: Vec<u8> = (0..rows * cols / dtype.block_size() * size).map(|_| rng() as u8).collect();
     let f16_fields: &[usize] = match dtype {
-        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K => &[0, 2],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
         GgmlType::Q6_K => &[208],
         GgmlType::Q2_K => &[80, 82],
         GgmlType::Q3_K => &[108],

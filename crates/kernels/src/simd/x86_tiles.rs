@@ -425,24 +425,31 @@ pub unsafe fn iq4_xs<const T: usize>(
 }
 
 const Q4K_BYTES: usize = 32 + 32 + 128 + 128 + 2048;
+const Q5K_BYTES: usize = Q4K_BYTES + 512;
 const Q6K_BYTES: usize = 32 + 256 + 2048 + 1024;
 
-/// Q4_K, exact. `BATCHED`: ggml's repacked GEMM (four tokens), one fused multiply-add per 64
-/// values on each chain; otherwise its GEMV, one per super-block. Per token the result is
-/// `acc − acc_min`, `acc` gathering `isum·(d_w·d_x)` and `acc_min` gathering `imin·(dmin_w·d_x)`.
+/// Q4_K (and Q5_K: `FIFTH`, its fifth bits added to the nibbles), exact. `BATCHED`: ggml's
+/// repacked GEMM (four tokens), one fused multiply-add per 64 values on each chain; otherwise
+/// its GEMV, one per super-block. Per token the result is `acc − acc_min`, `acc` gathering
+/// `isum·(d_w·d_x)` and `acc_min` gathering `imin·(dmin_w·d_x)`.
 #[inline(always)]
-pub unsafe fn q4_k<const T: usize, const BATCHED: bool>(
+pub unsafe fn q4_k<const T: usize, const BATCHED: bool, const FIFTH: bool>(
     group: &[u8],
     n_blocks: usize,
     xs: &[Q8Row<'_>],
     out: &mut [[f32; GROUP]],
 ) {
-    debug_assert!(xs.len() == T && out.len() >= T && group.len() >= n_blocks * Q4K_BYTES);
+    let block_bytes = if FIFTH { Q5K_BYTES } else { Q4K_BYTES };
+    debug_assert!(xs.len() == T && out.len() >= T && group.len() >= n_blocks * block_bytes);
     let nib = _mm512_set1_epi8(0xF);
+    let sixteen = _mm512_set1_epi8(16);
     let (mut acc, mut acc_min) = ([_mm512_setzero_ps(); T], [_mm512_setzero_ps(); T]);
     for b in 0..n_blocks {
-        let base = group.as_ptr().add(b * Q4K_BYTES);
-        prefetch_ahead(base, Q4K_BYTES);
+        let base = group.as_ptr().add(b * block_bytes);
+        prefetch_ahead(base, block_bytes);
+        let fifth = |step: usize, half: usize| {
+            (base.add(Q4K_BYTES + 8 * (2 * step + half)) as *const u64).read_unaligned()
+        };
         let (d, dmin) = (load_f16x16(base), load_f16x16(base.add(32)));
         let (scales, mins, qs) = (base.add(64), base.add(64 + 128), base.add(64 + 256));
         // Whole super-block sums (GEMV): integers, and the minimums' part, exact in f32 (below 2²⁴).
@@ -452,8 +459,12 @@ pub unsafe fn q4_k<const T: usize, const BATCHED: bool>(
             let (mut lo_sum, mut hi_sum) = ([_mm512_setzero_si512(); T], [_mm512_setzero_si512(); T]);
             for s in 0..8 {
                 let raw = load512(qs.add(64 * (8 * c + s)));
-                let lo = _mm512_and_si512(raw, nib);
-                let hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib);
+                let mut lo = _mm512_and_si512(raw, nib);
+                let mut hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib);
+                if FIFTH {
+                    lo = _mm512_mask_add_epi8(lo, fifth(8 * c + s, 0), lo, sixteen);
+                    hi = _mm512_mask_add_epi8(hi, fifth(8 * c + s, 1), hi, sixteen);
+                }
                 for t in 0..T {
                     let at = 256 * b + 64 * c + 4 * s;
                     lo_sum[t] = _mm512_dpbusd_epi32(lo_sum[t], lo, bcast_x(&xs[t], at));
@@ -752,11 +763,16 @@ entries! {
 }
 
 entries! {
-    q4_k_single1 = q4_k::<1, false>;
-    q4_k_single2 = q4_k::<2, false>;
-    q4_k_single3 = q4_k::<3, false>;
-    q4_k_single4 = q4_k::<4, false>;
-    q4_k_batched4 = q4_k::<4, true>;
+    q4_k_single1 = q4_k::<1, false, false>;
+    q4_k_single2 = q4_k::<2, false, false>;
+    q4_k_single3 = q4_k::<3, false, false>;
+    q4_k_single4 = q4_k::<4, false, false>;
+    q4_k_batched4 = q4_k::<4, true, false>;
+    q5_k_single1 = q4_k::<1, false, true>;
+    q5_k_single2 = q4_k::<2, false, true>;
+    q5_k_single3 = q4_k::<3, false, true>;
+    q5_k_single4 = q4_k::<4, false, true>;
+    q5_k_batched4 = q4_k::<4, true, true>;
     q6_k_tiled1 = q6_k_tiled::<1>;
     q6_k_tiled2 = q6_k_tiled::<2>;
     q6_k_tiled3 = q6_k_tiled::<3>;
