@@ -13,7 +13,8 @@ use crate::common::{self, ModelOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A GGUF path or a known model name (default smollm2-135m).
+    /// A GGUF path, a Hugging Face model folder, a known model name (default smollm2-135m), or a
+    /// hub address: `owner/name`, `owner/name:QUANT`, `hf.co/owner/name[:QUANT]`, `owner/name/file.gguf`.
     model_spec: Option<String>,
     /// Prompt lengths to test (comma-separated; 0 skips).
     #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "512")]

@@ -13,7 +13,8 @@ use crate::common::{self, CANCEL, ModelOptions, SamplingOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A GGUF path or a known model name (default smollm2-135m).
+    /// A GGUF path, a Hugging Face model folder, a known model name (default smollm2-135m), or a
+    /// hub address: `owner/name`, `owner/name:QUANT`, `hf.co/owner/name[:QUANT]`, `owner/name/file.gguf`.
     model_spec: Option<String>,
     /// The system message the conversation starts with.
     #[arg(long)]

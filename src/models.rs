@@ -1,11 +1,13 @@
 //! `baimo pull MODEL` and `baimo list`.
 
 use anyhow::{Context, Result};
-use baimo_hub::{Fetcher, find_known, known_models, known_names_summary};
+use baimo_hub::{Fetcher, known_models};
 
 #[derive(clap::Args, Debug)]
 pub struct PullArgs {
-    /// A known model name.
+    /// A known model name, or a hub address: `owner/name` (a model folder, or the Q4_K_M GGUF
+    /// of a GGUF repository), `owner/name:QUANT`, `hf.co/owner/name[:QUANT]`,
+    /// `owner/name/file.gguf`.
     model: String,
 }
 
@@ -13,9 +15,7 @@ pub struct PullArgs {
 pub struct ListArgs {}
 
 pub fn pull(args: PullArgs) -> Result<()> {
-    let known = find_known(&args.model)
-        .with_context(|| format!("unknown model {:?} (known: {})", args.model, known_names_summary()))?;
-    let path = Fetcher::new().fetch(known)?;
+    let path = Fetcher::new().resolve(&args.model).with_context(|| format!("model {:?}", args.model))?;
     println!("{}", path.display());
     Ok(())
 }

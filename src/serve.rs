@@ -16,7 +16,8 @@ use crate::common::{self, ArithmeticArg, ModelOptions};
 #[derive(clap::Args, Debug)]
 #[command(after_help = CONFIG_HELP)]
 pub struct Args {
-    /// A GGUF path, a Hugging Face model folder, or a known model name (default smollm2-135m).
+    /// A GGUF path, a Hugging Face model folder, a known model name (default smollm2-135m), or a
+    /// hub address: `owner/name`, `owner/name:QUANT`, `hf.co/owner/name[:QUANT]`, `owner/name/file.gguf`.
     model_spec: Option<String>,
     #[command(flatten)]
     model: ModelOptions,

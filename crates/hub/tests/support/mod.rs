@@ -34,6 +34,8 @@ struct State {
     honour_range: bool,
     /// Host name put in redirects; `localhost` makes the CDN another origin than `127.0.0.1`.
     cdn_host: String,
+    /// `repo/file` → the sha256 the listing claims, where it is not the content's.
+    listed_sha256: HashMap<String, String>,
 }
 
 /// Serves `/{repo}/resolve/main/{file}` as a 302 to `/cdn/{repo}/{file}`, which serves the
@@ -55,6 +57,7 @@ impl HubServer {
             interrupt_after: 0,
             honour_range: true,
             cdn_host: "127.0.0.1".to_owned(),
+            listed_sha256: HashMap::new(),
         }));
         let shared = Arc::clone(&state);
         std::thread::spawn(move || {
@@ -69,6 +72,11 @@ impl HubServer {
     pub fn add_file(&self, repo: &str, file: &str, bytes: Vec<u8>) {
         let mut state = self.state.lock().unwrap();
         state.files.insert(format!("{repo}/{file}"), bytes);
+    }
+
+    /// Makes the tree listing claim another sha256 for `repo/file` than its content's.
+    pub fn list_sha256(&self, repo: &str, file: &str, sha256: &str) {
+        self.state.lock().unwrap().listed_sha256.insert(format!("{repo}/{file}"), sha256.to_owned());
     }
 
     pub fn interrupt(&self, transfers: usize, after_bytes: usize) {
@@ -145,6 +153,35 @@ fn handle(mut stream: TcpStream, port: u16, state: &Mutex<State>) {
             headers.get("range").filter(|_| honour_range),
             interrupt.then_some(interrupt_after),
         );
+    } else if let Some((repo, _)) =
+        path.strip_prefix("/api/models/").and_then(|rest| rest.split_once("/tree/"))
+    {
+        // The hub's tree listing: every file with its size, LFS files (here: *.gguf) with the
+        // sha256 and size of their content (and the size of the pointer as `size`).
+        let prefix = format!("{repo}/");
+        let mut entries: Vec<String> = state
+            .files
+            .iter()
+            .filter_map(|(k, bytes)| Some((k.strip_prefix(&prefix)?, bytes)))
+            .map(|(file, bytes)| {
+                let sha = state.listed_sha256.get(&format!("{repo}/{file}")).cloned().unwrap_or_else(|| sha256_hex(bytes));
+                if file.ends_with(".gguf") {
+                    format!(
+                        "{{\"type\":\"file\",\"oid\":\"0123\",\"size\":134,\"path\":{file:?},\"lfs\":{{\"oid\":\"{sha}\",\"size\":{},\"pointerSize\":134}}}}",
+                        bytes.len()
+                    )
+                } else {
+                    format!("{{\"type\":\"file\",\"oid\":\"0123\",\"size\":{},\"path\":{file:?}}}", bytes.len())
+                }
+            })
+            .collect();
+        entries.sort();
+        drop(state);
+        if entries.is_empty() {
+            return respond(&mut stream, "404 Not Found", &[], b"{\"error\":\"Repository not found\"}");
+        }
+        let body = format!("[{}]", entries.join(","));
+        respond(&mut stream, "200 OK", &[("Content-Type", "application/json")], body.as_bytes());
     } else if let Some(rest) = path.strip_prefix("/api/models/") {
         // The hub's model info: the repository's files as `siblings`.
         let repo = rest.split("/revision/").next().unwrap_or("").to_owned();
