@@ -401,3 +401,49 @@ fn a_gguf_repository_on_the_hub_runs_by_its_quantization() {
     let missing = with_hub(&["pull", &format!("{repo}:Q2_K")]);
     assert_clean_failure(&missing, "has no GGUF of quantization Q2_K (it has: Q4_1, Q8_0)");
 }
+
+/// The real SmolLM2 GGUF cut in two parts as llama.cpp's `gguf-split` does (the first with the
+/// metadata; `split.no`, `split.count`, `split.tensors.count`), served by the hub stand-in:
+/// `baimo run` fetches both parts and answers as the whole file does.
+#[test]
+fn a_split_gguf_from_the_hub_runs_as_the_whole_file() {
+    use baimo_formats::gguf::GgufWriter;
+    use baimo_formats::{Gguf, Value};
+    let model = common::model(common::SMOLLM2);
+    let whole = Gguf::open(&model).unwrap();
+    let tensors = whole.tensors();
+    let half = tensors.len() / 2;
+    let hub = hub_support::HubServer::start();
+    let repo = "org/SmolLM2-split-GGUF";
+    for (k, range) in [0..half, half..tensors.len()].into_iter().enumerate() {
+        let mut w = GgufWriter::new();
+        if k == 0 {
+            for (key, value) in whole.metadata() {
+                w.add(key, value.clone());
+            }
+            w.add("split.tensors.count", Value::I32(tensors.len() as i32));
+        }
+        w.add("split.no", Value::U16(k as u16));
+        w.add("split.count", Value::U16(2));
+        for info in &tensors[range] {
+            w.add_tensor(&info.name, &info.ne, info.dtype, whole.tensor_data(info).to_vec());
+        }
+        hub.add_file(repo, &format!("Q4_1/SmolLM2-Q4_1-{:05}-of-00002.gguf", k + 1), w.to_bytes());
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let prompt = ["The capital of France is", "--raw", "--temperature", "0", "-n", "8", "--quiet"];
+    let spec = format!("{repo}:Q4_1");
+    let by_hub = common::baimo()
+        .args([&["run", spec.as_str()][..], &prompt].concat())
+        .env("BAIMO_HOME", cache.path())
+        .env("HF_ENDPOINT", &hub.endpoint)
+        .env("HF_HUB_CACHE", cache.path().join("no-hf-cache"))
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("BAIMO_OFFLINE")
+        .output()
+        .unwrap();
+    assert!(by_hub.status.success(), "{}", stderr(&by_hub));
+    let by_path = run(&[&["run", model.to_str().unwrap()][..], &prompt].concat());
+    assert_eq!(stdout(&by_hub), stdout(&by_path));
+    assert_eq!(hub.cdn_requests().len(), 2, "both parts fetched");
+}

@@ -48,6 +48,8 @@ pub enum FormatError {
     OutOfOrder { tensor: String, offset: u64, expected: u64 },
     #[error("tensor {0:?} appears twice")]
     DuplicateTensor(String),
+    #[error("split GGUF {path}: {reason}")]
+    BadSplit { path: PathBuf, reason: String },
     #[error("missing metadata key {0:?}")]
     MissingKey(String),
     #[error("metadata key {key:?} is {found}, expected {expected}")]

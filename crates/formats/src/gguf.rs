@@ -203,10 +203,14 @@ impl TensorInfo {
     }
 }
 
-/// A parsed GGUF file. Tensor data is not read until asked for; it is a view into the map.
+/// A parsed GGUF file, or the parts of a split one (llama.cpp's `gguf-split`) read as one.
+/// Tensor data is not read until asked for; it is a view into the map.
 #[derive(Debug)]
 pub struct Gguf {
-    bytes: Bytes,
+    /// The file, or each part of a split file.
+    parts: Vec<Bytes>,
+    /// For each tensor, the part its data is in.
+    tensor_part: Vec<usize>,
     pub version: u32,
     pub alignment: u64,
     metadata: Vec<(String, Value)>,
@@ -216,9 +220,62 @@ pub struct Gguf {
 }
 
 impl Gguf {
+    /// Opens a GGUF file. The first part of a split file (`name-00001-of-0000N.gguf`, with
+    /// `split.count` N) brings its other parts along, from the same folder, as llama.cpp does.
     pub fn open(path: &Path) -> Result<Gguf, FormatError> {
-        let bytes = Bytes::map_file(path)?;
-        Gguf::parse(bytes)
+        let first = Gguf::parse(Bytes::map_file(path)?)?;
+        let count = match first.get("split.count") {
+            None => return Ok(first),
+            Some(v) => v.as_u64().ok_or_else(|| wrong_type("split.count", "an unsigned integer", v))?,
+        };
+        let bad = |reason: String| FormatError::BadSplit { path: path.to_path_buf(), reason };
+        let index = first.get("split.no").and_then(Value::as_u64).unwrap_or(0);
+        if count <= 1 {
+            return Ok(first);
+        }
+        if index != 0 {
+            return Err(bad(format!("this is part {} of {count}; open the first part", index + 1)));
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let prefix = split_prefix(name, count).ok_or_else(|| {
+            bad(format!("a file of {count} parts must be named NAME-00001-of-{count:05}.gguf"))
+        })?;
+        let mut rest = Vec::new();
+        for i in 2..=count {
+            let part_path = path.with_file_name(format!("{prefix}-{i:05}-of-{count:05}.gguf"));
+            let part = Gguf::parse(Bytes::map_file(&part_path)?)?;
+            if part.get("split.no").and_then(Value::as_u64) != Some(i - 1)
+                || part.get("split.count").and_then(Value::as_u64) != Some(count)
+            {
+                return Err(bad(format!("{} is not part {i} of {count}", part_path.display())));
+            }
+            rest.push(part);
+        }
+        Gguf::join(first, rest).map_err(bad)
+    }
+
+    /// Parts 2.. of a split file joined to the first: the first's metadata, every part's
+    /// tensors (each name once).
+    fn join(mut first: Gguf, rest: Vec<Gguf>) -> Result<Gguf, String> {
+        if let Some(Some(expected)) = first.get("split.tensors.count").map(Value::as_u64) {
+            let total = first.tensors.len() as u64 + rest.iter().map(|p| p.tensors.len() as u64).sum::<u64>();
+            if total != expected {
+                return Err(format!("the parts hold {total} tensors, split.tensors.count says {expected}"));
+            }
+        }
+        for part in rest {
+            let part_index = first.parts.len();
+            first.parts.extend(part.parts);
+            for info in part.tensors {
+                if first.tensor_index.contains_key(&info.name) {
+                    return Err(format!("tensor {:?} is in two parts", info.name));
+                }
+                first.tensor_index.insert(info.name.clone(), first.tensors.len());
+                first.tensors.push(info);
+                first.tensor_part.push(part_index);
+            }
+        }
+        Ok(first)
     }
 
     pub fn parse(bytes: Bytes) -> Result<Gguf, FormatError> {
@@ -345,7 +402,8 @@ impl Gguf {
             }
         }
         let tensor_index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(Gguf { bytes, version, alignment, metadata, tensors, tensor_index })
+        let tensor_part = vec![0; tensors.len()];
+        Ok(Gguf { parts: vec![bytes], tensor_part, version, alignment, metadata, tensors, tensor_index })
     }
 
     pub fn metadata(&self) -> &[(String, Value)] {
@@ -433,13 +491,20 @@ impl Gguf {
 
     /// The bytes of a tensor, a view into the file (no copy).
     pub fn tensor_data(&self, info: &TensorInfo) -> Bytes {
-        // Offsets were checked against the file length in `parse`.
-        self.bytes.slice(info.offset as usize..(info.offset + info.n_bytes) as usize)
+        let part = self.tensor_index.get(&info.name).map_or(0, |&i| self.tensor_part[i]);
+        // Offsets were checked against the part's length in `parse`.
+        self.parts[part].slice(info.offset as usize..(info.offset + info.n_bytes) as usize)
     }
 
+    /// Bytes of the file (of all its parts).
     pub fn file_len(&self) -> u64 {
-        self.bytes.len() as u64
+        self.parts.iter().map(|p| p.len() as u64).sum()
     }
+}
+
+/// `NAME` of `NAME-00001-of-0000N.gguf`, the first part of `count`.
+fn split_prefix(file_name: &str, count: u64) -> Option<&str> {
+    file_name.strip_suffix(&format!("-00001-of-{count:05}.gguf"))
 }
 
 fn wrong_type(key: &str, expected: &'static str, v: &Value) -> FormatError {

@@ -57,12 +57,6 @@ pub enum HubError {
     #[error("{repo} has neither a GGUF file nor a config.json (not a model repository)")]
     NoModelFiles { repo: String },
 
-    #[error(
-        "the {quant} GGUF of {repo} is split in {parts} files ({first}, ...); baimo does not read split GGUFs yet \
-         (llama.cpp's `llama-gguf-split --merge` joins them into one file)"
-    )]
-    SplitGguf { repo: String, quant: String, parts: usize, first: String },
-
     #[error("{what} is not in the cache, and HF_HUB_OFFLINE / BAIMO_OFFLINE forbid fetching it")]
     Offline { what: String },
 

@@ -11,7 +11,7 @@ use reqwest::blocking::Client;
 use crate::cache::{self, with_suffix};
 use crate::catalog::{KnownModel, PypiPart, find_known, known_names_summary};
 use crate::error::{HubError, SourceFailure};
-use crate::gguf_repo::{Choice, HubSpec, RepoFile, choose, parse_tree, quant_of};
+use crate::gguf_repo::{Choice, HubSpec, RepoFile, choose, parse_tree};
 use crate::http::{self, Download, Expected, remove_if_present};
 use crate::pypi::{self, PipCommand};
 use crate::ui::{Ui, human_bytes};
@@ -193,13 +193,13 @@ impl Fetcher {
         let quant_name = || quant.unwrap_or("Q4_K_M").to_ascii_uppercase();
         let file = match choose(&files, quant) {
             Choice::One(file) => file.clone(),
+            // Every part into one folder, under its own name: the first brings the others
+            // along when opened (so blobs of the Hugging Face cache, named by hash, won't do).
             Choice::Split(parts) => {
-                return Err(HubError::SplitGguf {
-                    repo: repo.to_owned(),
-                    quant: quant_of(&parts[0].path).unwrap_or_else(quant_name),
-                    parts: parts.len(),
-                    first: parts[0].path.clone(),
-                });
+                for part in &parts[1..] {
+                    self.fetch_listed(repo, revision, part, false)?;
+                }
+                return self.fetch_listed(repo, revision, parts[0], false);
             }
             Choice::NoSuchQuant { available } => {
                 return Err(HubError::NoSuchQuant { repo: repo.to_owned(), quant: quant_name(), available });
@@ -209,7 +209,7 @@ impl Fetcher {
             }
             Choice::NoGguf => return Err(HubError::NoModelFiles { repo: repo.to_owned() }),
         };
-        self.fetch_listed(repo, revision, &file)
+        self.fetch_listed(repo, revision, &file, true)
     }
 
     /// The file `file` (a GGUF) of the hub repository `repo`, in the cache.
@@ -217,7 +217,7 @@ impl Fetcher {
         let files =
             if self.offline { self.cached_files(repo, revision) } else { self.list_tree(repo, revision)? };
         match files.into_iter().find(|f| f.path == file) {
-            Some(listed) => self.fetch_listed(repo, revision, &listed),
+            Some(listed) => self.fetch_listed(repo, revision, &listed, true),
             None if self.offline => Err(HubError::Offline { what: format!("{repo}/{file}") }),
             None => Err(HubError::HttpStatus {
                 url: self.hf_url(repo, revision, file)?,
@@ -227,15 +227,21 @@ impl Fetcher {
         }
     }
 
-    /// A listed file in the cache: already there (here, or in the Hugging Face cache with the
-    /// same sha256 and size), or fetched now.
-    fn fetch_listed(&self, repo: &str, revision: &str, file: &RepoFile) -> Result<PathBuf, HubError> {
+    /// A listed file in the cache: already there (here, or, with `from_hf_cache`, in the
+    /// Hugging Face cache with the same sha256 and size), or fetched now.
+    fn fetch_listed(
+        &self,
+        repo: &str,
+        revision: &str,
+        file: &RepoFile,
+        from_hf_cache: bool,
+    ) -> Result<PathBuf, HubError> {
         let dest = self.repo_dir(repo, revision).join(&file.path);
         if self.offline {
             return Ok(dest); // listed from the disk
         }
         if let Some(sha256) = &file.sha256 {
-            if let Some(blob) = self.hf_cache_blob(repo, sha256, file.size) {
+            if let Some(blob) = self.hf_cache_blob(repo, sha256, file.size).filter(|_| from_hf_cache) {
                 self.ui().status(&format!(
                     "using {} from the Hugging Face cache: {}",
                     file.path,

@@ -1,6 +1,7 @@
 //! GGUF repositories on the hub (`owner/name:QUANT`, `hf.co/owner/name`, `owner/name/file.gguf`,
 //! and `owner/name` for a repository without a config.json) against a local server shaped like
 //! the hub: its tree listing with sizes and LFS sha256s, resolve redirects, range requests.
+//! (That the parts of a split GGUF read as one model: `tests/cli.rs`.)
 
 mod support;
 
@@ -84,13 +85,14 @@ fn a_missing_quantization_lists_the_ones_there_are() {
 }
 
 #[test]
-fn a_split_gguf_is_refused_before_any_download() {
+fn every_part_of_a_split_gguf_is_fetched_beside_the_first() {
     let server = gguf_repo();
     let root = tempfile::tempdir().unwrap();
-    let err =
-        fetcher(&server.endpoint, root.path()).resolve(&format!("{REPO}:Q6_K")).unwrap_err().to_string();
-    assert!(err.contains("split in 2 files (Q6_K/Tiny-Q6_K-00001-of-00002.gguf"), "{err}");
-    assert!(server.cdn_requests().is_empty());
+    let first = fetcher(&server.endpoint, root.path()).resolve(&format!("{REPO}:Q6_K")).unwrap();
+    assert!(first.ends_with("Q6_K/Tiny-Q6_K-00001-of-00002.gguf"), "{}", first.display());
+    let second = first.with_file_name("Tiny-Q6_K-00002-of-00002.gguf");
+    assert!(content(&second).starts_with("GGUF content of Q6_K/Tiny-Q6_K-00002-of-00002.gguf"));
+    assert_eq!(server.cdn_requests().len(), 2);
 }
 
 #[test]
