@@ -43,10 +43,16 @@ enum Command {
     Infill(infill::Args),
     /// Serve a model over an OpenAI-compatible HTTP API.
     Serve(Box<serve::Args>),
-    /// Download a known model into the cache.
+    /// Download a model into the cache (a known name or a hub address).
     Pull(models::PullArgs),
-    /// List the known models and whether they are in the cache.
+    /// List the models in the cache: size, architecture, parameters, quantization.
     List(models::ListArgs),
+    /// Show a model's metadata: architecture, parameters, quantization, context, template...
+    Show(models::ShowArgs),
+    /// Remove models from the cache.
+    Rm(models::RmArgs),
+    /// The models a running `baimo serve` has, and which are loaded.
+    Ps(models::PsArgs),
     /// Imitate a hosted provider's API on loopback (for demos and tests).
     MockProvider(mock_provider::Args),
     /// Client API keys, with quotas and per-minute limits, for `baimo serve`.
@@ -71,6 +77,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::main(*args),
         Command::Pull(args) => models::pull(args),
         Command::List(args) => models::list(args),
+        Command::Show(args) => models::show(args),
+        Command::Rm(args) => models::rm(args),
+        Command::Ps(args) => models::ps(args),
         Command::MockProvider(args) => mock_provider::main(args),
         Command::Keys(args) => records::keys(args),
         Command::Channels(args) => records::channels(args),

@@ -400,6 +400,53 @@ fn a_gguf_repository_on_the_hub_runs_by_its_quantization() {
 
     let missing = with_hub(&["pull", &format!("{repo}:Q2_K")]);
     assert_clean_failure(&missing, "has no GGUF of quantization Q2_K (it has: Q4_1, Q8_0)");
+
+    // The store: list, show and rm name it as the user does.
+    let name = format!("{repo}/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let listed = with_hub(&["list", "--json"]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let rows: Vec<serde_json::Value> =
+        stdout(&listed).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["name"], name.as_str());
+    assert_eq!(rows[0]["kind"], "gguf");
+    assert_eq!(rows[0]["architecture"], "llama");
+    assert_eq!(rows[0]["quantization"], "Q4_1");
+    assert_eq!(rows[0]["parameters"], 134515008);
+    assert_eq!(rows[0]["size"], std::fs::metadata(&model).unwrap().len());
+    for spec in [name.as_str(), spec.as_str(), &format!("hf.co/{repo}")] {
+        let shown = with_hub(&["show", spec, "--json"]);
+        assert!(shown.status.success(), "{spec}: {}", stderr(&shown));
+        let shown: serde_json::Value = serde_json::from_str(&stdout(&shown)).unwrap();
+        assert_eq!(shown["context_length"], 8192, "{spec}");
+        assert_eq!(shown["eos_token"]["text"], "<|im_end|>");
+        assert!(shown["chat_template"].as_str().unwrap().contains("<|im_start|>"));
+    }
+    let removed = with_hub(&["rm", &spec]);
+    assert!(removed.status.success(), "{}", stderr(&removed));
+    assert!(stdout(&removed).starts_with(&format!("removed {name} (")), "{}", stdout(&removed));
+    assert!(stdout(&with_hub(&["list", "--json"])).is_empty());
+    assert!(!cache.path().join("hf/HuggingFaceTB").exists(), "emptied folders are removed too");
+    assert_clean_failure(&with_hub(&["show", &spec]), "is not in baimo's cache");
+    assert_clean_failure(&with_hub(&["rm", &spec]), "is not in baimo's cache");
+}
+
+/// `baimo ps` asks a running server which models it has and which are loaded.
+#[test]
+fn ps_lists_the_models_of_a_running_server() {
+    let model = common::model(common::SMOLLM2);
+    let server = common::serve(&["serve", model.to_str().unwrap(), "--port", "0", "-q"]);
+    let out = run(&["ps", "--url", &server.base, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> =
+        stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!rows.is_empty() && rows.iter().all(|r| r["kind"] == "local"), "{rows:?}");
+    assert!(rows.iter().any(|r| r["name"] == "SmolLM2-135M-Instruct.Q4_1.gguf"), "{rows:?}");
+    let table = run(&["ps", "--url", &server.base]);
+    assert!(stdout(&table).starts_with("NAME"), "{}", stdout(&table));
+    drop(server);
+    let gone = run(&["ps", "--url", "http://127.0.0.1:9"]);
+    assert_clean_failure(&gone, "no baimo serve answers at http://127.0.0.1:9");
 }
 
 /// The real SmolLM2 GGUF cut in two parts as llama.cpp's `gguf-split` does (the first with the

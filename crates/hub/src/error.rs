@@ -57,6 +57,12 @@ pub enum HubError {
     #[error("{repo} has neither a GGUF file nor a config.json (not a model repository)")]
     NoModelFiles { repo: String },
 
+    #[error("{spec} is not in baimo's cache (`baimo list` shows what is)")]
+    NotCached { spec: String },
+
+    #[error("{spec} names several cached models: {candidates}")]
+    Ambiguous { spec: String, candidates: String },
+
     #[error("{what} is not in the cache, and HF_HUB_OFFLINE / BAIMO_OFFLINE forbid fetching it")]
     Offline { what: String },
 

@@ -21,6 +21,7 @@ mod fetcher;
 mod gguf_repo;
 mod http;
 mod pypi;
+mod store;
 mod ui;
 
 pub use cache::{cache_root, cache_root_from, hf_hub_cache};
@@ -30,3 +31,4 @@ pub use catalog::{
 pub use error::{HubError, SourceFailure};
 pub use fetcher::{DEFAULT_HF_ENDPOINT, Fetcher};
 pub use gguf_repo::{HubSpec, RepoFile, quant_of};
+pub use store::{CachedKind, CachedModel};

@@ -149,3 +149,40 @@ fn offline_only_what_is_cached() {
     assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
     assert_eq!(server.requests().len(), before, "offline asked the hub");
 }
+
+#[test]
+fn the_store_lists_finds_and_removes_what_was_fetched() {
+    let server = gguf_repo();
+    let root = tempfile::tempdir().unwrap();
+    let f = fetcher(&server.endpoint, root.path());
+    for quant in ["Q8_0", "Q4_K_M", "Q6_K"] {
+        f.resolve(&format!("{REPO}:{quant}")).unwrap();
+    }
+    let names: Vec<(String, usize)> =
+        f.cached_models().iter().map(|m| (m.name.clone(), m.files.len())).collect();
+    assert_eq!(
+        names,
+        [
+            (format!("{REPO}/Q6_K/Tiny-Q6_K-00001-of-00002.gguf"), 2),
+            (format!("{REPO}/Tiny-Q4_K_M.gguf"), 1),
+            (format!("{REPO}/Tiny-Q8_0.gguf"), 1),
+        ]
+    );
+    let err = f.find_cached(REPO).unwrap_err().to_string();
+    assert!(err.starts_with(&format!("{REPO} names several cached models: ")), "{err}");
+    assert_eq!(
+        f.find_cached(&format!("hf.co/{REPO}:q4_k_m")).unwrap().name,
+        format!("{REPO}/Tiny-Q4_K_M.gguf")
+    );
+
+    let removed = f.remove_cached(&format!("{REPO}:Q6_K")).unwrap();
+    assert_eq!(removed.files.len(), 2);
+    assert!(removed.files.iter().all(|p| !p.exists()));
+    let dir = root.path().join("hf").join(REPO).join("main");
+    assert!(!dir.join("Q6_K").exists(), "the parts' folder went with them");
+    assert!(!dir.join("Tiny-Q6_K-00001-of-00002.gguf.sha256").exists());
+    assert_eq!(f.cached_models().len(), 2);
+    assert!(dir.join("Tiny-Q8_0.gguf").is_file() && dir.join("Tiny-Q4_K_M.gguf").is_file());
+    let err = f.remove_cached(&format!("{REPO}:Q6_K")).unwrap_err().to_string();
+    assert!(err.contains("is not in baimo's cache"), "{err}");
+}

@@ -42,6 +42,17 @@ fn a_repository_becomes_a_cached_model_folder() {
     let before = server.requests().len();
     assert_eq!(fetcher(&server.endpoint, root.path()).resolve("org/tiny-llama").unwrap(), dir);
     assert_eq!(server.requests().len(), before);
+    // The store lists it as a folder and removes it whole.
+    let f = fetcher(&server.endpoint, root.path());
+    let cached = f.cached_models();
+    assert_eq!(cached.len(), 1);
+    assert_eq!(
+        (cached[0].name.as_str(), cached[0].kind),
+        ("org/tiny-llama", baimo_hub::CachedKind::HubFolder)
+    );
+    assert_eq!(cached[0].path, dir);
+    f.remove_cached("org/tiny-llama").unwrap();
+    assert!(!dir.exists() && f.cached_models().is_empty());
 }
 
 #[test]
