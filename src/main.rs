@@ -11,6 +11,7 @@ mod infill;
 mod mock_provider;
 mod models;
 mod perplexity;
+mod quantize;
 mod records;
 mod run;
 mod serve;
@@ -51,6 +52,8 @@ enum Command {
     Show(models::ShowArgs),
     /// Remove models from the cache.
     Rm(models::RmArgs),
+    /// Write a GGUF with its weight matrices in another type (F16, Q8_0, Q4_0, Q4_K...).
+    Quantize(quantize::Args),
     /// The models a running `baimo serve` has, and which are loaded.
     Ps(models::PsArgs),
     /// Imitate a hosted provider's API on loopback (for demos and tests).
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::List(args) => models::list(args),
         Command::Show(args) => models::show(args),
         Command::Rm(args) => models::rm(args),
+        Command::Quantize(args) => quantize::main(args),
         Command::Ps(args) => models::ps(args),
         Command::MockProvider(args) => mock_provider::main(args),
         Command::Keys(args) => records::keys(args),

@@ -695,43 +695,59 @@ impl GgufWriter {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let alignment = self
-            .metadata
+        let infos: Vec<(&str, &[u64], GgmlType, u64)> = self
+            .tensors
             .iter()
-            .find(|(k, _)| k == "general.alignment")
-            .and_then(|(_, v)| v.as_u64())
-            .unwrap_or(DEFAULT_ALIGNMENT);
-        let mut out = Vec::new();
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&3u32.to_le_bytes());
-        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
-        for (key, value) in &self.metadata {
-            write_string(&mut out, key);
-            out.extend_from_slice(&value_type_id(value).to_le_bytes());
-            write_value(&mut out, value);
-        }
-        let mut offset = 0u64;
-        let mut offsets = Vec::new();
-        for (name, ne, dtype, data) in &self.tensors {
-            write_string(&mut out, name);
-            out.extend_from_slice(&(ne.len() as u32).to_le_bytes());
-            for d in ne {
-                out.extend_from_slice(&d.to_le_bytes());
-            }
-            out.extend_from_slice(&dtype.id().to_le_bytes());
-            out.extend_from_slice(&offset.to_le_bytes());
-            offsets.push(offset);
-            offset = (offset + data.len() as u64).div_ceil(alignment) * alignment;
-        }
-        let data_start = (out.len() as u64).div_ceil(alignment) * alignment;
-        out.resize(data_start as usize, 0);
-        for ((_, _, _, data), off) in self.tensors.iter().zip(offsets) {
-            out.resize((data_start + off) as usize, 0);
+            .map(|(name, ne, dtype, data)| (name.as_str(), ne.as_slice(), *dtype, data.len() as u64))
+            .collect();
+        let (mut out, alignment) = gguf_header(&self.metadata, &infos);
+        for (_, _, _, data) in &self.tensors {
+            // Padding between tensors, none after the last.
+            out.resize((out.len() as u64).div_ceil(alignment) as usize * alignment as usize, 0);
             out.extend_from_slice(data);
         }
         out
     }
+}
+
+/// The start of a GGUF file (version 3): magic, counts, the metadata, each tensor's name, shape
+/// (ggml order), type and data offset, then zeros up to the alignment
+/// (`general.alignment`, default 32), which it returns too. The tensors' data follows in the
+/// order given, each starting at a multiple of the alignment. Lets a writer stream the data of
+/// a file too large to build in memory.
+pub fn gguf_header(
+    metadata: &[(String, Value)],
+    tensors: &[(&str, &[u64], GgmlType, u64)],
+) -> (Vec<u8>, u64) {
+    let alignment = metadata
+        .iter()
+        .find(|(k, _)| k == "general.alignment")
+        .and_then(|(_, v)| v.as_u64())
+        .filter(|a| a.is_power_of_two())
+        .unwrap_or(DEFAULT_ALIGNMENT);
+    let mut out = Vec::new();
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&3u32.to_le_bytes());
+    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (key, value) in metadata {
+        write_string(&mut out, key);
+        out.extend_from_slice(&value_type_id(value).to_le_bytes());
+        write_value(&mut out, value);
+    }
+    let mut offset = 0u64;
+    for (name, ne, dtype, n_bytes) in tensors {
+        write_string(&mut out, name);
+        out.extend_from_slice(&(ne.len() as u32).to_le_bytes());
+        for d in *ne {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out.extend_from_slice(&dtype.id().to_le_bytes());
+        out.extend_from_slice(&offset.to_le_bytes());
+        offset = (offset + n_bytes).div_ceil(alignment) * alignment;
+    }
+    out.resize((out.len() as u64).div_ceil(alignment) as usize * alignment as usize, 0);
+    (out, alignment)
 }
 
 fn write_string(out: &mut Vec<u8>, s: &str) {

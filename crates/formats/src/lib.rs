@@ -9,5 +9,5 @@ pub mod torch;
 
 pub use bytes::Bytes;
 pub use error::FormatError;
-pub use gguf::{ArrayValue, Gguf, TensorInfo, Value};
+pub use gguf::{ArrayValue, Gguf, TensorInfo, Value, gguf_header};
 pub use hf::{HfFolder, HfTensor, HfTensors, StorageType};

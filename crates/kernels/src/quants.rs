@@ -726,31 +726,115 @@ pub fn quantize_q4_0(x: &[f32], out: &mut [BlockQ4_0]) {
     }
 }
 
-/// Q4_K from f32: per sub-block of 32 an affine range `[−m, −m + 15·s]` (the minimum clamped
-/// at 0 so zero stays representable), then the 6-bit scales and minimums relative to the
-/// super-block's largest. Simpler than ggml's search for the best scales (`make_qkx2_quants`), so
-/// a little less accurate, but it writes the same block format.
+/// ggml's `make_qkx2_quants`: codes `0..=nmax` and a scale and minimum for `x` (the minimum
+/// returned negated, as ggml's `the_min`) that minimize the weighted squared error, searched
+/// over `nstep + 1` candidate scales around the plain min/max one.
+#[allow(clippy::too_many_arguments)]
+fn make_qkx2_quants(
+    x: &[f32],
+    weights: &[f32],
+    nmax: i32,
+    l_out: &mut [u8],
+    l_aux: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
+    let n = x.len();
+    let (mut min, mut max) = (x[0], x[0]);
+    let (mut sum_w, mut sum_x) = (weights[0], weights[0] * x[0]);
+    for i in 1..n {
+        min = min.min(x[i]);
+        max = max.max(x[i]);
+        sum_w += weights[i];
+        sum_x += weights[i] * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l_out[..n].fill(0);
+        return (0.0, -min);
+    }
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        l_out[i] = l as u8;
+        let diff = scale * l as f32 + min - x[i];
+        best_error += weights[i] * (diff * diff);
+    }
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..n {
+            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            l_aux[i] = l as u8;
+            let (w, l) = (weights[i], l as f32);
+            sum_l += w * l;
+            sum_l2 += w * l * l;
+            sum_xl += w * l * x[i];
+        }
+        let det = sum_w * sum_l2 - sum_l * sum_l;
+        if det > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut error = 0f32;
+            for i in 0..n {
+                let diff = this_scale * l_aux[i] as f32 + this_min - x[i];
+                error += weights[i] * (diff * diff);
+            }
+            if error < best_error {
+                l_out[..n].copy_from_slice(&l_aux[..n]);
+                best_error = error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// ggml's `quantize_row_q4_K_ref` (what llama-quantize runs without an importance matrix): per
+/// sub-block of 32 a searched scale and minimum ([`make_qkx2_quants`], weights `rms + |x|`),
+/// the eight of each kind coded in 6 bits against the super-block's largest, then the values
+/// coded again against the scales as the dequantizer will see them.
 pub fn quantize_q4_k(x: &[f32], out: &mut [BlockQ4K]) {
     for (xb, b) in x.chunks_exact(QK_K).zip(out) {
-        let mut scales = [0f32; 8];
-        let mut mins = [0f32; 8];
-        for (j, sub) in xb.chunks_exact(32).enumerate() {
-            let min = sub.iter().copied().fold(0f32, f32::min);
-            let max = sub.iter().copied().fold(min, f32::max);
-            scales[j] = (max - min) / 15.0;
-            mins[j] = -min;
+        let mut l = [0u8; QK_K];
+        let mut l_aux = [0u8; 32];
+        let mut weights = [0f32; 32];
+        let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
+        let (mut max_scale, mut max_min) = (0f32, 0f32);
+        for j in 0..8 {
+            let sub = &xb[32 * j..32 * j + 32];
+            let sum_x2: f32 = sub.iter().fold(0.0, |acc, v| acc + v * v);
+            let av_x = (sum_x2 / 32.0).sqrt();
+            for (w, v) in weights.iter_mut().zip(sub) {
+                *w = av_x + v.abs();
+            }
+            let (scale, min) =
+                make_qkx2_quants(sub, &weights, 15, &mut l[32 * j..32 * j + 32], &mut l_aux, -1.0, 0.1, 20);
+            scales[j] = scale;
+            mins[j] = min;
+            if scale > max_scale {
+                max_scale = scale;
+            }
+            if min > max_min {
+                max_min = min;
+            }
         }
-        let d = scales.iter().copied().fold(0f32, f32::max) / 63.0;
-        let dmin = mins.iter().copied().fold(0f32, f32::max) / 63.0;
-        b.d = f32_to_f16(d);
-        b.dmin = f32_to_f16(dmin);
-        // The 6-bit codes are taken against the f16-rounded scales the dequantizer will use.
-        let (d, dmin) = (f16_to_f32(b.d), f16_to_f32(b.dmin));
-        let code = |v: f32, unit: f32| if unit > 0.0 { (v / unit).round().clamp(0.0, 63.0) as u8 } else { 0 };
-        let mut q = [0u8; QK_K];
+        let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+        let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
         b.scales = [0; 12];
         for j in 0..8 {
-            let (ls, lm) = (code(scales[j], d), code(mins[j], dmin));
+            let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+            let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
             if j < 4 {
                 b.scales[j] = ls;
                 b.scales[j + 4] = lm;
@@ -759,14 +843,23 @@ pub fn quantize_q4_k(x: &[f32], out: &mut [BlockQ4K]) {
                 b.scales[j - 4] |= (ls >> 4) << 6;
                 b.scales[j] |= (lm >> 4) << 6;
             }
-            let (scale, min) = (d * ls as f32, dmin * lm as f32);
-            for l in 32 * j..32 * j + 32 {
-                q[l] = if scale > 0.0 { ((xb[l] + min) / scale).round().clamp(0.0, 15.0) as u8 } else { 0 };
+        }
+        b.d = f32_to_f16(max_scale / 63.0);
+        b.dmin = f32_to_f16(max_min / 63.0);
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, &b.scales);
+            let d = f16_to_f32(b.d) * sc as f32;
+            if d == 0.0 {
+                continue;
+            }
+            let dm = f16_to_f32(b.dmin) * m as f32;
+            for i in 32 * j..32 * j + 32 {
+                l[i] = nearest_int((xb[i] + dm) / d).clamp(0, 15) as u8;
             }
         }
         for c in 0..4 {
-            for l in 0..32 {
-                b.qs[32 * c + l] = q[64 * c + l] | (q[64 * c + 32 + l] << 4);
+            for i in 0..32 {
+                b.qs[32 * c + i] = l[64 * c + i] | (l[64 * c + 32 + i] << 4);
             }
         }
     }
