@@ -349,7 +349,11 @@ pub fn rm(args: RmArgs) -> Result<()> {
     // Every name must be found before anything is removed.
     let found: Vec<CachedModel> =
         args.models.iter().map(|m| fetcher.find_cached(m)).collect::<Result<_, _>>()?;
+    let mut seen = std::collections::HashSet::new();
     for (spec, m) in args.models.iter().zip(found) {
+        if !seen.insert(m.path.clone()) {
+            continue; // the same model named twice
+        }
         let removed = fetcher.remove_cached(spec).with_context(|| format!("removing {}", m.name))?;
         if args.json {
             println!("{}", json!({"name": removed.name, "files": removed.files, "size": removed.size}));
@@ -378,9 +382,15 @@ pub fn ps(args: PsArgs) -> Result<()> {
     let response =
         request.send().with_context(|| format!("no baimo serve answers at {} (GET {url})", args.url))?;
     let status = response.status();
-    let body: serde_json::Value = response.json().with_context(|| format!("GET {url}: not JSON"))?;
+    let text = response.text().with_context(|| format!("GET {url}"))?;
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
     if !status.is_success() {
-        bail!("GET {url}: HTTP {status}: {}", body["error"]["message"].as_str().unwrap_or(&body.to_string()));
+        let detail =
+            body["error"]["message"].as_str().map_or_else(|| text.chars().take(200).collect(), str::to_owned);
+        bail!("GET {url}: HTTP {status}: {detail}");
+    }
+    if body.is_null() {
+        bail!("GET {url}: not JSON");
     }
     let models = body["data"].as_array().cloned().unwrap_or_default();
     let rows: Vec<serde_json::Value> = models

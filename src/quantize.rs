@@ -48,7 +48,9 @@ const TARGETS: &[(GgmlType, u32)] = &[
 /// The type tensor `t` gets in a file of type `target`.
 fn tensor_type(t: &TensorInfo, target: GgmlType) -> GgmlType {
     let is_matrix = t.ne.iter().filter(|&&d| d > 1).count() >= 2 && t.name.ends_with(".weight");
-    if !is_matrix || t.name.contains("ffn_gate_inp") {
+    // Kept as they are: vectors, a mixture's router and GPT-2's position table (as
+    // llama-quantize keeps them).
+    if !is_matrix || t.name.contains("ffn_gate_inp") || t.name.starts_with("position_embd") {
         return t.dtype;
     }
     let ne0 = t.ne[0];
@@ -99,6 +101,9 @@ fn convert(g: &Gguf, t: &TensorInfo, to: GgmlType, threads: usize) -> Result<Vec
         to.row_bytes(ne0 as u64).context("row size")? as usize,
     );
     let mut out = vec![0u8; rows * out_row];
+    if out.is_empty() {
+        return Ok(out);
+    }
     let per_thread = rows.div_ceil(threads.max(1)).max(1);
     std::thread::scope(|scope| -> Result<()> {
         let jobs: Vec<_> = out
@@ -131,7 +136,9 @@ pub fn main(args: Args) -> Result<()> {
         let names: Vec<&str> = TARGETS.iter().map(|(t, _)| t.name()).collect();
         bail!("baimo quantize writes {} (not {:?})", names.join(", "), args.dtype);
     };
-    if args.input.canonicalize().ok() == args.output.canonicalize().ok() {
+    if let (Ok(input), Ok(output)) = (args.input.canonicalize(), args.output.canonicalize())
+        && input == output
+    {
         bail!("the output {} is the input", args.output.display());
     }
     let g = Gguf::open(&args.input).with_context(|| format!("{}", args.input.display()))?;
@@ -154,6 +161,9 @@ pub fn main(args: Args) -> Result<()> {
         .iter()
         .map(|t| {
             let to = tensor_type(t, target);
+            if to != t.dtype && !t.dtype.is_supported() {
+                bail!("tensor {} is {}, which baimo cannot decode", t.name, t.dtype.name());
+            }
             let bytes = to.row_bytes(t.n_elements()).context("tensor size")?;
             Ok((t, to, bytes))
         })
@@ -171,7 +181,9 @@ pub fn main(args: Args) -> Result<()> {
     let (header, alignment) = gguf_header(&metadata, &infos);
 
     // Written next to the output, then renamed: a cut run leaves no half file under its name.
-    let partial = PathBuf::from(format!("{}.partial", args.output.display()));
+    let mut partial = args.output.clone().into_os_string();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
     let show_progress = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let write = |partial: &Path| -> Result<()> {
         let mut out = BufWriter::with_capacity(1 << 20, File::create(partial)?);
@@ -192,7 +204,10 @@ pub fn main(args: Args) -> Result<()> {
         let _ = std::fs::remove_file(&partial);
         return Err(e.context(format!("writing {}", args.output.display())));
     }
-    std::fs::rename(&partial, &args.output).with_context(|| format!("{}", args.output.display()))?;
+    if let Err(e) = std::fs::rename(&partial, &args.output) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e).with_context(|| format!("{}", args.output.display()));
+    }
     if !args.quiet {
         let n_target = plan.iter().filter(|(_, to, _)| *to == target).count();
         eprintln!(

@@ -38,8 +38,9 @@ fn qwen25_perplexity_matches_llama_cpp() {
 }
 
 /// `baimo quantize` leaves files that keep the model: from the real SmolLM2 (Q4_1), an F16 copy
-/// holds the same values (perplexity within 0.1%: f16 rounds the Q4_1 values), a Q8_0 copy
-/// stays within 0.5%, and a Q4_K file made from the F16 one within 10% (its 4 bits quantize the
+/// holds nearly the same values (perplexity within 0.25%, measured −0.04%: f16 rounds the Q4_1
+/// values), a Q8_0 copy within 1% (measured −0.39% on this short text, −0.18% over all of GPL-3
+/// in scripts/quantize_check.py), and a Q4_K file made from the F16 one within 10% (its 4 bits quantize the
 /// 4-bit values a second time: measured +7.4%; the file is byte for byte the one llama-quantize
 /// writes, scripts/quantize_check.py). The text: the first three 512-token chunks of GPL-3.
 #[test]
@@ -70,7 +71,7 @@ fn quantized_copies_keep_the_perplexity() {
     let q8 = quantize(&source, "q8_0.gguf", "q8_0");
     let q4k = quantize(&f16, "q4_k.gguf", "Q4_K");
     let base = ppl(&source);
-    for (path, bound) in [(&f16, 0.001), (&q8, 0.005), (&q4k, 0.10)] {
+    for (path, bound) in [(&f16, 0.0025), (&q8, 0.01), (&q4k, 0.10)] {
         let got = ppl(path);
         let rel = (got - base).abs() / base;
         println!("{}: PPL {got:.4}, source {base:.4}, {:+.3}%", path.display(), (got - base) / base * 100.0);

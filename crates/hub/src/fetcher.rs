@@ -11,7 +11,7 @@ use reqwest::blocking::Client;
 use crate::cache::{self, with_suffix};
 use crate::catalog::{KnownModel, PypiPart, find_known, known_names_summary};
 use crate::error::{HubError, SourceFailure};
-use crate::gguf_repo::{Choice, HubSpec, RepoFile, choose, parse_tree};
+use crate::gguf_repo::{Choice, HubSpec, RepoFile, choose, gguf_stem, parse_tree, split_part};
 use crate::http::{self, Download, Expected, remove_if_present};
 use crate::pypi::{self, PipCommand};
 use crate::ui::{Ui, human_bytes};
@@ -216,8 +216,29 @@ impl Fetcher {
     pub fn fetch_gguf_file(&self, repo: &str, revision: &str, file: &str) -> Result<PathBuf, HubError> {
         let files =
             if self.offline { self.cached_files(repo, revision) } else { self.list_tree(repo, revision)? };
-        match files.into_iter().find(|f| f.path == file) {
-            Some(listed) => self.fetch_listed(repo, revision, &listed, true),
+        match files.iter().find(|f| f.path == file) {
+            // A part of a split GGUF: the whole set, each part under its own name.
+            Some(listed) if gguf_stem(&listed.path).and_then(split_part).is_some() => {
+                let (dir, base, count) = {
+                    let (base, _, count) = gguf_stem(&listed.path).and_then(split_part).unwrap_or_default();
+                    (listed.path.rsplit_once('/').map_or("", |(d, _)| d), base, count)
+                };
+                for i in 1..=count {
+                    let name = format!("{base}-{i:05}-of-{count:05}.gguf");
+                    let path = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+                    let Some(part) = files.iter().find(|f| f.path.eq_ignore_ascii_case(&path)) else {
+                        return Err(HubError::BadResponse {
+                            url: self.hf_url(repo, revision, &path)?,
+                            reason: format!("{repo} lists {file} but not part {i} of {count}"),
+                        });
+                    };
+                    if part.path != listed.path {
+                        self.fetch_listed(repo, revision, part, false)?;
+                    }
+                }
+                self.fetch_listed(repo, revision, listed, false)
+            }
+            Some(listed) => self.fetch_listed(repo, revision, listed, true),
             None if self.offline => Err(HubError::Offline { what: format!("{repo}/{file}") }),
             None => Err(HubError::HttpStatus {
                 url: self.hf_url(repo, revision, file)?,

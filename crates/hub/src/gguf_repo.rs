@@ -24,18 +24,29 @@ impl HubSpec {
                 Some(rest) => (rest, true),
                 None => (text, false),
             };
-        // `owner/name:QUANT`; a `@revision` may stand after the name or after the quant.
-        let (rest, revision) = match rest.split_once('@') {
-            Some((rest, revision)) if !revision.is_empty() && !revision.contains("..") => {
-                (rest, revision.to_owned())
+        // `owner/name:QUANT`; a `@revision` may stand after the name (`owner/name@rev:QUANT`) or
+        // after the quant (`owner/name:QUANT@rev`).
+        let (rest, revision, quant_after) = match rest.split_once('@') {
+            Some((rest, revision)) => {
+                let (revision, quant) = match revision.rsplit_once(':') {
+                    Some((revision, quant)) => (revision, Some(quant)),
+                    None => (revision, None),
+                };
+                if !is_revision(revision) || (rest.contains(':') && quant.is_some()) {
+                    return None;
+                }
+                (rest, revision.to_owned(), quant)
             }
-            Some(_) => return None,
-            None => (rest, "main".to_owned()),
+            None => (rest, "main".to_owned(), None),
         };
-        let (path, quant) = match rest.rsplit_once(':') {
-            Some((path, quant)) if is_quant_word(quant) => (path, Some(quant.to_ascii_uppercase())),
-            Some(_) => return None,
-            None => (rest, None),
+        let (path, quant) = match (rest.rsplit_once(':'), quant_after) {
+            (None, Some(quant)) if is_quant_word(quant) => (rest, Some(quant.to_ascii_uppercase())),
+            (None, Some(_)) => return None,
+            (split, _) => match split {
+                Some((path, quant)) if is_quant_word(quant) => (path, Some(quant.to_ascii_uppercase())),
+                Some(_) => return None,
+                None => (rest, None),
+            },
         };
         let segments: Vec<&str> = path.split('/').collect();
         if segments.len() < 2 || !segments.iter().all(|s| is_plain_segment(s)) {
@@ -66,6 +77,12 @@ fn is_plain_segment(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
+/// A branch, tag or commit name that stays one folder of the cache: plain characters, path
+/// segments that are neither empty nor `.`/`..`.
+fn is_revision(s: &str) -> bool {
+    !s.is_empty() && s.split('/').all(is_plain_segment)
+}
+
 fn is_quant_word(s: &str) -> bool {
     !s.is_empty() && s.len() <= 16 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
@@ -90,9 +107,8 @@ const DEFAULT_ORDER: &[&str] = &[
 /// read from the file name, else from the folder it is in (`Q4_K_M/part-00001-of-00002.gguf`).
 pub fn quant_of(path: &str) -> Option<String> {
     let mut parts = path.rsplit('/');
-    let name = parts.next()?;
-    let stem =
-        name.get(..name.len().checked_sub(5)?).filter(|_| name.to_ascii_lowercase().ends_with(".gguf"))?;
+    parts.next()?;
+    let stem = gguf_stem(path)?;
     let stem = split_part(stem).map_or(stem, |(base, _, _)| base);
     let in_words = |text: &str| {
         // The tag nearest the end of the name wins.
@@ -106,6 +122,14 @@ pub fn quant_of(path: &str) -> Option<String> {
         })
     };
     in_words(stem).or_else(|| parts.next().and_then(in_words))
+}
+
+/// The file name of `path` without its `.gguf` (any case), if it is a GGUF's.
+pub fn gguf_stem(path: &str) -> Option<&str> {
+    let name = path.rsplit('/').next()?;
+    let cut = name.len().checked_sub(5)?;
+    name.is_char_boundary(cut).then_some(())?;
+    name[cut..].eq_ignore_ascii_case(".gguf").then_some(&name[..cut])
 }
 
 /// `name-00002-of-00005` → (`name`, 2, 5): llama.cpp's `gguf-split` naming.
@@ -170,35 +194,32 @@ pub fn choose<'a>(files: &'a [RepoFile], quant: Option<&str>) -> Choice<'a> {
     let mut matching: Vec<&RepoFile> =
         ggufs.into_iter().filter(|f| quant_of(&f.path).as_deref() == Some(wanted.as_str())).collect();
     matching.sort_by(|a, b| a.path.cmp(&b.path));
-    let stem = |f: &RepoFile| f.path.rsplit('/').next().unwrap_or("").trim_end_matches(".gguf").to_owned();
-    match matching.as_slice() {
-        [] => Choice::NoSuchQuant { available },
-        [one] if split_part(&stem(one)).is_none() => Choice::One(one),
-        _ => {
-            // A split set: the parts 1..=N of one base name; whole files before split ones.
-            if let Some(whole) = matching.iter().find(|f| split_part(&stem(f)).is_none()) {
-                return Choice::One(whole);
-            }
-            let first = matching[0];
-            let Some((base, _, count)) = split_part(&stem(first)).map(|(b, i, c)| (b.to_owned(), i, c))
-            else {
-                return Choice::One(first);
-            };
-            let parts: Vec<&RepoFile> = (1..=count)
-                .filter_map(|i| {
-                    matching.iter().copied().find(|f| {
-                        split_part(&stem(f))
-                            .is_some_and(|(b, index, n)| b == base && index == i && n == count)
-                    })
+    // Whole files before split sets.
+    fn split_of(f: &RepoFile) -> Option<(&str, u32, u32)> {
+        gguf_stem(&f.path).and_then(split_part)
+    }
+    if let Some(whole) = matching.iter().find(|f| split_of(f).is_none()) {
+        return Choice::One(whole);
+    }
+    // A split set: parts 1..=N of one base name in one folder; the first complete one.
+    let folder = |f: &RepoFile| f.path.rsplit_once('/').map_or("", |(dir, _)| dir).to_owned();
+    for first in matching.iter().filter(|f| split_of(f).is_some_and(|(_, index, _)| index == 1)) {
+        let Some((base, _, count)) = split_of(first) else { continue };
+        let parts: Vec<&RepoFile> = (1..=count)
+            .filter_map(|i| {
+                matching.iter().copied().find(|f| {
+                    folder(f) == folder(first)
+                        && split_of(f).is_some_and(|(b, index, n)| b == base && index == i && n == count)
                 })
-                .collect();
-            match parts.len() {
-                1 if count == 1 => Choice::One(parts[0]),
-                n if n == count as usize => Choice::Split(parts),
-                _ => Choice::NoSuchQuant { available },
-            }
+            })
+            .collect();
+        match parts.len() {
+            1 if count == 1 => return Choice::One(parts[0]),
+            n if n == count as usize => return Choice::Split(parts),
+            _ => {}
         }
     }
+    Choice::NoSuchQuant { available }
 }
 
 /// The files of the hub's tree listing (`/api/models/{repo}/tree/{revision}?recursive=true`):
@@ -261,7 +282,20 @@ mod tests {
                 file: "sub/model-Q4_0.gguf".into()
             })
         );
+        assert_eq!(
+            HubSpec::parse("owner/name@v2:q8_0"),
+            Some(HubSpec::Gguf {
+                repo: "owner/name".into(),
+                revision: "v2".into(),
+                quant: Some("Q8_0".into())
+            })
+        );
         for bad in [
+            "a/b@.",
+            "a/b@x/../y",
+            "a/b@/abs",
+            "a/b@C:\\x",
+            "a/b:Q4_0@v:Q8_0",
             "smollm2-135m",
             "models/missing.gguf",
             "a/../b",
@@ -326,6 +360,12 @@ mod tests {
         assert_eq!(choose(&files, Some("Q4_K_M")), Choice::Split(vec![&files[1], &files[0]]));
         // A part missing: not a usable set.
         assert!(matches!(choose(&files, Some("Q8_0")), Choice::NoSuchQuant { .. }));
+        // Parts of sets in two folders are not mixed; upper-case extensions count.
+        let two: Vec<RepoFile> =
+            ["a/m-Q8_0-00002-of-00002.gguf", "b/m-Q8_0-00001-of-00002.GGUF", "b/m-Q8_0-00002-of-00002.gguf"]
+                .map(file)
+                .to_vec();
+        assert_eq!(choose(&two, Some("Q8_0")), Choice::Split(vec![&two[1], &two[2]]));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use crate::cache::{marker_path, with_suffix};
 use crate::error::HubError;
 use crate::fetcher::Fetcher;
-use crate::gguf_repo::{HubSpec, quant_of, split_part};
+use crate::gguf_repo::{HubSpec, gguf_stem, quant_of, split_part};
 use crate::{find_known, known_models};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,28 +145,40 @@ impl Fetcher {
                 modified,
             }
         };
+        let is_gguf = |f: &Path| gguf_stem(&f.to_string_lossy()).is_some();
+        let start = out.len();
         if dir.join(".baimo-complete").is_file() {
-            let folder: Vec<PathBuf> =
-                files.iter().filter(|f| !f.to_string_lossy().ends_with(".gguf")).cloned().collect();
+            let folder: Vec<PathBuf> = files.iter().filter(|f| !is_gguf(f)).cloned().collect();
             out.push(entry(format!("{repo}{at}"), CachedKind::HubFolder, dir.to_path_buf(), folder));
         }
-        for file in files.iter().filter(|f| f.to_string_lossy().to_ascii_lowercase().ends_with(".gguf")) {
-            let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let parts = match split_part(&stem) {
-                Some((_, index, _)) if index > 1 => continue, // listed with its first part
-                Some((base, _, count)) => (1..=count)
-                    .map(|i| file.with_file_name(format!("{base}-{i:05}-of-{count:05}.gguf")))
-                    .filter(|p| p.is_file())
-                    .collect(),
-                None => vec![file.clone()],
-            };
-            out.push(entry(
-                format!("{repo}/{}{at}", relative(file)),
-                CachedKind::HubGguf,
-                file.clone(),
-                parts,
-            ));
+        // GGUF files; the parts of a split set (one folder, one base name and count) as one
+        // model, named by its lowest part (the first, unless a fetch was cut short).
+        let mut sets: Vec<((PathBuf, String, u32), Vec<PathBuf>)> = Vec::new();
+        for file in files.iter().filter(|f| is_gguf(f)) {
+            let name = file.to_string_lossy();
+            match gguf_stem(&name).and_then(split_part) {
+                Some((base, _, count)) => {
+                    let key =
+                        (file.parent().map(Path::to_path_buf).unwrap_or_default(), base.to_owned(), count);
+                    match sets.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, parts)) => parts.push(file.clone()),
+                        None => sets.push((key, vec![file.clone()])),
+                    }
+                }
+                None => out.push(entry(
+                    format!("{repo}/{}{at}", relative(file)),
+                    CachedKind::HubGguf,
+                    file.clone(),
+                    vec![file.clone()],
+                )),
+            }
         }
+        for (_, mut parts) in sets {
+            parts.sort();
+            let first = parts[0].clone();
+            out.push(entry(format!("{repo}/{}{at}", relative(&first)), CachedKind::HubGguf, first, parts));
+        }
+        out[start..].sort_by(|a, b| a.name.cmp(&b.name));
     }
 
     /// The cached model `spec` names, as `baimo run` would find it (a catalogue name, or any
@@ -226,8 +238,12 @@ impl Fetcher {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(HubError::io("remove", path, e)),
             _ => Ok(()),
         };
+        if let Some(outside) = model.files.iter().find(|f| !f.starts_with(&root)) {
+            return Err(HubError::NotCached {
+                spec: format!("{spec} ({} is outside the cache)", outside.display()),
+            });
+        }
         for file in &model.files {
-            debug_assert!(file.starts_with(&root));
             for path in
                 [file.clone(), marker_path(file), with_suffix(file, ".lock"), with_suffix(file, ".partial")]
             {
