@@ -383,22 +383,7 @@ impl Fetcher {
             self.endpoint.trim_end_matches('/'),
             http::percent_encode(revision, false)
         );
-        let mut request = self.client()?.get(&url);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let network = |reason: String| HubError::Network { url: url.clone(), reason };
-        let response = request.send().map_err(|e| network(e.to_string()))?;
-        if !response.status().is_success() {
-            return Err(HubError::HttpStatus {
-                url: url.clone(),
-                status: response.status().to_string(),
-                detail: String::new(),
-            });
-        }
-        let body = response.text().map_err(|e| network(e.to_string()))?;
-        let info: serde_json::Value =
-            serde_json::from_str(&body).map_err(|e| network(format!("not the hub's JSON: {e}")))?;
+        let info = self.get_json(&url)?;
         let names: Vec<String> = info["siblings"]
             .as_array()
             .map(|s| s.iter().filter_map(|f| f["rfilename"].as_str().map(str::to_owned)).collect())

@@ -14,13 +14,7 @@ use support::{HubServer, sha256_hex};
 const REPO: &str = "org/Tiny-GGUF";
 
 fn fetcher(endpoint: &str, root: &Path) -> Fetcher {
-    Fetcher::new()
-        .with_endpoint(endpoint)
-        .with_cache_root(root)
-        .with_token(None)
-        .with_hf_cache(None)
-        .offline(false)
-        .quiet(true)
+    support::hub_fetcher(endpoint, root)
 }
 
 /// A repository of several quantizations, a vision projector, a split set and a README; each

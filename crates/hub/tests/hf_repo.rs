@@ -10,13 +10,7 @@ use baimo_hub::Fetcher;
 use support::HubServer;
 
 fn fetcher(endpoint: &str, root: &Path) -> Fetcher {
-    Fetcher::new()
-        .with_endpoint(endpoint)
-        .with_cache_root(root)
-        .with_token(None)
-        .with_hf_cache(None)
-        .offline(false)
-        .quiet(true)
+    support::hub_fetcher(endpoint, root)
 }
 
 #[test]

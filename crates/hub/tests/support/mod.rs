@@ -303,6 +303,18 @@ pub fn test_bytes(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
+/// A quiet fetcher for `endpoint` caching under `root`, deaf to the environment's token,
+/// Hugging Face cache and offline switches.
+pub fn hub_fetcher(endpoint: &str, root: &Path) -> baimo_hub::Fetcher {
+    baimo_hub::Fetcher::new()
+        .with_endpoint(endpoint)
+        .with_cache_root(root)
+        .with_token(None)
+        .with_hf_cache(None)
+        .offline(false)
+        .quiet(true)
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect()
 }
